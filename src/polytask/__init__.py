@@ -1,0 +1,53 @@
+"""polytask: multi-task learning with deep networks on PyTorch.
+
+Examples
+--------
+>>> import polytask
+>>> sorted(polytask.OBJECTIVES)[:3]
+['geometric', 'mean', 'mse']
+"""
+
+from .data import MultiTargetData, make_hetero, make_phase, split
+from .evaluation import evaluate, predict
+from .models import ColumnHeads, MultiTaskModel, mlp
+from .objectives import (
+    OBJECTIVES,
+    GeometricMean,
+    Mean,
+    Objective,
+    Sum,
+    Uncertainty,
+    Weighted,
+    make_objective,
+)
+from .tasks import Task, regression_tasks
+from .training import Callback, History, NonFiniteLossError, Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OBJECTIVES",
+    "Callback",
+    "ColumnHeads",
+    "GeometricMean",
+    "History",
+    "Mean",
+    "MultiTargetData",
+    "MultiTaskModel",
+    "NonFiniteLossError",
+    "Objective",
+    "Sum",
+    "Task",
+    "Trainer",
+    "Uncertainty",
+    "Weighted",
+    "__version__",
+    "evaluate",
+    "make_hetero",
+    "make_objective",
+    "make_phase",
+    "mlp",
+    "predict",
+    "regression_tasks",
+    "split",
+]

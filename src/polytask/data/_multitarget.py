@@ -1,0 +1,90 @@
+"""One dataset with many target columns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch import Tensor
+
+
+def _as_tensor(values: ArrayLike | Tensor, what: str) -> Tensor:
+    if isinstance(values, Tensor):
+        return values
+    array = np.asarray(values)
+    if array.dtype == object:
+        raise TypeError(f"{what}: expected a numeric array, got dtype object")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class MultiTargetData:
+    """Inputs ``x`` and one target column (or block of columns) per task, all of the same rows.
+
+    Parameters
+    ----------
+    x
+        Inputs of shape ``(n, features)`` (a 1-D array is read as one feature).
+    targets
+        Task name -> targets with ``n`` rows.
+    clean_targets
+        Optional noiseless targets per task (synthetic data), used by evaluation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = MultiTargetData(np.zeros((4, 2)), {"a": np.ones(4)})
+    >>> len(data), data.task_names
+    (4, ('a',))
+    """
+
+    def __init__(
+        self,
+        x: ArrayLike | Tensor,
+        targets: Mapping[str, ArrayLike | Tensor],
+        clean_targets: Mapping[str, ArrayLike | Tensor] | None = None,
+    ) -> None:
+        x = _as_tensor(x, "inputs x")
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim < 2:
+            raise ValueError(f"inputs x: expected shape (n, features), got {tuple(x.shape)}")
+        self.x = x if x.is_floating_point() else x.to(torch.float32)
+        if self.x.dtype == torch.float64:
+            self.x = self.x.to(torch.float32)
+        if not targets:
+            raise ValueError("MultiTargetData needs at least one target column")
+        self.targets = {
+            name: _as_tensor(v, f"targets of task {name!r}") for name, v in targets.items()
+        }
+        self.clean_targets = (
+            {name: _as_tensor(v, f"clean targets of {name!r}") for name, v in clean_targets.items()}
+            if clean_targets is not None
+            else None
+        )
+        n = len(self.x)
+        for group in (self.targets, self.clean_targets or {}):
+            for name, column in group.items():
+                if column.ndim == 0 or len(column) != n:
+                    raise ValueError(
+                        f"task {name!r}: targets have {column.shape[0] if column.ndim else 0} "
+                        f"rows, inputs x have {n}"
+                    )
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, index: slice | Tensor | np.ndarray) -> MultiTargetData:
+        """The rows selected by ``index`` (a slice or an index array)."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+
+        def take(group: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+            return None if group is None else {k: v[index] for k, v in group.items()}
+
+        return MultiTargetData(self.x[index], take(self.targets), take(self.clean_targets))

@@ -1,0 +1,96 @@
+"""Figures a person can read: titles, axis labels, task names."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..training import History
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def plot_training_curves(histories: Mapping[str, History], path: str | Path) -> Path:
+    """Train and stop loss per epoch for each fit (one panel per method, log scale)."""
+    rows, cols = _grid(len(histories))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (method, history) in zip(axes.flat, histories.items(), strict=False):
+        epochs = history["epoch"]
+        ax.plot(epochs, history["train_loss"], label="train")
+        ax.plot(epochs, history["stop_loss"], label="stop set")
+        if history.best_epoch:
+            ax.axvline(history.best_epoch, color="grey", ls=":", label="best epoch")
+        ax.set_yscale("log")
+        ax.set_title(f"{method}: objective per epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{method} loss")
+        ax.legend()
+    for ax in list(axes.flat)[len(histories) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_task_losses(histories: Mapping[str, History], path: str | Path) -> Path:
+    """Each task's stop-set loss per epoch, one panel per method."""
+    rows, cols = _grid(len(histories))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (method, history) in zip(axes.flat, histories.items(), strict=False):
+        for task in history.task_names:
+            ax.plot(history["epoch"], history.task_column("stop_loss", task), label=task)
+        ax.set_yscale("log")
+        ax.set_title(f"{method}: stop-set loss per task")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("task loss")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(histories) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_predictions(
+    x_train: np.ndarray,
+    y_train: Mapping[str, np.ndarray],
+    x_test: np.ndarray,
+    clean: Mapping[str, np.ndarray],
+    predictions: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | Path,
+) -> Path:
+    """Per task: noisy training points, the noiseless curve and each method's predictions."""
+    tasks = list(clean)
+    rows, cols = _grid(len(tasks))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    order = np.argsort(x_test)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        ax.scatter(x_train, y_train[task], s=4, color="lightgrey", label="training points")
+        ax.plot(x_test[order], clean[task][order], color="black", lw=2, label="noiseless target")
+        for method, outputs in predictions.items():
+            ax.plot(x_test[order], outputs[task][order], lw=1.2, label=method)
+        ax.set_title(task)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+    axes.flat[0].legend(fontsize="small")
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle("Test-set predictions against the noiseless targets")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

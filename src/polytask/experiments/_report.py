@@ -1,0 +1,80 @@
+"""The report folder of one run: tables, histories and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluation import plot_predictions, plot_task_losses, plot_training_curves
+from ._synthetic import RunResult
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (numbers to ``digits`` significant)."""
+
+    def cell(value: object) -> str:
+        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([header, rule, *body])
+
+
+def results_table(result: RunResult, metric: str = "mse") -> pd.DataFrame:
+    """One row per task: the test metric of each method and ``baseline/method`` ratios."""
+    rows = []
+    base = result.experiment.baseline
+    for task in result.metrics[base]:
+        row: dict[str, float | str] = {"task": task}
+        for method, values in result.metrics.items():
+            row[f"test {metric} ({method})"] = values[task][metric]
+        for method, ratios in result.ratios(metric).items():
+            row[f"ratio {base}/{method}"] = ratios[task]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_run_report(result: RunResult, out: str | Path) -> dict[str, Path]:
+    """Write tables (CSV, Markdown), histories, config and figures of ``result`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = results_table(result)
+    files = {"table_csv": out / "results.csv", "table_md": out / "results.md"}
+    table.to_csv(files["table_csv"], index=False)
+    experiment = result.experiment
+    lines = [
+        f"# {experiment.name}: seed {result.seed}",
+        "",
+        f"Test MSE against the noiseless targets ({len(result.test)} test rows); "
+        f"`ratio {experiment.baseline}/X` above 1 means method X beat {experiment.baseline} "
+        "on that task.",
+        "",
+        markdown_table(table),
+        "",
+        "| method | epochs | best epoch |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {m} | {len(h)} | {h.best_epoch} |" for m, h in result.histories.items()]
+    files["table_md"].write_text("\n".join(lines) + "\n")
+    for method, history in result.histories.items():
+        path = out / f"history_{method}.csv"
+        history.to_frame().to_csv(path, index=False)
+        files[f"history_{method}"] = path
+    files["config"] = out / "config.json"
+    config = {"seed": result.seed, "config_hash": experiment.config_hash(), **experiment.config()}
+    files["config"].write_text(json.dumps(config, indent=2) + "\n")
+    files["curves"] = plot_training_curves(result.histories, out / "training_curves.png")
+    files["task_losses"] = plot_task_losses(result.histories, out / "task_losses.png")
+    clean = {k: v.numpy() for k, v in (result.test.clean_targets or {}).items()}
+    files["predictions"] = plot_predictions(
+        result.train.x[:, 0].numpy(),
+        {k: v.numpy() for k, v in result.train.targets.items()},
+        result.test.x[:, 0].numpy(),
+        clean,
+        result.predictions,
+        out / "predictions.png",
+    )
+    return files

@@ -1,0 +1,114 @@
+"""A shared trunk with one head per task, routed by task name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from torch import Tensor, nn
+
+
+class ColumnHeads(nn.Module):
+    """One layer whose output columns are divided among the tasks, as a Keras model with a
+    single ``Dense(T)`` output over T target columns.
+
+    Parameters
+    ----------
+    layer
+        The shared output layer, e.g. ``nn.Linear(width, T)``.
+    sizes
+        Task name -> number of output columns, in column order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> heads = ColumnHeads(nn.Linear(4, 3), {"a": 1, "b": 2})
+    >>> {k: tuple(v.shape) for k, v in heads(torch.zeros(5, 4)).items()}
+    {'a': (5, 1), 'b': (5, 2)}
+    """
+
+    def __init__(self, layer: nn.Module, sizes: Mapping[str, int]) -> None:
+        super().__init__()
+        self.layer = layer
+        self.sizes = dict(sizes)
+        bounds, start = {}, 0
+        for name, size in self.sizes.items():
+            bounds[name] = (start, start + size)
+            start += size
+        self._bounds = bounds
+        self.width = start
+
+    def forward(self, h: Tensor) -> dict[str, Tensor]:
+        out = self.layer(h)
+        if out.shape[-1] != self.width:
+            raise ValueError(
+                f"ColumnHeads: the output layer gives {out.shape[-1]} columns, "
+                f"the tasks {list(self.sizes)} need {self.width}"
+            )
+        return {name: out[:, a:b] for name, (a, b) in self._bounds.items()}
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.sizes)
+
+
+class MultiTaskModel(nn.Module):
+    """Hard parameter sharing: ``heads[task](trunk(x))`` for every task.
+
+    Parameters
+    ----------
+    trunk
+        The shared part, applied once per input batch.
+    heads
+        Task name -> head module, or a :class:`ColumnHeads` (one output layer whose columns are
+        the tasks).
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = MultiTaskModel(nn.Linear(3, 8), {"a": nn.Linear(8, 1), "b": nn.Linear(8, 2)})
+    >>> sorted(model(torch.zeros(4, 3)))
+    ['a', 'b']
+    >>> tuple(model(torch.zeros(4, 3), task="b").shape)
+    (4, 2)
+    """
+
+    def __init__(self, trunk: nn.Module, heads: Mapping[str, nn.Module] | ColumnHeads) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.heads = heads if isinstance(heads, ColumnHeads) else nn.ModuleDict(dict(heads))
+        self.task_names: tuple[str, ...] = tuple(self.heads.keys())
+        if not self.task_names:
+            raise ValueError("MultiTaskModel needs at least one head")
+
+    def _check_task(self, task: str) -> None:
+        if task not in self.task_names:
+            raise KeyError(f"unknown task {task!r}; the model's tasks are {list(self.task_names)}")
+
+    def features(self, x: Tensor) -> Tensor:
+        """The shared representation ``trunk(x)``."""
+        return self.trunk(x)
+
+    def heads_forward(self, h: Tensor, task: str | None = None) -> dict[str, Tensor] | Tensor:
+        """Apply the heads to a shared representation (all of them, or one task's)."""
+        if isinstance(self.heads, ColumnHeads):
+            outputs = self.heads(h)
+            return outputs if task is None else outputs[task]
+        if task is not None:
+            return self.heads[task](h)
+        return {name: head(h) for name, head in self.heads.items()}
+
+    def forward(self, x: Tensor, task: str | None = None) -> dict[str, Tensor] | Tensor:
+        """All heads' outputs as a mapping task -> output, or only ``task``'s output."""
+        if task is not None:
+            self._check_task(task)
+        return self.heads_forward(self.trunk(x), task)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trunk's parameters (those every task's gradient reaches)."""
+        return list(self.trunk.parameters())
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The parameters of one task's head (for :class:`ColumnHeads`, the shared layer)."""
+        self._check_task(task)
+        if isinstance(self.heads, ColumnHeads):
+            return list(self.heads.parameters())
+        return list(self.heads[task].parameters())

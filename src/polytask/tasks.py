@@ -1,0 +1,145 @@
+"""What a task is: its name, kind, output size, loss and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+TaskKind = Literal["regression", "binary", "multiclass", "multilabel"]
+KINDS: tuple[str, ...] = get_args(TaskKind)
+
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "regression": ("mse", "mae"),
+    "binary": ("accuracy", "f1", "auc"),
+    "multiclass": ("accuracy", "macro_f1"),
+    "multilabel": ("accuracy", "macro_f1"),
+}
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction task of a multi-task model.
+
+    Parameters
+    ----------
+    name
+        The task's name; routes the task to its head and its target column.
+    kind
+        ``"regression"``, ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
+    size
+        Output width: targets per row for regression, classes for multiclass, labels for
+        multilabel. Binary tasks have size 1.
+    loss
+        ``loss(output, target) -> scalar`` averaged over the batch. Defaults by kind: MSE;
+        BCE-with-logits; cross-entropy; BCE-with-logits per label.
+    metrics
+        Metric names evaluated on held-out data (see ``polytask.evaluation``). Defaults by kind.
+
+    Examples
+    --------
+    >>> Task("price").kind
+    'regression'
+    >>> Task("topic", kind="multiclass", size=3).metrics
+    ('accuracy', 'macro_f1')
+    """
+
+    name: str
+    kind: TaskKind = "regression"
+    size: int = 1
+    loss: LossFn | None = field(default=None, compare=False)
+    metrics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a task needs a non-empty string name, got {self.name!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"task {self.name!r}: size must be a positive int, got {self.size!r}")
+        if self.kind == "binary" and self.size != 1:
+            raise ValueError(f"task {self.name!r}: a binary task has size 1, got {self.size}")
+        if self.kind == "multiclass" and self.size < 2:
+            raise ValueError(f"task {self.name!r}: a multiclass task needs size >= 2 classes")
+        if not self.metrics:
+            object.__setattr__(self, "metrics", DEFAULT_METRICS[self.kind])
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Per-row shape of the head's output after :meth:`output`."""
+        return () if self.size == 1 and self.kind != "multiclass" else (self.size,)
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """Per-row shape of the prepared target."""
+        return () if self.kind == "multiclass" else self.output_shape
+
+    def output(self, raw: Tensor) -> Tensor:
+        """Bring a head's raw output ``(batch, size)`` to :attr:`output_shape` per row."""
+        return raw.reshape(raw.shape[0], *self.output_shape)
+
+    # -- targets ------------------------------------------------------------------------------
+    def prepare_target(self, target: Tensor, split: str = "data") -> Tensor:
+        """Validate a target column and convert it to the dtype and shape the loss expects.
+
+        Raises a ``ValueError`` naming the task, the split and the expected shape or range.
+        """
+        where = f"task {self.name!r}, targets of the {split} split"
+        n = target.shape[0] if target.ndim else 0
+        expected = (n, *self.target_shape)
+        if target.ndim == 0:
+            raise ValueError(f"{where}: got a scalar; expected shape {expected}")
+        if tuple(target.shape) != expected:
+            if self.target_shape == () and target.ndim == 2 and target.shape[1] == 1:
+                target = target[:, 0]
+            else:
+                raise ValueError(
+                    f"{where}: shape {tuple(target.shape)}, expected {expected} "
+                    f"for a {self.kind} task of size {self.size}"
+                )
+        if target.is_floating_point() and not bool(torch.isfinite(target).all()):
+            bad = int((~torch.isfinite(target)).nonzero()[0, 0])
+            raise ValueError(f"{where}: non-finite value (NaN or inf) at row {bad}")
+        if self.kind == "regression":
+            return target.to(torch.float32)
+        if self.kind == "multiclass":
+            if target.is_floating_point() and not bool((target == target.round()).all()):
+                raise ValueError(f"{where}: class labels must be integers in [0, {self.size})")
+            lo, hi = int(target.min()), int(target.max())
+            if lo < 0 or hi >= self.size:
+                raise ValueError(
+                    f"{where}: class labels in [{lo}, {hi}], expected integers in [0, {self.size})"
+                )
+            return target.to(torch.long)
+        if not bool(((target == 0) | (target == 1)).all()):
+            raise ValueError(f"{where}: {self.kind} labels must be 0 or 1")
+        return target.to(torch.float32)
+
+    # -- loss ---------------------------------------------------------------------------------
+    def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """The batch-mean loss of this task for a prepared output and target."""
+        if self.loss is not None:
+            return self.loss(output, target)
+        if self.kind == "regression":
+            return F.mse_loss(output, target)
+        if self.kind == "multiclass":
+            return F.cross_entropy(output, target)
+        return F.binary_cross_entropy_with_logits(output, target)
+
+
+def regression_tasks(names: list[str] | tuple[str, ...]) -> list[Task]:
+    """One single-output regression task per name.
+
+    Examples
+    --------
+    >>> [t.name for t in regression_tasks(["a", "b"])]
+    ['a', 'b']
+    """
+    return [Task(name) for name in names]

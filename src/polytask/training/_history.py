@@ -1,0 +1,72 @@
+"""Per-epoch record of a fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class History:
+    """What happened in each epoch of a fit.
+
+    Each epoch is one record (a flat dict) with ``epoch``, ``train_loss`` and ``stop_loss`` (the
+    objective's value), ``train_loss/<task>`` and ``stop_loss/<task>`` (each task's own loss),
+    ``weight/<task>`` (the mean effective weight the task got) and ``seconds``.
+
+    Examples
+    --------
+    >>> h = History(("a",))
+    >>> h.records.append({"epoch": 1, "stop_loss": 0.5})
+    >>> h["stop_loss"]
+    [0.5]
+    """
+
+    task_names: tuple[str, ...]
+    records: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    stop_reason: str = ""
+
+    def __getitem__(self, column: str) -> list[float]:
+        return [record[column] for record in self.records if column in record]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def task_column(self, prefix: str, task: str) -> list[float]:
+        """One task's series, e.g. ``task_column("stop_loss", "task0")``."""
+        return self[f"{prefix}/{task}"]
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The record of the epoch whose weights the model holds after the fit."""
+        for record in self.records:
+            if record["epoch"] == self.best_epoch:
+                return record
+        return {}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per epoch."""
+        return pd.DataFrame(self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_names": list(self.task_names),
+            "records": self.records,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        return cls(
+            tuple(data["task_names"]),
+            [dict(r) for r in data["records"]],
+            data["best_epoch"],
+            data["stopped_early"],
+            data.get("stop_reason", ""),
+        )
