@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ def _check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> tuple[Task, ..
 
 def _check_outputs(model: MultiTaskModel, tasks: Sequence[Task], x: Tensor) -> None:
     """One forward pass on two rows, so a head of the wrong width fails before any step."""
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             outputs = model(x[:2])
@@ -107,6 +110,8 @@ def _check_outputs(model: MultiTaskModel, tasks: Sequence[Task], x: Tensor) -> N
         raise ValueError(
             f"the model cannot take the inputs of shape (n, {x.shape[1]}): {error}"
         ) from error
+    finally:
+        model.train(was_training)
     for task in tasks:
         out = outputs[task.name]
         if out.ndim != 2 or out.shape[1] != task.size:
@@ -297,6 +302,8 @@ class Trainer:
                 loss_sum = torch.zeros(len(tasks), device=device)
                 weight_sum = torch.zeros(len(tasks), device=device)
                 value_sum = torch.zeros((), device=device)
+                # steps with a non-finite loss per task: the task that broke first has the most
+                bad_steps = torch.zeros(len(tasks), device=device)
                 order = torch.randperm(n, generator=shuffle).to(device)
                 steps = 0
                 for index in order.split(self.batch_size):
@@ -307,6 +314,7 @@ class Trainer:
                     optimizer.step()
                     rows = len(index)
                     loss_sum.add_(losses.detach(), alpha=rows)
+                    bad_steps.add_(~torch.isfinite(losses.detach()))
                     value_sum.add_(step.value, alpha=rows)
                     weight_sum.add_(step.weights)
                     steps += 1
@@ -324,6 +332,7 @@ class Trainer:
                         loss_sum / n,
                         weight_sum / steps,
                         stop_losses,
+                        bad_steps,
                         (value_sum / n)[None],
                         stop_value[None],
                     ]
@@ -331,8 +340,8 @@ class Trainer:
                 k = len(tasks)
                 record: dict[str, float] = {
                     "epoch": epoch,
-                    "train_loss": summary[3 * k],
-                    "stop_loss": summary[3 * k + 1],
+                    "train_loss": summary[4 * k],
+                    "stop_loss": summary[4 * k + 1],
                 }
                 for i, name in enumerate(names):
                     record[f"train_loss/{name}"] = summary[i]
@@ -342,7 +351,9 @@ class Trainer:
                 history.records.append(record)
                 for callback in self.callbacks:
                     callback.on_epoch_end(state, record)
-                self._check_finite(record, names, history, model, objective, best_state)
+                self._check_finite(
+                    record, summary[3 * k : 4 * k], history, model, objective, best_state
+                )
                 if record["stop_loss"] < best_value:
                     best_value = record["stop_loss"]
                     best_state = self._snapshot(model, objective)
@@ -396,21 +407,29 @@ class Trainer:
     def _check_finite(
         self,
         record: dict[str, float],
-        names: tuple[str, ...],
+        bad_steps: list[float],
         history: History,
         model: nn.Module,
         objective: nn.Module,
         best_state: tuple[dict, dict],
     ) -> None:
-        for prefix, label in (("train_loss", "training"), ("stop_loss", "stop-set")):
-            for name in names:
-                value = record[f"{prefix}/{name}"]
-                if value != value or value in (float("inf"), float("-inf")):
-                    self._restore(model, objective, best_state)
-                    history.stopped_early = True
-                    history.stop_reason = (
-                        f"epoch {record['epoch']}: the {label} loss of task {name!r} became "
-                        f"{value}; training stopped and the weights of epoch "
-                        f"{history.best_epoch} restored"
-                    )
-                    raise NonFiniteLossError(history.stop_reason, history)
+        names = history.task_names
+        if max(bad_steps) > 0:
+            # a NaN spreads to every task through the shared weights; name the first to break
+            culprits = [n for n, b in zip(names, bad_steps, strict=True) if b == max(bad_steps)]
+            where = "training"
+        else:
+            culprits = [n for n in names if not math.isfinite(record[f"stop_loss/{n}"])]
+            where = "stop-set"
+        if not culprits and math.isfinite(record["stop_loss"]):
+            return
+        self._restore(model, objective, best_state)
+        history.stopped_early = True
+        subject = f"task {culprits[0]!r}" if len(culprits) == 1 else f"tasks {culprits}"
+        if not culprits:
+            subject, where = "the objective", "stop-set"
+        history.stop_reason = (
+            f"epoch {record['epoch']}: the {where} loss of {subject} became non-finite "
+            f"(NaN or inf); training stopped and the weights of epoch {history.best_epoch} restored"
+        )
+        raise NonFiniteLossError(history.stop_reason, history)

@@ -1,0 +1,34 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np
+import pytest
+from torch import nn
+
+import polytask as pt
+
+
+@pytest.fixture
+def hetero_splits():
+    """Small hetero data split 1:9:10 (200 / 1800 / 2000 rows)."""
+    return pt.split(pt.make_hetero(4000, n_tasks=3, seed=1))
+
+
+def small_model(names=("task0", "task1", "task2"), seed=0, width=16, columns=False):
+    trunk = pt.mlp(1, width, 2, seed=seed)
+    if columns:
+        layer = nn.Linear(width, len(names))
+        pt.models.init_linear(layer, "glorot", None)
+        return pt.MultiTaskModel(trunk, pt.ColumnHeads(layer, {n: 1 for n in names}))
+    heads = {}
+    for i, name in enumerate(names):
+        head = nn.Linear(width, 1)
+        pt.models.init_linear(head, "glorot", __import__("torch").Generator().manual_seed(seed + i))
+        heads[name] = head
+    return pt.MultiTaskModel(trunk, heads)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,184 @@
+"""Loss combiners: against independent numpy computations, torchjd, and defining properties."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from torchjd import scalarization
+
+import polytask as pt
+
+positive_losses = arrays(
+    np.float64,
+    st.integers(1, 8),
+    elements=st.floats(1e-6, 1e6, allow_nan=False, allow_infinity=False),
+)
+
+
+def bound(objective, n):
+    objective.bind([f"t{i}" for i in range(n)])
+    return objective
+
+
+def weights_by_autograd(objective, losses):
+    leaf = losses.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective.combine(leaf), leaf)
+    return grad
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=positive_losses)
+def test_combiners_match_numpy(values):
+    losses = torch.tensor(values)
+    n = len(values)
+    w = np.linspace(0.5, 2.0, n)
+    expected = {
+        pt.Sum: values.sum(),
+        pt.Mean: values.mean(),
+        pt.GeometricMean: np.exp(np.log(values).mean()),
+    }
+    for cls, value in expected.items():
+        got = float(bound(cls(), n).value(losses))
+        assert math.isclose(got, value, rel_tol=1e-9), cls
+    weighted = float(bound(pt.Weighted(list(w)), n).value(losses))
+    assert math.isclose(weighted, float(w @ values), rel_tol=1e-6)  # float32 weights
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=positive_losses)
+def test_effective_weights_are_the_gradient_and_reproduce_the_value(values):
+    """Each closed-form weight is d value / d loss_t; the degree-1 homogeneous combiners also
+    satisfy Euler's identity sum_t w_t * loss_t = value."""
+    losses = torch.tensor(values)
+    n = len(values)
+    for objective in (pt.Sum(), pt.Mean(), pt.Weighted([1.5] * n), pt.GeometricMean()):
+        objective = bound(objective, n)
+        value = objective.value(losses)
+        weights = objective.weights(losses, value)
+        torch.testing.assert_close(weights, weights_by_autograd(objective, losses))
+        assert math.isclose(float(weights @ losses), float(value), rel_tol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=positive_losses, scale=st.floats(1e-3, 1e3))
+def test_geometric_mean_is_scale_equivariant_and_matches_torchjd(values, scale):
+    losses = torch.tensor(values)
+    objective = bound(pt.GeometricMean(), len(values))
+    reference = scalarization.GeometricMean()(losses)
+    torch.testing.assert_close(objective.value(losses), reference)
+    assert math.isclose(
+        float(objective.value(losses * scale)), scale * float(reference), rel_tol=1e-9
+    )
+
+
+def test_geometric_mean_is_the_closed_form_heteroscedastic_loss(rng):
+    """exp(mean_t(log(mean_batch((y_pred - y_true)^2)))) computed in numpy from raw arrays."""
+    y_pred, y_true = rng.normal(size=(64, 5)), rng.normal(size=(64, 5))
+    expected = np.exp(np.mean(np.log(np.mean((y_pred - y_true) ** 2, axis=0))))
+    mse = ((torch.tensor(y_pred) - torch.tensor(y_true)) ** 2).mean(0)
+    assert math.isclose(float(bound(pt.GeometricMean(), 5).value(mse)), expected, rel_tol=1e-12)
+
+
+def test_geometric_mean_is_safe_when_a_task_loss_is_zero():
+    pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # column 0 is predicted exactly
+    mse = ((pred - target) ** 2).mean(0)
+    objective = bound(pt.GeometricMean(), 2)
+    step = objective.backward(mse)
+    assert torch.isfinite(pred.grad).all()
+    assert torch.isfinite(step.value) and torch.isfinite(step.weights).all()
+    assert float(step.weights[0]) == 0.0 and float(step.weights[1]) > 0.0
+
+
+def test_backward_accumulates_the_gradient_of_the_combined_loss():
+    params = torch.tensor([0.3, -1.2, 2.0], requires_grad=True)
+    losses = torch.stack([(params[0] - 1) ** 2, params[1] ** 2 + 0.1, (params[2] * params[0]) ** 2])
+    objective = bound(pt.GeometricMean(), 3)
+    (expected,) = torch.autograd.grad(objective.combine(losses), params, retain_graph=True)
+    step = objective.backward(losses)
+    torch.testing.assert_close(params.grad, expected)
+    torch.testing.assert_close(step.value, objective.combine(losses.detach()))
+
+
+def test_uncertainty_matches_kendall_formula_and_learns(rng):
+    objective = bound(pt.Uncertainty(), 3)
+    with torch.no_grad():
+        objective.log_variances.copy_(torch.tensor([0.0, 1.0, -0.5]))
+    losses = torch.tensor([2.0, 3.0, 0.5])
+    s = np.array([0.0, 1.0, -0.5])
+    expected = np.sum(0.5 * np.exp(-s) * losses.numpy() + 0.5 * s)
+    assert math.isclose(float(objective.value(losses).detach()), expected, rel_tol=1e-6)
+    torch.testing.assert_close(
+        objective.weights(losses, objective.value(losses)),
+        weights_by_autograd(objective, losses),
+    )
+    # d/ds of 0.5 e^{-s} L + 0.5 s is zero at s = log L: the learned variance tracks the loss
+    step = objective.backward(losses)
+    assert step.weights.shape == (3,)
+    grad = objective.log_variances.grad
+    expected_grad = -0.5 * np.exp(-s) * losses.numpy() + 0.5
+    torch.testing.assert_close(grad, torch.tensor(expected_grad, dtype=torch.float32))
+
+
+def test_uncertainty_parameters_are_trained_by_the_trainer(hetero_splits):
+    from conftest import small_model
+
+    train, stop, _ = hetero_splits
+    objective = pt.Uncertainty()
+    trainer = pt.Trainer(objective, max_epochs=3, patience=None, quiet=True, lr=1e-2)
+    trainer.fit(small_model(), pt.regression_tasks(["task0", "task1", "task2"]), train, stop)
+    assert not torch.equal(objective.log_variances.detach(), torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0, -1.0], "non-negative"),
+        ([1.0, float("nan")], "finite"),
+        ([1.0, float("inf")], "finite"),
+        ([], "non-negative"),
+    ],
+)
+def test_weighted_rejects_bad_weights(weights, message):
+    with pytest.raises(ValueError, match=message):
+        pt.Weighted(weights)
+
+
+def test_weighted_checks_weights_against_the_tasks():
+    with pytest.raises(ValueError, match=r"2 weights given for 3 tasks"):
+        bound(pt.Weighted([1.0, 2.0]), 3)
+    with pytest.raises(ValueError, match=r"weights given for tasks \['a', 'x'\]"):
+        pt.Weighted({"a": 1.0, "x": 2.0}).bind(["a", "b"])
+    objective = pt.Weighted({"b": 3.0, "a": 1.0})
+    objective.bind(["a", "b"])
+    assert float(objective.value(torch.tensor([1.0, 1.0]))) == 4.0
+    assert objective.weights(torch.ones(2), torch.tensor(4.0)).tolist() == [1.0, 3.0]
+
+
+def test_losses_given_as_a_mapping_follow_the_bound_order():
+    objective = pt.Weighted([1.0, 10.0])
+    objective.bind(["a", "b"])
+    assert float(objective.value({"b": torch.tensor(1.0), "a": torch.tensor(2.0)})) == 12.0
+    with pytest.raises(KeyError, match=r"no loss for tasks \['b'\]"):
+        objective.value({"a": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match=r"expected \(2,\)"):
+        objective.value(torch.ones(3))
+
+
+def test_cli_names():
+    assert type(pt.make_objective("mse")) is pt.Mean
+    assert type(pt.make_objective("mean")) is pt.Mean
+    assert type(pt.make_objective("sum")) is pt.Sum
+    assert type(pt.make_objective("geometric")) is pt.GeometricMean
+    assert type(pt.make_objective("uncertainty")) is pt.Uncertainty
+    weighted = pt.make_objective("weighted:1:2.5")
+    weighted.bind(["a", "b"])
+    assert float(weighted.value(torch.tensor([1.0, 2.0]))) == 6.0
+    with pytest.raises(ValueError, match=r"unknown method 'pcgradx'.*geometric"):
+        pt.make_objective("pcgradx")
+    with pytest.raises(ValueError, match="needs its weights"):
+        pt.make_objective("weighted")

@@ -1,0 +1,190 @@
+"""The fit loop: early stopping, reproducibility, the fast column path and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import polytask as pt
+from conftest import small_model
+from polytask.training._trainer import _LossPlan
+
+TASKS = pt.regression_tasks(["task0", "task1", "task2"])
+
+
+def fit(train, stop, model=None, **options):
+    defaults = {"max_epochs": 4, "patience": None, "quiet": True, "device": "cpu"}
+    trainer = pt.Trainer(**{**defaults, **options})
+    model = model or small_model()
+    return model, trainer.fit(model, TASKS, train, stop), trainer
+
+
+def test_history_records_every_epoch_and_task(hetero_splits):
+    train, stop, _ = hetero_splits
+    _, history, _ = fit(train, stop, objective="geometric", max_epochs=3)
+    assert history["epoch"] == [1, 2, 3]
+    frame = history.to_frame()
+    for task in ("task0", "task1", "task2"):
+        for prefix in ("train_loss", "stop_loss", "weight"):
+            assert np.isfinite(frame[f"{prefix}/{task}"]).all()
+    # the geometric mean of the per-task stop losses is the recorded stop loss
+    for record in history.records:
+        per_task = [record[f"stop_loss/{t}"] for t in ("task0", "task1", "task2")]
+        assert record["stop_loss"] == pytest.approx(np.exp(np.mean(np.log(per_task))), rel=1e-5)
+    assert pt.training.History.from_dict(history.to_dict()) == history
+
+
+def test_early_stopping_restores_the_best_epoch(hetero_splits):
+    train, stop, _ = hetero_splits
+    # a high learning rate makes the stop loss bounce, so the last epoch is rarely the best
+    model, history, trainer = fit(train, stop, lr=0.05, max_epochs=40, patience=3)
+    assert history.stopped_early
+    best = min(history.records, key=lambda r: r["stop_loss"])
+    assert history.best_epoch == best["epoch"] < history["epoch"][-1]
+    assert history["epoch"][-1] - history.best_epoch == 3
+    restored = trainer.losses_on(model, TASKS, stop)
+    recorded = [best[f"stop_loss/{t.name}"] for t in TASKS]
+    np.testing.assert_allclose(restored.numpy(), recorded, rtol=1e-5)
+
+
+def test_same_seed_same_history_bit_for_bit(hetero_splits):
+    train, stop, _ = hetero_splits
+    runs = [fit(train, stop, model=small_model(seed=0), seed=7)[1] for _ in range(2)]
+    strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in h.records] for h in runs]
+    assert strip[0] == strip[1]
+    other = fit(train, stop, model=small_model(seed=0), seed=8)[1]
+    assert other.records[-1]["train_loss"] != runs[0].records[-1]["train_loss"]
+
+
+def test_fit_leaves_the_global_rng_untouched(hetero_splits):
+    train, stop, _ = hetero_splits
+    model = small_model()
+    model.trunk.append(nn.Dropout(0.1))  # dropout draws from the (forked) global RNG
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fit(train, stop, model=model, max_epochs=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_column_fast_path_equals_per_task_losses():
+    torch.manual_seed(0)
+    names = {"a": 2, "b": 1, "c": 3}
+    layer = nn.Linear(4, 6)
+    model = pt.MultiTaskModel(nn.Tanh(), pt.ColumnHeads(layer, names))
+    tasks = [pt.Task("c", size=3), pt.Task("a", size=2), pt.Task("b")]  # not column order
+    x = torch.randn(9, 4)
+    y = {"a": torch.randn(9, 2), "b": torch.randn(9), "c": torch.randn(9, 3)}
+    plan = _LossPlan(model, tasks)
+    assert plan.columnar
+    fast = plan.losses(model, x, plan.targets(y))
+    outputs = model(x)
+    slow = torch.stack([t.compute_loss(t.output(outputs[t.name]), y[t.name]) for t in tasks])
+    torch.testing.assert_close(fast, slow)
+    with_custom = [*tasks[:2], pt.Task("b", loss=nn.functional.l1_loss)]
+    assert not _LossPlan(model, with_custom).columnar
+
+
+def test_trainer_trains_the_column_model_like_the_head_model(hetero_splits):
+    """The heteroscedastic model (one Dense(T) output) learns: stop loss falls well below the
+    variance of the targets."""
+    train, stop, _ = hetero_splits
+    _, history, _ = fit(train, stop, model=small_model(columns=True), lr=1e-2, max_epochs=15)
+    assert history.best["stop_loss/task0"] < 0.5 * float(stop.targets["task0"].var())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t, s: (t.subset(slice(0, 0)), s), "the train split is empty"),
+        (
+            lambda t, s: (pt.MultiTargetData(t.x, {"task0": t.targets["task0"]}), s),
+            r"task 'task1': no target column in the train split; its columns are \['task0'\]",
+        ),
+        (
+            lambda t, s: (t, _replace_target(s, "task2", torch.zeros(len(s), 2))),
+            r"task 'task2', targets of the stop split: shape \(\d+, 2\), expected \(\d+,\)",
+        ),
+        (
+            lambda t, s: (_replace_x(t, 5, float("nan")), s),
+            "inputs x of the train split: non-finite value .* at row 5",
+        ),
+        (
+            lambda t, s: (_replace_target(t, "task1", _with(t.targets["task1"], 3, np.inf)), s),
+            "task 'task1', targets of the train split: non-finite value .* at row 3",
+        ),
+        (
+            lambda t, s: (t, pt.MultiTargetData(s.x.repeat(1, 2), s.targets)),
+            r"train rows have shape \(1,\), stop rows \(2,\)",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_step(hetero_splits, mutate, message):
+    train, stop, _ = hetero_splits
+    train, stop = mutate(train, stop)
+    model = small_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=message):
+        fit(train, stop, model=model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_mismatched_heads_and_tasks_are_reported(hetero_splits):
+    train, stop, _ = hetero_splits
+    with pytest.raises(ValueError, match=r"tasks \['task0', 'task1'\] do not match.*task2"):
+        pt.Trainer(quiet=True).fit(small_model(), TASKS[:2], train, stop)
+    wide = small_model()
+    wide.heads["task1"] = nn.Linear(16, 3)
+    with pytest.raises(ValueError, match=r"task 'task1': its head outputs shape \(2, 3\)"):
+        fit(train, stop, model=wide)
+
+
+def test_a_loss_that_turns_nan_stops_with_epoch_and_task(hetero_splits):
+    train, stop, _ = hetero_splits
+    calls = {"n": 0}
+    steps_per_epoch = -(-len(train) // 32)
+
+    def fragile(output, target):
+        calls["n"] += 1
+        loss = nn.functional.mse_loss(output, target)
+        return loss * float("nan") if calls["n"] > 2.5 * steps_per_epoch else loss
+
+    tasks = [*TASKS[:2], pt.Task("task2", loss=fragile)]
+    model = small_model()
+    trainer = pt.Trainer(max_epochs=10, patience=None, quiet=True, device="cpu")
+    with pytest.raises(
+        pt.NonFiniteLossError, match="epoch 3: the training loss of task 'task2'"
+    ) as info:
+        trainer.fit(model, tasks, train, stop)
+    history = info.value.history
+    assert len(history) == 3 and history.best_epoch in (1, 2)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert f"weights of epoch {history.best_epoch} restored" in str(info.value)
+
+
+def test_bad_trainer_configuration():
+    with pytest.raises(ValueError, match="patience"):
+        pt.Trainer(patience=0)
+    with pytest.raises(ValueError, match="lr and eps"):
+        pt.Trainer(eps=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_asking_for_cuda_without_it_is_a_clear_error(hetero_splits):
+    train, stop, _ = hetero_splits
+    with pytest.raises(ValueError, match="'cuda' was asked for, but CUDA is not available"):
+        fit(train, stop, device="cuda")
+
+
+def _with(column, row, value):
+    column = column.clone()
+    column[row] = value
+    return column
+
+
+def _replace_target(data, task, column):
+    return pt.MultiTargetData(data.x, {**data.targets, task: column})
+
+
+def _replace_x(data, row, value):
+    return pt.MultiTargetData(_with(data.x, row, value), data.targets)
