@@ -8,7 +8,8 @@ Examples
 """
 
 from .data import MultiTargetData, make_hetero, make_phase, split
-from .evaluation import evaluate, predict
+from .evaluation import evaluate, predict, summarize
+from .experiments import Store, SyntheticExperiment, replicate, write_comparison_report
 from .models import ColumnHeads, MultiTaskModel, mlp
 from .objectives import (
     OBJECTIVES,
@@ -36,7 +37,9 @@ __all__ = [
     "MultiTaskModel",
     "NonFiniteLossError",
     "Objective",
+    "Store",
     "Sum",
+    "SyntheticExperiment",
     "Task",
     "Trainer",
     "Uncertainty",
@@ -49,5 +52,8 @@ __all__ = [
     "mlp",
     "predict",
     "regression_tasks",
+    "replicate",
     "split",
+    "summarize",
+    "write_comparison_report",
 ]

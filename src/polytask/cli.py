@@ -1,4 +1,4 @@
-"""The ``polytask`` command line: ``list`` and ``run``."""
+"""The ``polytask`` command line: ``list``, ``run``, ``compare`` and ``report``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from .experiments import DESCRIPTIONS, EXPERIMENTS, markdown_table, results_table, write_run_report
+from .experiments import (
+    DESCRIPTIONS,
+    EXPERIMENTS,
+    SyntheticExperiment,
+    config_hash,
+    markdown_table,
+    replicate,
+    results_table,
+    write_comparison_report,
+    write_run_report,
+)
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -40,16 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the built-in experiments")
     run = commands.add_parser("run", help="run one experiment and write its report")
-    run.add_argument("experiment", choices=sorted(EXPERIMENTS))
-    run.add_argument("--methods", type=_methods, help="comma-separated, e.g. mse,geometric")
-    run.add_argument("--baseline", help="method the others are compared with (default: first)")
-    run.add_argument("--n", type=_positive, help="rows drawn (train/stop/test = 5/45/50%%)")
-    run.add_argument("--tasks", type=_positive, help="number of tasks")
-    run.add_argument("--max-epochs", type=_positive)
-    run.add_argument("--patience", type=_positive)
-    run.add_argument("--batch-size", type=_positive)
+    _experiment_options(run)
     _common(run)
+    compare = commands.add_parser(
+        "compare", help="replicate an experiment over many seeds and compare methods"
+    )
+    _experiment_options(compare)
+    compare.add_argument("--replications", type=_positive, default=10)
+    compare.add_argument("--jobs", type=_positive, default=1, help="parallel workers")
+    compare.add_argument("--backend", choices=("joblib", "ray"), default="joblib")
+    compare.add_argument("--store", type=Path, help="SQLite store (default <out>/results.sqlite)")
+    _common(compare)
+    report = commands.add_parser("report", help="write the report of a stored comparison")
+    report.add_argument("store", type=Path, help="the SQLite store of a compare run")
+    report.add_argument("--config", help="configuration hash (prefix) to report; default latest")
+    report.add_argument("--out", type=Path, help="report folder (default: beside the store)")
     return parser
+
+
+def _experiment_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--methods", type=_methods, help="comma-separated, e.g. mse,geometric")
+    parser.add_argument("--baseline", help="method the others are compared with (default: first)")
+    parser.add_argument("--n", type=_positive, help="rows drawn (train/stop/test = 5/45/50%%)")
+    parser.add_argument("--tasks", type=_positive, help="number of tasks")
+    parser.add_argument("--max-epochs", type=_positive)
+    parser.add_argument("--patience", type=_positive)
+    parser.add_argument("--batch-size", type=_positive)
 
 
 def _cmd_list() -> int:
@@ -58,7 +85,7 @@ def _cmd_list() -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _experiment(args: argparse.Namespace) -> SyntheticExperiment:
     experiment = EXPERIMENTS[args.experiment]()
     changes = {
         "n": args.n,
@@ -70,15 +97,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "baseline": args.baseline or (args.methods[0] if args.methods else None),
         "device": args.device,
     }
-    experiment = dataclasses.replace(
-        experiment, **{k: v for k, v in changes.items() if v is not None}
-    )
-    out = args.out or Path("runs") / f"{experiment.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return dataclasses.replace(experiment, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _out(args: argparse.Namespace, name: str) -> Path:
+    return args.out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    experiment = _experiment(args)
+    out = _out(args, experiment.name)
     result = experiment.run(args.seed, quiet=args.quiet)
     files = write_run_report(result, out)
     print(f"{experiment.name}, seed {args.seed}: test MSE against the noiseless targets")
     print(markdown_table(results_table(result)))
     print(f"report written to {files['table_md'].parent}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    experiment = _experiment(args)
+    out = _out(args, f"compare-{experiment.name}")
+    store = args.store or out / "results.sqlite"
+    replicate(
+        experiment,
+        args.replications,
+        seed=args.seed,
+        jobs=args.jobs,
+        backend=args.backend,
+        store=store,
+        quiet=args.quiet,
+    )
+    key = config_hash(experiment, args.seed)
+    files = write_comparison_report(store, out, config_hash=key)
+    print(files["markdown"].read_text().split("![")[0].rstrip())
+    print(f"\nreport written to {files['markdown']} and {files['html']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    if not args.store.exists():
+        raise ValueError(f"no store at {args.store}")
+    out = args.out or args.store.parent
+    files = write_comparison_report(args.store, out, config_hash=args.config)
+    print(f"report written to {files['markdown']} and {files['html']}")
     return 0
 
 
@@ -88,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _cmd_list()
-        return _cmd_run(args)
+        commands = {"run": _cmd_run, "compare": _cmd_compare, "report": _cmd_report}
+        return commands[args.command](args)
     except ValueError as error:
         print(f"polytask: error: {error}", file=sys.stderr)
         return 2

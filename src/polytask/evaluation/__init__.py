@@ -1,15 +1,37 @@
-"""Per-task metrics on held-out data, and figures."""
+"""Per-task metrics on held-out data, statistics of replicated comparisons, and figures."""
 
 from ._evaluate import evaluate, predict
 from ._metrics import GREATER_IS_BETTER, task_metrics
-from ._plots import plot_predictions, plot_task_losses, plot_training_curves
+from ._plots import (
+    plot_delta_m,
+    plot_predictions,
+    plot_ratio_boxplots,
+    plot_task_losses,
+    plot_training_curves,
+)
+from ._statistics import (
+    DELTA_CONVENTION,
+    RATIO_CONVENTION,
+    delta_m,
+    holm,
+    improvement_ratios,
+    summarize,
+)
 
 __all__ = [
+    "DELTA_CONVENTION",
     "GREATER_IS_BETTER",
+    "RATIO_CONVENTION",
+    "delta_m",
     "evaluate",
+    "holm",
+    "improvement_ratios",
+    "plot_delta_m",
     "plot_predictions",
+    "plot_ratio_boxplots",
     "plot_task_losses",
     "plot_training_curves",
     "predict",
+    "summarize",
     "task_metrics",
 ]

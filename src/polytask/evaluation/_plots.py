@@ -10,7 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
+import pandas as pd
 
 from ..training import History
 
@@ -94,3 +96,47 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_ratio_boxplots(
+    ratios: pd.DataFrame, baseline: str, path: str | Path, metric: str = "mse"
+) -> Path:
+    """Boxplots of per-task improvement ratios on a log scale with a line at 1: one box per
+    task, one panel per method. ``ratios`` has columns ``method, task, ratio``."""
+    methods = list(dict.fromkeys(ratios["method"]))
+    rows, cols = _grid(len(methods))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax, method in zip(axes.flat, methods, strict=False):
+        part = ratios[ratios["method"] == method]
+        tasks = list(dict.fromkeys(part["task"]))
+        ax.boxplot([part.loc[part["task"] == t, "ratio"] for t in tasks], tick_labels=tasks)
+        ax.axhline(1.0, color="firebrick", ls="--", lw=1)
+        ax.set_yscale("log")
+        plain = matplotlib.ticker.FormatStrFormatter("%.3g")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        n = part.groupby("task").size().min()
+        ax.set_title(f"{method} vs {baseline} ({n} replications)")
+        ax.set_xlabel("task")
+        ax.set_ylabel(f"{metric} improvement ratio (>1: {method} better)")
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_delta_m(deltas: pd.DataFrame, baseline: str, path: str | Path) -> Path:
+    """Distribution of Delta_m% per method (box and points; lower is better)."""
+    methods = list(dict.fromkeys(deltas["method"]))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(methods) + 2), 4))
+    values = [deltas.loc[deltas["method"] == m, "delta_m"].to_numpy() for m in methods]
+    ax.boxplot(values, tick_labels=methods)
+    jitter = np.random.default_rng(0)
+    for i, v in enumerate(values, start=1):
+        ax.scatter(i + jitter.uniform(-0.12, 0.12, len(v)), v, s=8, alpha=0.5, color="tab:blue")
+    ax.axhline(0.0, color="firebrick", ls="--", lw=1)
+    ax.set_title(f"Delta_m% against {baseline}\nper replication (lower is better)")
+    ax.set_xlabel("method")
+    ax.set_ylabel("Delta_m (%)")
+    fig.tight_layout()
+    return _save(fig, path)

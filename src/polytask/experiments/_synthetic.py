@@ -19,6 +19,13 @@ from ..objectives import make_objective
 from ..tasks import Task, regression_tasks
 from ..training import History, Trainer
 
+
+def hash_config(config: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able configuration."""
+    text = json.dumps(config, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 GENERATORS: dict[str, Callable[..., MultiTargetData]] = {"hetero": make_hetero, "phase": make_phase}
 
 
@@ -79,8 +86,7 @@ class SyntheticExperiment:
 
     def config_hash(self) -> str:
         """A short stable hash of :meth:`config`."""
-        text = json.dumps(self.config(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return hash_config(self.config())
 
     def tasks(self) -> list[Task]:
         return regression_tasks(task_names(self.n_tasks))

@@ -1,0 +1,194 @@
+"""The report of a replicated comparison: Markdown and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluation import (
+    DELTA_CONVENTION,
+    RATIO_CONVENTION,
+    delta_m,
+    improvement_ratios,
+    plot_delta_m,
+    plot_ratio_boxplots,
+    summarize,
+)
+from ._report import markdown_table
+from ._store import Store
+
+
+def _pick_config(store: Store, config_hash: str | None) -> str:
+    configs = store.configs()
+    if configs.empty:
+        raise ValueError(f"the store {store.path} holds no results")
+    if config_hash is None:
+        return str(configs["config_hash"].iloc[-1])  # the most recent configuration
+    matches = [h for h in configs["config_hash"] if str(h).startswith(config_hash)]
+    if len(matches) != 1:
+        raise ValueError(
+            f"configuration {config_hash!r} matches {len(matches)} of the stored ones: "
+            f"{list(configs['config_hash'])}"
+        )
+    return matches[0]
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{low:.3g}, {high:.3g}]"
+
+
+def _task_table(per_task: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "method": per_task["method"],
+            "task": per_task["task"],
+            "n": per_task["n"],
+            "median ratio": per_task["median_ratio"],
+            "95% CI (median)": [
+                _interval(a, b)
+                for a, b in zip(per_task["median_ci_low"], per_task["median_ci_high"], strict=True)
+            ],
+            "IQR": [_interval(a, b) for a, b in zip(per_task["q25"], per_task["q75"], strict=True)],
+            "geo-mean ratio": per_task["gmean_ratio"],
+            "95% CI (geo-mean)": [
+                _interval(a, b)
+                for a, b in zip(per_task["gmean_ci_low"], per_task["gmean_ci_high"], strict=True)
+            ],
+            "win rate": per_task["win_rate"],
+            "Wilcoxon p": per_task["wilcoxon_p"],
+            "Holm p": per_task["holm_p"],
+        }
+    )
+
+
+def _overall_table(overall: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "method": overall["method"],
+            "n": overall["n"],
+            "mean Delta_m% (lower is better)": overall["delta_m_mean"],
+            "95% CI": [
+                _interval(a, b)
+                for a, b in zip(overall["delta_m_ci_low"], overall["delta_m_ci_high"], strict=True)
+            ],
+            "median Delta_m%": overall["delta_m_median"],
+        }
+    )
+
+
+def _means_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    means = frame.pivot_table(index="task", columns="method", values=metric, aggfunc="median")
+    means.columns = [f"median {metric} ({m})" for m in means.columns]
+    return means.reset_index()
+
+
+def write_comparison_report(
+    store: Store | str | Path,
+    out: str | Path,
+    *,
+    config_hash: str | None = None,
+    metric: str = "mse",
+    n_resamples: int = 9999,
+) -> dict[str, Path]:
+    """Statistics, boxplots and Delta_m% of one stored comparison, as Markdown and HTML.
+
+    ``config_hash`` (a prefix is enough) picks the comparison; by default the most recent one
+    in the store.
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    key = _pick_config(store, config_hash)
+    config = store.config(key)
+    baseline = config["baseline"]
+    results = store.replications(key)
+    frame = store.frame(key)
+    if frame.empty:
+        raise ValueError(f"configuration {key} has no finished replications yet")
+    per_task, overall = summarize(frame, baseline, metric, n_resamples=n_resamples)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "ratios": plot_ratio_boxplots(
+            improvement_ratios(frame, baseline, metric), baseline, out / "ratios.png", metric
+        ),
+        "delta_m": plot_delta_m(delta_m(frame, baseline, metric), baseline, out / "delta_m.png"),
+    }
+    per_task.to_csv(out / "statistics_per_task.csv", index=False)
+    overall.to_csv(out / "statistics_overall.csv", index=False)
+    frame.to_csv(out / "replications.csv", index=False)
+    seeds = sorted(r["seed"] for r in results)
+    version_sets = sorted({json.dumps(r["versions"], sort_keys=True) for r in results})
+    meta = [
+        ("experiment", config["experiment"]),
+        ("methods", ", ".join(config["methods"])),
+        ("baseline", baseline),
+        ("replications", str(len(results))),
+        ("seeds", f"{seeds[0]}..{seeds[-1]}" if seeds else "-"),
+        ("configuration hash", key),
+        ("metric", f"test {metric} (against the noiseless targets for synthetic data)"),
+        ("versions", "; ".join(version_sets)),
+    ]
+    sections = [
+        ("Overall: Delta_m%", DELTA_CONVENTION, _overall_table(overall)),
+        ("Per task: improvement ratios", RATIO_CONVENTION, _task_table(per_task)),
+        ("Per task: median test metric", "", _means_table(frame, metric)),
+    ]
+    title = f"{config['experiment']}: {', '.join(config['methods'])} ({len(results)} replications)"
+    md = [f"# {title}", "", *[f"- **{k}**: {v}" for k, v in meta], ""]
+    for heading, note, table in sections:
+        md += [f"## {heading}", "", *([f"_{note}_", ""] if note else []), markdown_table(table), ""]
+    md += [
+        "Paired two-sided Wilcoxon signed-rank tests on the per-replication metrics; Holm "
+        "adjustment across the tasks of each method. Confidence intervals: percentile "
+        f"bootstrap, {n_resamples} resamples.",
+        "",
+        "![improvement ratios](ratios.png)",
+        "",
+        "![Delta_m%](delta_m.png)",
+        "",
+    ]
+    files["markdown"] = out / "report.md"
+    files["markdown"].write_text("\n".join(md))
+    files["html"] = out / "report.html"
+    files["html"].write_text(_html(title, meta, sections, files, n_resamples))
+    return files
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _html(
+    title: str,
+    meta: list[tuple[str, str]],
+    sections: list[tuple[str, str, pd.DataFrame]],
+    files: dict[str, Path],
+    n_resamples: int,
+) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>",
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}",
+        "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;"
+        "padding:0.3em 0.6em;text-align:right}img{max-width:100%}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><ul>",
+        *[f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in meta],
+        "</ul>",
+    ]
+    for heading, note, table in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if note:
+            parts.append(f"<p><i>{html.escape(note)}</i></p>")
+        parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+    parts += [
+        f"<p>Paired two-sided Wilcoxon signed-rank tests; Holm adjustment across tasks; "
+        f"percentile bootstrap ({n_resamples} resamples).</p>",
+        _image(files["ratios"]),
+        _image(files["delta_m"]),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
