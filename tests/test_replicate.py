@@ -1,0 +1,184 @@
+"""Replications: the resumable store, kill safety, parallel backends, the compare command."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import polytask as pt
+from polytask.cli import main
+from polytask.experiments import Store, config_hash
+
+TINY = pt.SyntheticExperiment(
+    "hetero", n=400, n_tasks=2, depth=2, width=16, max_epochs=3, device="cpu"
+)
+
+
+def test_replicate_returns_one_row_per_replication_method_and_task(tmp_path):
+    frame = pt.replicate(TINY, 3, seed=10, quiet=True, store=tmp_path / "s.sqlite")
+    assert len(frame) == 3 * 2 * 2
+    assert sorted(frame["seed"].unique()) == [10, 11, 12]
+    assert set(frame.columns) >= {"replication", "seed", "method", "task", "mse", "mae"}
+    assert not frame.duplicated(["replication", "method", "task"]).any()
+    # growing N runs only the new replications; the first three come back unchanged
+    more = pt.replicate(TINY, 5, seed=10, quiet=True, store=tmp_path / "s.sqlite")
+    pd.testing.assert_frame_equal(more[more["replication"] < 3].reset_index(drop=True), frame)
+    assert len(more) == 5 * 4
+
+
+def test_same_seed_reproduces_a_replication_exactly():
+    first = pt.experiments.run_replication(TINY, 0, 42, threads=1)
+    second = pt.experiments.run_replication(TINY, 0, 42, threads=1)
+    assert first["metrics"] == second["metrics"]
+    assert (
+        first["histories"]["mse"]["records"][-1]["train_loss"]
+        == (second["histories"]["mse"]["records"][-1]["train_loss"])
+    )
+
+
+def test_store_keeps_configurations_apart(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    other = pt.SyntheticExperiment(
+        "phase", n=400, n_tasks=2, depth=2, width=16, max_epochs=2, device="cpu"
+    )
+    pt.replicate(TINY, 2, quiet=True, store=store)
+    pt.replicate(other, 1, quiet=True, store=store)
+    pt.replicate(TINY, 1, seed=5, quiet=True, store=store)  # another base seed: another set
+    configs = store.configs().set_index("config_hash")["replications"]
+    assert configs.to_dict() == {
+        config_hash(TINY, 0): 2,
+        config_hash(other, 0): 1,
+        config_hash(TINY, 5): 1,
+    }
+    stored = store.replications(config_hash(TINY, 0))[0]
+    assert stored["versions"]["torch"] and stored["seconds"] > 0
+    assert stored["histories"]["geometric"]["records"]
+
+
+def test_only_the_test_set_is_evaluated_once_per_fit(monkeypatch):
+    """Early stopping reads the stop set; the test set is read once per method, at the end."""
+    seen = []
+    real = pt.experiments._synthetic.evaluate
+
+    def spy(model, tasks, data, **kwargs):
+        seen.append(len(data))
+        return real(model, tasks, data, **kwargs)
+
+    monkeypatch.setattr(pt.experiments._synthetic, "evaluate", spy)
+    TINY.run(0, quiet=True)
+    assert seen == [200, 200]  # the test half of 400 rows, once for each of the two methods
+
+
+COMMAND = [
+    sys.executable,
+    "-m",
+    "polytask.cli",
+    "compare",
+    "hetero",
+    "--n",
+    "1500",
+    "--tasks",
+    "2",
+    "--max-epochs",
+    "6",
+    "--replications",
+    "8",
+    "--jobs",
+    "1",
+    "--quiet",
+    "--device",
+    "cpu",
+]
+
+
+def _count(store):
+    if not os.path.exists(store):
+        return 0
+    try:
+        with sqlite3.connect(store, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM replications").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_a_killed_compare_resumes_to_exactly_n_replications(tmp_path):
+    store = tmp_path / "killed" / "results.sqlite"
+    args = [*COMMAND, "--out", str(tmp_path / "killed")]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _count(store) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = _count(store)
+    assert 2 <= interrupted_at < 8, "the kill should land mid-run"
+    subprocess.run(args, check=True, capture_output=True)
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT replication FROM replications ORDER BY replication").fetchall()
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [r[0] for r in rows] == list(range(8))
+    fresh = tmp_path / "fresh"
+    subprocess.run([*COMMAND, "--out", str(fresh)], check=True, capture_output=True)
+    key = config_hash(
+        pt.SyntheticExperiment("hetero", n=1500, n_tasks=2, max_epochs=6, device="cpu"), 0
+    )
+    resumed = Store(store).frame(key)
+    uninterrupted = Store(fresh / "results.sqlite").frame(key)
+    assert len(resumed) == 8 * 2 * 2
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
+    assert (tmp_path / "killed" / "report.html").exists()
+
+
+def test_compare_and_report_commands(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "phase",
+            "--n",
+            "400",
+            "--tasks",
+            "2",
+            "--max-epochs",
+            "2",
+            "--replications",
+            "3",
+            "--jobs",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--methods",
+            "mse,geometric,uw",
+        ]
+    )
+    assert code == 0
+    text = (out / "report.md").read_text()
+    assert "replications**: 3" in text and "lower is better" in text and "above 1" in text
+    assert "| geometric | task0 | 3 |" in text and "| uw | task1 | 3 |" in text
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    per_task = pd.read_csv(out / "statistics_per_task.csv")
+    assert set(per_task["method"]) == {"geometric", "uw"}
+    assert (out / "ratios.png").stat().st_size > 10_000
+    (out / "report.md").unlink()
+    assert main(["report", str(out / "results.sqlite")]) == 0
+    assert (out / "report.md").read_text() == text
+    assert main(["report", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no store at" in capsys.readouterr().err
+
+
+def test_ray_backend_matches_joblib(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'polytask[ray]')")
+    joblib_frame = pt.replicate(TINY, 3, jobs=2, backend="joblib", quiet=True)
+    ray_frame = pt.replicate(
+        TINY, 3, jobs=2, backend="ray", quiet=True, store=tmp_path / "ray.sqlite"
+    )
+    pd.testing.assert_frame_equal(ray_frame, joblib_frame)
