@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn import metrics as skm
 
 from ..tasks import Task
 
@@ -27,6 +26,8 @@ def _decide(task: Task, output: np.ndarray) -> np.ndarray:
 
 
 def _metric(name: str) -> Callable[[Task, np.ndarray, np.ndarray], float]:
+    from sklearn import metrics as skm  # imported on first use: it costs ~2 s
+
     def mse(task: Task, output: np.ndarray, target: np.ndarray) -> float:
         return float(np.mean((output - target) ** 2))
 

@@ -5,16 +5,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
-import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
 from ..training import History
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _pyplot():
+    """matplotlib is imported on first use: workers that only train never pay for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -25,7 +34,7 @@ def _grid(n: int) -> tuple[int, int]:
 def plot_training_curves(histories: Mapping[str, History], path: str | Path) -> Path:
     """Train and stop loss per epoch for each fit (one panel per method, log scale)."""
     rows, cols = _grid(len(histories))
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, (method, history) in zip(axes.flat, histories.items(), strict=False):
         epochs = history["epoch"]
         ax.plot(epochs, history["train_loss"], label="train")
@@ -46,7 +55,7 @@ def plot_training_curves(histories: Mapping[str, History], path: str | Path) -> 
 def plot_task_losses(histories: Mapping[str, History], path: str | Path) -> Path:
     """Each task's stop-set loss per epoch, one panel per method."""
     rows, cols = _grid(len(histories))
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, (method, history) in zip(axes.flat, histories.items(), strict=False):
         for task in history.task_names:
             ax.plot(history["epoch"], history.task_column("stop_loss", task), label=task)
@@ -72,7 +81,7 @@ def plot_predictions(
     """Per task: noisy training points, the noiseless curve and each method's predictions."""
     tasks = list(clean)
     rows, cols = _grid(len(tasks))
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     order = np.argsort(x_test)
     for ax, task in zip(axes.flat, tasks, strict=False):
         ax.scatter(x_train, y_train[task], s=4, color="lightgrey", label="training points")
@@ -90,11 +99,11 @@ def plot_predictions(
     return _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -105,14 +114,16 @@ def plot_ratio_boxplots(
     task, one panel per method. ``ratios`` has columns ``method, task, ratio``."""
     methods = list(dict.fromkeys(ratios["method"]))
     rows, cols = _grid(len(methods))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
     for ax, method in zip(axes.flat, methods, strict=False):
         part = ratios[ratios["method"] == method]
         tasks = list(dict.fromkeys(part["task"]))
         ax.boxplot([part.loc[part["task"] == t, "ratio"] for t in tasks], tick_labels=tasks)
         ax.axhline(1.0, color="firebrick", ls="--", lw=1)
         ax.set_yscale("log")
-        plain = matplotlib.ticker.FormatStrFormatter("%.3g")
+        from matplotlib.ticker import FormatStrFormatter
+
+        plain = FormatStrFormatter("%.3g")
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
         n = part.groupby("task").size().min()
@@ -128,7 +139,7 @@ def plot_ratio_boxplots(
 def plot_delta_m(deltas: pd.DataFrame, baseline: str, path: str | Path) -> Path:
     """Distribution of Delta_m% per method (box and points; lower is better)."""
     methods = list(dict.fromkeys(deltas["method"]))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(methods) + 2), 4))
+    fig, ax = _pyplot().subplots(figsize=(max(4.5, 1.6 * len(methods) + 2), 4))
     values = [deltas.loc[deltas["method"] == m, "delta_m"].to_numpy() for m in methods]
     ax.boxplot(values, tick_labels=methods)
     jitter = np.random.default_rng(0)

@@ -1,0 +1,55 @@
+"""Replications per minute with one worker and with two, in the same run.
+
+Each replication is a shortened heteroscedastic experiment (both methods, fresh data per seed).
+With ``--jobs 1`` the replications run in this process with torch on every core; with
+``--jobs 2`` two joblib worker processes each limit torch to half the cores. Worker start-up
+(importing torch) is counted; joblib keeps its workers between rounds.
+
+Usage: python benchmarks/bench_replicate.py [--replications 8]
+Last line: ``jobs2_vs_jobs1: R`` (replications per minute with 2 jobs / with 1 job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import polytask as pt
+
+
+def rate(experiment: pt.SyntheticExperiment, replications: int, jobs: int, seed: int) -> float:
+    started = time.perf_counter()
+    pt.replicate(experiment, replications, jobs=jobs, quiet=True, seed=seed)
+    return replications / (time.perf_counter() - started) * 60
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replications", type=int, default=4, help="per round and setting")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+    experiment = pt.SyntheticExperiment(
+        "hetero", n=args.n, max_epochs=args.epochs, patience=args.epochs, device="cpu"
+    )
+    print(
+        f"{os.cpu_count()} cores; hetero n={args.n}, {args.epochs} epochs, 2 methods; "
+        f"{args.rounds} alternating rounds of {args.replications} replications per setting"
+    )
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for round_ in range(args.rounds):
+        # alternate, so that the machine's drifts hit both settings alike
+        for jobs in (1, 2):
+            rates[jobs].append(rate(experiment, args.replications, jobs, seed=1000 * round_))
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    for jobs, value in ((1, one), (2, two)):
+        each = ", ".join(f"{r:.1f}" for r in rates[jobs])
+        print(f"--jobs {jobs}: {value:6.1f} replications/minute (median; rounds: {each})")
+    print(f"jobs2_vs_jobs1: {two / one:.2f}")
+
+
+if __name__ == "__main__":
+    main()
