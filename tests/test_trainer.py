@@ -7,7 +7,8 @@ from torch import nn
 
 import polytask as pt
 from conftest import small_model
-from polytask.training._trainer import _LossPlan
+from polytask.training._losses import LossPlan
+from polytask.training._sources import SharedSource
 
 TASKS = pt.regression_tasks(["task0", "task1", "task2"])
 
@@ -75,14 +76,17 @@ def test_column_fast_path_equals_per_task_losses():
     tasks = [pt.Task("c", size=3), pt.Task("a", size=2), pt.Task("b")]  # not column order
     x = torch.randn(9, 4)
     y = {"a": torch.randn(9, 2), "b": torch.randn(9), "c": torch.randn(9, 3)}
-    plan = _LossPlan(model, tasks)
+    source = SharedSource(pt.MultiTargetData(x, y), "train", tasks, torch.device("cpu"))
+    plan = LossPlan(model, tasks, source)
     assert plan.columnar
-    fast = plan.losses(model, x, plan.targets(y))
+    plan.adopt(source)
+    fast, positions = plan.losses(model, next(source.chunks(9)))
+    assert positions is None
     outputs = model(x)
     slow = torch.stack([t.compute_loss(t.output(outputs[t.name]), y[t.name]) for t in tasks])
     torch.testing.assert_close(fast, slow)
     with_custom = [*tasks[:2], pt.Task("b", loss=nn.functional.l1_loss)]
-    assert not _LossPlan(model, with_custom).columnar
+    assert not LossPlan(model, with_custom, source).columnar
 
 
 def test_trainer_trains_the_column_model_like_the_head_model(hetero_splits):

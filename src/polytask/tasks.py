@@ -41,6 +41,11 @@ class Task:
         BCE-with-logits; cross-entropy; BCE-with-logits per label.
     metrics
         Metric names evaluated on held-out data (see ``polytask.evaluation``). Defaults by kind.
+    allow_missing
+        Opt in to partial labels: a NaN target (regression, binary, multilabel) or ``-1``
+        (multiclass) marks a row without a label for this task. Losses and metrics skip such
+        rows; a batch without any label for the task leaves it out of that step. Without the
+        opt-in a NaN target is an error.
 
     Examples
     --------
@@ -55,6 +60,7 @@ class Task:
     size: int = 1
     loss: LossFn | None = field(default=None, compare=False)
     metrics: tuple[str, ...] = ()
+    allow_missing: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -106,7 +112,8 @@ class Task:
                 )
         if target.is_floating_point() and not bool(torch.isfinite(target).all()):
             bad = int((~torch.isfinite(target)).nonzero()[0, 0])
-            raise ValueError(f"{where}: non-finite value (NaN or inf) at row {bad}")
+            hint = "" if self.allow_missing else "; for missing labels use allow_missing=True"
+            raise ValueError(f"{where}: non-finite value (NaN or inf) at row {bad}{hint}")
         if self.kind == "regression":
             return target.to(torch.float32)
         if self.kind == "multiclass":
@@ -122,16 +129,63 @@ class Task:
             raise ValueError(f"{where}: {self.kind} labels must be 0 or 1")
         return target.to(torch.float32)
 
+    def labelled(self, target: Tensor, mask: Tensor | None = None) -> Tensor | None:
+        """Which rows carry a label (``None``: all of them). Missing labels are NaN, or -1 for
+        multiclass, when :attr:`allow_missing` is set; ``mask`` marks labelled rows explicitly."""
+        known = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        if self.allow_missing:
+            missing = target == -1 if self.kind == "multiclass" else torch.isnan(target)
+            while missing.ndim > 1:  # a multilabel row counts as labelled if any label is
+                missing = missing.all(dim=-1)
+            known = ~missing if known is None else known & ~missing
+        return known
+
+    def prepare(
+        self, target: Tensor, split: str = "data", mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`prepare_target` that honours missing labels: returns the prepared target
+        (unlabelled rows filled with a valid placeholder) and the labelled-row mask or None."""
+        known = self.labelled(target, mask)
+        if known is None:
+            return self.prepare_target(target, split), None
+        if len(known) != len(target):
+            raise ValueError(
+                f"task {self.name!r}, {split} split: label mask has {len(known)} rows, "
+                f"targets have {len(target)}"
+            )
+        fill = known.reshape(-1, *([1] * (target.ndim - 1)))
+        filled = torch.where(fill, target, torch.zeros((), dtype=target.dtype))
+        if self.kind == "multilabel":
+            filled = torch.nan_to_num(filled, nan=0.0)
+        return self.prepare_target(filled, split), known
+
     # -- loss ---------------------------------------------------------------------------------
-    def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
-        """The batch-mean loss of this task for a prepared output and target."""
+    def compute_loss(self, output: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The mean loss of this task over a batch (over its labelled rows if ``mask``).
+
+        ``mask`` must mark at least one row; the trainer leaves a task without labels in a
+        batch out of that step, so its loss is never NaN.
+        """
+        if mask is None:
+            if self.loss is not None:
+                return self.loss(output, target)
+            if self.kind == "regression":
+                return F.mse_loss(output, target)
+            if self.kind == "multiclass":
+                return F.cross_entropy(output, target)
+            return F.binary_cross_entropy_with_logits(output, target)
         if self.loss is not None:
-            return self.loss(output, target)
+            return self.loss(output[mask], target[mask])
         if self.kind == "regression":
-            return F.mse_loss(output, target)
-        if self.kind == "multiclass":
-            return F.cross_entropy(output, target)
-        return F.binary_cross_entropy_with_logits(output, target)
+            rows = (output - target).square()
+        elif self.kind == "multiclass":
+            rows = F.cross_entropy(output, target, reduction="none")
+        else:
+            rows = F.binary_cross_entropy_with_logits(output, target, reduction="none")
+        if rows.ndim > 1:
+            rows = rows.flatten(1).mean(dim=1)
+        weights = mask.to(rows.dtype)
+        return (rows * weights).sum() / weights.sum()
 
 
 def regression_tasks(names: list[str] | tuple[str, ...]) -> list[Task]:

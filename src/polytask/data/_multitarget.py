@@ -30,6 +30,9 @@ class MultiTargetData:
         Task name -> targets with ``n`` rows.
     clean_targets
         Optional noiseless targets per task (synthetic data), used by evaluation.
+    masks
+        Optional task -> boolean array marking the rows that carry a label for that task
+        (partial labels; see also ``Task(allow_missing=True)``).
 
     Examples
     --------
@@ -44,6 +47,7 @@ class MultiTargetData:
         x: ArrayLike | Tensor,
         targets: Mapping[str, ArrayLike | Tensor],
         clean_targets: Mapping[str, ArrayLike | Tensor] | None = None,
+        masks: Mapping[str, ArrayLike | Tensor] | None = None,
     ) -> None:
         x = _as_tensor(x, "inputs x")
         if x.ndim == 1:
@@ -63,8 +67,13 @@ class MultiTargetData:
             if clean_targets is not None
             else None
         )
+        self.masks = (
+            {name: _as_tensor(v, f"mask of {name!r}").to(torch.bool) for name, v in masks.items()}
+            if masks
+            else None
+        )
         n = len(self.x)
-        for group in (self.targets, self.clean_targets or {}):
+        for group in (self.targets, self.clean_targets or {}, self.masks or {}):
             for name, column in group.items():
                 if column.ndim == 0 or len(column) != n:
                     raise ValueError(
@@ -87,4 +96,6 @@ class MultiTargetData:
         def take(group: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
             return None if group is None else {k: v[index] for k, v in group.items()}
 
-        return MultiTargetData(self.x[index], take(self.targets), take(self.clean_targets))
+        return MultiTargetData(
+            self.x[index], take(self.targets), take(self.clean_targets), take(self.masks)
+        )

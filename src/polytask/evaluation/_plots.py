@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..training import History
-
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from ..training import History
 
 
 def _pyplot():

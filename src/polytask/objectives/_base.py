@@ -19,13 +19,20 @@ class Step(NamedTuple):
     """The weight each task effectively got: d(value) / d(loss_t), shape ``(T,)``."""
 
 
+Positions = tuple[int, ...] | None
+"""Which bound tasks a loss vector holds, by position; ``None`` means all, in order."""
+
+
 class Objective(nn.Module, ABC):
     """Turns per-task losses into one update of the weights.
 
     The trainer calls :meth:`bind` once with the task names, adds :meth:`parameters` (learned
     weightings have some) to the optimizer, then calls :meth:`backward` once per step with the
-    vector of task losses in that order. Loss-level and gradient-level methods share this
-    interface, so the trainer never needs to know which kind it runs.
+    vector of task losses in that order. When only some tasks take part in a step (a schedule
+    that mixes per-task datasets, or a batch without labels for a task), the vector holds just
+    those and ``positions`` says which they are; absent tasks get weight 0. Loss-level and
+    gradient-level methods share this interface, so the trainer never needs to know which kind
+    it runs.
     """
 
     def __init__(self) -> None:
@@ -43,8 +50,8 @@ class Objective(nn.Module, ABC):
     def _on_bind(self) -> None:
         """Build per-task state once the tasks are known."""
 
-    def stack(self, losses: Tensor | Mapping[str, Tensor]) -> Tensor:
-        """The losses as a ``(T,)`` tensor in bound task order."""
+    def stack(self, losses: Tensor | Mapping[str, Tensor], positions: Positions = None) -> Tensor:
+        """The losses as a tensor in bound task order (only ``positions`` if given)."""
         if not self.task_names:
             raise RuntimeError(f"{type(self).__name__}: call bind(task_names) first")
         if isinstance(losses, Mapping):
@@ -52,10 +59,11 @@ class Objective(nn.Module, ABC):
             if missing:
                 raise KeyError(f"{type(self).__name__}: no loss for tasks {missing}")
             return torch.stack([losses[t] for t in self.task_names])
-        if losses.shape != (len(self.task_names),):
+        expected = len(self.task_names) if positions is None else len(positions)
+        if losses.shape != (expected,):
             raise ValueError(
                 f"{type(self).__name__}: losses of shape {tuple(losses.shape)}, "
-                f"expected ({len(self.task_names)},) for tasks {list(self.task_names)}"
+                f"expected ({expected},) for tasks {list(self.task_names)}"
             )
         return losses
 
@@ -64,8 +72,23 @@ class Objective(nn.Module, ABC):
         """The combined scalar for a ``(T,)`` loss vector (used on the stop set too)."""
 
     @abstractmethod
-    def backward(self, losses: Tensor | Mapping[str, Tensor]) -> Step:
-        """Accumulate ``.grad`` for one step and report the step's value and task weights."""
+    def backward(self, losses: Tensor | Mapping[str, Tensor], positions: Positions = None) -> Step:
+        """Accumulate ``.grad`` for one step and report the step's value and the ``(T,)`` task
+        weights (0 for tasks absent from the step)."""
+
+    def _scatter(self, weights: Tensor, positions: Positions) -> Tensor:
+        """Present tasks' weights into a ``(T,)`` vector with zeros for absent tasks."""
+        if positions is None:
+            return weights
+        full = weights.new_zeros(len(self.task_names))
+        return full.index_copy_(0, self._index(positions, weights.device), weights)
+
+    def _index(self, positions: tuple[int, ...], device: torch.device) -> Tensor:
+        cache = self.__dict__.setdefault("_index_cache", {})
+        key = (positions, device)
+        if key not in cache:  # one small host-to-device copy per distinct set of tasks
+            cache[key] = torch.tensor(positions, dtype=torch.long, device=device)
+        return cache[key]
 
     def end_epoch(self) -> None:
         """Called once after each training epoch (for methods with per-epoch state)."""
@@ -81,19 +104,20 @@ class LossObjective(Objective):
         return self.combine(self.stack(losses))
 
     @abstractmethod
-    def combine(self, losses: Tensor) -> Tensor:
-        """The differentiable combined loss of a ``(T,)`` loss vector."""
+    def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
+        """The differentiable combined loss of the losses of the tasks at ``positions``."""
 
-    def weights(self, losses: Tensor, value: Tensor) -> Tensor:
+    def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
         """d(combine)/d(losses) at ``losses``; subclasses give closed forms to skip autograd."""
         with torch.enable_grad():
             leaf = losses.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.combine(leaf), leaf)
+            (grad,) = torch.autograd.grad(self.combine(leaf, positions), leaf)
         return grad
 
-    def backward(self, losses: Tensor | Mapping[str, Tensor]) -> Step:
-        losses = self.stack(losses)
-        total = self.combine(losses)
+    def backward(self, losses: Tensor | Mapping[str, Tensor], positions: Positions = None) -> Step:
+        losses = self.stack(losses, positions)
+        total = self.combine(losses, positions)
         total.backward()
         value = total.detach()
-        return Step(value, self.weights(losses.detach(), value))
+        weights = self.weights(losses.detach(), value, positions)
+        return Step(value, self._scatter(weights, positions))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torchjd import scalarization
 
-from ._base import LossObjective
+from ._base import LossObjective, Positions
 
 
 class Sum(LossObjective):
@@ -30,10 +30,10 @@ class Sum(LossObjective):
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.Sum()
 
-    def combine(self, losses: Tensor) -> Tensor:
+    def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
         return self.scalarizer(losses)
 
-    def weights(self, losses: Tensor, value: Tensor) -> Tensor:
+    def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
         return torch.ones_like(losses)
 
 
@@ -52,10 +52,10 @@ class Mean(LossObjective):
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.Mean()
 
-    def combine(self, losses: Tensor) -> Tensor:
-        return self.scalarizer(losses)
+    def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
+        return self.scalarizer(losses)  # the mean over the tasks present
 
-    def weights(self, losses: Tensor, value: Tensor) -> Tensor:
+    def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
         return torch.full_like(losses, 1.0 / losses.numel())
 
 
@@ -106,11 +106,17 @@ class Weighted(LossObjective):
         del self.scalarizer.weights
         self.scalarizer.register_buffer("weights", weights)
 
-    def combine(self, losses: Tensor) -> Tensor:
-        return self.scalarizer(losses)
+    def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
+        if positions is None:
+            return self.scalarizer(losses)
+        return (self._present(positions, losses) * losses).sum()
 
-    def weights(self, losses: Tensor, value: Tensor) -> Tensor:
-        return self.scalarizer.weights.to(losses.dtype)
+    def _present(self, positions: Positions, losses: Tensor) -> Tensor:
+        weights = self.scalarizer.weights.to(losses.dtype)
+        return weights if positions is None else weights[self._index(positions, losses.device)]
+
+    def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
+        return self._present(positions, losses)
 
 
 class GeometricMean(LossObjective):
@@ -138,10 +144,10 @@ class GeometricMean(LossObjective):
     def _floor(self, losses: Tensor) -> Tensor:
         return losses.clamp_min(torch.finfo(losses.dtype).tiny)
 
-    def combine(self, losses: Tensor) -> Tensor:
-        return self._floor(losses).log().mean().exp()
+    def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
+        return self._floor(losses).log().mean().exp()  # over the tasks present
 
-    def weights(self, losses: Tensor, value: Tensor) -> Tensor:
+    def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
         floored = self._floor(losses)
         # clamp_min passes no gradient below the floor: such a task's weight is 0
         return torch.where(losses >= floored, value / (losses.numel() * floored), 0.0)
@@ -171,8 +177,15 @@ class Uncertainty(LossObjective):
         """The learned ``s_t = log sigma_t^2``, shape ``(T,)``."""
         return self.scalarizer.log_var
 
-    def combine(self, losses: Tensor) -> Tensor:
-        return self.scalarizer(losses)
+    def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
+        if positions is None:
+            return self.scalarizer(losses)
+        # torchjd's UW takes every task; with some absent, the same formula on those present
+        s = self.scalarizer.log_var[self._index(positions, losses.device)]
+        return (0.5 * torch.exp(-s) * losses + 0.5 * s).sum()
 
-    def weights(self, losses: Tensor, value: Tensor) -> Tensor:
-        return 0.5 * torch.exp(-self.scalarizer.log_var.detach())
+    def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
+        s = self.scalarizer.log_var.detach()
+        if positions is not None:
+            s = s[self._index(positions, losses.device)]
+        return 0.5 * torch.exp(-s)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from ._history import History
     from ._trainer import FitState
 
@@ -14,6 +16,12 @@ class Callback:
 
     def on_fit_start(self, state: FitState) -> None:
         """Before the first step."""
+
+    def on_before_backward(
+        self, state: FitState, losses: Tensor, positions: tuple[int, ...] | None
+    ) -> None:
+        """After the step's losses are computed, before the objective's backward pass (the
+        graph is alive: a monitor may take per-task gradients here with ``retain_graph``)."""
 
     def on_step_end(self, state: FitState) -> None:
         """After each optimizer step (gradients are still in ``.grad``)."""

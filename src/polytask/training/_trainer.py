@@ -5,20 +5,26 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._device import resolve_device
-from ..data import MultiTargetData
-from ..models import ColumnHeads, MultiTaskModel
+from ..data import MultiTargetData, Schedule, TaskData
+from ..evaluation._metrics import task_metrics
+from ..models import MultiTaskModel
 from ..objectives import Objective, make_objective
 from ..tasks import Task
 from ._callbacks import Callback
 from ._history import History
+from ._losses import LossPlan
 from ._progress import EpochProgress
+from ._sources import PerTaskSource, SharedBatch, SharedSource, make_source
+
+Data = MultiTargetData | Mapping[str, TaskData]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -28,23 +34,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, message: str, history: History) -> None:
         super().__init__(message)
         self.history = history
-
-
-@dataclass
-class _Split:
-    """One split on the training device, targets validated and converted."""
-
-    name: str
-    x: Tensor
-    y: dict[str, Tensor] | Tensor
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def rows(self, index: Tensor | slice) -> tuple[Tensor, dict[str, Tensor] | Tensor]:
-        if isinstance(self.y, Tensor):
-            return self.x[index], self.y[index]
-        return self.x[index], {name: column[index] for name, column in self.y.items()}
 
 
 @dataclass
@@ -58,32 +47,8 @@ class FitState:
     epoch: int = 0
     step: int = 0
     last_losses: Tensor | None = None
+    last_positions: tuple[int, ...] | None = None
     last_weights: Tensor | None = None
-
-
-def _prepare(
-    data: MultiTargetData, split: str, tasks: Sequence[Task], device: torch.device
-) -> _Split:
-    if len(data) == 0:
-        raise ValueError(f"the {split} split is empty")
-    x = data.x
-    if not x.is_floating_point():
-        x = x.float()
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0, 0])
-        raise ValueError(
-            f"inputs x of the {split} split: non-finite value (NaN or inf) at row {row}"
-        )
-    targets = {}
-    for task in tasks:
-        if task.name not in data.targets:
-            raise ValueError(
-                f"task {task.name!r}: no target column in the {split} split; "
-                f"its columns are {list(data.targets)}"
-            )
-        targets[task.name] = task.prepare_target(data.targets[task.name], split).to(device)
-    return _Split(split, x.to(device), targets)
 
 
 def _check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> tuple[Task, ...]:
@@ -99,16 +64,21 @@ def _check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> tuple[Task, ..
     return tuple(tasks)
 
 
-def _check_outputs(model: MultiTaskModel, tasks: Sequence[Task], x: Tensor) -> None:
-    """One forward pass on two rows, so a head of the wrong width fails before any step."""
+def _check_outputs(
+    model: MultiTaskModel, tasks: Sequence[Task], source: SharedSource | PerTaskSource
+) -> None:
+    """One forward pass on a couple of rows, so a head of the wrong width or a trunk that cannot
+    take the inputs fails before any step."""
+    batch = next(source.chunks(2))
+    x = batch.x if isinstance(batch, SharedBatch) else batch.parts[0].x
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            outputs = model(x[:2])
+            outputs = model(x)
     except RuntimeError as error:
         raise ValueError(
-            f"the model cannot take the inputs of shape (n, {x.shape[1]}): {error}"
+            f"the model cannot take the inputs of shape (n, {source.n_features[0]}): {error}"
         ) from error
     finally:
         model.train(was_training)
@@ -116,61 +86,67 @@ def _check_outputs(model: MultiTaskModel, tasks: Sequence[Task], x: Tensor) -> N
         out = outputs[task.name]
         if out.ndim != 2 or out.shape[1] != task.size:
             raise ValueError(
-                f"task {task.name!r}: its head outputs shape {tuple(out.shape)} for 2 rows, "
-                f"expected (2, {task.size}) for a {task.kind} task of size {task.size}"
+                f"task {task.name!r}: its head outputs shape {tuple(out.shape)} for "
+                f"{len(x)} rows, expected ({len(x)}, {task.size}) for a {task.kind} task "
+                f"of size {task.size}"
             )
 
 
-class _LossPlan:
-    """How a step turns a batch into the ``(T,)`` vector of task losses.
+class _EpochTotals:
+    """Per-epoch sums kept on the device, read back once at the end of the epoch."""
 
-    The general path runs the model, then each task's loss on its own output. When one output
-    layer holds every task as a column (:class:`ColumnHeads`) and every task is a default-loss
-    regression, the T MSEs are one column-wise mean over a single target matrix: a handful of
-    kernels per step instead of a few per task, which keeps the trainer as fast as a hand-written
-    loop on small models.
-    """
+    def __init__(self, k: int, device: torch.device, objective: Objective) -> None:
+        self.objective, self.device = objective, device
+        self.loss_sum = torch.zeros(k, device=device)  # loss x labelled rows, per task
+        self.weight_sum = torch.zeros(k, device=device)
+        self.value_sum = torch.zeros((), device=device)
+        # steps with a non-finite loss per task: the task that broke first has the most
+        self.bad_steps = torch.zeros(k, device=device)
+        self.rows = np.zeros(k)
+        self.steps = 0
+        self.bad: list[float] = []
 
-    def __init__(self, model: MultiTaskModel, tasks: Sequence[Task]) -> None:
-        self.tasks = tuple(tasks)
-        self.columnar = isinstance(model.heads, ColumnHeads) and all(
-            t.kind == "regression" and t.loss is None for t in tasks
-        )
-        if self.columnar:
-            # model column order and task order may differ; gather once per batch
-            columns = {name: bounds for name, bounds in model.heads._bounds.items()}
-            order = [c for t in tasks for c in range(*columns[t.name])]
-            self.column_order = None if order == list(range(len(order))) else order
-            sizes = [t.size for t in tasks]
-            self.task_of_column = (
-                None
-                if all(s == 1 for s in sizes)
-                else torch.repeat_interleave(torch.arange(len(tasks)), torch.tensor(sizes))
-            )
+    def add(
+        self,
+        losses: Tensor,
+        positions: tuple[int, ...] | None,
+        counts: list[int],
+        value: Tensor,
+        weights: Tensor,
+    ) -> None:
+        broken = ~torch.isfinite(losses)
+        if positions is None:  # every task, all with the same rows
+            self.rows += counts[0]
+            self.loss_sum.add_(losses, alpha=counts[0])
+            self.bad_steps.add_(broken)
+        else:
+            index = self.objective._index(positions, self.device)
+            self.rows[list(positions)] += counts
+            rows = torch.tensor(counts, dtype=losses.dtype, device=self.device)
+            self.loss_sum.index_add_(0, index, losses * rows)
+            self.bad_steps.index_add_(0, index, broken.to(self.bad_steps.dtype))
+        self.value_sum.add_(value)
+        self.weight_sum.add_(weights)
+        self.steps += 1
 
-    def targets(self, y: dict[str, Tensor]) -> dict[str, Tensor] | Tensor:
-        """The prepared targets in the layout :meth:`losses` reads."""
-        if not self.columnar:
-            return y
-        return torch.cat([y[t.name].reshape(len(y[t.name]), -1) for t in self.tasks], dim=1)
-
-    def losses(self, model: MultiTaskModel, x: Tensor, y: dict[str, Tensor] | Tensor) -> Tensor:
-        if not self.columnar:
-            outputs = model(x)
-            return torch.stack(
-                [t.compute_loss(t.output(outputs[t.name]), y[t.name]) for t in self.tasks]
-            )
-        out = model.heads.layer(model.trunk(x))
-        if self.column_order is not None:
-            out = out[:, self.column_order]
-        per_column = (out - y).square().mean(dim=0)
-        if self.task_of_column is None:
-            return per_column
-        index = self.task_of_column.to(per_column.device)
-        sums = torch.zeros(len(self.tasks), device=per_column.device).index_add_(
-            0, index, per_column
-        )
-        return sums / torch.tensor([t.size for t in self.tasks], device=per_column.device)
+    def record(
+        self, epoch: int, names: tuple[str, ...], stop_losses: Tensor, stop_value: Tensor
+    ) -> dict[str, float]:
+        k, steps = len(names), max(self.steps, 1)
+        parts = [self.loss_sum, self.weight_sum / steps, stop_losses, self.bad_steps]
+        flat = torch.cat([*parts, (self.value_sum / steps)[None], stop_value[None]]).tolist()
+        self.bad = flat[3 * k : 4 * k]
+        record: dict[str, float] = {
+            "epoch": epoch,
+            "train_loss": flat[4 * k],
+            "stop_loss": flat[4 * k + 1],
+        }
+        for i, name in enumerate(names):
+            rows = self.rows[i]
+            record[f"train_loss/{name}"] = flat[i] / rows if rows else float("nan")
+            record[f"stop_loss/{name}"] = flat[2 * k + i]
+            record[f"weight/{name}"] = flat[k + i]
+        return record
 
 
 @dataclass
@@ -187,22 +163,30 @@ class Trainer:
     lr, eps
         Adam's learning rate and epsilon.
     batch_size
-        Rows per training step.
+        Rows per training step (per task, with one dataset per task).
     max_epochs
         Upper bound on epochs.
     patience
         Stop after this many epochs without improvement of the stop-set objective; ``None``
         trains ``max_epochs`` epochs. Either way the weights of the best epoch are restored.
     seed
-        Seeds shuffling and every random draw of the fit (dropout included) without touching the
-        caller's global RNG. The same seed gives a bit-identical history on the CPU.
+        Seeds shuffling, schedules and every random draw of the fit (dropout included) without
+        touching the caller's global RNG. The same seed gives a bit-identical history on the CPU.
     device
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ... The data are moved to the
-        device once; steps make no host copies.
+        device once; steps make no host copies (sparse inputs: one copy of each CSR batch).
     quiet
         No progress bar.
     callbacks
         Observers called during the fit.
+    schedule
+        With one dataset per task: how their batches are mixed into steps (a
+        :class:`~polytask.data.Schedule` or its kind, e.g. ``"round_robin"``).
+    sparse_input
+        Sparse (CSR) inputs reach the model as torch sparse tensors (``nn.Linear`` accepts
+        them); ``False`` densifies each batch.
+    track_metrics
+        Record each task's metrics on the stop set every epoch (``stop_<metric>/<task>``).
 
     Examples
     --------
@@ -226,6 +210,9 @@ class Trainer:
     device: str | torch.device = "auto"
     quiet: bool = False
     callbacks: Sequence[Callback] = field(default_factory=tuple)
+    schedule: Schedule | str = "round_robin"
+    sparse_input: bool = True
+    track_metrics: bool = False
     eval_batch_size: int = 8192
 
     def __post_init__(self) -> None:
@@ -235,54 +222,60 @@ class Trainer:
             raise ValueError(f"patience must be positive or None, got {self.patience}")
         if not (self.lr > 0 and self.eps > 0):
             raise ValueError(f"lr and eps must be positive, got lr={self.lr}, eps={self.eps}")
+        if isinstance(self.schedule, str):
+            self.schedule = Schedule(self.schedule)
 
-    def fit(
-        self,
-        model: MultiTaskModel,
-        tasks: Sequence[Task],
-        train: MultiTargetData,
-        stop: MultiTargetData,
-    ) -> History:
+    def fit(self, model: MultiTaskModel, tasks: Sequence[Task], train: Data, stop: Data) -> History:
         """Train ``model`` in place on ``train``, early-stopping on ``stop``.
 
-        Every check on the inputs runs before the first step. Returns the :class:`History`;
-        the model ends with the weights of the best epoch.
+        ``train`` and ``stop`` are each a :class:`~polytask.MultiTargetData` (every row carries
+        every task's target) or a mapping task -> :class:`~polytask.data.TaskData` (one dataset
+        per task, mixed by :attr:`schedule`). Every check on the inputs runs before the first
+        step. Returns the :class:`History`; the model ends with the weights of the best epoch.
         """
         device = resolve_device(self.device)
         tasks = _check_tasks(model, tasks)
-        train_split = _prepare(train, "train", tasks, device)
-        stop_split = _prepare(stop, "stop", tasks, device)
-        if train_split.x.shape[1:] != stop_split.x.shape[1:]:
+        train_source = make_source(train, "train", tasks, device, sparse_input=self.sparse_input)
+        stop_source = make_source(stop, "stop", tasks, device, sparse_input=self.sparse_input)
+        if type(train_source) is not type(stop_source):
+            raise ValueError("train and stop data must be of the same kind")
+        if train_source.n_features != stop_source.n_features:
             raise ValueError(
-                f"inputs x: train rows have shape {tuple(train_split.x.shape[1:])}, "
-                f"stop rows {tuple(stop_split.x.shape[1:])}"
+                f"inputs x: train rows have shape {train_source.n_features}, "
+                f"stop rows {stop_source.n_features}"
             )
-        objective = (
-            make_objective(self.objective) if isinstance(self.objective, str) else self.objective
-        )
+        objective = self.objective
+        if isinstance(objective, str):
+            objective = make_objective(objective)
         objective.bind([t.name for t in tasks])
         model.to(device)
         objective.to(device)
-        _check_outputs(model, tasks, train_split.x)
-        plan = _LossPlan(model, tasks)
-        for part in (train_split, stop_split):
-            part.y = plan.targets(part.y)
+        _check_outputs(model, tasks, train_source)
+        plan = LossPlan(model, tasks, train_source)
+        for source in (train_source, stop_source):
+            plan.adopt(source)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
-            return self._loop(model, objective, plan, train_split, stop_split, device)
+            return self._loop(model, objective, plan, train_source, stop_source, device)
+
+    def _batches(self, source: SharedSource | PerTaskSource, shuffle: torch.Generator, epoch: int):
+        if isinstance(source, SharedSource):
+            return source.epoch(shuffle, self.batch_size)
+        return source.epoch(self.schedule, self.batch_size, seed=self.seed * 1_000_003 + epoch)
 
     def _loop(
         self,
         model: MultiTaskModel,
         objective: Objective,
-        plan: _LossPlan,
-        train: _Split,
-        stop: _Split,
+        plan: LossPlan,
+        train: SharedSource | PerTaskSource,
+        stop: SharedSource | PerTaskSource,
         device: torch.device,
     ) -> History:
         tasks = plan.tasks
         names = tuple(t.name for t in tasks)
+        k = len(tasks)
         history = History(names)
         state = FitState(model, objective, tasks, device)
         params = [*model.parameters(), *objective.parameters()]
@@ -290,7 +283,6 @@ class Trainer:
         shuffle = torch.Generator().manual_seed(self.seed)
         best_value = float("inf")
         best_state = self._snapshot(model, objective)
-        n = len(train)
         for callback in self.callbacks:
             callback.on_fit_start(state)
 
@@ -299,61 +291,32 @@ class Trainer:
                 state.epoch = epoch
                 started = time.perf_counter()
                 model.train()
-                loss_sum = torch.zeros(len(tasks), device=device)
-                weight_sum = torch.zeros(len(tasks), device=device)
-                value_sum = torch.zeros((), device=device)
-                # steps with a non-finite loss per task: the task that broke first has the most
-                bad_steps = torch.zeros(len(tasks), device=device)
-                order = torch.randperm(n, generator=shuffle).to(device)
-                steps = 0
-                for index in order.split(self.batch_size):
-                    xb, yb = train.rows(index)
-                    losses = plan.losses(model, xb, yb)
+                totals = _EpochTotals(k, device, objective)
+                for batch in self._batches(train, shuffle, epoch):
+                    losses, positions = plan.losses(model, batch)
+                    for callback in self.callbacks:
+                        callback.on_before_backward(state, losses, positions)
                     optimizer.zero_grad(set_to_none=True)
-                    step = objective.backward(losses)
+                    step = objective.backward(losses, positions)
                     optimizer.step()
-                    rows = len(index)
-                    loss_sum.add_(losses.detach(), alpha=rows)
-                    bad_steps.add_(~torch.isfinite(losses.detach()))
-                    value_sum.add_(step.value, alpha=rows)
-                    weight_sum.add_(step.weights)
-                    steps += 1
+                    totals.add(losses.detach(), positions, batch.counts, step.value, step.weights)
                     state.step += 1
-                    state.last_losses, state.last_weights = losses.detach(), step.weights
+                    state.last_losses, state.last_positions = losses.detach(), positions
+                    state.last_weights = step.weights
                     for callback in self.callbacks:
                         callback.on_step_end(state)
                 objective.end_epoch()
-                stop_losses = self._split_losses(model, plan, stop)
+                stop_losses = self._source_losses(model, plan, stop)
                 with torch.no_grad():
                     stop_value = objective.value(stop_losses)
-                # one host transfer per epoch
-                summary = torch.cat(
-                    [
-                        loss_sum / n,
-                        weight_sum / steps,
-                        stop_losses,
-                        bad_steps,
-                        (value_sum / n)[None],
-                        stop_value[None],
-                    ]
-                ).tolist()
-                k = len(tasks)
-                record: dict[str, float] = {
-                    "epoch": epoch,
-                    "train_loss": summary[4 * k],
-                    "stop_loss": summary[4 * k + 1],
-                }
-                for i, name in enumerate(names):
-                    record[f"train_loss/{name}"] = summary[i]
-                    record[f"stop_loss/{name}"] = summary[2 * k + i]
-                    record[f"weight/{name}"] = summary[k + i]
+                record = totals.record(epoch, names, stop_losses, stop_value)
+                if self.track_metrics:
+                    record.update(self._stop_metrics(model, tasks, stop))
                 record["seconds"] = time.perf_counter() - started
                 history.records.append(record)
                 for callback in self.callbacks:
                     callback.on_epoch_end(state, record)
-                self._check_finite(
-                    record, summary[3 * k : 4 * k], history, model, objective, best_state
-                )
+                self._check_finite(record, totals.bad, history, model, objective, best_state)
                 if record["stop_loss"] < best_value:
                     best_value = record["stop_loss"]
                     best_state = self._snapshot(model, objective)
@@ -370,27 +333,70 @@ class Trainer:
             callback.on_fit_end(state, history)
         return history
 
-    def losses_on(
-        self, model: MultiTaskModel, tasks: Sequence[Task], data: MultiTargetData
-    ) -> Tensor:
-        """Each task's mean loss over ``data``, in chunks, without gradients: shape ``(T,)``."""
+    def losses_on(self, model: MultiTaskModel, tasks: Sequence[Task], data: Data) -> Tensor:
+        """Each task's mean loss over ``data`` (labelled rows only), without gradients."""
         tasks = _check_tasks(model, tasks)
-        plan = _LossPlan(model, tasks)
-        split = _prepare(data, "evaluation", tasks, next(model.parameters()).device)
-        split.y = plan.targets(split.y)
-        return self._split_losses(model, plan, split)
+        device = next(model.parameters()).device
+        source = make_source(data, "evaluation", tasks, device, sparse_input=self.sparse_input)
+        plan = LossPlan(model, tasks, source)
+        plan.adopt(source)
+        return self._source_losses(model, plan, source)
 
-    def _split_losses(self, model: MultiTaskModel, plan: _LossPlan, split: _Split) -> Tensor:
+    def _source_losses(
+        self, model: MultiTaskModel, plan: LossPlan, source: SharedSource | PerTaskSource
+    ) -> Tensor:
+        """Mean loss per task over a whole source, weighting each chunk by its labelled rows."""
+        k = len(plan.tasks)
+        device = next(model.parameters()).device
+        total = torch.zeros(k, device=device)
+        counts = np.zeros(k)
         was_training = model.training
         model.eval()
-        total = None
         with torch.no_grad():
-            for start in range(0, len(split), self.eval_batch_size):
-                stop = min(start + self.eval_batch_size, len(split))
-                chunk = plan.losses(model, *split.rows(slice(start, stop))) * (stop - start)
-                total = chunk if total is None else total + chunk
+            for batch in source.chunks(self.eval_batch_size):
+                losses, positions = plan.losses(model, batch)
+                positions = positions or tuple(range(k))
+                weights = torch.tensor(batch.counts, dtype=losses.dtype, device=device)
+                total.index_add_(0, torch.tensor(positions, device=device), losses * weights)
+                counts[list(positions)] += batch.counts
         model.train(was_training)
-        return total / len(split)
+        return total / torch.tensor(counts, dtype=total.dtype, device=device)
+
+    def _stop_metrics(
+        self, model: MultiTaskModel, tasks: Sequence[Task], source: SharedSource | PerTaskSource
+    ) -> dict[str, float]:
+        outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
+        targets: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for batch in source.chunks(self.eval_batch_size):
+                if isinstance(batch, SharedBatch):
+                    out = model(batch.x)
+                    parts = [
+                        (t, out[t.name], batch.y[t.name], (batch.masks or {}).get(t.name))
+                        for t in tasks
+                    ]
+                else:
+                    parts = []
+                    for part in batch.parts:
+                        task = tasks[part.position]
+                        out = model.heads_forward(model.features(part.x), task.name)
+                        parts.append((task, out, part.y, part.mask))
+                for task, out, y, mask in parts:
+                    out = task.output(out)
+                    if mask is not None:
+                        out, y = out[mask], y[mask]
+                    outputs[task.name].append(out.cpu().numpy())
+                    targets[task.name].append(y.cpu().numpy())
+        model.train(was_training)
+        record = {}
+        for task in tasks:
+            values = task_metrics(
+                task, np.concatenate(outputs[task.name]), np.concatenate(targets[task.name])
+            )
+            record.update({f"stop_{metric}/{task.name}": v for metric, v in values.items()})
+        return record
 
     @staticmethod
     def _snapshot(model: nn.Module, objective: nn.Module) -> tuple[dict, dict]:

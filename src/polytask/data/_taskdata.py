@@ -1,0 +1,99 @@
+"""One task's own dataset: dense or sparse inputs, targets, an optional label mask."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from numpy.typing import ArrayLike
+from torch import Tensor
+
+from ._multitarget import _as_tensor
+
+Inputs = np.ndarray | Tensor | sp.csr_matrix | sp.csr_array
+
+
+class TaskData:
+    """Inputs and targets of one task, when each task has a dataset of its own.
+
+    Parameters
+    ----------
+    x
+        Inputs: a numpy array, a torch tensor, or a scipy sparse CSR matrix (e.g. bag-of-words
+        counts). Sparse inputs stay sparse in memory; a batch is sliced from the CSR matrix in
+        one operation and converted as a whole (see :meth:`inputs`), never row by row.
+    y
+        Targets, one row per input row.
+    mask
+        Optional boolean array: which rows carry a label (others are skipped by losses and
+        metrics).
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> data = TaskData(sp.csr_matrix(np.eye(4, dtype=np.float32)), np.array([0, 1, 0, 1]))
+    >>> data.inputs(np.array([2, 0])).to_dense().tolist()
+    [[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, x: Inputs, y: ArrayLike | Tensor, *, mask: ArrayLike | None = None):
+        if sp.issparse(x):
+            self.x = sp.csr_matrix(x, dtype=np.float32)
+        else:
+            x = _as_tensor(x, "inputs x")
+            x = x[:, None] if x.ndim == 1 else x
+            self.x = x.to(torch.float32) if x.dtype != torch.float32 else x
+        self.y = _as_tensor(y, "targets y")
+        if self.y.ndim == 0 or self.y.shape[0] != self.x.shape[0]:
+            raise ValueError(
+                f"targets y have {self.y.shape[0] if self.y.ndim else 0} rows, "
+                f"inputs x have {self.x.shape[0]}"
+            )
+        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
+        if self.mask is not None and self.mask.shape != (self.x.shape[0],):
+            raise ValueError(f"mask: shape {self.mask.shape}, expected ({self.x.shape[0]},)")
+
+    @property
+    def sparse(self) -> bool:
+        return sp.issparse(self.x)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index: slice | np.ndarray) -> TaskData:
+        """The rows selected by ``index``."""
+        rows = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        x = self.x[rows] if self.sparse else self.x[torch.from_numpy(rows)]
+        mask = None if self.mask is None else self.mask[rows]
+        return TaskData(x, self.y[torch.from_numpy(rows)], mask=mask)
+
+    def inputs(self, index: np.ndarray, *, sparse_tensor: bool = True) -> Tensor:
+        """The input rows ``index`` as one tensor (on the CPU).
+
+        Sparse data are sliced in one CSR operation, then wrapped as a torch sparse CSR tensor
+        (``sparse_tensor=True``; ``nn.Linear`` accepts it as input) or densified as a batch.
+        """
+        if not self.sparse:
+            return self.x[torch.from_numpy(np.asarray(index))]
+        return csr_batch(self.x[index], sparse_tensor=sparse_tensor)
+
+
+def csr_batch(rows: sp.csr_matrix, *, sparse_tensor: bool = True) -> Tensor:
+    """A scipy CSR batch as a torch sparse CSR tensor, or as a dense float tensor."""
+    if not sparse_tensor:
+        return torch.from_numpy(rows.toarray())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(rows.indptr.astype(np.int64)),
+            torch.from_numpy(rows.indices.astype(np.int64)),
+            torch.from_numpy(rows.data),
+            size=rows.shape,
+            check_invariants=False,
+        )

@@ -1,0 +1,86 @@
+"""How a step turns a batch into the vector of task losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..models import ColumnHeads, MultiTaskModel
+from ..tasks import Task
+from ._sources import Batch, PerTaskSource, SharedBatch, SharedSource
+
+
+class LossPlan:
+    """Chosen once per fit, so the step does no decision work.
+
+    - Per-task data: for each task in the step, the trunk on that task's batch and only that
+      task's head.
+    - Shared rows: one forward pass, then each present task's loss on its head.
+    - Column fast path: when one output layer holds every task as a column
+      (:class:`ColumnHeads`), every task is a default-loss regression and every row is
+      labelled, the T MSEs are one column-wise mean over a single target matrix: a handful of
+      kernels per step instead of a few per task, which keeps the trainer as fast as a
+      hand-written loop on small models.
+    """
+
+    def __init__(
+        self, model: MultiTaskModel, tasks: Sequence[Task], source: SharedSource | PerTaskSource
+    ) -> None:
+        self.tasks = tuple(tasks)
+        self.columnar = (
+            isinstance(source, SharedSource)
+            and not source.host_masks
+            and isinstance(model.heads, ColumnHeads)
+            and all(t.kind == "regression" and t.loss is None for t in tasks)
+        )
+        if self.columnar:
+            bounds = model.heads._bounds
+            order = [c for t in tasks for c in range(*bounds[t.name])]
+            self.column_order = None if order == list(range(len(order))) else order
+            sizes = [t.size for t in tasks]
+            self.task_of_column = (
+                None
+                if all(s == 1 for s in sizes)
+                else torch.repeat_interleave(torch.arange(len(tasks)), torch.tensor(sizes))
+            )
+
+    def adopt(self, source: SharedSource | PerTaskSource) -> None:
+        """Lay the source's targets out as :meth:`losses` reads them."""
+        if self.columnar and isinstance(source.y, dict):
+            y = source.y
+            source.y = torch.cat([y[t.name].reshape(len(y[t.name]), -1) for t in self.tasks], 1)
+
+    def losses(self, model: MultiTaskModel, batch: Batch) -> tuple[Tensor, tuple[int, ...] | None]:
+        """The losses of the tasks present in ``batch`` and their positions (None = all)."""
+        if isinstance(batch, SharedBatch):
+            if self.columnar:
+                return self._columnar(model, batch.x, batch.y), None
+            outputs = model(batch.x)
+            positions = batch.positions or range(len(self.tasks))
+            losses = []
+            for i in positions:
+                task = self.tasks[i]
+                mask = None if batch.masks is None else batch.masks.get(task.name)
+                out = task.output(outputs[task.name])
+                losses.append(task.compute_loss(out, batch.y[task.name], mask))
+            return torch.stack(losses), batch.positions
+        losses = []
+        for part in batch.parts:
+            task = self.tasks[part.position]
+            out = task.output(model.heads_forward(model.features(part.x), task.name))
+            losses.append(task.compute_loss(out, part.y, part.mask))
+        return torch.stack(losses), batch.positions
+
+    def _columnar(self, model: MultiTaskModel, x: Tensor, y: Tensor) -> Tensor:
+        out = model.heads.layer(model.trunk(x))
+        if self.column_order is not None:
+            out = out[:, self.column_order]
+        per_column = (out - y).square().mean(dim=0)
+        if self.task_of_column is None:
+            return per_column
+        device = per_column.device
+        sums = torch.zeros(len(self.tasks), device=device)
+        sums.index_add_(0, self.task_of_column.to(device), per_column)
+        return sums / torch.tensor([t.size for t in self.tasks], device=device)

@@ -1,0 +1,247 @@
+"""Training data on the device, validated once, served as batches.
+
+Two sources: one dataset whose rows carry every task's target (:class:`SharedSource`), or one
+dataset per task mixed by a schedule (:class:`PerTaskSource`). Both yield batches that the loss
+plan turns into task losses; host-side label masks say which tasks a batch can train without
+a device-to-host sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import MultiTargetData, Schedule, TaskData, csr_batch
+from ..tasks import Task
+
+
+@dataclass
+class SharedBatch:
+    """Rows that carry every task's target."""
+
+    x: Tensor
+    y: dict[str, Tensor] | Tensor
+    masks: dict[str, Tensor] | None
+    positions: tuple[int, ...] | None  # tasks with at least one label; None = all
+    counts: list[int]  # labelled rows per present task
+
+
+@dataclass
+class TaskBatch:
+    """One batch of one task's own data."""
+
+    position: int
+    x: Tensor
+    y: Tensor
+    mask: Tensor | None
+    count: int
+
+
+@dataclass
+class PerTaskBatch:
+    parts: list[TaskBatch]
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        return tuple(p.position for p in self.parts)
+
+    @property
+    def counts(self) -> list[int]:
+        return [p.count for p in self.parts]
+
+
+Batch = SharedBatch | PerTaskBatch
+
+
+def _check_inputs(x: Tensor, where: str) -> None:
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"inputs x of {where}: non-finite value (NaN or inf) at row {row}")
+
+
+class SharedSource:
+    """A :class:`MultiTargetData` split on the device, targets validated and converted."""
+
+    def __init__(
+        self, data: MultiTargetData, split: str, tasks: Sequence[Task], device: torch.device
+    ) -> None:
+        if len(data) == 0:
+            raise ValueError(f"the {split} split is empty")
+        _check_inputs(data.x, f"the {split} split")
+        self.split, self.tasks = split, tuple(tasks)
+        self.x = data.x.to(device)
+        self.n_features = tuple(data.x.shape[1:])
+        self.y: dict[str, Tensor] | Tensor = {}
+        self.masks: dict[str, Tensor] = {}
+        self.host_masks: dict[str, np.ndarray] = {}
+        given = data.masks or {}
+        for task in tasks:
+            if task.name not in data.targets:
+                raise ValueError(
+                    f"task {task.name!r}: no target column in the {split} split; "
+                    f"its columns are {list(data.targets)}"
+                )
+            target, known = task.prepare(data.targets[task.name], split, given.get(task.name))
+            self.y[task.name] = target.to(device)
+            if known is not None:
+                if not bool(known.any()):
+                    raise ValueError(f"task {task.name!r}: no labelled row in the {split} split")
+                self.masks[task.name] = known.to(device)
+                self.host_masks[task.name] = known.numpy()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def _batch(self, host_index: np.ndarray, index: Tensor | slice) -> SharedBatch | None:
+        y = (
+            self.y[index]
+            if isinstance(self.y, Tensor)
+            else {k: v[index] for k, v in self.y.items()}
+        )
+        if not self.host_masks:
+            return SharedBatch(self.x[index], y, None, None, [len(host_index)] * len(self.tasks))
+        positions, counts = [], []
+        for i, task in enumerate(self.tasks):
+            mask = self.host_masks.get(task.name)
+            count = len(host_index) if mask is None else int(mask[host_index].sum())
+            if count:
+                positions.append(i)
+                counts.append(count)
+        if not positions:
+            return None
+        masks = {name: mask[index] for name, mask in self.masks.items()}
+        return SharedBatch(self.x[index], y, masks, tuple(positions), counts)
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[SharedBatch]:
+        """Shuffled batches; the permutation is drawn on the CPU and copied once per epoch."""
+        order = torch.randperm(len(self), generator=generator)
+        on_device = order.to(self.x.device)
+        for host, index in zip(order.split(batch_size), on_device.split(batch_size), strict=True):
+            batch = self._batch(host.numpy(), index)
+            if batch is not None:
+                yield batch
+
+    def chunks(self, size: int) -> Iterator[SharedBatch]:
+        """Consecutive batches covering every row once (for evaluation)."""
+        for start in range(0, len(self), size):
+            stop = min(start + size, len(self))
+            batch = self._batch(np.arange(start, stop), slice(start, stop))
+            if batch is not None:
+                yield batch
+
+
+@dataclass
+class _TaskPart:
+    data: TaskData
+    x: Tensor | None  # dense inputs on the device; None for sparse inputs (sliced per batch)
+    y: Tensor
+    mask: Tensor | None
+    host_mask: np.ndarray | None
+
+
+class PerTaskSource:
+    """One :class:`TaskData` per task on the device (sparse inputs stay CSR on the host and
+    are sliced a batch at a time)."""
+
+    def __init__(
+        self,
+        data: Mapping[str, TaskData],
+        split: str,
+        tasks: Sequence[Task],
+        device: torch.device,
+        *,
+        sparse_input: bool = True,
+    ) -> None:
+        self.split, self.tasks, self.device = split, tuple(tasks), device
+        self.sparse_input = sparse_input
+        names = [t.name for t in tasks]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise ValueError(f"{split} data for unknown tasks {unknown}; the tasks are {names}")
+        self.parts: dict[str, _TaskPart] = {}
+        widths = set()
+        for task in tasks:
+            if task.name not in data:
+                raise ValueError(
+                    f"task {task.name!r}: no data in the {split} split; it has {list(data)}"
+                )
+            part = data[task.name]
+            where = f"task {task.name!r}, {split} split"
+            if len(part) == 0:
+                raise ValueError(f"{where}: the split is empty")
+            if not part.sparse:
+                _check_inputs(part.x, f"{where}")
+            elif not np.isfinite(part.x.data).all():
+                raise ValueError(f"inputs x of {where}: non-finite value in the sparse matrix")
+            widths.add(part.n_features)
+            mask = None if part.mask is None else torch.from_numpy(part.mask)
+            target, known = task.prepare(part.y, f"{split} data of the task", mask)
+            if known is not None and not bool(known.any()):
+                raise ValueError(f"{where}: no labelled row")
+            self.parts[task.name] = _TaskPart(
+                part,
+                None if part.sparse else part.x.to(device),
+                target.to(device),
+                None if known is None else known.to(device),
+                None if known is None else known.numpy(),
+            )
+        if len(widths) > 1:
+            raise ValueError(f"{split} split: the tasks' inputs differ in width: {sorted(widths)}")
+        self.n_features = (widths.pop(),)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(part.data) for name, part in self.parts.items()}
+
+    def _part(self, position: int, host_index: np.ndarray) -> TaskBatch | None:
+        name = self.tasks[position].name
+        part = self.parts[name]
+        count = len(host_index) if part.host_mask is None else int(part.host_mask[host_index].sum())
+        if count == 0:
+            return None
+        index = torch.from_numpy(host_index).to(self.device)
+        if part.x is None:
+            x = csr_batch(part.data.x[host_index], sparse_tensor=self.sparse_input)
+            x = x.to(self.device, non_blocking=True)
+        else:
+            x = part.x[index]
+        mask = None if part.mask is None else part.mask[index]
+        return TaskBatch(position, x, part.y[index], mask, count)
+
+    def epoch(self, schedule: Schedule, batch_size: int, seed: int) -> Iterator[PerTaskBatch]:
+        positions = {t.name: i for i, t in enumerate(self.tasks)}
+        for step in schedule.epoch(self.sizes(), batch_size, seed):
+            parts = [self._part(positions[name], index) for name, index in step]
+            parts = [p for p in parts if p is not None]
+            if parts:
+                yield PerTaskBatch(parts)
+
+    def chunks(self, size: int) -> Iterator[PerTaskBatch]:
+        for position, task in enumerate(self.tasks):
+            n = len(self.parts[task.name].data)
+            for start in range(0, n, size):
+                part = self._part(position, np.arange(start, min(start + size, n)))
+                if part is not None:
+                    yield PerTaskBatch([part])
+
+
+def make_source(
+    data: MultiTargetData | Mapping[str, TaskData],
+    split: str,
+    tasks: Sequence[Task],
+    device: torch.device,
+    *,
+    sparse_input: bool = True,
+) -> SharedSource | PerTaskSource:
+    if isinstance(data, MultiTargetData):
+        return SharedSource(data, split, tasks, device)
+    if isinstance(data, Mapping):
+        return PerTaskSource(data, split, tasks, device, sparse_input=sparse_input)
+    raise TypeError(
+        f"the {split} data must be a MultiTargetData or a mapping task -> TaskData, "
+        f"got {type(data).__name__}"
+    )
