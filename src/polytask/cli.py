@@ -12,14 +12,21 @@ from pathlib import Path
 from .experiments import (
     DESCRIPTIONS,
     EXPERIMENTS,
+    ReviewsExperiment,
     SyntheticExperiment,
     config_hash,
     markdown_table,
     replicate,
     results_table,
     write_comparison_report,
+    write_reviews_report,
     write_run_report,
 )
+
+DATA_EXPERIMENTS = {
+    "reviews": "movie/restaurant/product sentiment + site of a sentence, one dataset per task "
+    "(needs --data-dir sentiment_labelled_sentences/)",
+}
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -50,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the built-in experiments")
     run = commands.add_parser("run", help="run one experiment and write its report")
-    _experiment_options(run)
+    _experiment_options(run, with_data=True)
     _common(run)
     compare = commands.add_parser(
         "compare", help="replicate an experiment over many seeds and compare methods"
@@ -68,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _experiment_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+def _experiment_options(parser: argparse.ArgumentParser, with_data: bool = False) -> None:
+    names = sorted(EXPERIMENTS) + (sorted(DATA_EXPERIMENTS) if with_data else [])
+    parser.add_argument("experiment", choices=names)
+    if with_data:
+        parser.add_argument("--data-dir", type=Path, help="folder of a real-data experiment")
     parser.add_argument("--methods", type=_methods, help="comma-separated, e.g. mse,geometric")
     parser.add_argument("--baseline", help="method the others are compared with (default: first)")
     parser.add_argument("--n", type=_positive, help="rows drawn (train/stop/test = 5/45/50%%)")
@@ -80,8 +90,8 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_list() -> int:
-    for name in sorted(EXPERIMENTS):
-        print(f"{name:10s} {DESCRIPTIONS[name]}")
+    for name, text in sorted({**DESCRIPTIONS, **DATA_EXPERIMENTS}.items()):
+        print(f"{name:10s} {text}")
     return 0
 
 
@@ -104,7 +114,32 @@ def _out(args: argparse.Namespace, name: str) -> Path:
     return args.out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def _cmd_reviews(args: argparse.Namespace) -> int:
+    if args.data_dir is None:
+        raise ValueError("the reviews experiment needs --data-dir (sentiment_labelled_sentences/)")
+    changes = {
+        "max_epochs": args.max_epochs,
+        "patience": args.patience,
+        "batch_size": args.batch_size,
+    }
+    experiment = ReviewsExperiment(
+        args.data_dir,
+        seed=args.seed,
+        device=args.device,
+        **{k: v for k, v in changes.items() if v is not None},
+    )
+    out = _out(args, experiment.name)
+    result = experiment.run(quiet=args.quiet)
+    report = write_reviews_report(result, experiment, out)
+    print(markdown_table(result["table"]))
+    print(f"Delta_m% multi-task vs single-task: {result['delta_m']:.2f} (lower is better)")
+    print(f"report written to {report}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.experiment in DATA_EXPERIMENTS:
+        return _cmd_reviews(args)
     experiment = _experiment(args)
     out = _out(args, experiment.name)
     result = experiment.run(args.seed, quiet=args.quiet)
@@ -152,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list()
         commands = {"run": _cmd_run, "compare": _cmd_compare, "report": _cmd_report}
         return commands[args.command](args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"polytask: error: {error}", file=sys.stderr)
         return 2
 

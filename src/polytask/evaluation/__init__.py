@@ -4,7 +4,11 @@ from ._evaluate import evaluate, predict
 from ._metrics import GREATER_IS_BETTER, task_metrics
 from ._plots import (
     plot_delta_m,
+    plot_gradient_cosines,
+    plot_gradient_norms,
+    plot_metric_curves,
     plot_predictions,
+    plot_probe,
     plot_ratio_boxplots,
     plot_task_losses,
     plot_training_curves,
@@ -27,7 +31,11 @@ __all__ = [
     "holm",
     "improvement_ratios",
     "plot_delta_m",
+    "plot_gradient_cosines",
+    "plot_gradient_norms",
+    "plot_metric_curves",
     "plot_predictions",
+    "plot_probe",
     "plot_ratio_boxplots",
     "plot_task_losses",
     "plot_training_curves",

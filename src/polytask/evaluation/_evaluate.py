@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .._device import resolve_device
-from ..data import MultiTargetData
+from ..data import MultiTargetData, TaskData, csr_batch
 from ..models import MultiTaskModel
 from ..tasks import Task
 from ._metrics import task_metrics
@@ -18,12 +19,14 @@ from ._metrics import task_metrics
 def predict(
     model: MultiTaskModel,
     tasks: Sequence[Task],
-    x: torch.Tensor | np.ndarray,
+    x: torch.Tensor | np.ndarray | sp.csr_matrix,
     *,
     batch_size: int = 8192,
     device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """Each task's output (logits for classification) for inputs ``x``, as numpy arrays.
+
+    ``x`` may be dense or a scipy CSR matrix (fed to the model as torch sparse batches).
 
     Examples
     --------
@@ -32,9 +35,11 @@ def predict(
     >>> predict(model, [Task("a")], np.zeros((3, 1)))["a"].shape
     (3,)
     """
-    x = torch.as_tensor(x, dtype=torch.float32)
-    if x.ndim == 1:
-        x = x[:, None]
+    sparse = sp.issparse(x)
+    if not sparse:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim == 1:
+            x = x[:, None]
     target_device = (
         resolve_device(device) if device is not None else next(model.parameters()).device
     )
@@ -43,8 +48,10 @@ def predict(
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
     with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            outputs = model(x[start : start + batch_size].to(target_device))
+        for start in range(0, x.shape[0], batch_size):
+            rows = x[start : start + batch_size]
+            rows = csr_batch(sp.csr_matrix(rows, dtype=np.float32)) if sparse else rows
+            outputs = model(rows.to(target_device))
             for task in tasks:
                 chunks[task.name].append(task.output(outputs[task.name]))
     model.train(was_training)
@@ -54,14 +61,17 @@ def predict(
 def evaluate(
     model: MultiTaskModel,
     tasks: Sequence[Task],
-    data: MultiTargetData,
+    data: MultiTargetData | Mapping[str, TaskData],
     *,
     against: Literal["targets", "clean"] = "targets",
     batch_size: int = 8192,
 ) -> dict[str, dict[str, float]]:
     """Each task's metrics on ``data``: task -> metric -> value.
 
-    ``against="clean"`` scores against the noiseless targets of synthetic data.
+    ``data`` is one :class:`MultiTargetData` for every task or a mapping task ->
+    :class:`TaskData` (each task scored on its own data). Rows without a label for a task
+    (partial labels) are left out of its metrics. ``against="clean"`` scores against the
+    noiseless targets of synthetic data.
 
     Examples
     --------
@@ -71,14 +81,39 @@ def evaluate(
     >>> evaluate(model, [Task("a")], data)["a"]["mse"]
     1.0
     """
+    if isinstance(data, Mapping):
+        results = {}
+        for task in tasks:
+            if task.name not in data:
+                raise ValueError(
+                    f"task {task.name!r}: no data given; tasks with data: {list(data)}"
+                )
+            part = data[task.name]
+            output = predict(model, [task], part.x, batch_size=batch_size)[task.name]
+            mask = None if part.mask is None else torch.from_numpy(part.mask)
+            results[task.name] = _score(task, output, part.y, mask)
+        return results
     if against == "clean" and data.clean_targets is None:
         raise ValueError("evaluate(against='clean'): these data have no clean targets")
     columns = data.clean_targets if against == "clean" else data.targets
     outputs = predict(model, tasks, data.x, batch_size=batch_size)
+    masks = data.masks or {}
     results = {}
     for task in tasks:
         if task.name not in columns:
             raise ValueError(f"task {task.name!r}: no {against} column; columns: {list(columns)}")
-        target = task.prepare_target(columns[task.name], "evaluation").numpy()
-        results[task.name] = task_metrics(task, outputs[task.name], target)
+        results[task.name] = _score(
+            task, outputs[task.name], columns[task.name], masks.get(task.name)
+        )
     return results
+
+
+def _score(
+    task: Task, output: np.ndarray, target: torch.Tensor, mask: torch.Tensor | None
+) -> dict[str, float]:
+    prepared, known = task.prepare(target, "evaluation", mask)
+    prepared = prepared.numpy()
+    if known is not None:
+        keep = known.numpy()
+        output, prepared = output[keep], prepared[keep]
+    return task_metrics(task, output, prepared)

@@ -151,3 +151,85 @@ def plot_delta_m(deltas: pd.DataFrame, baseline: str, path: str | Path) -> Path:
     ax.set_ylabel("Delta_m (%)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_metric_curves(
+    histories: Mapping[str, History], metric: str, path: str | Path, title: str = ""
+) -> Path:
+    """Each task's stop-set ``metric`` per epoch, one panel per task, one line per run
+    (e.g. ``{"multi-task": h, "single-task": h}``); needs ``Trainer(track_metrics=True)``."""
+    names = next(iter(histories.values())).task_names
+    tasks = [t for t in names if any(h[f"stop_{metric}/{t}"] for h in histories.values())]
+    if not tasks:
+        raise ValueError(f"no history records stop_{metric}; fit with track_metrics=True")
+    rows, cols = _grid(len(tasks))
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        for label, history in histories.items():
+            values = history[f"stop_{metric}/{task}"]
+            if values:
+                ax.plot(history["epoch"][: len(values)], values, marker="o", ms=3, label=label)
+        ax.set_title(task)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"stop-set {metric}")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle(title or f"Per-task {metric} on the stop set")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gradient_norms(monitor: pd.DataFrame, path: str | Path) -> Path:
+    """Gradient norm of each layer over training steps (log scale)."""
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.2))
+    for column in [c for c in monitor.columns if c.startswith("norm/")]:
+        ax.plot(monitor["step"], monitor[column], label=column.removeprefix("norm/"))
+    ax.set_yscale("log")
+    ax.set_title("Gradient norm per layer (combined update)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("L2 norm of the gradient")
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gradient_cosines(monitor: pd.DataFrame, path: str | Path) -> Path:
+    """Cosine similarity between pairs of task gradients on the shared parameters."""
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.2))
+    for column in [c for c in monitor.columns if c.startswith("cos/")]:
+        ax.plot(
+            monitor["step"], monitor[column], label=column.removeprefix("cos/").replace("|", " vs ")
+        )
+    ax.axhline(0.0, color="grey", lw=1)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_title("Cosine similarity of task gradients on the shared trunk")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cosine similarity")
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_probe(probe: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """A probed metric over steps, shaded by the task trained at each step (forgetting)."""
+    fig, ax = _pyplot().subplots(figsize=(8, 4.2))
+    for task, part in probe.groupby("task", sort=False):
+        ax.plot(part["step"], part["value"], marker=".", label=f"{task} ({part['metric'].iloc[0]})")
+    blocks = probe.drop_duplicates("step")
+    colours = {}
+    palette = _pyplot().get_cmap("Pastel1")
+    for (_, row), (_, following) in zip(
+        blocks.iterrows(), blocks.shift(-1).iterrows(), strict=True
+    ):
+        end = following["step"] if following["step"] == following["step"] else row["step"]
+        colour = colours.setdefault(row["training"], palette(len(colours) % 9))
+        ax.axvspan(row["step"], end, color=colour, alpha=0.5, lw=0)
+    for trained, colour in colours.items():
+        ax.fill_between([], [], color=colour, label=f"training {trained}")
+    ax.set_title(title)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out metric")
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
