@@ -197,12 +197,15 @@ def plot_gradient_norms(monitor: pd.DataFrame, path: str | Path) -> Path:
 def plot_gradient_cosines(monitor: pd.DataFrame, path: str | Path) -> Path:
     """Cosine similarity between pairs of task gradients on the shared parameters."""
     fig, ax = _pyplot().subplots(figsize=(7.5, 4.2))
-    for column in [c for c in monitor.columns if c.startswith("cos/")]:
+    columns = [c for c in monitor.columns if c.startswith("cos/")]
+    largest = float(np.nanmax(np.abs(monitor[columns].to_numpy()))) if columns else 1.0
+    for column in columns:
         ax.plot(
             monitor["step"], monitor[column], label=column.removeprefix("cos/").replace("|", " vs ")
         )
     ax.axhline(0.0, color="grey", lw=1)
-    ax.set_ylim(-1.05, 1.05)
+    limit = min(1.05, max(0.1, 1.2 * largest))  # zoom in when the cosines stay small
+    ax.set_ylim(-limit, limit)
     ax.set_title("Cosine similarity of task gradients on the shared trunk")
     ax.set_xlabel("training step")
     ax.set_ylabel("cosine similarity")

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data import Schedule, TaskData, bag_of_words, read_labelled_sentences
 from ..evaluation import plot_gradient_cosines, plot_gradient_norms, plot_metric_curves, plot_probe
-from ..models import MultiTaskModel, init_linear, mlp
+from ..models import MultiTaskModel, SparseLinear, init_linear
 from ..tasks import Task
 from ..training import GradientMonitor, History, TaskMetricProbe, Trainer
 from ._baselines import single_vs_multi
@@ -102,7 +102,10 @@ class ReviewsExperiment:
         return train, held_out[0], held_out[1]
 
     def build_model(self, tasks: Sequence[Task], n_features: int) -> MultiTaskModel:
-        trunk = mlp(n_features, self.hidden, 1, seed=self.seed)
+        # bag-of-words batches arrive as sparse CSR tensors: SparseLinear takes them directly
+        trunk = nn.Sequential(
+            SparseLinear(n_features, self.hidden, init="glorot", seed=self.seed), nn.ReLU()
+        )
         heads = {}
         for i, task in enumerate(tasks):
             with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone

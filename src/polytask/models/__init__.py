@@ -2,5 +2,6 @@
 
 from ._mlp import init_linear, mlp
 from ._multitask import ColumnHeads, MultiTaskModel
+from ._sparse import SparseLinear
 
-__all__ = ["ColumnHeads", "MultiTaskModel", "init_linear", "mlp"]
+__all__ = ["ColumnHeads", "MultiTaskModel", "SparseLinear", "init_linear", "mlp"]

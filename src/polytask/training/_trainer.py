@@ -279,7 +279,10 @@ class Trainer:
         history = History(names)
         state = FitState(model, objective, tasks, device)
         params = [*model.parameters(), *objective.parameters()]
-        optimizer = torch.optim.Adam(params, lr=self.lr, eps=self.eps)
+        # the fused kernel updates every parameter in one pass: on the CPU it is several times
+        # faster than the default per-tensor loop, with the same update rule
+        fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+        optimizer = torch.optim.Adam(params, lr=self.lr, eps=self.eps, fused=fused or None)
         shuffle = torch.Generator().manual_seed(self.seed)
         best_value = float("inf")
         best_state = self._snapshot(model, objective)
