@@ -121,11 +121,11 @@ def plot_ratio_boxplots(
         ax.boxplot([part.loc[part["task"] == t, "ratio"] for t in tasks], tick_labels=tasks)
         ax.axhline(1.0, color="firebrick", ls="--", lw=1)
         ax.set_yscale("log")
-        from matplotlib.ticker import FormatStrFormatter
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-        plain = FormatStrFormatter("%.3g")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         n = part.groupby("task").size().min()
         ax.set_title(f"{method} vs {baseline} ({n} replications)")
         ax.set_xlabel("task")

@@ -1,18 +1,59 @@
-"""Ways to turn several task losses into one training signal, behind one interface."""
+"""Ways to turn several task losses into one training signal, behind one interface.
+
+Loss-level methods combine the losses into one scalar; gradient-level methods weight the task
+gradients from their Gramian. Both are :class:`Objective` s, so the trainer runs either.
+"""
 
 from ._base import LossObjective, Objective, Step
+from ._gradient import (
+    DBMTL,
+    IMTL,
+    MGDA,
+    PATHS,
+    AlignedMTL,
+    CAGrad,
+    FairGrad,
+    GradientObjective,
+    GradNorm,
+    GradVac,
+    NashMTL,
+    PCGrad,
+    UPGrad,
+    gramian,
+    task_jacobian,
+)
 from ._loss_level import GeometricMean, Mean, Sum, Uncertainty, Weighted
+from ._loss_zoo import DWA, FAMO, IMTLL, RLW
 from ._registry import OBJECTIVES, make_objective
 
 __all__ = [
+    "DBMTL",
+    "DWA",
+    "FAMO",
+    "IMTL",
+    "IMTLL",
+    "MGDA",
     "OBJECTIVES",
+    "PATHS",
+    "RLW",
+    "AlignedMTL",
+    "CAGrad",
+    "FairGrad",
     "GeometricMean",
+    "GradNorm",
+    "GradVac",
+    "GradientObjective",
     "LossObjective",
     "Mean",
+    "NashMTL",
     "Objective",
+    "PCGrad",
     "Step",
     "Sum",
+    "UPGrad",
     "Uncertainty",
     "Weighted",
+    "gramian",
     "make_objective",
+    "task_jacobian",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -72,9 +72,26 @@ class Objective(nn.Module, ABC):
         """The combined scalar for a ``(T,)`` loss vector (used on the stop set too)."""
 
     @abstractmethod
-    def backward(self, losses: Tensor | Mapping[str, Tensor], positions: Positions = None) -> Step:
+    def backward(
+        self,
+        losses: Tensor | Mapping[str, Tensor],
+        positions: Positions = None,
+        features: Tensor | None = None,
+    ) -> Step:
         """Accumulate ``.grad`` for one step and report the step's value and the ``(T,)`` task
-        weights (0 for tasks absent from the step)."""
+        weights (0 for tasks absent from the step).
+
+        ``features`` is the shared representation the losses were computed from (one batch for
+        every task), for methods that work on gradients with respect to it.
+        """
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once per fit with the model (gradient-level methods need its shared
+        parameters)."""
+
+    def after_step(self, recompute: Callable[[], Tensor]) -> None:
+        """Called after the optimizer step; ``recompute()`` gives the step's losses again (for
+        methods that learn from how the losses moved, such as FAMO)."""
 
     def _scatter(self, weights: Tensor, positions: Positions) -> Tensor:
         """Present tasks' weights into a ``(T,)`` vector with zeros for absent tasks."""
@@ -114,7 +131,12 @@ class LossObjective(Objective):
             (grad,) = torch.autograd.grad(self.combine(leaf, positions), leaf)
         return grad
 
-    def backward(self, losses: Tensor | Mapping[str, Tensor], positions: Positions = None) -> Step:
+    def backward(
+        self,
+        losses: Tensor | Mapping[str, Tensor],
+        positions: Positions = None,
+        features: Tensor | None = None,
+    ) -> Step:
         losses = self.stack(losses, positions)
         total = self.combine(losses, positions)
         total.backward()

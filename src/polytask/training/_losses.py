@@ -52,12 +52,16 @@ class LossPlan:
             y = source.y
             source.y = torch.cat([y[t.name].reshape(len(y[t.name]), -1) for t in self.tasks], 1)
 
-    def losses(self, model: MultiTaskModel, batch: Batch) -> tuple[Tensor, tuple[int, ...] | None]:
-        """The losses of the tasks present in ``batch`` and their positions (None = all)."""
+    def losses(
+        self, model: MultiTaskModel, batch: Batch
+    ) -> tuple[Tensor, tuple[int, ...] | None, Tensor | None]:
+        """The losses of the tasks present in ``batch``, their positions (None = all) and the
+        shared features they came from (None when each task had its own batch)."""
         if isinstance(batch, SharedBatch):
+            features = model.features(batch.x)
             if self.columnar:
-                return self._columnar(model, batch.x, batch.y), None
-            outputs = model(batch.x)
+                return self._columnar(model, features, batch.y), None, features
+            outputs = model.heads_forward(features)
             positions = batch.positions or range(len(self.tasks))
             losses = []
             for i in positions:
@@ -65,16 +69,16 @@ class LossPlan:
                 mask = None if batch.masks is None else batch.masks.get(task.name)
                 out = task.output(outputs[task.name])
                 losses.append(task.compute_loss(out, batch.y[task.name], mask))
-            return torch.stack(losses), batch.positions
+            return torch.stack(losses), batch.positions, features
         losses = []
         for part in batch.parts:
             task = self.tasks[part.position]
             out = task.output(model.heads_forward(model.features(part.x), task.name))
             losses.append(task.compute_loss(out, part.y, part.mask))
-        return torch.stack(losses), batch.positions
+        return torch.stack(losses), batch.positions, None
 
-    def _columnar(self, model: MultiTaskModel, x: Tensor, y: Tensor) -> Tensor:
-        out = model.heads.layer(model.trunk(x))
+    def _columnar(self, model: MultiTaskModel, features: Tensor, y: Tensor) -> Tensor:
+        out = model.heads.layer(features)
         if self.column_order is not None:
             out = out[:, self.column_order]
         per_column = (out - y).square().mean(dim=0)

@@ -250,6 +250,7 @@ class Trainer:
         objective.bind([t.name for t in tasks])
         model.to(device)
         objective.to(device)
+        objective.attach(model)
         _check_outputs(model, tasks, train_source)
         plan = LossPlan(model, tasks, train_source)
         for source in (train_source, stop_source):
@@ -284,6 +285,7 @@ class Trainer:
         fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
         optimizer = torch.optim.Adam(params, lr=self.lr, eps=self.eps, fused=fused or None)
         shuffle = torch.Generator().manual_seed(self.seed)
+        learns_after_step = type(objective).after_step is not Objective.after_step
         best_value = float("inf")
         best_state = self._snapshot(model, objective)
         for callback in self.callbacks:
@@ -296,12 +298,14 @@ class Trainer:
                 model.train()
                 totals = _EpochTotals(k, device, objective)
                 for batch in self._batches(train, shuffle, epoch):
-                    losses, positions = plan.losses(model, batch)
+                    losses, positions, features = plan.losses(model, batch)
                     for callback in self.callbacks:
                         callback.on_before_backward(state, losses, positions)
                     optimizer.zero_grad(set_to_none=True)
-                    step = objective.backward(losses, positions)
+                    step = objective.backward(losses, positions, features)
                     optimizer.step()
+                    if learns_after_step:
+                        objective.after_step(lambda b=batch: plan.losses(model, b)[0])
                     totals.add(losses.detach(), positions, batch.counts, step.value, step.weights)
                     state.step += 1
                     state.last_losses, state.last_positions = losses.detach(), positions
@@ -357,7 +361,7 @@ class Trainer:
         model.eval()
         with torch.no_grad():
             for batch in source.chunks(self.eval_batch_size):
-                losses, positions = plan.losses(model, batch)
+                losses, positions, _ = plan.losses(model, batch)
                 positions = positions or tuple(range(k))
                 weights = torch.tensor(batch.counts, dtype=losses.dtype, device=device)
                 total.index_add_(0, torch.tensor(positions, device=device), losses * weights)

@@ -1,0 +1,376 @@
+"""Gradient-level methods: task weights from the Gramian of the task gradients.
+
+Most gradient methods of the MTL literature depend on the task gradients only through their
+Gramian ``G = J J^T`` (T x T), as torchjd's ``Weighting`` classes make explicit. The update is
+then ``sum_t w_t g_t`` with ``w = weighting(G)``. The Gramian comes from one of three paths:
+
+- ``"exact"``: the Jacobian of the losses with respect to the shared (trunk) parameters in one
+  batched backward pass (``autograd.grad(..., is_grads_batched=True)``, a vmap over the task
+  losses). The shared gradients are set from it directly (``w @ J``); only the heads need one
+  more, short backward pass.
+- ``"representation"`` (MGDA-UB, Sener and Koltun 2018): the Gramian of the gradients with
+  respect to the shared features ``z`` - one batched vector-Jacobian product through the heads
+  only - then one ordinary backward pass of ``sum_t w_t L_t``. Valid when every task's loss is
+  computed from the same batch's ``z`` (one dataset with many target columns).
+- ``"naive"``: one ``autograd.grad`` per task. Kept as the reference the tests compare with.
+
+No path keeps T autograd graphs alive: there is one graph per step, retained only across the
+batched backward that reads it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchjd import aggregation
+
+from ._base import Objective, Positions, Step
+
+Path = Literal["exact", "representation", "naive"]
+PATHS: tuple[str, ...] = ("exact", "representation", "naive")
+
+
+def task_jacobian(
+    losses: Tensor, params: Sequence[Tensor], path: Literal["exact", "naive"] = "exact"
+) -> list[Tensor]:
+    """Per parameter, the ``(k, *shape)`` Jacobian of the ``k`` losses. The graph is retained.
+
+    ``exact`` is one batched backward pass; ``naive`` one pass per loss (the reference).
+    """
+    k = len(losses)
+    if path == "exact":
+        try:
+            eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
+            grads = torch.autograd.grad(
+                losses, params, eye, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+            return [
+                torch.zeros(k, *p.shape, device=p.device) if g is None else g
+                for g, p in zip(grads, params, strict=True)
+            ]
+        except RuntimeError as error:  # an op without a batching rule
+            warnings.warn(
+                f"batched backward failed ({error}); falling back to one backward per task",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    rows = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        rows.append(
+            [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+        )
+    return [torch.stack(column) for column in zip(*rows, strict=True)]
+
+
+def gramian(jacobian: Sequence[Tensor]) -> Tensor:
+    """``J J^T`` summed over the parameters' Jacobian blocks."""
+    total = None
+    for block in jacobian:
+        flat = block.reshape(block.shape[0], -1)
+        part = flat @ flat.T
+        total = part if total is None else total + part
+    return total
+
+
+def _accumulate(param: Tensor, grad: Tensor) -> None:
+    param.grad = grad if param.grad is None else param.grad + grad
+
+
+class GradientObjective(Objective):
+    """Base of the Gramian-based gradient methods: ``weights = weighting(G)``, then the update
+    ``sum_t w_t * grad L_t``.
+
+    Parameters
+    ----------
+    path
+        ``"exact"`` (default), ``"representation"`` (MGDA-UB's cheap bound) or ``"naive"``.
+    """
+
+    default_path: Path = "exact"
+
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__()
+        path = path or self.default_path
+        if path not in PATHS:
+            raise ValueError(f"{type(self).__name__}: path must be one of {PATHS}, got {path!r}")
+        self.path = path
+        self._shared: list[nn.Parameter] = []
+        self._specific: list[nn.Parameter] = []
+
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
+        """The torchjd ``Weighting`` (Gramian -> weights) of the method."""
+        raise NotImplementedError
+
+    def _on_bind(self) -> None:
+        self.weighting = self.make_weighting(len(self.task_names))
+
+    def attach(self, model: nn.Module) -> None:
+        shared = {id(p) for p in model.shared_parameters()}
+        self._shared = [p for p in model.shared_parameters() if p.requires_grad]
+        self._specific = [p for p in model.parameters() if p.requires_grad and id(p) not in shared]
+
+    def value(self, losses: Tensor) -> Tensor:
+        return self.stack(losses).mean()  # the stop-set criterion: the mean task loss
+
+    def weights_from_gramian(self, gram: Tensor) -> Tensor:
+        return self.weighting(gram)
+
+    def backward(
+        self,
+        losses: Tensor | Mapping[str, Tensor],
+        positions: Positions = None,
+        features: Tensor | None = None,
+    ) -> Step:
+        losses = self.stack(losses, positions)
+        if not self._shared:
+            raise RuntimeError(f"{type(self).__name__}: attach(model) was not called")
+        if self.path == "representation" and features is not None:
+            (jz,) = torch.autograd.grad(
+                losses,
+                features,
+                torch.eye(len(losses), dtype=losses.dtype, device=losses.device),
+                retain_graph=True,
+                is_grads_batched=True,
+            )
+            flat = jz.reshape(len(losses), -1)
+            weights = self.weights_from_gramian(flat @ flat.T).to(losses.dtype)
+            (weights.detach() * losses).sum().backward()
+        else:  # exact or naive (also the representation path's fallback for per-task batches)
+            path = "naive" if self.path == "naive" else "exact"
+            jacobian = task_jacobian(losses, self._shared, path)
+            weights = self.weights_from_gramian(gramian(jacobian)).to(losses.dtype).detach()
+            for param, block in zip(self._shared, jacobian, strict=True):
+                _accumulate(param, torch.tensordot(weights, block, dims=1))
+            if self._specific:  # heads: a short backward that stops at them
+                torch.autograd.backward((weights * losses).sum(), inputs=self._specific)
+        weights = weights.detach()
+        return Step((weights * losses.detach()).sum(), self._scatter(weights, positions))
+
+    def extra_repr(self) -> str:
+        return f"path={self.path!r}" + (f", {super().extra_repr()}" if self.task_names else "")
+
+
+class _Weighted(GradientObjective):
+    """A gradient method defined by one torchjd Gramian weighting."""
+
+    factory: Callable[..., Callable[[Tensor], Tensor]]
+
+    def __init__(self, path: Path | None = None, **options: float) -> None:
+        super().__init__(path)
+        self.options = options
+
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
+        return type(self).factory(**self.options)
+
+
+class MGDA(_Weighted):
+    """MGDA (Désidéri 2012; Sener and Koltun, NeurIPS 2018, "Multi-Task Learning as
+    Multi-Objective Optimization"): the minimum-norm point of the convex hull of the task
+    gradients (torchjd's ``MGDAWeighting``). With ``path="representation"`` this is MGDA-UB."""
+
+    factory = aggregation.MGDAWeighting
+
+
+class PCGrad(_Weighted):
+    """PCGrad (Yu et al., NeurIPS 2020, "Gradient Surgery for Multi-Task Learning"): each task
+    gradient projected onto the normal plane of the gradients it conflicts with, then summed
+    (torchjd's ``PCGradWeighting``)."""
+
+    factory = aggregation.PCGradWeighting
+
+
+class GradVac(_Weighted):
+    """GradVac (Wang et al., ICLR 2021, "Gradient Vaccine"): like PCGrad, but aligns pairs of
+    gradients towards an EMA of their cosine similarity (torchjd's ``GradVacWeighting``)."""
+
+    factory = aggregation.GradVacWeighting
+
+
+class CAGrad(_Weighted):
+    """CAGrad (Liu et al., NeurIPS 2021, "Conflict-Averse Gradient Descent"): the update that
+    maximises the worst task improvement within a ball around the average gradient (torchjd's
+    ``CAGradWeighting``, ``c=0.4`` as in the paper; needs the ``methods`` extra)."""
+
+    factory = aggregation.CAGradWeighting
+
+    def __init__(self, path: Path | None = None, c: float = 0.4) -> None:
+        super().__init__(path, c=c)
+
+
+class IMTL(_Weighted):
+    """IMTL-G (Liu et al., ICLR 2021, "Towards Impartial Multi-task Learning"): the update whose
+    projections on every task gradient's direction are equal (torchjd's ``IMTLGWeighting``)."""
+
+    factory = aggregation.IMTLGWeighting
+
+
+class AlignedMTL(_Weighted):
+    """Aligned-MTL (Senushkin et al., CVPR 2023, "Independent Component Alignment for
+    Multi-Task Learning"): the task gradients aligned by a condition-number-minimising linear
+    map (torchjd's ``AlignedMTLWeighting``)."""
+
+    factory = aggregation.AlignedMTLWeighting
+
+
+class UPGrad(_Weighted):
+    """UPGrad (Quinton and Rey, 2024, "Jacobian Descent for Multi-Objective Optimization"): the
+    average of the task gradients each projected onto the dual cone of all of them; the update
+    never conflicts with any task (torchjd's ``UPGradWeighting``)."""
+
+    factory = aggregation.UPGradWeighting
+
+
+class FairGrad(_Weighted):
+    """FairGrad (Ban and Ji, ICML 2024, "Fair Resource Allocation in Multi-Task Learning"):
+    weights from alpha-fair utility maximisation (torchjd's ``FairGradWeighting``, alpha=1)."""
+
+    factory = aggregation.FairGradWeighting
+
+    def __init__(self, path: Path | None = None, alpha: float = 1.0) -> None:
+        super().__init__(path, alpha=alpha)
+
+
+class NashMTL(GradientObjective):
+    """Nash-MTL (Navon et al., ICML 2022, "Multi-Task Learning as a Bargaining Game"): the
+    Nash bargaining solution ``(G a) * a = 1`` (torchjd's implementation; needs the ``methods``
+    extra). torchjd's Nash weighting reads a Jacobian but depends on it only through ``J J^T``
+    and ``|J^T a|``, so it is given a T x T factor ``M`` with ``M M^T = G`` - the same weights
+    without the full Jacobian."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        max_norm: float = 1.0,
+        update_weights_every: int = 1,
+        optim_niter: int = 20,
+    ) -> None:
+        super().__init__(path)
+        self.options = {
+            "max_norm": max_norm,
+            "update_weights_every": update_weights_every,
+            "optim_niter": optim_niter,
+        }
+
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
+        return aggregation.NashMTL(n_tasks=n_tasks, **self.options).weighting
+
+    def weights_from_gramian(self, gram: Tensor) -> Tensor:
+        values, vectors = torch.linalg.eigh(gram.double())
+        factor = vectors * values.clamp_min(0).sqrt()
+        return self.weighting(factor.to(gram.dtype))
+
+
+class GradNorm(GradientObjective):
+    """GradNorm (Chen et al., ICML 2018, "GradNorm: Gradient Normalization for Adaptive Loss
+    Balancing in Deep Multitask Networks").
+
+    Learned task weights ``w_t`` (summing to T) scale the losses. Each step, the norm of each
+    weighted task gradient on the last shared layer, ``G_t = |grad_W (w_t L_t)|``, is pulled
+    towards ``mean(G) * r_t ** alpha`` where ``r_t`` is the task's loss ratio ``L_t / L_t(0)``
+    relative to the mean ratio: tasks that train slower get larger weights. The weights learn
+    from the L1 gap with the model's optimizer and are renormalised after each step.
+    """
+
+    def __init__(self, alpha: float = 1.5) -> None:
+        super().__init__("exact")
+        self.alpha = alpha
+
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
+        return lambda gram: gram  # unused: GradNorm has its own backward
+
+    def _on_bind(self) -> None:
+        super()._on_bind()
+        self.task_weights = nn.Parameter(torch.ones(len(self.task_names)))
+        self.register_buffer("initial_losses", torch.zeros(len(self.task_names)))
+
+    def attach(self, model: nn.Module) -> None:
+        super().attach(model)
+        last = [m for m in model.trunk.modules() if any(True for _ in m.parameters(recurse=False))]
+        self._last = [p for p in last[-1].parameters(recurse=False) if p.requires_grad]
+
+    def backward(
+        self,
+        losses: Tensor | Mapping[str, Tensor],
+        positions: Positions = None,
+        features: Tensor | None = None,
+    ) -> Step:
+        losses = self.stack(losses, positions)
+        if positions is not None and len(positions) != len(self.task_names):
+            raise ValueError("GradNorm needs every task in every step (round_robin schedule)")
+        with torch.no_grad():
+            first = self.initial_losses == 0
+            self.initial_losses.copy_(torch.where(first, losses.detach(), self.initial_losses))
+        w = self.task_weights
+        jacobian = task_jacobian(losses, self._last)
+        norms = gramian(jacobian).diagonal().clamp_min(0).sqrt()  # |grad L_t| on the last layer
+        weighted_norms = w * norms.detach()
+        ratios = losses.detach() / self.initial_losses
+        target = (weighted_norms.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
+        gap = (weighted_norms - target).abs().sum()
+        (w_grad,) = torch.autograd.grad(gap, w)
+        _accumulate(w, w_grad)
+        weights = w.detach()
+        (weights * losses).sum().backward()
+        return Step((weights * losses.detach()).sum(), weights.clone())
+
+    def after_step(self, recompute: Callable[[], Tensor]) -> None:
+        with torch.no_grad():  # keep sum_t w_t = T, as the paper does
+            w = self.task_weights.clamp_(min=1e-4)
+            w.mul_(len(self.task_names) / w.sum())
+
+
+class DBMTL(GradientObjective):
+    """DB-MTL (Lin et al., 2023, "Dual-Balancing for Multi-Task Learning").
+
+    Loss-scale balancing: each task contributes ``log L_t``. Gradient-magnitude balancing: an
+    EMA ``g_t`` of each task's gradient of ``log L_t`` on the shared parameters is kept
+    (``beta``), and the shared update is ``sum_t (max_s |g_s| / |g_t|) g_t``, so every task
+    counts with the magnitude of the largest. Heads get the gradient of ``sum_t log L_t``.
+    """
+
+    def __init__(self, beta: float = 0.9) -> None:
+        super().__init__("exact")
+        if not 0 <= beta < 1:
+            raise ValueError(f"DBMTL: beta must be in [0, 1), got {beta}")
+        self.beta = beta
+
+    def _on_bind(self) -> None:
+        super()._on_bind()
+        self._ema: list[Tensor] | None = None  # fresh state for every fit
+        self._steps = 0
+
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
+        return lambda gram: gram  # unused: DB-MTL balances EMAs of gradients
+
+    def backward(
+        self,
+        losses: Tensor | Mapping[str, Tensor],
+        positions: Positions = None,
+        features: Tensor | None = None,
+    ) -> Step:
+        losses = self.stack(losses, positions)
+        if positions is not None and len(positions) != len(self.task_names):
+            raise ValueError("DBMTL needs every task in every step (round_robin schedule)")
+        logs = torch.log(losses.clamp_min(torch.finfo(losses.dtype).tiny))
+        jacobian = task_jacobian(logs, self._shared)
+        self._steps += 1
+        if self._ema is None:
+            self._ema = [torch.zeros_like(block) for block in jacobian]
+        for ema, block in zip(self._ema, jacobian, strict=True):
+            ema.mul_(self.beta).add_(block.detach(), alpha=1 - self.beta)
+        correction = 1 - self.beta**self._steps  # bias-corrected EMA, as Adam's
+        norms = gramian(self._ema).diagonal().clamp_min(0).sqrt() / correction
+        scale = norms.max() / norms.clamp_min(1e-12)
+        for param, ema in zip(self._shared, self._ema, strict=True):
+            _accumulate(param, torch.tensordot(scale / correction, ema, dims=1))
+        if self._specific:
+            torch.autograd.backward(logs.sum(), inputs=self._specific)
+        # the effective weight on L_t of this step's log-gradient: scale_t / L_t (approximate,
+        # since the update uses the EMA)
+        weights = (scale / losses.detach()).detach()
+        return Step(logs.detach().sum(), self._scatter(weights, positions))

@@ -1,0 +1,110 @@
+"""More loss-level weightings, wrapped from torchjd's ``scalarization`` module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torchjd import scalarization
+
+from ._base import LossObjective, Positions
+
+
+class _EveryTask(LossObjective):
+    """A torchjd scalarizer whose state covers every task: each step must hold all of them."""
+
+    def _all(self, positions: Positions) -> None:
+        if positions is not None and len(positions) != len(self.task_names):
+            raise ValueError(
+                f"{type(self).__name__} keeps per-task state and needs every task in every step; "
+                "use the round_robin schedule (and no missing labels)"
+            )
+
+    def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
+        self._all(positions)
+        return self.scalarizer(losses)
+
+
+class DWA(_EveryTask):
+    """Dynamic Weight Average (Liu, Johns and Davison, CVPR 2019, "End-to-End Multi-Task
+    Learning with Attention"): weights from the ratio of each task's average loss over the two
+    previous epochs, softmaxed with a temperature (torchjd's ``DWA``).
+
+    Examples
+    --------
+    >>> objective = DWA(); objective.bind(["a", "b"])
+    >>> float(objective.value(torch.tensor([1.0, 3.0])))  # uniform weights in the first epochs
+    4.0
+    """
+
+    def __init__(self, temperature: float = 2.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def _on_bind(self) -> None:
+        self.scalarizer = scalarization.DWA(self.temperature)
+
+    def _dwa_weights(self, losses: Tensor) -> Tensor:
+        # torchjd's forward also adds the losses to the epoch's averages; this reads the weights
+        # alone, so the stop-set evaluation does not count as training data
+        return self.scalarizer._compute_weights(losses)
+
+    def value(self, losses: Tensor) -> Tensor:
+        losses = self.stack(losses)
+        return (self._dwa_weights(losses) * losses).sum()
+
+    def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
+        return self._dwa_weights(losses)
+
+    def end_epoch(self) -> None:
+        self.scalarizer.step()
+
+
+class RLW(_EveryTask):
+    """Random Loss Weighting (Lin et al., TMLR 2022, "Reasonable Effectiveness of Random
+    Weighting"): each step weights the losses with ``softmax`` of standard normal draws (torchjd's
+    ``Random``). The draws come from the fit's seeded generator.
+    """
+
+    def _on_bind(self) -> None:
+        self.scalarizer = scalarization.Random()
+
+    def value(self, losses: Tensor) -> Tensor:
+        return self.stack(losses).mean()  # a random stop loss would make early stopping noise
+
+
+class IMTLL(_EveryTask):
+    """IMTL-L (Liu et al., ICLR 2021, "Towards Impartial Multi-task Learning"): learned loss
+    scales ``exp(s_t) * L_t - s_t`` (torchjd's ``IMTLL``); its parameters train with the model."""
+
+    def _on_bind(self) -> None:
+        self.scalarizer = scalarization.IMTLL(len(self.task_names))
+
+
+class FAMO(_EveryTask):
+    """Fast Adaptive Multitask Optimization (Liu et al., NeurIPS 2023): task logits updated
+    after each step from how much each (log) loss fell, with an O(1) cost per step instead of
+    per-task gradients (torchjd's ``FAMO``). After the model's step the trainer recomputes the
+    batch's losses once (no gradient) and hands them to :meth:`after_step`.
+    """
+
+    def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3) -> None:
+        super().__init__()
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def _on_bind(self) -> None:
+        self.scalarizer = scalarization.FAMO(
+            len(self.task_names), lr=self.lr, weight_decay=self.weight_decay
+        )
+
+    def parameters(self, recurse: bool = True):
+        return iter(())  # FAMO steps its own logits; the model's optimizer must not
+
+    def value(self, losses: Tensor) -> Tensor:
+        return self.stack(losses).mean()  # FAMO's value is a log-scale surrogate
+
+    def after_step(self, recompute: Callable[[], Tensor]) -> None:
+        with torch.no_grad():
+            losses = recompute()
+        self.scalarizer.update(losses)
