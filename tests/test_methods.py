@@ -1,0 +1,295 @@
+"""The method zoo: defining properties on random Jacobians, agreement with torchjd, the three
+gradient paths, and the methods inside real fits."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from torch import nn
+from torchjd import aggregation
+
+import polytask as pt
+from polytask.objectives import OBJECTIVES, gramian, make_objective, task_jacobian
+
+jacobians = st.tuples(st.integers(2, 5), st.integers(3, 8)).flatmap(
+    lambda shape: arrays(np.float64, shape, elements=st.floats(-3, 3, width=64))
+)
+
+
+def weights_of(cls_or_name, J):
+    objective = make_objective(cls_or_name) if isinstance(cls_or_name, str) else cls_or_name
+    objective.bind([f"t{i}" for i in range(len(J))])
+    G = torch.tensor(J @ J.T)
+    return objective.weights_from_gramian(G).double().numpy()
+
+
+def nondegenerate(J):
+    return np.linalg.norm(J, axis=1).min() > 1e-2
+
+
+@settings(max_examples=60, deadline=None)
+@given(J=jacobians)
+def test_upgrad_never_conflicts_with_a_task(J):
+    if not nondegenerate(J):
+        return
+    d = weights_of("upgrad", J) @ J
+    scale = np.linalg.norm(J, axis=1).max() ** 2
+    assert (J @ d >= -1e-3 * scale).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(J=arrays(np.float64, (2, 6), elements=st.floats(-3, 3, width=64)))
+def test_pcgrad_two_tasks_no_negative_inner_product(J):
+    """Each projected gradient is orthogonal to the one it conflicted with, so the update has a
+    non-negative inner product with both task gradients."""
+    if not nondegenerate(J):
+        return
+    d = weights_of("pcgrad", J) @ J
+    scale = np.linalg.norm(J, axis=1).max() ** 2
+    assert (J @ d >= -1e-6 * scale).all()
+    g1, g2 = J
+    if g1 @ g2 < 0:  # the paper's projection, by hand
+        p1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
+        p2 = g2 - (g2 @ g1) / (g1 @ g1) * g1
+        np.testing.assert_allclose(d, p1 + p2, atol=1e-6 * scale)
+
+
+@settings(max_examples=40, deadline=None)
+@given(J=jacobians)
+def test_mgda_is_the_min_norm_point_of_the_convex_hull(J):
+    if not nondegenerate(J):
+        return
+    w = weights_of("mgda", J)
+    assert w.min() >= -1e-6 and abs(w.sum() - 1) < 1e-4
+    d = w @ J
+    # optimality (KKT): no vertex of the hull points below the min-norm level |d|^2
+    scale = np.linalg.norm(J, axis=1).max() ** 2
+    assert (J @ d >= d @ d - 2e-2 * scale).all()
+    # and no random point of the hull is shorter
+    rng = np.random.default_rng(0)
+    points = rng.dirichlet(np.ones(len(J)), size=200) @ J
+    assert (np.linalg.norm(points, axis=1) >= np.linalg.norm(d) - 2e-2 * np.sqrt(scale)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(J=jacobians)
+def test_imtl_projections_are_equal(J):
+    if not nondegenerate(J) or np.linalg.matrix_rank(J, tol=1e-3) < len(J):
+        return
+    d = weights_of("imtl", J) @ J
+    projections = J @ d / np.linalg.norm(J, axis=1)
+    np.testing.assert_allclose(projections, projections.mean(), rtol=1e-3, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+def conflicting_model(T=3, seed=0):
+    torch.manual_seed(seed)
+    model = pt.MultiTaskModel(
+        nn.Sequential(nn.Linear(4, 6), nn.Tanh()), {f"t{i}": nn.Linear(6, 1) for i in range(T)}
+    )
+    x = torch.randn(32, 4)
+    y = torch.randn(32, T)
+    y[:, 1] = -3 * y[:, 0]  # tasks 0 and 1 pull the trunk in opposite directions
+    return model, x, y
+
+
+def losses_of(model, x, y):
+    z = model.features(x)
+    out = model.heads_forward(z)
+    return torch.stack([((out[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(y.shape[1])]), z
+
+
+def shared_grad(objective, model, x, y, path="exact"):
+    model.zero_grad()
+    objective.bind(list(model.task_names))
+    objective.attach(model)
+    if hasattr(objective, "path"):
+        objective.path = path
+    losses, z = losses_of(model, x, y)
+    objective.backward(losses, None, z)
+    return torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+
+
+def naive_jacobian(model, x, y):
+    losses, _ = losses_of(model, x, y)
+    rows = [
+        torch.cat(
+            [
+                g.flatten()
+                for g in torch.autograd.grad(loss, model.shared_parameters(), retain_graph=True)
+            ]
+        )
+        for loss in losses
+    ]
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [
+        ("upgrad", aggregation.UPGrad()),
+        ("mgda", aggregation.MGDA()),
+        ("pcgrad", aggregation.PCGrad()),
+        ("imtl", aggregation.IMTLG()),
+        ("cagrad", aggregation.CAGrad(c=0.4)),
+        ("aligned-mtl", aggregation.AlignedMTL()),
+        ("fairgrad", aggregation.FairGrad(alpha=1.0)),
+        ("gradvac", aggregation.GradVac()),
+        ("nashmtl", aggregation.NashMTL(n_tasks=3)),
+    ],
+)
+def test_each_method_equals_torchjd_aggregator(name, reference):
+    model, x, y = conflicting_model()
+    torch.manual_seed(7)  # PCGrad and GradVac shuffle the task order with the global RNG
+    ours = shared_grad(make_objective(name), model, x, y)
+    jacobian = naive_jacobian(model, x, y)
+    torch.manual_seed(7)
+    expected = reference(jacobian)
+    torch.testing.assert_close(ours, expected, rtol=2e-3, atol=2e-5)
+
+
+def test_exact_and_naive_paths_give_the_same_jacobian():
+    model, x, y = conflicting_model()
+    losses, _ = losses_of(model, x, y)
+    exact = task_jacobian(losses, model.shared_parameters(), "exact")
+    naive = task_jacobian(losses, model.shared_parameters(), "naive")
+    for a, b in zip(exact, naive, strict=True):
+        torch.testing.assert_close(a, b)
+    flat = torch.cat([b.flatten(1) for b in naive], 1)
+    torch.testing.assert_close(gramian(exact), flat @ flat.T)
+    for path in ("exact", "naive"):
+        torch.testing.assert_close(
+            shared_grad(make_objective("upgrad"), model, x, y, path),
+            shared_grad(make_objective("upgrad"), model, x, y, "exact"),
+        )
+
+
+def test_representation_path_uses_the_feature_gramian():
+    model, x, y = conflicting_model()
+    losses, z = losses_of(model, x, y)
+    rows = [torch.autograd.grad(loss, z, retain_graph=True)[0].flatten() for loss in losses]
+    Jz = torch.stack(rows)
+    objective = make_objective("mgda@repr")
+    objective.bind(list(model.task_names))
+    expected = aggregation.MGDAWeighting()(Jz @ Jz.T)
+    objective.attach(model)
+    step = objective.backward(losses, None, z)
+    torch.testing.assert_close(step.weights, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["upgrad", "pcgrad", "mgda", "imtl", "cagrad", "nashmtl"])
+def test_update_is_not_the_equal_weighting_gradient_when_tasks_conflict(name):
+    """The classic silent bug: one combined backward, then 'projecting' a gradient that has no
+    per-task information left, gives back equal weighting. A real method must differ."""
+    model, x, y = conflicting_model()
+    equal = shared_grad(pt.Mean(), model, x, y)
+    method = shared_grad(make_objective(name), model, x, y)
+    cosine = torch.nn.functional.cosine_similarity(equal, method, dim=0)
+    assert cosine < 0.999
+
+
+def test_equal_weighting_is_the_gradient_of_the_mean_loss():
+    model, x, y = conflicting_model()
+    ours = shared_grad(pt.Mean(), model, x, y)
+    model.zero_grad()
+    losses_of(model, x, y)[0].mean().backward()
+    expected = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    torch.testing.assert_close(ours, expected)
+
+
+def test_heads_get_their_weighted_gradient_on_the_exact_path():
+    model, x, y = conflicting_model()
+    objective = make_objective("upgrad")
+    objective.bind(list(model.task_names))
+    objective.attach(model)
+    losses, z = losses_of(model, x, y)
+    step = objective.backward(losses, None, z)
+    head = model.heads["t1"].weight.grad.clone()
+    model.zero_grad()
+    losses, _ = losses_of(model, x, y)
+    (step.weights * losses).sum().backward()
+    torch.testing.assert_close(head, model.heads["t1"].weight.grad)
+
+
+def test_dbmtl_first_step_balances_gradient_magnitudes():
+    model, x, y = conflicting_model()
+    objective = make_objective("dbmtl")
+    grad = shared_grad(objective, model, x, y)
+    losses, _ = losses_of(model, x, y)
+    J = naive_jacobian(model, x, y) / losses.detach()[:, None]  # gradients of log L_t
+    norms = J.norm(dim=1)
+    expected = ((norms.max() / norms)[:, None] * J).sum(0)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(set(OBJECTIVES) - {"weighted"}))
+def test_every_method_trains_a_column_model_without_nan(name, hetero_splits):
+    train, stop, _ = hetero_splits
+    net = pt.mlp(1, 16, 2, out_features=3, seed=0)
+    model = pt.MultiTaskModel(net[:-1], pt.ColumnHeads(net[-1], {f"task{i}": 1 for i in range(3)}))
+    monitor = pt.training.GradientMonitor(every=3)
+    trainer = pt.Trainer(
+        name,
+        max_epochs=2,
+        patience=None,
+        quiet=True,
+        device="cpu",
+        batch_size=64,
+        callbacks=[monitor],
+    )
+    history = trainer.fit(model, pt.regression_tasks(["task0", "task1", "task2"]), train, stop)
+    last = history.records[-1]
+    assert all(np.isfinite(v) for v in last.values())
+    assert {"weight/task0", "weight/task2"} <= set(last)
+    assert "cos/task0|task1" in monitor.frame().columns
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad@repr", "mgda", "dbmtl", "famo"])
+def test_methods_work_with_one_dataset_per_task(name, rng):
+    import scipy.sparse as sp
+
+    data = {
+        t: pt.data.TaskData(
+            sp.random(40, 12, density=0.3, format="csr", random_state=rng, dtype=np.float32),
+            (rng.uniform(size=40) < 0.5).astype(np.float32),
+        )
+        for t in ("a", "b")
+    }
+    model = pt.MultiTaskModel(
+        nn.Sequential(pt.models.SparseLinear(12, 8), nn.ReLU()),
+        {"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)},
+    )
+    tasks = [pt.Task("a", kind="binary"), pt.Task("b", kind="binary")]
+    history = pt.Trainer(
+        name, max_epochs=2, patience=None, quiet=True, device="cpu", batch_size=8
+    ).fit(model, tasks, data, data)
+    assert np.isfinite(history.records[-1]["stop_loss"])
+
+
+def test_gradnorm_keeps_weights_summing_to_t_and_famo_learns_its_logits(hetero_splits):
+    train, stop, _ = hetero_splits
+    from conftest import small_model
+
+    tasks = pt.regression_tasks(["task0", "task1", "task2"])
+    gradnorm = make_objective("gradnorm")
+    pt.Trainer(gradnorm, max_epochs=2, patience=None, quiet=True, device="cpu", lr=1e-2).fit(
+        small_model(), tasks, train, stop
+    )
+    w = gradnorm.task_weights.detach()
+    assert float(w.sum()) == pytest.approx(3.0, rel=1e-5)
+    assert not torch.allclose(w, torch.ones(3))
+    famo = make_objective("famo")
+    pt.Trainer(famo, max_epochs=2, patience=None, quiet=True, device="cpu").fit(
+        small_model(), tasks, train, stop
+    )
+    assert not torch.equal(famo.scalarizer._w.detach(), torch.zeros(3))
+
+
+def test_path_suffix_only_for_gradient_methods():
+    assert make_objective("pcgrad@naive").path == "naive"
+    with pytest.raises(ValueError, match="no gradient path"):
+        make_objective("geometric@repr")
+    with pytest.raises(ValueError, match="unknown path"):
+        make_objective("mgda@fast")
