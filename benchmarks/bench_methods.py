@@ -1,0 +1,206 @@
+"""Milliseconds per training step of every gradient method, against equal weighting.
+
+Model: a shared MLP trunk (input 64, 4 hidden layers of 256, ReLU) with T linear heads, batch
+256, MSE per task, fused Adam. For T in {2, 5, 10, 40}, all in one run:
+
+- equal weighting (``mean``) through polytask: the baseline of every ratio;
+- each gradient method through polytask on its default (exact) path, and UPGrad and MGDA on the
+  representation path (``@repr``, MGDA-UB);
+- torchjd's ``mtl_backward`` + ``jac_to_grad`` with UPGrad;
+- the naive path: one ``autograd.grad`` per task, then UPGrad's weights.
+
+A step is the forward pass, the objective's backward and the optimizer step, timed with
+``time.perf_counter`` (median of the repeats). Peak resident memory per method at the largest
+T is measured in a fresh process each (``--memory``).
+
+Usage: python benchmarks/bench_methods.py [--tasks 2,5,10,40] [--steps 10] [--memory]
+Last lines: ``repr_T40_vs_equal``, ``exact_T10_vs_equal`` and ``repr_T10_vs_equal`` (UPGrad).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+from torchjd.aggregation import UPGrad
+from torchjd.autojac import jac_to_grad, mtl_backward
+
+import polytask as pt
+
+METHODS = [
+    "mean",
+    "mgda",
+    "pcgrad",
+    "gradvac",
+    "cagrad",
+    "imtl",
+    "nashmtl",
+    "aligned-mtl",
+    "upgrad",
+    "fairgrad",
+    "dbmtl",
+    "gradnorm",
+    "upgrad@repr",
+    "mgda@repr",
+]
+BASELINES = ["torchjd mtl_backward", "naive per-task backward"]
+
+
+def build(n_tasks: int) -> tuple[pt.MultiTaskModel, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    trunk = pt.mlp(64, 256, 4, seed=0)
+    heads = {f"t{i}": nn.Linear(256, 1) for i in range(n_tasks)}
+    return pt.MultiTaskModel(trunk, heads), torch.randn(256, 64), torch.randn(256, n_tasks)
+
+
+def task_losses(model: pt.MultiTaskModel, x: torch.Tensor, y: torch.Tensor):
+    z = model.features(x)
+    outputs = model.heads_forward(z)
+    losses = torch.stack(
+        [((outputs[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(y.shape[1])]
+    )
+    return losses, z
+
+
+def stepper(method: str, n_tasks: int):
+    model, x, y = build(n_tasks)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    shared = model.shared_parameters()
+    if method == "torchjd mtl_backward":
+        aggregator = UPGrad()
+        heads = [list(model.heads[f"t{i}"].parameters()) for i in range(n_tasks)]
+
+        def step() -> None:
+            z = model.features(x)
+            outputs = model.heads_forward(z)
+            losses = [((outputs[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(n_tasks)]
+            optimizer.zero_grad()
+            mtl_backward(losses, features=z, tasks_params=heads, shared_params=shared)
+            jac_to_grad(shared, aggregator)
+            optimizer.step()
+
+        return step
+    if method == "naive per-task backward":
+        weighting = pt.make_objective("upgrad")
+        weighting.bind([f"t{i}" for i in range(n_tasks)])
+
+        def step() -> None:
+            losses, _ = task_losses(model, x, y)
+            optimizer.zero_grad()
+            rows = [
+                torch.cat(
+                    [g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)]
+                )
+                for loss in losses
+            ]
+            jacobian = torch.stack(rows)
+            weights = weighting.weights_from_gramian(jacobian @ jacobian.T)
+            (weights * losses).sum().backward()
+            optimizer.step()
+
+        return step
+    objective = pt.make_objective(method)
+    objective.bind([f"t{i}" for i in range(n_tasks)])
+    objective.attach(model)
+    optimizer = torch.optim.Adam(
+        [*model.parameters(), *objective.parameters()], lr=1e-4, fused=True
+    )
+
+    def step() -> None:
+        losses, z = task_losses(model, x, y)
+        optimizer.zero_grad()
+        objective.backward(losses, None, z)
+        optimizer.step()
+        objective.after_step(lambda: task_losses(model, x, y)[0])
+
+    return step
+
+
+def time_step(method: str, n_tasks: int, steps: int) -> float:
+    step = stepper(method, n_tasks)
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def _status(field: str) -> float:
+    """A field of /proc/self/status in MiB (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_peak(method: str, n_tasks: int) -> float:
+    """Run a few steps; return the peak resident memory above the resident memory before."""
+    step = stepper(method, n_tasks)
+    step()  # first-call allocations (optimizer state) are not the method's cost
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset the peak (VmHWM) to the current resident size
+    before = _status("VmRSS")
+    for _ in range(3):
+        step()
+    return _status("VmHWM") - before
+
+
+def peak_memory(method: str, n_tasks: int) -> float:
+    """Extra peak resident memory (MiB) of a step, in a fresh process."""
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, 'benchmarks');"
+        f"import bench_methods as b; print(b.measure_peak({method!r}, {n_tasks}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode:
+        return float("nan")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="2,5,10,40")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--methods", default=",".join(METHODS + BASELINES))
+    parser.add_argument("--memory", action="store_true", help="peak memory at the largest T")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")  # solver chatter (cvxpy) is not a result
+    task_counts = [int(t) for t in args.tasks.split(",")]
+    methods = args.methods.split(",")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; trunk 64 -> 4 x 256, "
+        f"batch 256; ms per step (ratio to equal weighting)"
+    )
+    table: dict[str, dict[int, float]] = {}
+    for method in methods:
+        table[method] = {t: time_step(method, t, args.steps) for t in task_counts}
+    header = f"{'method':26s}" + "".join(f"{'T=' + str(t):>18s}" for t in task_counts)
+    print(header)
+    equal = table["mean"]
+    for method, row in table.items():
+        cells = "".join(f"{row[t]:9.1f} ({row[t] / equal[t]:5.2f}x)" for t in task_counts)
+        print(f"{method:26s}{cells}")
+    if args.memory:
+        largest = max(task_counts)
+        print(f"\npeak resident memory of a step above the model's, T={largest} (MiB):")
+        for method in methods:
+            print(f"  {method:26s} {peak_memory(method, largest):8.1f}")
+    ratio = {m: {t: table[m][t] / equal[t] for t in task_counts} for m in table}
+    if {"upgrad", "upgrad@repr"} <= set(ratio) and {10, 40} <= set(task_counts):
+        print(f"repr_T40_vs_equal: {ratio['upgrad@repr'][40]:.2f}")
+        print(f"exact_T10_vs_equal: {ratio['upgrad'][10]:.2f}")
+        print(f"repr_T10_vs_equal: {ratio['upgrad@repr'][10]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
