@@ -69,7 +69,10 @@ class Objective(nn.Module, ABC):
 
     @abstractmethod
     def value(self, losses: Tensor) -> Tensor:
-        """The combined scalar for a ``(T,)`` loss vector (used on the stop set too)."""
+        """The stop-set criterion for a ``(T,)`` loss vector: the combined loss for methods of a
+        fixed form (sum, mean, weighted, geometric); the mean task loss for methods whose
+        combination learns or moves during training (uncertainty, DWA, gradient methods...),
+        whose own value could fall while no task improves."""
 
     @abstractmethod
     def backward(

@@ -165,12 +165,16 @@ class Uncertainty(LossObjective):
     --------
     >>> import torch
     >>> objective = Uncertainty(); objective.bind(["a", "b"])
-    >>> float(objective.value(torch.tensor([2.0, 4.0])))
+    >>> float(objective.combine(torch.tensor([2.0, 4.0])).detach())
     3.0
     """
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.UW(len(self.task_names))
+
+    def value(self, losses: Tensor) -> Tensor:
+        # the learned s_t lower the combined loss by themselves: not a criterion for stopping
+        return self.stack(losses).mean()
 
     @property
     def log_variances(self) -> Tensor:

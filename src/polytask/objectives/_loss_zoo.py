@@ -34,7 +34,7 @@ class DWA(_EveryTask):
     Examples
     --------
     >>> objective = DWA(); objective.bind(["a", "b"])
-    >>> float(objective.value(torch.tensor([1.0, 3.0])))  # uniform weights in the first epochs
+    >>> float(objective.combine(torch.tensor([1.0, 3.0])))  # uniform weights in the first epochs
     4.0
     """
 
@@ -51,8 +51,7 @@ class DWA(_EveryTask):
         return self.scalarizer._compute_weights(losses)
 
     def value(self, losses: Tensor) -> Tensor:
-        losses = self.stack(losses)
-        return (self._dwa_weights(losses) * losses).sum()
+        return self.stack(losses).mean()  # the weights move every epoch: not a criterion
 
     def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
         return self._dwa_weights(losses)
@@ -80,6 +79,9 @@ class IMTLL(_EveryTask):
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.IMTLL(len(self.task_names))
+
+    def value(self, losses: Tensor) -> Tensor:
+        return self.stack(losses).mean()  # the learned scales lower the loss by themselves
 
 
 class FAMO(_EveryTask):
