@@ -14,7 +14,7 @@ $(VENV)/.core: pyproject.toml constraints.txt | $(PY)
 	touch $@
 
 $(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
-	$(PIP) -e '.[dev,keras,ray]'
+	$(PIP) -e '.[dev,keras,ray,methods]'
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core
@@ -35,7 +35,7 @@ format: $(VENV)/.dev
 	$(VENV)/bin/ruff format .
 
 bench: $(VENV)/.dev
-	$(PY) benchmarks/bench_trainer.py
+	for b in trainer replicate sparse methods; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

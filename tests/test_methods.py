@@ -56,21 +56,22 @@ def test_pcgrad_two_tasks_no_negative_inner_product(J):
         np.testing.assert_allclose(d, p1 + p2, atol=1e-6 * scale)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(J=jacobians)
 def test_mgda_is_the_min_norm_point_of_the_convex_hull(J):
     if not nondegenerate(J):
         return
-    w = weights_of("mgda", J)
-    assert w.min() >= -1e-6 and abs(w.sum() - 1) < 1e-4
+    # Frank-Wolfe run to a tight tolerance, so the property can be checked tightly
+    w = weights_of(pt.objectives.MGDA(epsilon=1e-8, max_iters=2000), J)
+    assert w.min() >= -1e-9 and abs(w.sum() - 1) < 1e-6
     d = w @ J
     # optimality (KKT): no vertex of the hull points below the min-norm level |d|^2
     scale = np.linalg.norm(J, axis=1).max() ** 2
-    assert (J @ d >= d @ d - 2e-2 * scale).all()
+    assert (J @ d >= d @ d - 5e-3 * scale).all()
     # and no random point of the hull is shorter
     rng = np.random.default_rng(0)
-    points = rng.dirichlet(np.ones(len(J)), size=200) @ J
-    assert (np.linalg.norm(points, axis=1) >= np.linalg.norm(d) - 2e-2 * np.sqrt(scale)).all()
+    points = rng.dirichlet(np.ones(len(J)), size=500) @ J
+    assert (np.linalg.norm(points, axis=1) >= np.linalg.norm(d) - 5e-3 * np.sqrt(scale)).all()
 
 
 @settings(max_examples=40, deadline=None)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor
 
+from ..data import MultiTargetData, TaskData
+from ..tasks import Task
 from ._callbacks import Callback
 from ._trainer import FitState
 
@@ -88,7 +91,15 @@ class TaskMetricProbe(Callback):
     :class:`~polytask.MultiTargetData` for all), e.g. the stop set.
     """
 
-    def __init__(self, tasks, data, every: int = 10, metric: str | None = None) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        data: MultiTargetData | Mapping[str, TaskData],
+        every: int = 10,
+        metric: str | None = None,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be positive, got {every}")
         self.tasks, self.data, self.every, self.metric = list(tasks), data, every, metric
         self.records: list[dict[str, float | str]] = []
 
