@@ -10,11 +10,13 @@ Model: a shared MLP trunk (input 64, 4 hidden layers of 256, ReLU) with T linear
 - the naive path: one ``autograd.grad`` per task, then UPGrad's weights.
 
 A step is the forward pass, the objective's backward and the optimizer step, timed with
-``time.perf_counter`` (median of the repeats). Peak resident memory per method at the largest
-T is measured in a fresh process each (``--memory``).
+``time.perf_counter``; the methods take turns in rounds and each gets the median of its steps.
+Peak resident memory per method at the largest T is measured in a fresh process each
+(``--memory``).
 
-Usage: python benchmarks/bench_methods.py [--tasks 2,5,10,40] [--steps 10] [--memory]
-Last lines: ``repr_T40_vs_equal``, ``exact_T10_vs_equal`` and ``repr_T10_vs_equal`` (UPGrad).
+Usage: python benchmarks/bench_methods.py [--tasks 2,5,10,40] [--steps 4] [--rounds 3] [--memory]
+Last lines: ``repr_T40_vs_equal``, ``exact_T10_vs_equal`` and ``repr_T10_vs_equal``, for UPGrad
+(its quadratic programs included); the cost of each path alone is printed just before.
 """
 
 from __future__ import annotations
@@ -49,7 +51,14 @@ METHODS = [
     "upgrad@repr",
     "mgda@repr",
 ]
-BASELINES = ["torchjd mtl_backward", "naive per-task backward"]
+BASELINES = ["torchjd mtl_backward", "naive per-task backward", "path only@exact", "path only@repr"]
+
+
+class PathOnly(pt.objectives.GradientObjective):
+    """Equal weights through a gradient path: what the path itself costs, without a solver."""
+
+    def make_weighting(self, n_tasks: int):
+        return lambda gram: torch.full((len(gram),), 1.0 / len(gram), dtype=gram.dtype)
 
 
 def build(n_tasks: int) -> tuple[pt.MultiTaskModel, torch.Tensor, torch.Tensor]:
@@ -105,7 +114,10 @@ def stepper(method: str, n_tasks: int):
             optimizer.step()
 
         return step
-    objective = pt.make_objective(method)
+    if method.startswith("path only@"):
+        objective = PathOnly("representation" if method.endswith("repr") else "exact")
+    else:
+        objective = pt.make_objective(method)
     objective.bind([f"t{i}" for i in range(n_tasks)])
     objective.attach(model)
     optimizer = torch.optim.Adam(
@@ -122,16 +134,21 @@ def stepper(method: str, n_tasks: int):
     return step
 
 
-def time_step(method: str, n_tasks: int, steps: int) -> float:
-    step = stepper(method, n_tasks)
-    for _ in range(2):
+def time_steps(methods: list[str], n_tasks: int, steps: int, rounds: int) -> dict[str, float]:
+    """Median ms per step of each method; the methods take turns, round after round, so that
+    the machine's drifts hit them alike."""
+    steppers = {method: stepper(method, n_tasks) for method in methods}
+    for step in steppers.values():
         step()
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
         step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    for _ in range(rounds):
+        for method, step in steppers.items():
+            for _ in range(steps):
+                started = time.perf_counter()
+                step()
+                times[method].append(time.perf_counter() - started)
+    return {method: statistics.median(t) * 1e3 for method, t in times.items()}
 
 
 def _status(field: str) -> float:
@@ -170,7 +187,8 @@ def peak_memory(method: str, n_tasks: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="2,5,10,40")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=4, help="steps per method and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS + BASELINES))
     parser.add_argument("--memory", action="store_true", help="peak memory at the largest T")
     args = parser.parse_args()
@@ -181,9 +199,10 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; trunk 64 -> 4 x 256, "
         f"batch 256; ms per step (ratio to equal weighting)"
     )
-    table: dict[str, dict[int, float]] = {}
-    for method in methods:
-        table[method] = {t: time_step(method, t, args.steps) for t in task_counts}
+    table: dict[str, dict[int, float]] = {method: {} for method in methods}
+    for n_tasks in task_counts:
+        for method, ms in time_steps(methods, n_tasks, args.steps, args.rounds).items():
+            table[method][n_tasks] = ms
     header = f"{'method':26s}" + "".join(f"{'T=' + str(t):>18s}" for t in task_counts)
     print(header)
     equal = table["mean"]
@@ -196,6 +215,10 @@ def main() -> None:
         for method in methods:
             print(f"  {method:26s} {peak_memory(method, largest):8.1f}")
     ratio = {m: {t: table[m][t] / equal[t] for t in task_counts} for m in table}
+    if {"path only@exact", "path only@repr"} <= set(ratio):
+        for path in ("exact", "repr"):
+            cells = ", ".join(f"T={t}: {ratio[f'path only@{path}'][t]:.2f}x" for t in task_counts)
+            print(f"{path} path alone (equal weights, no solver): {cells}")
     if {"upgrad", "upgrad@repr"} <= set(ratio) and {10, 40} <= set(task_counts):
         print(f"repr_T40_vs_equal: {ratio['upgrad@repr'][40]:.2f}")
         print(f"exact_T10_vs_equal: {ratio['upgrad'][10]:.2f}")

@@ -80,7 +80,7 @@ def batch_rate(data: TaskData, steps: int, sparse_tensor: bool) -> float:
     started, seen = time.perf_counter(), 0
     for i in range(steps):
         index = order[i * BATCH : (i + 1) * BATCH]
-        seen += len(data.inputs(index, sparse_tensor=sparse_tensor))
+        seen += data.inputs(index, sparse_tensor=sparse_tensor).shape[0]
     return seen / (time.perf_counter() - started)
 
 

@@ -12,6 +12,9 @@ from torch import Tensor
 
 from ._multitarget import _as_tensor
 
+# torch warns once per process that sparse CSR support is in beta; the layout is what we need
+warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+
 Inputs = np.ndarray | Tensor | sp.csr_matrix | sp.csr_array
 
 
@@ -88,12 +91,11 @@ def csr_batch(rows: sp.csr_matrix, *, sparse_tensor: bool = True) -> Tensor:
     """A scipy CSR batch as a torch sparse CSR tensor, or as a dense float tensor."""
     if not sparse_tensor:
         return torch.from_numpy(rows.toarray())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(rows.indptr.astype(np.int64)),
-            torch.from_numpy(rows.indices.astype(np.int64)),
-            torch.from_numpy(rows.data),
-            size=rows.shape,
-            check_invariants=False,
-        )
+    # scipy's int32 index arrays are shared, not copied; torch and embedding_bag take int32
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(rows.indptr),
+        torch.from_numpy(rows.indices),
+        torch.from_numpy(rows.data),
+        size=rows.shape,
+        check_invariants=False,
+    )
