@@ -117,6 +117,15 @@ class GradientObjective(Objective):
     def value(self, losses: Tensor) -> Tensor:
         return self.stack(losses).mean()  # the stop-set criterion: the mean task loss
 
+    def _every_task(self, losses: Tensor | Mapping[str, Tensor], positions: Positions) -> Tensor:
+        """The stacked losses, for methods whose per-task state needs every task every step."""
+        if positions is not None and len(positions) != len(self.task_names):
+            raise ValueError(
+                f"{type(self).__name__} needs every task in every step (round_robin schedule, "
+                "no missing labels)"
+            )
+        return self.stack(losses)
+
     def weights_from_gramian(self, gram: Tensor) -> Tensor:
         return self.weighting(gram)
 
@@ -299,9 +308,7 @@ class GradNorm(GradientObjective):
         positions: Positions = None,
         features: Tensor | None = None,
     ) -> Step:
-        losses = self.stack(losses, positions)
-        if positions is not None and len(positions) != len(self.task_names):
-            raise ValueError("GradNorm needs every task in every step (round_robin schedule)")
+        losses = self._every_task(losses, positions)
         with torch.no_grad():
             first = self.initial_losses == 0
             self.initial_losses.copy_(torch.where(first, losses.detach(), self.initial_losses))
@@ -353,9 +360,7 @@ class DBMTL(GradientObjective):
         positions: Positions = None,
         features: Tensor | None = None,
     ) -> Step:
-        losses = self.stack(losses, positions)
-        if positions is not None and len(positions) != len(self.task_names):
-            raise ValueError("DBMTL needs every task in every step (round_robin schedule)")
+        losses = self._every_task(losses, positions)
         logs = torch.log(losses.clamp_min(torch.finfo(losses.dtype).tiny))
         jacobian = task_jacobian(logs, self._shared)
         self._steps += 1
