@@ -4,9 +4,15 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from torch import nn
 
 import polytask as pt
+
+# CI runs the property tests on a fixed set of examples; locally they explore new ones each run
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 from torchjd import aggregation
+from torchjd.linalg import QuadprogProjector
 
 import polytask as pt
 from polytask.objectives import OBJECTIVES, gramian, make_objective, task_jacobian
@@ -34,9 +35,12 @@ def nondegenerate(J):
 def test_upgrad_never_conflicts_with_a_task(J):
     if not nondegenerate(J):
         return
-    d = weights_of("upgrad", J) @ J
+    # torchjd regularises the Gramian (reg_eps, 1e-4 by default) before its quadratic programs;
+    # the property holds up to that regularisation, so check it with a small one
+    projector = QuadprogProjector(reg_eps=1e-8)
+    d = weights_of(pt.objectives.UPGrad(projector=projector), J) @ J
     scale = np.linalg.norm(J, axis=1).max() ** 2
-    assert (J @ d >= -1e-3 * scale).all()
+    assert (J @ d >= -1e-5 * scale).all()
 
 
 @settings(max_examples=60, deadline=None)
