@@ -182,3 +182,20 @@ def test_ray_backend_matches_joblib(tmp_path):
         TINY, 3, jobs=2, backend="ray", quiet=True, store=tmp_path / "ray.sqlite"
     )
     pd.testing.assert_frame_equal(ray_frame, joblib_frame)
+
+
+def test_a_diverging_method_is_scored_not_fatal(monkeypatch):
+    """A NaN in one fit keeps that fit's best weights and history; the run goes on."""
+    real_fit = pt.Trainer.fit
+
+    def fragile_fit(self, model, tasks, train, stop):
+        if type(self.objective).__name__ == "GeometricMean":
+            history = pt.training.History(tuple(t.name for t in tasks))
+            raise pt.NonFiniteLossError("epoch 1: the training loss of task 'task0' ...", history)
+        return real_fit(self, model, tasks, train, stop)
+
+    monkeypatch.setattr(pt.Trainer, "fit", fragile_fit)
+    with pytest.warns(RuntimeWarning, match="geometric, seed 0: epoch 1"):
+        result = TINY.run(0, quiet=True)
+    assert set(result.metrics) == {"mse", "geometric"}
+    assert len(result.histories["geometric"]) == 0

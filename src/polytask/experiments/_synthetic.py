@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from ..evaluation import evaluate, predict
 from ..models import ColumnHeads, MultiTaskModel, mlp
 from ..objectives import make_objective
 from ..tasks import Task, regression_tasks
-from ..training import History, Trainer
+from ..training import History, NonFiniteLossError, Trainer
 
 
 def hash_config(config: dict[str, Any]) -> str:
@@ -116,7 +117,13 @@ class SyntheticExperiment:
             device=self.device,
             quiet=quiet,
         )
-        history = trainer.fit(model, self.tasks(), train, stop)
+        try:
+            history = trainer.fit(model, self.tasks(), train, stop)
+        except NonFiniteLossError as error:
+            # the model holds the best weights so far: a diverged method is scored, not fatal
+            # to a comparison of many replications
+            warnings.warn(f"{method}, seed {seed}: {error}", RuntimeWarning, stacklevel=2)
+            history = error.history
         return model, history
 
     def run(
