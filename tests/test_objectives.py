@@ -183,3 +183,42 @@ def test_cli_names():
         pt.make_objective("pcgradx")
     with pytest.raises(ValueError, match="needs its weights"):
         pt.make_objective("weighted")
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=arrays(np.float64, 3, elements=st.floats(1e-3, 1e3)))
+def test_imtl_l_is_stationary_where_scaled_losses_equal_one(values):
+    """IMTL-L's defining property: d/ds (e^s L - s) = 0 exactly where e^s L = 1, i.e. every
+    scaled loss is 1 (the tasks are balanced)."""
+    objective = bound(pt.objectives.IMTLL(), 3)
+    with torch.no_grad():
+        objective.scalarizer.log_scale.copy_(torch.tensor(-np.log(values), dtype=torch.float32))
+    objective.combine(torch.tensor(values, dtype=torch.float32)).backward()
+    torch.testing.assert_close(
+        objective.scalarizer.log_scale.grad, torch.zeros(3), atol=1e-4, rtol=0
+    )
+
+
+def test_rlw_draws_positive_weights_summing_to_one_and_reports_those_it_applied():
+    objective = bound(pt.objectives.RLW(), 4)
+    draws = []
+    for _ in range(2):
+        losses = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
+        step = objective.backward(losses)
+        torch.testing.assert_close(losses.grad, step.weights)  # the weights of this very step
+        assert (step.weights > 0).all() and float(step.weights.sum()) == pytest.approx(1.0)
+        draws.append(step.weights)
+    assert not torch.equal(draws[0], draws[1])  # a fresh draw each step
+
+
+def test_dwa_weights_by_hand():
+    """Uniform for two epochs, then K * softmax(r / T) with r = L(t-1) / L(t-2)."""
+    objective = bound(pt.objectives.DWA(temperature=2.0), 2)
+    epochs = [torch.tensor([4.0, 2.0]), torch.tensor([2.0, 2.0])]
+    for losses in epochs:
+        assert objective.weights(losses, None).tolist() == [1.0, 1.0]
+        objective.combine(losses)
+        objective.end_epoch()
+    ratio = np.array([2.0 / 4.0, 2.0 / 2.0])
+    expected = 2 * np.exp(ratio / 2) / np.exp(ratio / 2).sum()
+    np.testing.assert_allclose(objective.weights(torch.ones(2), None).numpy(), expected, rtol=1e-6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -67,12 +67,12 @@ class Objective(nn.Module, ABC):
             )
         return losses
 
-    @abstractmethod
     def value(self, losses: Tensor) -> Tensor:
-        """The stop-set criterion for a ``(T,)`` loss vector: the combined loss for methods of a
-        fixed form (sum, mean, weighted, geometric); the mean task loss for methods whose
-        combination learns or moves during training (uncertainty, DWA, gradient methods...),
-        whose own value could fall while no task improves."""
+        """The stop-set criterion for a ``(T,)`` loss vector: by default the mean task loss, since
+        a method whose combination learns or moves during training (uncertainty, DWA, gradient
+        methods...) could lower its own value while no task improves. Loss-level methods of a
+        fixed form (sum, mean, weighted, geometric) use their combined loss instead."""
+        return self.stack(losses).mean()
 
     @abstractmethod
     def backward(
@@ -120,8 +120,14 @@ class Objective(nn.Module, ABC):
 class LossObjective(Objective):
     """A method that combines the losses into one scalar and backpropagates it once."""
 
+    fixed_form: ClassVar[bool] = False
+    """True when the combination has no learned or moving part: early stopping then watches
+    the combined loss itself (what Keras's ``val_loss`` does)."""
+
     def value(self, losses: Tensor) -> Tensor:
-        return self.combine(self.stack(losses))
+        if self.fixed_form:
+            return self.combine(self.stack(losses))
+        return super().value(losses)
 
     @abstractmethod
     def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
@@ -142,7 +148,12 @@ class LossObjective(Objective):
     ) -> Step:
         losses = self.stack(losses, positions)
         total = self.combine(losses, positions)
+        drawn = None
+        if type(self).weights is LossObjective.weights:
+            # no closed form: read the weights off this step's own graph, since a second call
+            # of combine would draw new random weights (RLW) or touch per-epoch state
+            (drawn,) = torch.autograd.grad(total, losses, retain_graph=True)
         total.backward()
         value = total.detach()
-        weights = self.weights(losses.detach(), value, positions)
+        weights = self.weights(losses.detach(), value, positions) if drawn is None else drawn
         return Step(value, self._scatter(weights, positions))

@@ -102,9 +102,10 @@ class GradientObjective(Objective):
         self._shared: list[nn.Parameter] = []
         self._specific: list[nn.Parameter] = []
 
-    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
-        """The torchjd ``Weighting`` (Gramian -> weights) of the method."""
-        raise NotImplementedError
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor] | None:
+        """The torchjd ``Weighting`` (Gramian -> weights) of the method; None for methods
+        that build their update otherwise (GradNorm, DB-MTL)."""
+        return None
 
     def _on_bind(self) -> None:
         self.weighting = self.make_weighting(len(self.task_names))
@@ -113,9 +114,6 @@ class GradientObjective(Objective):
         shared = {id(p) for p in model.shared_parameters()}
         self._shared = [p for p in model.shared_parameters() if p.requires_grad]
         self._specific = [p for p in model.parameters() if p.requires_grad and id(p) not in shared]
-
-    def value(self, losses: Tensor) -> Tensor:
-        return self.stack(losses).mean()  # the stop-set criterion: the mean task loss
 
     def _every_task(self, losses: Tensor | Mapping[str, Tensor], positions: Positions) -> Tensor:
         """The stacked losses, for methods whose per-task state needs every task every step."""
@@ -289,9 +287,6 @@ class GradNorm(GradientObjective):
         super().__init__("exact")
         self.alpha = alpha
 
-    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
-        return lambda gram: gram  # unused: GradNorm has its own backward
-
     def _on_bind(self) -> None:
         super()._on_bind()
         self.task_weights = nn.Parameter(torch.ones(len(self.task_names)))
@@ -350,9 +345,6 @@ class DBMTL(GradientObjective):
         super()._on_bind()
         self._ema: list[Tensor] | None = None  # fresh state for every fit
         self._steps = 0
-
-    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
-        return lambda gram: gram  # unused: DB-MTL balances EMAs of gradients
 
     def backward(
         self,

@@ -27,6 +27,8 @@ class Sum(LossObjective):
     3.0
     """
 
+    fixed_form = True
+
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.Sum()
 
@@ -48,6 +50,8 @@ class Mean(LossObjective):
     >>> float(objective.value(torch.tensor([1.0, 2.0])))
     1.5
     """
+
+    fixed_form = True
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.Mean()
@@ -75,6 +79,8 @@ class Weighted(LossObjective):
     >>> float(objective.value(torch.tensor([1.0, 2.0])))
     7.0
     """
+
+    fixed_form = True
 
     def __init__(self, weights: Mapping[str, float] | Sequence[float]) -> None:
         super().__init__()
@@ -141,6 +147,8 @@ class GeometricMean(LossObjective):
     2.0
     """
 
+    fixed_form = True
+
     def _floor(self, losses: Tensor) -> Tensor:
         return losses.clamp_min(torch.finfo(losses.dtype).tiny)
 
@@ -171,10 +179,6 @@ class Uncertainty(LossObjective):
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.UW(len(self.task_names))
-
-    def value(self, losses: Tensor) -> Tensor:
-        # the learned s_t lower the combined loss by themselves: not a criterion for stopping
-        return self.stack(losses).mean()
 
     @property
     def log_variances(self) -> Tensor:

@@ -50,9 +50,6 @@ class DWA(_EveryTask):
         # alone, so the stop-set evaluation does not count as training data
         return self.scalarizer._compute_weights(losses)
 
-    def value(self, losses: Tensor) -> Tensor:
-        return self.stack(losses).mean()  # the weights move every epoch: not a criterion
-
     def weights(self, losses: Tensor, value: Tensor, positions: Positions = None) -> Tensor:
         return self._dwa_weights(losses)
 
@@ -69,9 +66,6 @@ class RLW(_EveryTask):
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.Random()
 
-    def value(self, losses: Tensor) -> Tensor:
-        return self.stack(losses).mean()  # a random stop loss would make early stopping noise
-
 
 class IMTLL(_EveryTask):
     """IMTL-L (Liu et al., ICLR 2021, "Towards Impartial Multi-task Learning"): learned loss
@@ -79,9 +73,6 @@ class IMTLL(_EveryTask):
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.IMTLL(len(self.task_names))
-
-    def value(self, losses: Tensor) -> Tensor:
-        return self.stack(losses).mean()  # the learned scales lower the loss by themselves
 
 
 class FAMO(_EveryTask):
@@ -102,9 +93,6 @@ class FAMO(_EveryTask):
 
     def parameters(self, recurse: bool = True):
         return iter(())  # FAMO steps its own logits; the model's optimizer must not
-
-    def value(self, losses: Tensor) -> Tensor:
-        return self.stack(losses).mean()  # FAMO's value is a log-scale surrogate
 
     def after_step(self, recompute: Callable[[], Tensor]) -> None:
         with torch.no_grad():

@@ -95,8 +95,11 @@ def _check_outputs(
 class _EpochTotals:
     """Per-epoch sums kept on the device, read back once at the end of the epoch."""
 
-    def __init__(self, k: int, device: torch.device, objective: Objective) -> None:
-        self.objective, self.device = objective, device
+    def __init__(self, k: int, device: torch.device, cache: dict) -> None:
+        self.device = device
+        # (positions, counts) -> their index and row-count tensors on the device, shared across
+        # epochs: a step makes no host-to-device copy once a combination has been seen
+        self._cache = cache
         self.loss_sum = torch.zeros(k, device=device)  # loss x labelled rows, per task
         self.weight_sum = torch.zeros(k, device=device)
         self.value_sum = torch.zeros((), device=device)
@@ -120,9 +123,14 @@ class _EpochTotals:
             self.loss_sum.add_(losses, alpha=counts[0])
             self.bad_steps.add_(broken)
         else:
-            index = self.objective._index(positions, self.device)
+            key = (positions, tuple(counts))
+            if key not in self._cache:
+                self._cache[key] = (
+                    torch.tensor(positions, device=self.device),
+                    torch.tensor(counts, dtype=losses.dtype, device=self.device),
+                )
+            index, rows = self._cache[key]
             self.rows[list(positions)] += counts
-            rows = torch.tensor(counts, dtype=losses.dtype, device=self.device)
             self.loss_sum.index_add_(0, index, losses * rows)
             self.bad_steps.index_add_(0, index, broken.to(self.bad_steps.dtype))
         self.value_sum.add_(value)
@@ -286,6 +294,7 @@ class Trainer:
         optimizer = torch.optim.Adam(params, lr=self.lr, eps=self.eps, fused=fused or None)
         shuffle = torch.Generator().manual_seed(self.seed)
         learns_after_step = type(objective).after_step is not Objective.after_step
+        step_tensors: dict = {}
         best_value = float("inf")
         best_state = self._snapshot(model, objective)
         for callback in self.callbacks:
@@ -296,7 +305,7 @@ class Trainer:
                 state.epoch = epoch
                 started = time.perf_counter()
                 model.train()
-                totals = _EpochTotals(k, device, objective)
+                totals = _EpochTotals(k, device, step_tensors)
                 for batch in self._batches(train, shuffle, epoch):
                     losses, positions, features = plan.losses(model, batch)
                     for callback in self.callbacks:
