@@ -68,8 +68,11 @@ def build(n_tasks: int) -> tuple[pt.MultiTaskModel, torch.Tensor, torch.Tensor]:
     return pt.MultiTaskModel(trunk, heads), torch.randn(256, 64), torch.randn(256, n_tasks)
 
 
-def task_losses(model: pt.MultiTaskModel, x: torch.Tensor, y: torch.Tensor):
+def task_losses(model: pt.MultiTaskModel, x: torch.Tensor, y: torch.Tensor, objective=None):
+    """The T losses and what the heads read (the objective's split of the features)."""
     z = model.features(x)
+    if objective is not None:
+        z = objective.split_features(z)
     outputs = model.heads_forward(z)
     losses = torch.stack(
         [((outputs[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(y.shape[1])]
@@ -125,7 +128,7 @@ def stepper(method: str, n_tasks: int):
     )
 
     def step() -> None:
-        losses, z = task_losses(model, x, y)
+        losses, z = task_losses(model, x, y, objective)
         optimizer.zero_grad()
         objective.backward(losses, None, z)
         optimizer.step()

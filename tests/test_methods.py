@@ -184,6 +184,62 @@ def test_representation_path_uses_the_feature_gramian():
     torch.testing.assert_close(step.weights, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("columns", [False, True])
+@pytest.mark.parametrize("positions", [None, (0, 2)])
+def test_split_features_give_the_batched_representation_path(columns, positions):
+    """Each head reading its own leaf of z (one backward for every dL_t/dz) gives the same
+    weights and the same gradients on every parameter as the batched vector-Jacobian product
+    on the plain z, for separate heads and for one column layer, with all tasks or some."""
+    model, x, y = conflicting_model()
+    if columns:
+        layer = nn.Linear(6, 3)
+        model = pt.MultiTaskModel(model.trunk, pt.ColumnHeads(layer, {"t0": 1, "t1": 1, "t2": 1}))
+    present = positions or (0, 1, 2)
+
+    def run(split):
+        model.zero_grad()
+        objective = make_objective("upgrad@repr")
+        objective.bind(list(model.task_names))
+        objective.attach(model)
+        z = model.features(x)
+        features = objective.split_features(z) if split else z
+        if split:
+            assert set(features) == set(model.task_names)
+            assert all(leaf.is_leaf and leaf.requires_grad for leaf in features.values())
+        out = model.heads_forward(features)
+        losses = torch.stack([((out[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in present])
+        step = objective.backward(losses, positions, features)
+        return step.weights, [p.grad for p in model.parameters()]
+
+    weights, grads = run(split=True)
+    weights_ref, grads_ref = run(split=False)
+    torch.testing.assert_close(weights, weights_ref, rtol=1e-4, atol=1e-6)
+    for g, ref in zip(grads, grads_ref, strict=True):
+        if ref is None:  # the head of a task absent from the step
+            assert g is None or not g.any()
+        else:
+            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6)
+    if positions is not None:
+        assert weights[1] == 0
+
+
+def test_heads_read_per_task_features_as_they_read_the_shared_ones():
+    torch.manual_seed(0)
+    z = torch.randn(5, 4)
+    for heads in (
+        {"a": nn.Linear(4, 1), "b": nn.Linear(4, 2)},
+        pt.ColumnHeads(nn.Linear(4, 3), {"a": 1, "b": 2}),
+    ):
+        model = pt.MultiTaskModel(nn.Identity(), heads)
+        shared = model.heads_forward(z)
+        split = model.heads_forward({"a": z.clone(), "b": z.clone()})
+        for name in ("a", "b"):
+            torch.testing.assert_close(split[name], shared[name])
+        assert list(model.heads_forward({"b": z})) == ["b"]
+    with pytest.raises(TypeError, match=r"nn\.Linear"):
+        pt.ColumnHeads(nn.Sequential(nn.Linear(4, 3)), {"a": 3})({"a": z})
+
+
 @pytest.mark.parametrize("name", ["upgrad", "pcgrad", "mgda", "imtl", "cagrad", "nashmtl"])
 def test_update_is_not_the_equal_weighting_gradient_when_tasks_conflict(name):
     """The classic silent bug: one combined backward, then 'projecting' a gradient that has no

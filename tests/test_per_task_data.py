@@ -186,10 +186,11 @@ def test_objectives_over_a_subset_of_tasks():
     assert float(uw.combine(losses, (0, 2)).detach()) == pytest.approx(expected)
 
 
-def test_gradient_monitor_norms_and_cosines():
+@pytest.mark.parametrize("method", ["sum", "upgrad@repr"])
+def test_gradient_monitor_norms_and_cosines(method):
     """Two tasks whose losses are exact negatives (same head, same target, loss and minus loss)
     have opposite gradients on the shared layer (cosine -1); the recorded norms are those of
-    the combined update."""
+    the combined update. Also when each head reads its own leaf of the features (repr path)."""
     torch.manual_seed(0)
     x = torch.randn(32, 3)
     y = x.sum(dim=1)
@@ -206,7 +207,7 @@ def test_gradient_monitor_norms_and_cosines():
             norms.append(float(state.model.trunk.weight.grad.norm()))
 
     trainer = pt.Trainer(
-        "sum",
+        method,
         max_epochs=1,
         patience=None,
         quiet=True,

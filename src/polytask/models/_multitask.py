@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 class ColumnHeads(nn.Module):
@@ -37,7 +38,9 @@ class ColumnHeads(nn.Module):
         self._bounds = bounds
         self.width = start
 
-    def forward(self, h: Tensor) -> dict[str, Tensor]:
+    def forward(self, h: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if isinstance(h, Mapping):
+            return self._per_task(h)
         out = self.layer(h)
         if out.shape[-1] != self.width:
             raise ValueError(
@@ -48,6 +51,25 @@ class ColumnHeads(nn.Module):
 
     def keys(self) -> Iterator[str]:
         return iter(self.sizes)
+
+    @property
+    def splittable(self) -> bool:
+        """Whether each task's columns can be computed from its own input (a linear layer)."""
+        return isinstance(self.layer, nn.Linear)
+
+    def _per_task(self, h: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each task's columns from that task's own input: the rows of the weight it owns."""
+        if not self.splittable:
+            raise TypeError(
+                f"ColumnHeads: per-task inputs need an nn.Linear output layer, "
+                f"not {type(self.layer).__name__}"
+            )
+        weight, bias = self.layer.weight, self.layer.bias
+        return {
+            name: F.linear(h[name], weight[a:b], None if bias is None else bias[a:b])
+            for name, (a, b) in self._bounds.items()
+            if name in h
+        }
 
 
 class MultiTaskModel(nn.Module):
@@ -87,11 +109,22 @@ class MultiTaskModel(nn.Module):
         """The shared representation ``trunk(x)``."""
         return self.trunk(x)
 
-    def heads_forward(self, h: Tensor, task: str | None = None) -> dict[str, Tensor] | Tensor:
-        """Apply the heads to a shared representation (all of them, or one task's)."""
+    def heads_forward(
+        self, h: Tensor | Mapping[str, Tensor], task: str | None = None
+    ) -> dict[str, Tensor] | Tensor:
+        """Apply the heads to a shared representation (all of them, or one task's).
+
+        ``h`` may also map each task to its own copy of the representation (what the
+        representation path of the gradient methods uses to get every task's gradient with
+        respect to it in one backward pass); only the tasks it names are computed then.
+        """
         if isinstance(self.heads, ColumnHeads):
             outputs = self.heads(h)
             return outputs if task is None else outputs[task]
+        if isinstance(h, Mapping):
+            if task is not None:
+                return self.heads[task](h[task])
+            return {name: self.heads[name](h[name]) for name in self.task_names if name in h}
         if task is not None:
             return self.heads[task](h)
         return {name: head(h) for name, head in self.heads.items()}

@@ -85,8 +85,14 @@ class Objective(nn.Module, ABC):
         weights (0 for tasks absent from the step).
 
         ``features`` is the shared representation the losses were computed from (one batch for
-        every task), for methods that work on gradients with respect to it.
+        every task), for methods that work on gradients with respect to it: the tensor, or what
+        :meth:`split_features` made of it when the heads read that.
         """
+
+    def split_features(self, features: Tensor) -> Tensor | Mapping[str, Tensor]:
+        """What the heads read in a training step: the shared features themselves, unless the
+        method needs each task's gradient with respect to them (then one leaf per task)."""
+        return features
 
     def attach(self, model: nn.Module) -> None:
         """Called once per fit with the model (gradient-level methods need its shared

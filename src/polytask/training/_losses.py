@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -26,9 +26,17 @@ class LossPlan:
     """
 
     def __init__(
-        self, model: MultiTaskModel, tasks: Sequence[Task], source: SharedSource | PerTaskSource
+        self,
+        model: MultiTaskModel,
+        tasks: Sequence[Task],
+        source: SharedSource | PerTaskSource,
+        split: Callable[[Tensor], Tensor | Mapping[str, Tensor]] | None = None,
     ) -> None:
         self.tasks = tuple(tasks)
+        # what the heads read in a training step (the objective's split_features); a column
+        # layer that is not linear cannot give each task its own input
+        heads = model.heads
+        self.split = None if isinstance(heads, ColumnHeads) and not heads.splittable else split
         self.columnar = (
             isinstance(source, SharedSource)
             and not source.host_masks
@@ -53,12 +61,15 @@ class LossPlan:
             source.y = torch.cat([y[t.name].reshape(len(y[t.name]), -1) for t in self.tasks], 1)
 
     def losses(
-        self, model: MultiTaskModel, batch: Batch
-    ) -> tuple[Tensor, tuple[int, ...] | None, Tensor | None]:
+        self, model: MultiTaskModel, batch: Batch, training: bool = False
+    ) -> tuple[Tensor, tuple[int, ...] | None, Tensor | Mapping[str, Tensor] | None]:
         """The losses of the tasks present in ``batch``, their positions (None = all) and the
-        shared features they came from (None when each task had its own batch)."""
+        shared features they came from (None when each task had its own batch). In a training
+        step the heads read what the objective's ``split_features`` made of the features."""
         if isinstance(batch, SharedBatch):
             features = model.features(batch.x)
+            if training and self.split is not None:
+                features = self.split(features)
             if self.columnar:
                 return self._columnar(model, features, batch.y), None, features
             outputs = model.heads_forward(features)
@@ -77,10 +88,16 @@ class LossPlan:
             losses.append(task.compute_loss(out, part.y, part.mask))
         return torch.stack(losses), batch.positions, None
 
-    def _columnar(self, model: MultiTaskModel, features: Tensor, y: Tensor) -> Tensor:
-        out = model.heads.layer(features)
-        if self.column_order is not None:
-            out = out[:, self.column_order]
+    def _columnar(
+        self, model: MultiTaskModel, features: Tensor | Mapping[str, Tensor], y: Tensor
+    ) -> Tensor:
+        if isinstance(features, Mapping):  # one input per task: the columns in task order
+            outputs = model.heads_forward(features)
+            out = torch.cat([outputs[t.name] for t in self.tasks], dim=1)
+        else:
+            out = model.heads.layer(features)
+            if self.column_order is not None:
+                out = out[:, self.column_order]
         per_column = (out - y).square().mean(dim=0)
         if self.task_of_column is None:
             return per_column

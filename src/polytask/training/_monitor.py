@@ -54,8 +54,15 @@ class GradientMonitor(Callback):
         shared = [p for p in state.model.shared_parameters() if p.requires_grad]
         names = [state.tasks[i].name for i in (positions or range(len(state.tasks)))]
         gradients = {}
+        split = isinstance(state.features, Mapping)  # each head read its own leaf of z
         for name, loss in zip(names, losses, strict=True):
-            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            if split:  # chain rule through the leaf: dL/dz, then the trunk's vector-Jacobian
+                (gz,) = torch.autograd.grad(loss, state.features[name], retain_graph=True)
+                grads = torch.autograd.grad(
+                    state.features.z, shared, gz, retain_graph=True, allow_unused=True
+                )
+            else:
+                grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
             flat = [g.reshape(-1) for g in grads if g is not None]
             gradients[name] = torch.cat(flat) if flat else None
         for a, b in itertools.combinations(names, 2):

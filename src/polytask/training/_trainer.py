@@ -49,6 +49,8 @@ class FitState:
     last_losses: Tensor | None = None
     last_positions: tuple[int, ...] | None = None
     last_weights: Tensor | None = None
+    features: Tensor | Mapping[str, Tensor] | None = None
+    """What the heads read in the current step (see ``Objective.split_features``)."""
 
 
 def _check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> tuple[Task, ...]:
@@ -260,7 +262,7 @@ class Trainer:
         objective.to(device)
         objective.attach(model)
         _check_outputs(model, tasks, train_source)
-        plan = LossPlan(model, tasks, train_source)
+        plan = LossPlan(model, tasks, train_source, objective.split_features)
         for source in (train_source, stop_source):
             plan.adopt(source)
         devices = [device] if device.type == "cuda" else []
@@ -307,7 +309,8 @@ class Trainer:
                 model.train()
                 totals = _EpochTotals(k, device, step_tensors)
                 for batch in self._batches(train, shuffle, epoch):
-                    losses, positions, features = plan.losses(model, batch)
+                    losses, positions, features = plan.losses(model, batch, training=True)
+                    state.features = features
                     for callback in self.callbacks:
                         callback.on_before_backward(state, losses, positions)
                     optimizer.zero_grad(set_to_none=True)
