@@ -80,7 +80,7 @@ def test_column_fast_path_equals_per_task_losses():
     plan = LossPlan(model, tasks, source)
     assert plan.columnar
     plan.adopt(source)
-    fast, positions, _ = plan.losses(model, next(source.chunks(9)))
+    fast, positions, _, _ = plan.losses(model, next(source.chunks(9)))
     assert positions is None
     outputs = model(x)
     slow = torch.stack([t.compute_loss(t.output(outputs[t.name]), y[t.name]) for t in tasks])

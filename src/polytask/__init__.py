@@ -13,7 +13,9 @@ from .experiments import Store, SyntheticExperiment, replicate, write_comparison
 from .models import ColumnHeads, MultiTaskModel, mlp
 from .objectives import (
     OBJECTIVES,
+    Consistency,
     GeometricMean,
+    Hierarchical,
     Mean,
     Objective,
     Sum,
@@ -30,7 +32,9 @@ __all__ = [
     "OBJECTIVES",
     "Callback",
     "ColumnHeads",
+    "Consistency",
     "GeometricMean",
+    "Hierarchical",
     "History",
     "Mean",
     "MultiTargetData",

@@ -25,6 +25,7 @@ from ._gradient import (
 from ._loss_level import GeometricMean, Mean, Sum, Uncertainty, Weighted
 from ._loss_zoo import DWA, FAMO, IMTLL, RLW
 from ._registry import OBJECTIVES, make_objective
+from ._terms import Consistency, Hierarchical, Term, WithTerms
 
 __all__ = [
     "DBMTL",
@@ -38,11 +39,13 @@ __all__ = [
     "RLW",
     "AlignedMTL",
     "CAGrad",
+    "Consistency",
     "FairGrad",
     "GeometricMean",
     "GradNorm",
     "GradVac",
     "GradientObjective",
+    "Hierarchical",
     "LossObjective",
     "Mean",
     "NashMTL",
@@ -50,9 +53,11 @@ __all__ = [
     "PCGrad",
     "Step",
     "Sum",
+    "Term",
     "UPGrad",
     "Uncertainty",
     "Weighted",
+    "WithTerms",
     "gramian",
     "make_objective",
     "task_jacobian",

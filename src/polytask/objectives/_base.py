@@ -50,6 +50,20 @@ class Objective(nn.Module, ABC):
     def _on_bind(self) -> None:
         """Build per-task state once the tasks are known."""
 
+    @property
+    def terms(self) -> tuple[nn.Module, ...]:
+        """Structured terms on the outputs (see :class:`~polytask.Consistency`); none here."""
+        return ()
+
+    def bind_tasks(self, tasks: Sequence) -> None:
+        """Check the structured terms against the fit's tasks (nothing to check here)."""
+
+    def __add__(self, term: nn.Module) -> Objective:
+        """``objective + term``: the objective with a structured term added."""
+        from ._terms import WithTerms
+
+        return WithTerms(self, [term])
+
     def stack(self, losses: Tensor | Mapping[str, Tensor], positions: Positions = None) -> Tensor:
         """The losses as a tensor in bound task order (only ``positions`` if given)."""
         if not self.task_names:
@@ -151,15 +165,21 @@ class LossObjective(Objective):
         losses: Tensor | Mapping[str, Tensor],
         positions: Positions = None,
         features: Tensor | None = None,
+        penalty: Tensor | None = None,
     ) -> Step:
+        """As :meth:`Objective.backward`; ``penalty`` (structured terms) joins the combined loss
+        in the same backward pass."""
         losses = self.stack(losses, positions)
-        total = self.combine(losses, positions)
+        combined = self.combine(losses, positions)
+        total = combined if penalty is None else combined + penalty
         drawn = None
         if type(self).weights is LossObjective.weights:
             # no closed form: read the weights off this step's own graph, since a second call
             # of combine would draw new random weights (RLW) or touch per-epoch state
             (drawn,) = torch.autograd.grad(total, losses, retain_graph=True)
         total.backward()
-        value = total.detach()
-        weights = self.weights(losses.detach(), value, positions) if drawn is None else drawn
-        return Step(value, self._scatter(weights, positions))
+        if drawn is None:
+            weights = self.weights(losses.detach(), combined.detach(), positions)
+        else:
+            weights = drawn
+        return Step(total.detach(), self._scatter(weights, positions))

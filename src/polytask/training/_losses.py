@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -10,6 +11,19 @@ from torch import Tensor
 from ..models import ColumnHeads, MultiTaskModel
 from ..tasks import Task
 from ._sources import Batch, PerTaskSource, SharedBatch, SharedSource
+
+
+class StepLosses(NamedTuple):
+    """What a batch gives a step."""
+
+    losses: Tensor
+    """The losses of the tasks present, in task order."""
+    positions: tuple[int, ...] | None
+    """Which tasks those are (None = all)."""
+    features: Tensor | Mapping[str, Tensor] | None
+    """What the heads read (None when each task had its own batch)."""
+    terms: Tensor | None
+    """The structured terms' weighted values, in the objective's order (None without terms)."""
 
 
 class LossPlan:
@@ -23,6 +37,8 @@ class LossPlan:
       labelled, the T MSEs are one column-wise mean over a single target matrix: a handful of
       kernels per step instead of a few per task, which keeps the trainer as fast as a
       hand-written loop on small models.
+    - Structured terms (:class:`~polytask.Consistency`...) read the heads' outputs on the
+      shared rows, so they need one dataset for every task and turn the column path off.
     """
 
     def __init__(
@@ -31,14 +47,23 @@ class LossPlan:
         tasks: Sequence[Task],
         source: SharedSource | PerTaskSource,
         split: Callable[[Tensor], Tensor | Mapping[str, Tensor]] | None = None,
+        terms: Sequence[Callable[[Mapping[str, Tensor]], Tensor]] = (),
     ) -> None:
         self.tasks = tuple(tasks)
+        self.terms = tuple(terms)
+        if self.terms and isinstance(source, PerTaskSource):
+            names = [getattr(term, "name", type(term).__name__) for term in self.terms]
+            raise ValueError(
+                f"structured terms {names} compare outputs on the same rows: they need one "
+                "dataset with every task's targets (MultiTargetData), not one dataset per task"
+            )
         # what the heads read in a training step (the objective's split_features); a column
         # layer that is not linear cannot give each task its own input
         heads = model.heads
         self.split = None if isinstance(heads, ColumnHeads) and not heads.splittable else split
         self.columnar = (
-            isinstance(source, SharedSource)
+            not self.terms
+            and isinstance(source, SharedSource)
             and not source.host_masks
             and isinstance(model.heads, ColumnHeads)
             and all(t.kind == "regression" and t.loss is None for t in tasks)
@@ -60,9 +85,7 @@ class LossPlan:
             y = source.y
             source.y = torch.cat([y[t.name].reshape(len(y[t.name]), -1) for t in self.tasks], 1)
 
-    def losses(
-        self, model: MultiTaskModel, batch: Batch, training: bool = False
-    ) -> tuple[Tensor, tuple[int, ...] | None, Tensor | Mapping[str, Tensor] | None]:
+    def losses(self, model: MultiTaskModel, batch: Batch, training: bool = False) -> StepLosses:
         """The losses of the tasks present in ``batch``, their positions (None = all) and the
         shared features they came from (None when each task had its own batch). In a training
         step the heads read what the objective's ``split_features`` made of the features."""
@@ -71,7 +94,7 @@ class LossPlan:
             if training and self.split is not None:
                 features = self.split(features)
             if self.columnar:
-                return self._columnar(model, features, batch.y), None, features
+                return StepLosses(self._columnar(model, features, batch.y), None, features, None)
             outputs = model.heads_forward(features)
             positions = batch.positions or range(len(self.tasks))
             losses = []
@@ -80,13 +103,14 @@ class LossPlan:
                 mask = None if batch.masks is None else batch.masks.get(task.name)
                 out = task.output(outputs[task.name])
                 losses.append(task.compute_loss(out, batch.y[task.name], mask))
-            return torch.stack(losses), batch.positions, features
+            terms = torch.stack([term(outputs) for term in self.terms]) if self.terms else None
+            return StepLosses(torch.stack(losses), batch.positions, features, terms)
         losses = []
         for part in batch.parts:
             task = self.tasks[part.position]
             out = task.output(model.heads_forward(model.features(part.x), task.name))
             losses.append(task.compute_loss(out, part.y, part.mask))
-        return torch.stack(losses), batch.positions, None
+        return StepLosses(torch.stack(losses), batch.positions, None, None)
 
     def _columnar(
         self, model: MultiTaskModel, features: Tensor | Mapping[str, Tensor], y: Tensor

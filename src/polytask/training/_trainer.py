@@ -110,6 +110,7 @@ class _EpochTotals:
         self.rows = np.zeros(k)
         self.steps = 0
         self.bad: list[float] = []
+        self.term_sum: Tensor | None = None  # structured terms, per term
 
     def add(
         self,
@@ -118,6 +119,7 @@ class _EpochTotals:
         counts: list[int],
         value: Tensor,
         weights: Tensor,
+        terms: Tensor | None = None,
     ) -> None:
         broken = losses != losses  # NaN: a cheaper test than isfinite, run every step
         if positions is None:  # every task, all with the same rows
@@ -137,6 +139,8 @@ class _EpochTotals:
             self.bad_steps.index_add_(0, index, broken.to(self.bad_steps.dtype))
         self.value_sum.add_(value)
         self.weight_sum.add_(weights)
+        if terms is not None:
+            self.term_sum = terms if self.term_sum is None else self.term_sum + terms
         self.steps += 1
 
     def record(
@@ -157,6 +161,17 @@ class _EpochTotals:
             record[f"stop_loss/{name}"] = flat[2 * k + i]
             record[f"weight/{name}"] = flat[k + i]
         return record
+
+    def record_terms(
+        self, record: dict[str, float], names: Sequence[str], stop_terms: Tensor | None
+    ) -> None:
+        """Each structured term's mean over the epoch's steps and its value on the stop set."""
+        if self.term_sum is None or stop_terms is None:
+            return
+        train = (self.term_sum / max(self.steps, 1)).tolist()
+        for name, value, stop in zip(names, train, stop_terms.tolist(), strict=True):
+            record[f"term/{name}"] = value
+            record[f"stop_term/{name}"] = stop
 
 
 @dataclass
@@ -258,13 +273,17 @@ class Trainer:
         if isinstance(objective, str):
             objective = make_objective(objective)
         objective.bind([t.name for t in tasks])
+        objective.bind_tasks(tasks)
         model.to(device)
         objective.to(device)
         objective.attach(model)
         _check_outputs(model, tasks, train_source)
-        plan = LossPlan(model, tasks, train_source, objective.split_features)
+        plan = LossPlan(model, tasks, train_source, objective.split_features, objective.terms)
         for source in (train_source, stop_source):
             plan.adopt(source)
+        if objective.terms:  # a term's shape errors surface here, before any step
+            with torch.no_grad():
+                plan.losses(model, next(iter(train_source.chunks(2))))
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
@@ -309,26 +328,33 @@ class Trainer:
                 model.train()
                 totals = _EpochTotals(k, device, step_tensors)
                 for batch in self._batches(train, shuffle, epoch):
-                    losses, positions, features = plan.losses(model, batch, training=True)
+                    losses, positions, features, terms = plan.losses(model, batch, training=True)
                     state.features = features
                     for callback in self.callbacks:
                         callback.on_before_backward(state, losses, positions)
                     optimizer.zero_grad(set_to_none=True)
-                    step = objective.backward(losses, positions, features)
+                    if terms is None:
+                        step = objective.backward(losses, positions, features)
+                    else:
+                        step = objective.backward(losses, positions, features, terms=terms)
+                        terms = terms.detach()
                     optimizer.step()
                     if learns_after_step:
                         objective.after_step(lambda b=batch: plan.losses(model, b)[0])
-                    totals.add(losses.detach(), positions, batch.counts, step.value, step.weights)
+                    totals.add(
+                        losses.detach(), positions, batch.counts, step.value, step.weights, terms
+                    )
                     state.step += 1
                     state.last_losses, state.last_positions = losses.detach(), positions
                     state.last_weights = step.weights
                     for callback in self.callbacks:
                         callback.on_step_end(state)
                 objective.end_epoch()
-                stop_losses = self._source_losses(model, plan, stop)
+                stop_losses, stop_terms = self._source_losses(model, plan, stop)
                 with torch.no_grad():
                     stop_value = objective.value(stop_losses)
                 record = totals.record(epoch, names, stop_losses, stop_value)
+                totals.record_terms(record, [t.name for t in objective.terms], stop_terms)
                 if self.track_metrics:
                     record.update(self._stop_metrics(model, tasks, stop))
                 record["seconds"] = time.perf_counter() - started
@@ -359,27 +385,34 @@ class Trainer:
         source = make_source(data, "evaluation", tasks, device, sparse_input=self.sparse_input)
         plan = LossPlan(model, tasks, source)
         plan.adopt(source)
-        return self._source_losses(model, plan, source)
+        return self._source_losses(model, plan, source)[0]
 
     def _source_losses(
         self, model: MultiTaskModel, plan: LossPlan, source: SharedSource | PerTaskSource
-    ) -> Tensor:
-        """Mean loss per task over a whole source, weighting each chunk by its labelled rows."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """Mean loss per task over a whole source, weighting each chunk by its labelled rows,
+        and the structured terms' means over its rows (None without terms)."""
         k = len(plan.tasks)
         device = next(model.parameters()).device
         total = torch.zeros(k, device=device)
         counts = np.zeros(k)
+        term_total, rows = None, 0
         was_training = model.training
         model.eval()
         with torch.no_grad():
             for batch in source.chunks(self.eval_batch_size):
-                losses, positions, _ = plan.losses(model, batch)
+                losses, positions, _, terms = plan.losses(model, batch)
+                if terms is not None:
+                    n = batch.x.shape[0]
+                    term_total = terms * n if term_total is None else term_total + terms * n
+                    rows += n
                 positions = positions or tuple(range(k))
                 weights = torch.tensor(batch.counts, dtype=losses.dtype, device=device)
                 total.index_add_(0, torch.tensor(positions, device=device), losses * weights)
                 counts[list(positions)] += batch.counts
         model.train(was_training)
-        return total / torch.tensor(counts, dtype=total.dtype, device=device)
+        means = total / torch.tensor(counts, dtype=total.dtype, device=device)
+        return means, None if term_total is None else term_total / rows
 
     def _stop_metrics(
         self, model: MultiTaskModel, tasks: Sequence[Task], source: SharedSource | PerTaskSource

@@ -1,0 +1,368 @@
+"""Structured terms: penalties that tie several task outputs together, added to any objective.
+
+A :class:`Term` reads the heads' raw outputs (not the task losses) and returns one weighted
+scalar. ``objective + term`` gives a :class:`WithTerms`, which the trainer runs like any other
+objective; each term's value is recorded in the :class:`~polytask.History` as ``term/<name>``
+(train) and ``stop_term/<name>`` (stop set). Terms need no labels: they are computed on every
+row of a batch, labelled or not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..tasks import Task
+from ._base import LossObjective, Objective, Positions, Step
+
+Distance = Literal["absolute", "squared"] | Callable[[Tensor, Tensor], Tensor]
+
+
+def probabilities(task: Task, raw: Tensor) -> Tensor:
+    """A head's raw output as what it predicts, one row per example: probabilities for
+    binary (``(n, 1)``, sigmoid), multiclass (softmax) and multilabel (sigmoid) tasks, the
+    values themselves for regression."""
+    raw = raw.reshape(raw.shape[0], -1)
+    if task.kind == "multiclass":
+        return torch.softmax(raw, dim=1)
+    if task.kind in ("binary", "multilabel"):
+        return torch.sigmoid(raw)
+    return raw
+
+
+def class_probabilities(task: Task, raw: Tensor) -> Tensor:
+    """``(n, classes)`` class probabilities of a binary (2 classes) or multiclass task."""
+    if task.kind == "multiclass":
+        return probabilities(task, raw)
+    if task.kind == "binary":
+        p = probabilities(task, raw)
+        return torch.cat([1 - p, p], dim=1)
+    raise ValueError(f"task {task.name!r}: a {task.kind} task has no class probabilities")
+
+
+def _check_weight(owner: str, weight: float) -> float:
+    weight = float(weight)
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{owner}: weight must be finite and non-negative, got {weight}")
+    return weight
+
+
+def _known(owner: str, tasks: Mapping[str, Task], name: str) -> Task:
+    if name not in tasks:
+        raise KeyError(f"{owner}: unknown task {name!r}; the tasks are {list(tasks)}")
+    return tasks[name]
+
+
+class Term(nn.Module):
+    """A weighted penalty on the task outputs. Subclasses implement :meth:`penalty`.
+
+    Parameters
+    ----------
+    weight
+        Multiplies the penalty (finite, non-negative).
+    name
+        The name the :class:`~polytask.History` records the term under.
+    """
+
+    def __init__(self, weight: float, name: str) -> None:
+        super().__init__()
+        self.weight = _check_weight(type(self).__name__, weight)
+        self.name = name
+        self.tasks: dict[str, Task] = {}
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The tasks whose outputs the term reads."""
+        raise NotImplementedError
+
+    def bind(self, tasks: Sequence[Task]) -> None:
+        """Check the term against the fit's tasks (unknown tasks, kinds, shapes)."""
+        by_name = {task.name: task for task in tasks}
+        self.tasks = {name: _known(type(self).__name__, by_name, name) for name in self.reads}
+        self._validate()
+
+    def _validate(self) -> None:
+        """Checks that need the tasks."""
+
+    def penalty(self, outputs: Mapping[str, Tensor]) -> Tensor:
+        """The unweighted penalty (a scalar) from the heads' raw outputs."""
+        raise NotImplementedError
+
+    def forward(self, outputs: Mapping[str, Tensor]) -> Tensor:
+        if not self.tasks:
+            raise RuntimeError(f"{type(self).__name__}: bind(tasks) was not called")
+        return self.weight * self.penalty(outputs)
+
+
+def _row_distance(distance: Distance, a: Tensor, b: Tensor) -> Tensor:
+    if callable(distance):
+        return distance(a, b)
+    gap = a - b
+    per_element = gap.abs() if distance == "absolute" else gap.square()
+    return per_element.sum(dim=1)
+
+
+class Consistency(Term):
+    """``weight * sum over pairs of mean_rows(distance(f(out_a), g(out_b)))``: outputs that
+    should agree are pulled together.
+
+    Each output is first turned into what it predicts (:func:`probabilities`: sigmoid for a
+    binary task, softmax for multiclass, the value for regression) or by a function of
+    ``transforms[task]`` (e.g. a marginal of a joint head). The default distances sum the
+    absolute or squared differences over an output's columns, per row.
+
+    Parameters
+    ----------
+    pairs
+        ``(task_a, task_b)`` pairs of outputs expected to agree.
+    weight
+        Multiplies the summed penalty.
+    distance
+        ``"absolute"`` (default), ``"squared"``, or ``distance(a, b)`` returning one value per
+        row (or a scalar).
+    transforms
+        Task name -> function of its raw output, replacing :func:`probabilities` for that task.
+
+    Examples
+    --------
+    >>> import torch, polytask as pt
+    >>> term = Consistency([("a", "b")], weight=2.0)
+    >>> term.bind([pt.Task("a", kind="binary"), pt.Task("b", kind="binary")])
+    >>> float(term({"a": torch.zeros(4, 1), "b": torch.zeros(4, 1)}))
+    0.0
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        weight: float = 1.0,
+        distance: Distance = "absolute",
+        transforms: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+        name: str = "consistency",
+    ) -> None:
+        super().__init__(weight, name)
+        pairs = [tuple(pair) for pair in pairs]
+        if not pairs:
+            raise ValueError("Consistency: needs at least one pair of tasks")
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"Consistency: a pair names two different tasks, got {pair}")
+        if not callable(distance) and distance not in ("absolute", "squared"):
+            raise ValueError(
+                f"Consistency: distance must be 'absolute', 'squared' or a callable, "
+                f"got {distance!r}"
+            )
+        self.pairs: list[tuple[str, str]] = pairs
+        self.distance = distance
+        self.transforms = dict(transforms or {})
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for pair in self.pairs for name in pair))
+
+    def _validate(self) -> None:
+        for name in self.transforms:
+            _known("Consistency transforms", self.tasks, name)
+        for a, b in self.pairs:  # shapes are known before any data when no transform is given
+            if a in self.transforms or b in self.transforms:
+                continue
+            shape_a, shape_b = self.tasks[a].size, self.tasks[b].size
+            if shape_a != shape_b:
+                raise ValueError(
+                    f"Consistency: pair ({a!r}, {b!r}) compares outputs of {shape_a} and "
+                    f"{shape_b} columns; give transforms that bring them to one shape"
+                )
+
+    def _view(self, name: str, raw: Tensor) -> Tensor:
+        transform = self.transforms.get(name)
+        return probabilities(self.tasks[name], raw) if transform is None else transform(raw)
+
+    def penalty(self, outputs: Mapping[str, Tensor]) -> Tensor:
+        total = None
+        for a, b in self.pairs:
+            va, vb = self._view(a, outputs[a]), self._view(b, outputs[b])
+            if va.shape != vb.shape:
+                raise ValueError(
+                    f"Consistency: pair ({a!r}, {b!r}) gives tensors of shapes "
+                    f"{tuple(va.shape)} and {tuple(vb.shape)}; they must match"
+                )
+            value = _row_distance(self.distance, va, vb).mean()
+            total = value if total is None else total + value
+        return total
+
+
+class Hierarchical(Term):
+    """A coarse task's class probabilities must match the fine task's, summed through
+    ``mapping`` (fine class -> coarse class): ``weight * mean_rows(penalty(P_fine M, P_coarse))``.
+
+    Parameters
+    ----------
+    fine, coarse
+        Task names: multiclass (or binary) tasks.
+    mapping
+        Fine class index -> coarse class index, as a mapping or a sequence indexed by fine
+        class. Every fine class must map to exactly one known coarse class, and every coarse
+        class must receive at least one fine class.
+    weight
+        Multiplies the penalty.
+    penalty
+        ``"kl"`` (default): ``KL(P_fine M || P_coarse)``; ``"absolute"``: the L1 distance of
+        the two distributions.
+
+    Examples
+    --------
+    >>> import torch, polytask as pt
+    >>> term = Hierarchical("stars", "polarity", {0: 0, 1: 0, 2: 1, 3: 2, 4: 2})
+    >>> term.bind([pt.Task("stars", kind="multiclass", size=5),
+    ...            pt.Task("polarity", kind="multiclass", size=3)])
+    >>> term.matrix.sum(dim=1).tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        fine: str,
+        coarse: str,
+        mapping: Mapping[int, int] | Sequence[int],
+        weight: float = 1.0,
+        penalty: Literal["kl", "absolute"] = "kl",
+        name: str = "hierarchical",
+    ) -> None:
+        super().__init__(weight, name)
+        if fine == coarse:
+            raise ValueError(f"Hierarchical: fine and coarse must differ, got {fine!r} twice")
+        if penalty not in ("kl", "absolute"):
+            raise ValueError(f"Hierarchical: penalty must be 'kl' or 'absolute', got {penalty!r}")
+        self.fine, self.coarse, self.kind = fine, coarse, penalty
+        self.mapping = dict(mapping) if isinstance(mapping, Mapping) else dict(enumerate(mapping))
+        self.register_buffer("matrix", torch.zeros(0, 0), persistent=False)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.fine, self.coarse)
+
+    @staticmethod
+    def _classes(task: Task) -> int:
+        if task.kind == "multiclass":
+            return task.size
+        if task.kind == "binary":
+            return 2
+        raise ValueError(
+            f"Hierarchical: task {task.name!r} is {task.kind}; fine and coarse tasks must be "
+            "multiclass or binary"
+        )
+
+    def _validate(self) -> None:
+        n_fine = self._classes(self.tasks[self.fine])
+        n_coarse = self._classes(self.tasks[self.coarse])
+        where = f"Hierarchical({self.fine!r} -> {self.coarse!r}) mapping"
+        unknown = sorted(k for k in self.mapping if not (isinstance(k, int) and 0 <= k < n_fine))
+        if unknown:
+            raise ValueError(f"{where}: unknown fine classes {unknown}; expected 0..{n_fine - 1}")
+        missing = [k for k in range(n_fine) if k not in self.mapping]
+        if missing:
+            raise ValueError(f"{where}: fine classes {missing} map to no coarse class")
+        bad = {
+            k: v for k, v in self.mapping.items() if not (isinstance(v, int) and 0 <= v < n_coarse)
+        }
+        if bad:
+            raise ValueError(
+                f"{where}: fine -> coarse {bad} name unknown coarse classes; "
+                f"expected 0..{n_coarse - 1}"
+            )
+        empty = sorted(set(range(n_coarse)) - set(self.mapping.values()))
+        if empty:
+            raise ValueError(f"{where}: coarse classes {empty} receive no fine class")
+        matrix = torch.zeros(n_fine, n_coarse)
+        matrix[list(self.mapping), list(self.mapping.values())] = 1.0
+        self.matrix = matrix
+
+    def aggregated(self, fine_raw: Tensor) -> Tensor:
+        """The fine task's probabilities summed into the coarse classes."""
+        p = class_probabilities(self.tasks[self.fine], fine_raw)
+        return p @ self.matrix.to(p.device, p.dtype)
+
+    def penalty(self, outputs: Mapping[str, Tensor]) -> Tensor:
+        p = self.aggregated(outputs[self.fine])
+        q = class_probabilities(self.tasks[self.coarse], outputs[self.coarse])
+        if self.kind == "absolute":
+            return (p - q).abs().sum(dim=1).mean()
+        tiny = torch.finfo(p.dtype).tiny
+        return (p * (p.clamp_min(tiny).log() - q.clamp_min(tiny).log())).sum(dim=1).mean()
+
+
+class WithTerms(Objective):
+    """An objective plus structured terms: the objective's update plus the gradient of the
+    summed terms. Made by ``objective + term``.
+
+    A loss-level objective adds the terms to its combined loss (one backward pass); a gradient
+    method gets the terms' gradient added to its own update. Early stopping watches the
+    objective's own criterion: the terms are regularisers, not a task.
+
+    Examples
+    --------
+    >>> import polytask as pt
+    >>> objective = pt.Weighted({"a": 1.0, "b": 2.0}) + pt.Consistency([("a", "b")])
+    >>> [term.name for term in objective.terms]
+    ['consistency']
+    """
+
+    def __init__(self, base: Objective, terms: Sequence[Term]) -> None:
+        super().__init__()
+        if isinstance(base, WithTerms):
+            base, terms = base.base, [*base.terms, *terms]
+        for term in terms:
+            if not isinstance(term, Term):
+                raise TypeError(f"only a Term can be added to an objective, got {term!r}")
+        names = [term.name for term in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"terms need distinct names (name=...), got {names}")
+        self.base = base
+        self.term_modules = nn.ModuleList(terms)
+
+    @property
+    def terms(self) -> tuple[Term, ...]:
+        return tuple(self.term_modules)
+
+    def bind(self, task_names: Sequence[str]) -> None:
+        super().bind(task_names)
+        self.base.bind(task_names)
+
+    def bind_tasks(self, tasks: Sequence[Task]) -> None:
+        for term in self.terms:
+            term.bind(tasks)
+
+    def attach(self, model: nn.Module) -> None:
+        self.base.attach(model)
+
+    def value(self, losses: Tensor) -> Tensor:
+        return self.base.value(losses)
+
+    def backward(
+        self,
+        losses: Tensor | Mapping[str, Tensor],
+        positions: Positions = None,
+        features: Tensor | None = None,
+        terms: Tensor | None = None,
+    ) -> Step:
+        if terms is None:
+            return self.base.backward(losses, positions, features)
+        penalty = terms.sum()
+        if isinstance(self.base, LossObjective):
+            return self.base.backward(losses, positions, features, penalty=penalty)
+        penalty.backward(retain_graph=True)  # accumulates; the method's update adds to it
+        step = self.base.backward(losses, positions, features)
+        return Step(step.value + penalty.detach(), step.weights)
+
+    def after_step(self, recompute: Callable[[], Tensor]) -> None:
+        self.base.after_step(recompute)
+
+    def end_epoch(self) -> None:
+        self.base.end_epoch()
+
+    def extra_repr(self) -> str:
+        return ""
