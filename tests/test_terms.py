@@ -13,7 +13,10 @@ import polytask as pt
 from polytask.objectives import WithTerms
 
 binary = [pt.Task("a", kind="binary"), pt.Task("b", kind="binary")]
-stars = [pt.Task("stars", kind="multiclass", size=5), pt.Task("polarity", kind="multiclass", size=3)]
+stars = [
+    pt.Task("stars", kind="multiclass", size=5),
+    pt.Task("polarity", kind="multiclass", size=3),
+]
 STARS_TO_POLARITY = {0: 0, 1: 0, 2: 1, 3: 2, 4: 2}
 
 
@@ -67,10 +70,8 @@ def test_hierarchical_by_hand(penalty):
     term.bind(stars)
     pf, q = softmax(fine.numpy().astype(np.float64)), softmax(coarse.numpy().astype(np.float64))
     p = np.stack([pf[:, :2].sum(1), pf[:, 2], pf[:, 3:].sum(1)], axis=1)
-    if penalty == "kl":
-        expected = (p * np.log(p / q)).sum(1).mean()
-    else:
-        expected = np.abs(p - q).sum(1).mean()
+    kl, l1 = (p * np.log(p / q)).sum(1).mean(), np.abs(p - q).sum(1).mean()
+    expected = kl if penalty == "kl" else l1
     value = float(term({"stars": fine, "polarity": coarse}))
     assert value == pytest.approx(0.5 * expected, rel=1e-5)
 
@@ -228,7 +229,8 @@ def test_terms_need_one_dataset_and_matching_shapes_before_any_step():
     before = [p.clone() for p in model.parameters()]
     wrong = pt.Consistency([("a", "b")], transforms={"b": lambda raw: torch.softmax(raw, 1)})
     trainer = pt.Trainer(pt.Mean() + wrong, max_epochs=1, quiet=True, device="cpu")
-    with pytest.raises(ValueError, match=r"\('a', 'b'\) gives tensors of shapes \(2, 1\) and \(2, 3\)"):
+    shapes = r"\('a', 'b'\) gives tensors of shapes \(2, 1\) and \(2, 3\)"
+    with pytest.raises(ValueError, match=shapes):
         trainer.fit(model, tasks, data, data)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     per_task = {
