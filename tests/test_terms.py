@@ -52,9 +52,8 @@ def test_consistency_with_a_callable_distance_and_transforms():
         return torch.softmax(raw, dim=1)[:, [1, 3]].sum(dim=1, keepdim=True)
 
     term = pt.Consistency(
-        [("joint", "sentiment")],
+        [("joint", "sentiment", positive, None)],
         distance=lambda u, v: (u - v).abs().max(dim=1).values,
-        transforms={"joint": positive},
     )
     term.bind(tasks)
     p = softmax(joint.numpy())
@@ -114,6 +113,8 @@ def test_the_gradient_reaches_both_outputs(term):
 def test_bad_pairs_mappings_and_unknown_tasks_raise_clear_errors():
     with pytest.raises(ValueError, match="two different tasks"):
         pt.Consistency([("a", "a")])
+    with pytest.raises(TypeError, match="must be callable"):
+        pt.Consistency([("a", "b", "sigmoid", None)])
     with pytest.raises(ValueError, match="at least one pair"):
         pt.Consistency([])
     with pytest.raises(ValueError, match="distance"):
@@ -227,7 +228,7 @@ def test_terms_need_one_dataset_and_matching_shapes_before_any_step():
     data = pt.MultiTargetData(x, {"a": (x[:, 0] > 0).float(), "b": torch.zeros(20).long()})
     model = pt.MultiTaskModel(nn.Linear(4, 8), {"a": nn.Linear(8, 1), "b": nn.Linear(8, 3)})
     before = [p.clone() for p in model.parameters()]
-    wrong = pt.Consistency([("a", "b")], transforms={"b": lambda raw: torch.softmax(raw, 1)})
+    wrong = pt.Consistency([("a", "b", None, lambda raw: torch.softmax(raw, 1))])
     trainer = pt.Trainer(pt.Mean() + wrong, max_epochs=1, quiet=True, device="cpu")
     shapes = r"\('a', 'b'\) gives tensors of shapes \(2, 1\) and \(2, 3\)"
     with pytest.raises(ValueError, match=shapes):
@@ -237,7 +238,7 @@ def test_terms_need_one_dataset_and_matching_shapes_before_any_step():
         "a": pt.data.TaskData(x, (x[:, 0] > 0).float()),
         "b": pt.data.TaskData(x, torch.zeros(20).long()),
     }
-    right = pt.Consistency([("a", "b")], transforms={"b": lambda raw: raw[:, :1]})
+    right = pt.Consistency([("a", "b", None, lambda raw: raw[:, :1])])
     trainer = pt.Trainer(pt.Mean() + right, max_epochs=1, quiet=True, device="cpu")
     with pytest.raises(ValueError, match="one dataset with every task's targets"):
         trainer.fit(model, tasks, per_task, per_task)

@@ -1,4 +1,4 @@
-"""The ``polytask`` command line: ``list``, ``run``, ``compare`` and ``report``."""
+"""The ``polytask`` command line: ``list``, ``run``, ``compare``, ``report`` and ``tune``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .experiments import (
+    DATA_DESCRIPTIONS,
     DESCRIPTIONS,
     EXPERIMENTS,
+    STRUCTURED_EXPERIMENTS,
     ReviewsExperiment,
-    SyntheticExperiment,
     config_hash,
     markdown_table,
     replicate,
@@ -21,11 +23,14 @@ from .experiments import (
     write_comparison_report,
     write_reviews_report,
     write_run_report,
+    write_structured_report,
 )
+from .experiments._tune import beyond_front, place_methods, plot_front, tune
 
 DATA_EXPERIMENTS = {
     "reviews": "movie/restaurant/product sentiment + site of a sentence, one dataset per task "
     "(needs --data-dir sentiment_labelled_sentences/)",
+    **DATA_DESCRIPTIONS,
 }
 
 
@@ -34,6 +39,13 @@ def _methods(text: str) -> tuple[str, ...]:
     if not methods:
         raise argparse.ArgumentTypeError("give at least one method, e.g. mse,geometric")
     return methods
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"weights are comma-separated numbers: {error}") from None
 
 
 def _positive(text: str) -> int:
@@ -62,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="replicate an experiment over many seeds and compare methods"
     )
-    _experiment_options(compare)
+    _experiment_options(compare, with_data=True, replicable=True)
     compare.add_argument("--replications", type=_positive, default=10)
     compare.add_argument("--jobs", type=_positive, default=1, help="parallel workers")
     compare.add_argument("--backend", choices=("joblib", "ray"), default="joblib")
@@ -72,14 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("store", type=Path, help="the SQLite store of a compare run")
     report.add_argument("--config", help="configuration hash (prefix) to report; default latest")
     report.add_argument("--out", type=Path, help="report folder (default: beside the store)")
+    report.add_argument("--metric", help="metric compared (default: the experiment's own)")
+    tune = commands.add_parser("tune", help="search the task weights of a weighted loss")
+    tune.add_argument("experiment", choices=sorted(STRUCTURED_EXPERIMENTS))
+    tune.add_argument("--data-dir", type=Path, required=True, help="the experiment's data folder")
+    tune.add_argument("--method", choices=("grid", "bayes"), default="grid")
+    tune.add_argument("--trials", type=_positive, default=28, help="at most the grid's size")
+    tune.add_argument("--resolution", type=_positive, default=6, help="grid step 1/resolution")
+    tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
+    tune.add_argument("--study", help="study name (default from experiment, method and seed)")
+    tune.add_argument("--no-prune", action="store_true", help="no pruning of bad trials")
+    tune.add_argument("--heartbeat", type=_positive, default=60, help="seconds between beats")
+    tune.add_argument(
+        "--place", type=_methods, help="methods drawn on the front, e.g. consistency,mgda"
+    )
+    tune.add_argument("--max-epochs", type=_positive)
+    tune.add_argument("--patience", type=_positive)
+    _common(tune)
     return parser
 
 
-def _experiment_options(parser: argparse.ArgumentParser, with_data: bool = False) -> None:
-    names = sorted(EXPERIMENTS) + (sorted(DATA_EXPERIMENTS) if with_data else [])
-    parser.add_argument("experiment", choices=names)
+def _experiment_options(
+    parser: argparse.ArgumentParser, with_data: bool = False, replicable: bool = False
+) -> None:
+    data = sorted(STRUCTURED_EXPERIMENTS) if replicable else sorted(DATA_EXPERIMENTS)
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS) + (data if with_data else []))
     if with_data:
         parser.add_argument("--data-dir", type=Path, help="folder of a real-data experiment")
+        parser.add_argument(
+            "--weights", type=_weights, help="task weights of the 'tuned' method, e.g. 1,0.5,2"
+        )
     parser.add_argument("--methods", type=_methods, help="comma-separated, e.g. mse,geometric")
     parser.add_argument("--baseline", help="method the others are compared with (default: first)")
     parser.add_argument("--n", type=_positive, help="rows drawn (train/stop/test = 5/45/50%%)")
@@ -95,7 +129,29 @@ def _cmd_list() -> int:
     return 0
 
 
-def _experiment(args: argparse.Namespace) -> SyntheticExperiment:
+def _structured(args: argparse.Namespace) -> Any:
+    if getattr(args, "data_dir", None) is None:
+        raise ValueError(f"the {args.experiment} experiment needs --data-dir")
+    if not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"--data-dir {args.data_dir} is not a folder")
+    changes = {
+        "max_epochs": args.max_epochs,
+        "patience": args.patience,
+        "batch_size": getattr(args, "batch_size", None),
+        "methods": getattr(args, "methods", None),
+        "baseline": getattr(args, "baseline", None),
+        "weights": getattr(args, "weights", None),
+    }
+    return STRUCTURED_EXPERIMENTS[args.experiment](
+        data_dir=str(args.data_dir),
+        device=args.device,
+        **{k: v for k, v in changes.items() if v is not None},
+    )
+
+
+def _experiment(args: argparse.Namespace) -> Any:
+    if args.experiment in STRUCTURED_EXPERIMENTS:
+        return _structured(args)
     experiment = EXPERIMENTS[args.experiment]()
     changes = {
         "n": args.n,
@@ -137,7 +193,20 @@ def _cmd_reviews(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run_structured(args: argparse.Namespace) -> int:
+    experiment = _structured(args)
+    out = _out(args, experiment.name)
+    outcome = experiment.run(args.seed, quiet=args.quiet)
+    table = write_structured_report(outcome, experiment, out)
+    print(f"{experiment.name}, seed {args.seed}: test metrics")
+    print(markdown_table(table))
+    print(f"report written to {out}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.experiment in STRUCTURED_EXPERIMENTS:
+        return _cmd_run_structured(args)
     if args.experiment in DATA_EXPERIMENTS:
         return _cmd_reviews(args)
     experiment = _experiment(args)
@@ -174,8 +243,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not args.store.exists():
         raise ValueError(f"no store at {args.store}")
     out = args.out or args.store.parent
-    files = write_comparison_report(args.store, out, config_hash=args.config)
+    files = write_comparison_report(args.store, out, config_hash=args.config, metric=args.metric)
     print(f"report written to {files['markdown']} and {files['html']}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    args.batch_size = None
+    experiment = _structured(args)
+    out = _out(args, f"tune-{experiment.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    result = tune(
+        experiment,
+        args.method,
+        args.trials,
+        storage=storage,
+        study_name=args.study,
+        seed=args.seed,
+        resolution=args.resolution,
+        prune=not args.no_prune,
+        heartbeat=args.heartbeat if storage.startswith(("sqlite", "postgresql", "mysql")) else None,
+        quiet=args.quiet,
+    )
+    frame = result.front()
+    frame.to_csv(out / "trials.csv", index=False)
+    tasks = [t.name for t in experiment.tasks()]
+    placed = place_methods(experiment, args.place or (), args.seed, args.quiet)
+    lines = [
+        f"# Task-weight search: {experiment.name} ({args.method}, seed {args.seed})",
+        "",
+        f"Study `{result.study.study_name}` in `{storage}`: {len(frame)} finished trials.",
+        f"Selected on the stop set (mean {experiment.metric} {result.stop_score:.4f}): "
+        + ", ".join(f"{t}={w:.3g}" for t, w in result.weights.items()),
+        "",
+        f"Test {experiment.metric} of the selected weights (evaluated once): "
+        + ", ".join(f"{t}={m[experiment.metric]:.4f}" for t, m in result.test_metrics.items()),
+    ]
+    if args.method == "grid" and len(tasks) in (2, 3) and len(frame):
+        plot_front(frame, tasks, experiment.metric, out / "front.png", placed)
+        lines += ["", "![front of static weightings](front.png)"]
+    for method, values in placed.items():
+        verdict = "on or beyond" if beyond_front(frame, tasks, values) else "inside"
+        cells = ", ".join(f"{t}={values[f'test/{t}']:.4f}" for t in tasks)
+        lines.append(f"- {method}: test {cells} - {verdict} the front of static weights")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"--weights {','.join(f'{w:.6g}' for w in result.weights.values())}")
+    print(f"report written to {out / 'report.md'}")
     return 0
 
 
@@ -185,9 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _cmd_list()
-        commands = {"run": _cmd_run, "compare": _cmd_compare, "report": _cmd_report}
+        commands = {
+            "run": _cmd_run,
+            "compare": _cmd_compare,
+            "report": _cmd_report,
+            "tune": _cmd_tune,
+        }
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"polytask: error: {error}", file=sys.stderr)
         return 2
 

@@ -41,7 +41,8 @@ def _metric(name: str) -> Callable[[Task, np.ndarray, np.ndarray], float]:
         return float(skm.f1_score(target.astype(np.int64), _decide(task, output), zero_division=0))
 
     def macro_f1(task: Task, output: np.ndarray, target: np.ndarray) -> float:
-        labels = None if task.kind == "multilabel" else np.arange(task.size)
+        # a binary task (one output column) has the two classes 0 and 1
+        labels = None if task.kind == "multilabel" else np.arange(max(task.size, 2))
         return float(
             skm.f1_score(
                 target.astype(np.int64),

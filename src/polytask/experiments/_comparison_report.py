@@ -91,18 +91,20 @@ def write_comparison_report(
     out: str | Path,
     *,
     config_hash: str | None = None,
-    metric: str = "mse",
+    metric: str | None = None,
     n_resamples: int = 9999,
 ) -> dict[str, Path]:
     """Statistics, boxplots and Delta_m% of one stored comparison, as Markdown and HTML.
 
     ``config_hash`` (a prefix is enough) picks the comparison; by default the most recent one
-    in the store.
+    in the store. ``metric`` defaults to the one the experiment's configuration names (MSE
+    for the synthetic experiments).
     """
     store = store if isinstance(store, Store) else Store(store)
     key = _pick_config(store, config_hash)
     config = store.config(key)
     baseline = config["baseline"]
+    metric = metric or config.get("metric", "mse")
     results = store.replications(key)
     frame = store.frame(key)
     if frame.empty:

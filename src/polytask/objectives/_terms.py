@@ -106,26 +106,28 @@ def _row_distance(distance: Distance, a: Tensor, b: Tensor) -> Tensor:
     return per_element.sum(dim=1)
 
 
+Transform = Callable[[Tensor], Tensor]
+
+
 class Consistency(Term):
     """``weight * sum over pairs of mean_rows(distance(f(out_a), g(out_b)))``: outputs that
     should agree are pulled together.
 
-    Each output is first turned into what it predicts (:func:`probabilities`: sigmoid for a
-    binary task, softmax for multiclass, the value for regression) or by a function of
-    ``transforms[task]`` (e.g. a marginal of a joint head). The default distances sum the
+    By default each output is turned into what it predicts (:func:`probabilities`: sigmoid for
+    a binary task, softmax for multiclass, the value for regression); a pair may give its own
+    ``f`` and ``g`` instead (e.g. a marginal of a joint head). The default distances sum the
     absolute or squared differences over an output's columns, per row.
 
     Parameters
     ----------
     pairs
-        ``(task_a, task_b)`` pairs of outputs expected to agree.
+        ``(task_a, task_b)`` or ``(task_a, task_b, f, g)`` (``f``/``g``: a function of the raw
+        output, or None for the default).
     weight
         Multiplies the summed penalty.
     distance
         ``"absolute"`` (default), ``"squared"``, or ``distance(a, b)`` returning one value per
         row (or a scalar).
-    transforms
-        Task name -> function of its raw output, replacing :func:`probabilities` for that task.
 
     Examples
     --------
@@ -138,53 +140,54 @@ class Consistency(Term):
 
     def __init__(
         self,
-        pairs: Sequence[tuple[str, str]],
+        pairs: Sequence[tuple[str, str] | tuple[str, str, Transform | None, Transform | None]],
         weight: float = 1.0,
         distance: Distance = "absolute",
-        transforms: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
         name: str = "consistency",
     ) -> None:
         super().__init__(weight, name)
-        pairs = [tuple(pair) for pair in pairs]
-        if not pairs:
-            raise ValueError("Consistency: needs at least one pair of tasks")
+        self.pairs: list[tuple[str, str, Transform | None, Transform | None]] = []
         for pair in pairs:
-            if len(pair) != 2 or pair[0] == pair[1]:
-                raise ValueError(f"Consistency: a pair names two different tasks, got {pair}")
+            pair = tuple(pair)
+            if len(pair) not in (2, 4) or pair[0] == pair[1]:
+                raise ValueError(
+                    f"Consistency: a pair names two different tasks (and optionally f, g), "
+                    f"got {pair}"
+                )
+            a, b, f, g = pair if len(pair) == 4 else (*pair, None, None)
+            for transform in (f, g):
+                if transform is not None and not callable(transform):
+                    raise TypeError(f"Consistency: pair ({a!r}, {b!r}): f and g must be callable")
+            self.pairs.append((a, b, f, g))
+        if not self.pairs:
+            raise ValueError("Consistency: needs at least one pair of tasks")
         if not callable(distance) and distance not in ("absolute", "squared"):
             raise ValueError(
                 f"Consistency: distance must be 'absolute', 'squared' or a callable, "
                 f"got {distance!r}"
             )
-        self.pairs: list[tuple[str, str]] = pairs
         self.distance = distance
-        self.transforms = dict(transforms or {})
 
     @property
     def reads(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(name for pair in self.pairs for name in pair))
+        return tuple(dict.fromkeys(name for a, b, _, _ in self.pairs for name in (a, b)))
 
     def _validate(self) -> None:
-        for name in self.transforms:
-            _known("Consistency transforms", self.tasks, name)
-        for a, b in self.pairs:  # shapes are known before any data when no transform is given
-            if a in self.transforms or b in self.transforms:
-                continue
-            shape_a, shape_b = self.tasks[a].size, self.tasks[b].size
-            if shape_a != shape_b:
+        for a, b, f, g in self.pairs:  # without transforms, shapes are known before any data
+            if f is None and g is None and self.tasks[a].size != self.tasks[b].size:
                 raise ValueError(
-                    f"Consistency: pair ({a!r}, {b!r}) compares outputs of {shape_a} and "
-                    f"{shape_b} columns; give transforms that bring them to one shape"
+                    f"Consistency: pair ({a!r}, {b!r}) compares outputs of "
+                    f"{self.tasks[a].size} and {self.tasks[b].size} columns; give the pair "
+                    "functions f and g that bring them to one shape"
                 )
 
-    def _view(self, name: str, raw: Tensor) -> Tensor:
-        transform = self.transforms.get(name)
+    def _view(self, name: str, raw: Tensor, transform: Transform | None) -> Tensor:
         return probabilities(self.tasks[name], raw) if transform is None else transform(raw)
 
     def penalty(self, outputs: Mapping[str, Tensor]) -> Tensor:
         total = None
-        for a, b in self.pairs:
-            va, vb = self._view(a, outputs[a]), self._view(b, outputs[b])
+        for a, b, f, g in self.pairs:
+            va, vb = self._view(a, outputs[a], f), self._view(b, outputs[b], g)
             if va.shape != vb.shape:
                 raise ValueError(
                     f"Consistency: pair ({a!r}, {b!r}) gives tensors of shapes "

@@ -1,0 +1,419 @@
+"""Real-data experiments for structured losses: sentiment-domains (consistency, tuned weights)
+and adult-education (a fine/coarse hierarchy). Both replicate through :func:`replicate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data import MultiTargetData, read_labelled_sentences
+from ..evaluation import evaluate
+from ..models import MultiTaskModel, init_linear, mlp
+from ..objectives import Consistency, Hierarchical, Objective, Weighted
+from ..tasks import Task
+from ..training import Callback, History, NonFiniteLossError, Trainer
+from ._synthetic import hash_config
+
+Splits = tuple[MultiTargetData, MultiTargetData, MultiTargetData]
+
+
+@dataclass
+class Outcome:
+    """One replication: per method, the history and the test metrics."""
+
+    seed: int
+    histories: dict[str, History] = field(default_factory=dict)
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _DataExperiment:
+    """Shared machinery: a method name -> an objective, one fit per method on the same split
+    and initial weights, test metrics once at the end. Subclasses give the data and tasks."""
+
+    data_dir: str | Path = ""
+    hidden: int = 64
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 60
+    patience: int = 8
+    methods: tuple[str, ...] = ()
+    baseline: str = ""
+    weights: tuple[float, ...] | None = None  # the "tuned" method's task weights
+    device: str = field(default="auto", compare=False)
+
+    name: ClassVar[str] = ""
+    metric: ClassVar[str] = "macro_f1"  # the metric comparisons and tuning read
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            object.__setattr__(self, "methods", self.default_methods)
+        if not self.baseline:
+            object.__setattr__(self, "baseline", self.methods[0])
+        unknown = [m for m in self.methods if m not in self.known_methods]
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown methods {unknown}; known: {list(self.known_methods)}"
+            )
+        if self.baseline not in self.methods:
+            raise ValueError(f"the baseline {self.baseline!r} is not among {list(self.methods)}")
+        if "tuned" in self.methods and self.weights is None:
+            raise ValueError(f"{self.name}: the 'tuned' method needs weights (--weights)")
+        if self.weights is not None and len(self.weights) != len(self.tasks()):
+            raise ValueError(
+                f"{self.name}: {len(self.weights)} weights for the tasks "
+                f"{[t.name for t in self.tasks()]}"
+            )
+
+    default_methods: ClassVar[tuple[str, ...]] = ()
+    known_methods: ClassVar[tuple[str, ...]] = ()
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the results (the device and data folder are left out)."""
+        config = dataclasses.asdict(self)
+        config.pop("device")
+        config.pop("data_dir")
+        config["methods"] = list(self.methods)
+        config["weights"] = None if self.weights is None else list(self.weights)
+        config["metric"] = self.metric
+        return config
+
+    def config_hash(self) -> str:
+        return hash_config({"experiment": self.name, **self.config()})
+
+    # -- to be given by subclasses -------------------------------------------------------------
+    def tasks(self) -> list[Task]:
+        raise NotImplementedError
+
+    def data(self, seed: int) -> Splits:
+        raise NotImplementedError
+
+    def objective(self, method: str) -> Objective:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def weighted(self, weights: Sequence[float] | None = None) -> Weighted:
+        names = [t.name for t in self.tasks()]
+        return Weighted(dict(zip(names, weights or [1.0] * len(names), strict=True)))
+
+    def build_model(self, n_features: int, seed: int) -> MultiTaskModel:
+        trunk = mlp(n_features, self.hidden, 1, seed=seed)
+        heads = {}
+        for i, task in enumerate(self.tasks()):
+            with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
+                head = nn.Linear(self.hidden, task.size)
+            init_linear(head, "glorot", torch.Generator().manual_seed(seed * 1000 + i))
+            heads[task.name] = head
+        return MultiTaskModel(trunk, heads)
+
+    def fit(
+        self,
+        objective: Objective,
+        train: MultiTargetData,
+        stop: MultiTargetData,
+        seed: int,
+        quiet: bool = True,
+        callbacks: Sequence[Callback] = (),
+        track_metrics: bool = False,
+    ) -> tuple[MultiTaskModel, History]:
+        """One fit from the initial weights of ``seed``."""
+        model = self.build_model(train.x.shape[1], seed)
+        trainer = Trainer(
+            objective,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            seed=seed,
+            device=self.device,
+            quiet=quiet,
+            callbacks=list(callbacks),
+            track_metrics=track_metrics,
+        )
+        try:
+            history = trainer.fit(model, self.tasks(), train, stop)
+        except NonFiniteLossError as error:
+            warnings.warn(f"seed {seed}: {error}", RuntimeWarning, stacklevel=2)
+            history = error.history
+        return model, history
+
+    def score(self, model: MultiTaskModel, data: MultiTargetData) -> float:
+        """The mean over tasks of :attr:`metric` (what tuning maximises on the stop set)."""
+        metrics = evaluate(model, self.tasks(), data)
+        return float(np.mean([metrics[t.name][self.metric] for t in self.tasks()]))
+
+    def run(
+        self, seed: int = 0, *, methods: Sequence[str] | None = None, quiet: bool = False
+    ) -> Outcome:
+        """Fit every method on the split drawn from ``seed``; test once at the end."""
+        train, stop, test = self.data(seed)
+        outcome = Outcome(seed)
+        for method in methods or self.methods:
+            model, history = self.fit(self.objective(method), train, stop, seed, quiet)
+            outcome.histories[method] = history
+            outcome.metrics[method] = evaluate(model, self.tasks(), test)
+        return outcome
+
+
+def _split_rows(n: int, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    first = round(n * fractions[0])
+    second = first + round(n * fractions[1])
+    return [order[:first], order[first:second], order[second:]]
+
+
+SITE_FILES = {
+    "movie": "imdb_labelled.txt",
+    "restaurant": "yelp_labelled.txt",
+    "product": "amazon_cells_labelled.txt",
+}
+
+
+def _positive_marginal(raw: torch.Tensor) -> torch.Tensor:
+    """P(positive) of the joint (site x sentiment) head: its odd classes."""
+    return torch.softmax(raw, dim=1)[:, 1::2].sum(dim=1, keepdim=True)
+
+
+def _site_marginal(raw: torch.Tensor) -> torch.Tensor:
+    """P(site) of the joint head: each site's two classes summed."""
+    p = torch.softmax(raw, dim=1)
+    return p[:, 0::2] + p[:, 1::2]
+
+
+@dataclass(frozen=True)
+class SentimentDomainsExperiment(_DataExperiment):
+    """Every sentence of the three review sites in one dataset, one bag-of-words trunk, and
+    three heads: the site (3 classes), the sentiment (binary), and their joint (6 classes,
+    ``2 * site + sentiment``).
+
+    Methods: ``weighted`` (every task weight 1), ``tuned`` (the weights of a ``polytask tune``
+    study, ``weights``), and ``consistency`` (weights 1 plus a :class:`Consistency` term that
+    ties the joint head's marginals to the site and sentiment heads, ``consistency`` weight).
+    """
+
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    min_df: int = 2
+    consistency: float = 1.0
+
+    name: ClassVar[str] = "sentiment-domains"
+    default_methods: ClassVar[tuple[str, ...]] = ("weighted", "consistency")
+    known_methods: ClassVar[tuple[str, ...]] = ("weighted", "tuned", "consistency")
+
+    def tasks(self) -> list[Task]:
+        metrics = ("macro_f1", "accuracy")
+        return [
+            Task("site", kind="multiclass", size=3, metrics=metrics),
+            Task("sentiment", kind="binary", metrics=(*metrics, "f1")),
+            Task("joint", kind="multiclass", size=6, metrics=metrics),
+        ]
+
+    def sentences(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """All sentences with their site index and sentiment label."""
+        texts, sites, labels = [], [], []
+        for index, filename in enumerate(SITE_FILES.values()):
+            sentences, sentiment = read_labelled_sentences(Path(self.data_dir) / filename)
+            texts += sentences
+            sites += [index] * len(sentences)
+            labels.append(np.asarray(sentiment))
+        return texts, np.asarray(sites), np.concatenate(labels)
+
+    def data(self, seed: int) -> Splits:
+        """A fresh split from ``seed``; the vocabulary comes from the training sentences."""
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        texts, sites, labels = self.sentences()
+        parts = _split_rows(len(texts), self.fractions, np.random.default_rng(seed))
+        vectorizer = CountVectorizer(min_df=self.min_df, binary=True)
+        vectorizer.fit([texts[i] for i in parts[0]])
+
+        def part(rows: np.ndarray) -> MultiTargetData:
+            x = vectorizer.transform([texts[i] for i in rows]).toarray().astype(np.float32)
+            targets = {
+                "site": sites[rows],
+                "sentiment": labels[rows].astype(np.float32),
+                "joint": 2 * sites[rows] + labels[rows],
+            }
+            return MultiTargetData(x, targets)
+
+        return part(parts[0]), part(parts[1]), part(parts[2])
+
+    def consistency_term(self) -> Consistency:
+        """The joint head's marginals must agree with the site and sentiment heads."""
+        return Consistency(
+            [
+                ("joint", "site", _site_marginal, None),
+                ("joint", "sentiment", _positive_marginal, None),
+            ],
+            weight=self.consistency,
+        )
+
+    def objective(self, method: str) -> Objective:
+        if method == "weighted":
+            return self.weighted()
+        if method == "tuned":
+            return self.weighted(self.weights)
+        return self.weighted() + self.consistency_term()
+
+
+ADULT_COLUMNS = [
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "Y",
+]
+NUMERIC = ["age", "fnlwgt", "capital-gain", "capital-loss", "hours-per-week"]
+CATEGORICAL = [
+    "workclass",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "native-country",
+    "Y",
+]
+# education-num 1..16 is the fine class (minus one); the coarse level by fine class
+EDUCATION_LEVELS = ("no degree", "high school", "college", "graduate")
+EDUCATION_TO_LEVEL = {k: 0 for k in range(8)} | {8: 1, 9: 2, 10: 2, 11: 2, 12: 2}
+EDUCATION_TO_LEVEL |= {13: 3, 14: 3, 15: 3}
+
+
+def read_adult(path: str | Path) -> pd.DataFrame:
+    """One ``adult.data`` / ``adult.test`` file (header line, ``?`` for missing values)."""
+    frame = pd.read_csv(path, skipinitialspace=True, na_values="?")
+    frame.columns = [c.strip() for c in frame.columns]
+    missing = sorted(set(ADULT_COLUMNS) - set(frame.columns))
+    if missing:
+        raise ValueError(f"{path}: columns {missing} are missing")
+    frame["Y"] = frame["Y"].str.rstrip(".")
+    return frame
+
+
+@dataclass(frozen=True)
+class AdultEducationExperiment(_DataExperiment):
+    """Education on the UCI census data as a fine task (16 levels) and a coarse one (no degree
+    / high school / college / graduate, by :data:`EDUCATION_TO_LEVEL`), with the education
+    columns removed from the inputs. Methods: ``mean`` (each task weight 1) and
+    ``hierarchical`` (plus a :class:`Hierarchical` term, ``hierarchy`` weight)."""
+
+    n_train: int = 4000
+    n_stop: int = 4000
+    n_test: int = 10000
+    hierarchy: float = 1.0
+    penalty: str = "kl"
+
+    name: ClassVar[str] = "adult-education"
+    default_methods: ClassVar[tuple[str, ...]] = ("mean", "hierarchical")
+    known_methods: ClassVar[tuple[str, ...]] = ("mean", "tuned", "hierarchical")
+
+    def tasks(self) -> list[Task]:
+        metrics = ("macro_f1", "accuracy")
+        return [
+            Task("education", kind="multiclass", size=16, metrics=metrics),
+            Task("level", kind="multiclass", size=4, metrics=metrics),
+        ]
+
+    def data(self, seed: int) -> Splits:
+        """Train and stop rows drawn from ``adult.data``, test rows from ``adult.test``;
+        scaling and one-hot codes fitted on the training rows."""
+        from sklearn.compose import ColumnTransformer
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        rng = np.random.default_rng(seed)
+        pool = read_adult(Path(self.data_dir) / "adult.data")
+        test = read_adult(Path(self.data_dir) / "adult.test")
+        if self.n_train + self.n_stop > len(pool):
+            raise ValueError(f"n_train + n_stop exceeds the {len(pool)} rows of adult.data")
+        order = rng.permutation(len(pool))
+        frames = [
+            pool.iloc[order[: self.n_train]],
+            pool.iloc[order[self.n_train : self.n_train + self.n_stop]],
+            test.iloc[rng.permutation(len(test))[: self.n_test]],
+        ]
+        capital = ["capital-gain", "capital-loss"]  # heavy-tailed: on a log scale
+        frames = [f.assign(**{c: np.log1p(f[c].astype(float)) for c in capital}) for f in frames]
+        encoder = ColumnTransformer(
+            [
+                ("numeric", StandardScaler(), NUMERIC),
+                ("categorical", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
+            ],
+            sparse_threshold=0.0,
+        )
+        encoder.fit(frames[0].fillna({c: "missing" for c in CATEGORICAL}))
+
+        def part(frame: pd.DataFrame) -> MultiTargetData:
+            x = encoder.transform(frame.fillna({c: "missing" for c in CATEGORICAL}))
+            fine = frame["education-num"].to_numpy() - 1
+            coarse = np.array([EDUCATION_TO_LEVEL[int(f)] for f in fine])
+            return MultiTargetData(x.astype(np.float32), {"education": fine, "level": coarse})
+
+        return part(frames[0]), part(frames[1]), part(frames[2])
+
+    def hierarchy_term(self) -> Hierarchical:
+        return Hierarchical(
+            "education", "level", EDUCATION_TO_LEVEL, weight=self.hierarchy, penalty=self.penalty
+        )
+
+    def objective(self, method: str) -> Objective:
+        if method == "mean":
+            return self.weighted()
+        if method == "tuned":
+            return self.weighted(self.weights)
+        return self.weighted() + self.hierarchy_term()
+
+
+STRUCTURED_EXPERIMENTS: dict[str, Callable[..., _DataExperiment]] = {
+    "sentiment-domains": SentimentDomainsExperiment,
+    "adult-education": AdultEducationExperiment,
+}
+
+DATA_DESCRIPTIONS: Mapping[str, str] = {
+    "sentiment-domains": "review sentences: site, sentiment and joint heads; weights, "
+    "tuned weights, consistency (--data-dir sentiment_labelled_sentences/)",
+    "adult-education": "census: education (16) and its level (4); with and without the "
+    "hierarchical term (--data-dir adult/)",
+}
+
+
+def outcome_table(outcome: Outcome, experiment: _DataExperiment) -> pd.DataFrame:
+    """Test metrics, one row per method and task."""
+    rows = [
+        {"method": method, "task": task, **values}
+        for method, per_task in outcome.metrics.items()
+        for task, values in per_task.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def write_structured_report(
+    outcome: Outcome, experiment: _DataExperiment, out: str | Path
+) -> pd.DataFrame:
+    """Test metrics (``results.csv``) and each method's history into ``out``; returns the
+    table of test metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = outcome_table(outcome, experiment)
+    table.to_csv(out / "results.csv", index=False)
+    for method, history in outcome.histories.items():
+        history.to_frame().to_csv(out / f"history_{method}.csv", index=False)
+    return table

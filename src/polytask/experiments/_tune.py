@@ -1,0 +1,284 @@
+"""Task-weight search with Optuna: a grid over the simplex or Bayesian (TPE) search, studies in
+Optuna's storage (resumable), pruning on the per-epoch stop metric, and the front of static
+weightings that any other method can be placed against (Xin et al. 2022)."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation import evaluate
+from ..objectives import make_objective
+from ..training import Callback
+from ._structured import _DataExperiment
+
+SearchMethod = Literal["grid", "bayes"]
+
+
+def simplex_grid(n_tasks: int, resolution: int) -> list[tuple[float, ...]]:
+    """Every weight vector with entries in ``{0, 1/r, ..., 1}`` summing to 1, scaled to sum to
+    ``n_tasks`` (so equal weighting is the all-ones point when ``r`` is a multiple of T).
+
+    Examples
+    --------
+    >>> simplex_grid(2, 2)
+    [(0.0, 2.0), (1.0, 1.0), (2.0, 0.0)]
+    """
+    if n_tasks < 2 or resolution < 1:
+        raise ValueError(
+            f"a grid needs 2 or more tasks and a resolution >= 1, got {n_tasks}, {resolution}"
+        )
+    points = []
+    for cut in itertools.combinations(range(resolution + n_tasks - 1), n_tasks - 1):
+        bounds = (-1, *cut, resolution + n_tasks - 1)
+        counts = [bounds[i + 1] - bounds[i] - 1 for i in range(n_tasks)]
+        points.append(tuple(n_tasks * c / resolution for c in counts))
+    return points
+
+
+class _ReportStopMetric(Callback):
+    """Reports the epoch's mean stop-set metric to the trial and prunes bad trials."""
+
+    def __init__(self, trial: Any, tasks: Sequence[str], metric: str) -> None:
+        self.trial, self.tasks, self.metric = trial, tasks, metric
+
+    def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
+        import optuna
+
+        value = float(np.mean([record[f"stop_{self.metric}/{t}"] for t in self.tasks]))
+        self.trial.report(value, state.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {state.epoch}: stop {self.metric} {value:.4f}")
+
+
+@dataclass
+class TuneResult:
+    """The study, the selected weights, and their single evaluation on the test set."""
+
+    study: Any
+    weights: dict[str, float]
+    stop_score: float
+    test_metrics: dict[str, dict[str, float]]
+
+    def front(self) -> pd.DataFrame:
+        """One row per finished trial: its weights and each task's stop and test metric."""
+        return study_frame(self.study)
+
+
+def study_frame(study: Any) -> pd.DataFrame:
+    import optuna
+
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        rows.append({"trial": trial.number, "score": trial.value, **trial.user_attrs})
+    return pd.DataFrame(rows)
+
+
+def _storage(url: str, heartbeat: int | None) -> Any:
+    import optuna
+
+    if heartbeat is None:
+        return url
+    # a trial killed with its process stops beating; after the grace period the next run
+    # marks it failed and queues its weights again (optuna >= 4.9 names; older ones before)
+    storages = optuna.storages
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
+            retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(3)}
+        else:
+            retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=3)}
+        return storages.RDBStorage(
+            url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **retry
+        )
+
+
+def tune(
+    experiment: _DataExperiment,
+    method: SearchMethod = "grid",
+    trials: int = 20,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    resolution: int = 6,
+    prune: bool = True,
+    heartbeat: int | None = 60,
+    quiet: bool = True,
+) -> TuneResult:
+    """Search the task weights of ``experiment``'s weighted loss on its stop set.
+
+    Each trial fits the model with one weight vector (same split and initial weights, drawn
+    from ``seed``) and scores it by the stop-set mean over tasks of ``experiment.metric``.
+    ``grid`` walks :func:`simplex_grid`; ``bayes`` draws weights with Optuna's TPE sampler
+    (normalised to sum to T). Trials are pruned by Optuna's median rule on the per-epoch stop
+    metric. The study lives in ``storage`` (any SQLAlchemy URL; an existing study of the same
+    name resumes, with its finished trials kept). The best weights are then fitted once more
+    and evaluated once on the test set; the test metrics recorded per trial serve the front
+    plot only, never the selection.
+
+    Examples
+    --------
+    >>> result = tune(experiment, "grid", storage="sqlite:///study.db")  # doctest: +SKIP
+    >>> result.weights  # doctest: +SKIP
+    """
+    try:
+        import optuna
+    except ImportError as error:
+        message = "polytask tune needs the 'tune' extra: pip install 'polytask[tune]'"
+        raise ImportError(message) from error
+    if method not in ("grid", "bayes"):
+        raise ValueError(f"method must be 'grid' or 'bayes', got {method!r}")
+    if trials < 1:
+        raise ValueError(f"trials must be positive, got {trials}")
+    tasks = [t.name for t in experiment.tasks()]
+    train, stop, test = experiment.data(seed)
+    grid = simplex_grid(len(tasks), resolution) if method == "grid" else []
+    if method == "grid":
+        sampler: Any = optuna.samplers.GridSampler({"point": list(range(len(grid)))}, seed=seed)
+        trials = min(trials, len(grid))
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
+    name = study_name or f"{experiment.name}-{method}-{experiment.config_hash()}-seed{seed}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=_storage(storage, heartbeat) if storage else None,
+        sampler=sampler,
+        pruner=pruner if prune else optuna.pruners.NopPruner(),
+        study_name=name,
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+    def weights_of(trial: Any) -> list[float]:
+        if method == "grid":
+            return list(grid[trial.suggest_categorical("point", list(range(len(grid))))])
+        raw = [trial.suggest_float(f"w_{t}", 1e-3, 1.0, log=True) for t in tasks]
+        return [len(tasks) * r / sum(raw) for r in raw]
+
+    def objective(trial: Any) -> float:
+        weights = weights_of(trial)
+        callbacks = [_ReportStopMetric(trial, tasks, experiment.metric)] if prune else []
+        model, _ = experiment.fit(
+            experiment.weighted(weights), train, stop, seed, quiet, callbacks, track_metrics=prune
+        )
+        stop_metrics = evaluate(model, experiment.tasks(), stop)
+        test_metrics = evaluate(model, experiment.tasks(), test)
+        trial.set_user_attr("weights", weights)
+        for t in tasks:
+            trial.set_user_attr(f"stop/{t}", stop_metrics[t][experiment.metric])
+            trial.set_user_attr(f"test/{t}", test_metrics[t][experiment.metric])
+        return float(np.mean([stop_metrics[t][experiment.metric] for t in tasks]))
+
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = len(study.get_trials(deepcopy=False, states=done))
+    if finished < trials:
+        study.optimize(
+            objective,
+            n_trials=trials - finished,
+            callbacks=[optuna.study.MaxTrialsCallback(trials, states=done)],
+        )
+    best = study.best_trial
+    weights = dict(zip(tasks, best.user_attrs["weights"], strict=True))
+    model, _ = experiment.fit(experiment.weighted(list(weights.values())), train, stop, seed, quiet)
+    return TuneResult(study, weights, float(best.value), evaluate(model, experiment.tasks(), test))
+
+
+def place_methods(
+    experiment: _DataExperiment, methods: Sequence[str], seed: int = 0, quiet: bool = True
+) -> dict[str, dict[str, float]]:
+    """Fit other methods on the same split and initial weights as the study: each method's
+    ``stop/<task>`` and ``test/<task>`` metric, for :func:`plot_front`. A name is one of the
+    experiment's methods or any objective name (``mgda``, ``upgrad``...)."""
+    train, stop, test = experiment.data(seed)
+    placed = {}
+    for method in methods:
+        if method in experiment.known_methods:
+            objective = experiment.objective(method)
+        else:
+            objective = make_objective(method)
+        model, _ = experiment.fit(objective, train, stop, seed, quiet)
+        row = {}
+        for split, data in (("stop", stop), ("test", test)):
+            metrics = evaluate(model, experiment.tasks(), data)
+            row.update({f"{split}/{t}": v[experiment.metric] for t, v in metrics.items()})
+        placed[method] = row
+    return placed
+
+
+def _pareto(points: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both coordinates (higher is better),
+    sorted by the first coordinate."""
+    keep = [
+        i
+        for i, p in enumerate(points)
+        if not any(np.all(q >= p) and np.any(q > p) for j, q in enumerate(points) if j != i)
+    ]
+    return np.array(sorted(keep, key=lambda i: points[i, 0]), dtype=int)
+
+
+def plot_front(
+    frame: pd.DataFrame,
+    tasks: Sequence[str],
+    metric: str,
+    path: str | Path,
+    placed: dict[str, dict[str, float]] | None = None,
+) -> Path:
+    """The front of static weightings: for each pair of tasks (one pair for two tasks, three
+    for three), each grid weighting's metric on the stop set (left) and the test set (right),
+    its non-dominated front as a line, and other methods as labelled markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(tasks) not in (2, 3):
+        raise ValueError(f"the front is drawn for two or three tasks, got {len(tasks)}")
+    pairs = list(itertools.combinations(tasks, 2))
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(10, 4.2 * len(pairs)), squeeze=False)
+    markers = itertools.cycle("*DsP^vX")
+    styles = {m: next(markers) for m in (placed or {})}
+    for row, (a, b) in enumerate(pairs):
+        for col, split in enumerate(("stop", "test")):
+            ax = axes[row, col]
+            points = frame[[f"{split}/{a}", f"{split}/{b}"]].to_numpy(dtype=float)
+            ax.scatter(points[:, 0], points[:, 1], s=18, color="0.6", label="static weights")
+            front = _pareto(points)
+            ax.plot(points[front, 0], points[front, 1], color="0.2", lw=1.2, label="front")
+            for method, values in (placed or {}).items():
+                ax.scatter(
+                    values[f"{split}/{a}"],
+                    values[f"{split}/{b}"],
+                    marker=styles[method],
+                    s=90,
+                    label=method,
+                    zorder=3,
+                )
+            ax.set_xlabel(f"{a} {metric}")
+            ax.set_ylabel(f"{b} {metric}")
+            ax.set_title(f"{split} set")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def beyond_front(frame: pd.DataFrame, tasks: Sequence[str], values: dict[str, float]) -> bool:
+    """Whether ``values`` (``test/<task>`` metrics of a method) are beaten on every task by no
+    static weighting of the grid: the method lands on or beyond the front."""
+    columns = [f"test/{t}" for t in tasks]
+    point = np.array([values[c] for c in columns])
+    grid = frame[columns].to_numpy(dtype=float)
+    return not any(np.all(q >= point) and np.any(q > point) for q in grid)
