@@ -72,3 +72,119 @@ def test_model_compile_and_fit_reduce_the_geometric_loss():
     history = model.fit(x, y, batch_size=64, epochs=8, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < 0.7 * losses[0]
+
+
+# --- structured terms, learned weights and the multi-output helper -------------------------
+def _numpy(tensor):
+    return keras.ops.convert_to_numpy(tensor)
+
+
+def _keras_value(tensor):
+    return float(_numpy(tensor))
+
+
+@pytest.mark.parametrize("distance", ["absolute", "squared"])
+def test_keras_consistency_equals_the_pytorch_term(distance):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(8, 3)).astype(np.float32)
+    b = rng.normal(size=(8, 3)).astype(np.float32)
+    tasks = [pt.Task("a", kind="multiclass", size=3), pt.Task("b", kind="multiclass", size=3)]
+    torch_term = pt.Consistency([("a", "b")], weight=0.7, distance=distance)
+    torch_term.bind(tasks)
+    expected = float(torch_term({"a": torch.tensor(a), "b": torch.tensor(b)}))
+    logits = ptk.consistency([("a", "b")], weight=0.7, distance=distance, from_logits=True)
+    assert _keras_value(logits({"a": a, "b": b})) == pytest.approx(expected, rel=1e-5)
+    # Keras outputs usually end in their activation: the same value on probabilities
+    soft = lambda v: np.exp(v) / np.exp(v).sum(1, keepdims=True)  # noqa: E731
+    probs = ptk.consistency([("a", "b")], weight=0.7, distance=distance)
+    assert _keras_value(probs({"a": soft(a), "b": soft(b)})) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("penalty", ["kl", "absolute"])
+def test_keras_hierarchical_equals_the_pytorch_term(penalty):
+    rng = np.random.default_rng(1)
+    fine = rng.normal(size=(8, 5)).astype(np.float32)
+    coarse = rng.normal(size=(8, 1)).astype(np.float32)  # a binary coarse output
+    mapping = [0, 0, 1, 1, 1]
+    tasks = [pt.Task("fine", kind="multiclass", size=5), pt.Task("coarse", kind="binary")]
+    torch_term = pt.Hierarchical("fine", "coarse", mapping, weight=2.0, penalty=penalty)
+    torch_term.bind(tasks)
+    expected = float(torch_term({"fine": torch.tensor(fine), "coarse": torch.tensor(coarse)}))
+    term = ptk.hierarchical("fine", "coarse", mapping, 2.0, penalty, from_logits=True)
+    assert _keras_value(term({"fine": fine, "coarse": coarse})) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="coarse classes"):
+        ptk.hierarchical("fine", "coarse", [0, 0, 2])
+    with pytest.raises(ValueError, match="penalty"):
+        ptk.hierarchical("fine", "coarse", mapping, penalty="js")
+
+
+def test_keras_uncertainty_equals_the_pytorch_objective():
+    losses = np.array([2.0, 4.0, 0.5], np.float32)
+    layer = ptk.Uncertainty(3)
+    layer.log_var.assign(np.array([0.3, -0.2, 1.0], np.float32))
+    objective = pt.Uncertainty()
+    objective.bind(["a", "b", "c"])
+    with torch.no_grad():
+        objective.log_variances.copy_(torch.tensor([0.3, -0.2, 1.0]))
+    expected = float(objective.combine(torch.tensor(losses)).detach())
+    assert _keras_value(layer.combine(keras.ops.convert_to_tensor(losses))) == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+def _two_output_model():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    outputs = {
+        "fine": keras.layers.Dense(4, activation="softmax", name="fine")(hidden),
+        "coarse": keras.layers.Dense(2, activation="softmax", name="coarse")(hidden),
+    }
+    return keras.Model(inputs, outputs)
+
+
+def test_compile_multitask_trains_learned_weights_and_terms():
+    """A dict-output functional model trains through the helper: the uncertainty variables
+    move, the loss falls, and the compiled loss equals combiner + term on the same arrays."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype(np.float32)
+    fine = (x[:, 0] > 0).astype(int) * 2 + (x[:, 1] > 0).astype(int)
+    coarse = fine // 2
+    y = {"fine": fine, "coarse": coarse}
+    uncertainty = ptk.Uncertainty(2)
+    term = ptk.hierarchical("fine", "coarse", [0, 0, 1, 1], weight=0.5)
+    losses = {
+        "fine": "sparse_categorical_crossentropy",
+        "coarse": "sparse_categorical_crossentropy",
+    }
+    net = ptk.compile_multitask(
+        _two_output_model(), losses, uncertainty, [term], optimizer=keras.optimizers.Adam(1e-2)
+    )
+    history = net.fit(x, y, batch_size=64, epochs=10, verbose=0)
+    assert history.history["loss"][-1] < 0.6 * history.history["loss"][0]
+    assert np.abs(keras.ops.convert_to_numpy(uncertainty.log_var)).max() > 1e-3
+    assert any(v is uncertainty.log_var for v in net.trainable_variables)
+    out = net(x[:32])
+    per_task = [
+        float(np.mean(_numpy(keras.losses.sparse_categorical_crossentropy(y[n][:32], out[n]))))
+        for n in ("fine", "coarse")
+    ]
+    s = keras.ops.convert_to_numpy(uncertainty.log_var)
+    expected = sum(0.5 * np.exp(-s[i]) * per_task[i] + 0.5 * s[i] for i in range(2))
+    expected += _keras_value(term(out))
+    got = _keras_value(net.compute_loss(x[:32], {k: v[:32] for k, v in y.items()}, out))
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_compile_multitask_rejects_bad_configurations():
+    model = _two_output_model()
+    with pytest.raises(ValueError, match=r"none for \['coarse'\]"):
+        ptk.compile_multitask(model, {"fine": "mse"})
+    with pytest.raises(ValueError, match="unknown outputs"):
+        ptk.compile_multitask(
+            model, {"fine": "mse", "coarse": "mse"}, terms=[ptk.consistency([("fine", "x")])]
+        )
+    with pytest.raises(ValueError, match="combiner"):
+        ptk.compile_multitask(model, {"fine": "mse", "coarse": "mse"}, combiner="median")
+    with pytest.raises(ValueError, match="3 weights for 2 outputs"):
+        ptk.compile_multitask(model, {"fine": "mse", "coarse": "mse"}, ptk.Weighted([1, 1, 1]))
