@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -38,3 +39,16 @@ def small_model(names=("task0", "task1", "task2"), seed=0, width=16, columns=Fal
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data: skipped with a reason when absent, but never on CI."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing, and CI always has the shared data")
+        pytest.skip(f"shared data not found at {path}")
+    return path

@@ -1,0 +1,163 @@
+"""The structured-loss experiments on the shared data, task-weight search and its front."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import shared_data
+from polytask.cli import main
+from polytask.experiments import (
+    AdultEducationExperiment,
+    SentimentDomainsExperiment,
+    plot_front,
+    simplex_grid,
+    tune,
+)
+from polytask.experiments._structured import EDUCATION_TO_LEVEL, read_adult
+from polytask.experiments._tune import _pareto, beyond_front
+
+optuna = pytest.importorskip("optuna", reason="the 'tune' extra is not installed")
+
+
+def small_adult(data_dir, **changes):
+    options = {"n_train": 300, "n_stop": 300, "n_test": 300, "max_epochs": 4, "patience": 2}
+    return AdultEducationExperiment(str(data_dir), **{**options, **changes})
+
+
+def test_simplex_grid_covers_the_simplex_once():
+    for n_tasks, resolution in [(2, 6), (3, 6), (4, 2)]:
+        grid = simplex_grid(n_tasks, resolution)
+        assert len(grid) == len(set(grid))
+        from math import comb
+
+        assert len(grid) == comb(resolution + n_tasks - 1, n_tasks - 1)
+        assert all(abs(sum(p) - n_tasks) < 1e-9 and min(p) >= 0 for p in grid)
+    assert (1.0, 1.0, 1.0) in simplex_grid(3, 6)  # equal weighting is on the grid
+    with pytest.raises(ValueError, match="2 or more tasks"):
+        simplex_grid(1, 4)
+
+
+def test_pareto_and_beyond_front_by_hand():
+    points = np.array([[0.1, 0.9], [0.5, 0.5], [0.4, 0.4], [0.9, 0.1], [0.2, 0.2]])
+    assert _pareto(points).tolist() == [0, 1, 3]
+    frame = pd.DataFrame({"test/a": points[:, 0], "test/b": points[:, 1]})
+    assert beyond_front(frame, ["a", "b"], {"test/a": 0.6, "test/b": 0.45})
+    assert not beyond_front(frame, ["a", "b"], {"test/a": 0.45, "test/b": 0.45})
+
+
+def test_adult_education_data_hierarchy_and_inputs():
+    data_dir = shared_data("adult")
+    frame = read_adult(data_dir / "adult.test")
+    assert not frame["Y"].str.endswith(".").any()
+    experiment = small_adult(data_dir)
+    train, stop, test = experiment.data(seed=3)
+    assert (len(train), len(stop), len(test)) == (300, 300, 300)
+    fine, coarse = train.targets["education"].numpy(), train.targets["level"].numpy()
+    assert set(np.unique(fine)) <= set(range(16))
+    assert all(EDUCATION_TO_LEVEL[int(f)] == int(c) for f, c in zip(fine, coarse, strict=True))
+    # education columns are not inputs: no input column follows education-num
+    x = train.x.numpy()
+    varying = [j for j in range(x.shape[1]) if x[:, j].std() > 0]
+    assert max(abs(np.corrcoef(x[:, j], fine)[0, 1]) for j in varying) < 0.9
+    assert experiment.data(seed=3)[0].x.numpy().tobytes() == x.tobytes()  # reproducible
+
+
+def test_sentiment_domains_targets_agree():
+    data_dir = shared_data("sentiment_labelled_sentences")
+    experiment = SentimentDomainsExperiment(str(data_dir))
+    train, _, _ = experiment.data(seed=0)
+    site, sentiment, joint = (train.targets[t].numpy() for t in ("site", "sentiment", "joint"))
+    assert np.array_equal(joint, 2 * site + sentiment)
+    assert len(train) == 1800 and set(np.unique(site)) == {0, 1, 2}
+    with pytest.raises(ValueError, match="'tuned' method needs weights"):
+        SentimentDomainsExperiment(str(data_dir), methods=("weighted", "tuned"))
+    with pytest.raises(ValueError, match="unknown methods"):
+        SentimentDomainsExperiment(str(data_dir), methods=("weighted", "magic"))
+
+
+def test_structured_experiments_run_and_compare_from_the_cli(tmp_path, capsys):
+    adult = shared_data("adult")
+    out = tmp_path / "run"
+    args = ["--data-dir", str(adult), "--max-epochs", "2", "--quiet", "--out", str(out)]
+    assert main(["run", "adult-education", *args]) == 0
+    table = pd.read_csv(out / "results.csv")
+    assert set(table["method"]) == {"mean", "hierarchical"}
+    assert table["macro_f1"].between(0, 1).all()
+    history = pd.read_csv(out / "history_hierarchical.csv")
+    assert "term/hierarchical" in history and "stop_term/hierarchical" in history
+    compare = tmp_path / "compare"
+    code = main(["compare", "adult-education", "--replications", "2", *args[:-1], str(compare)])
+    assert code == 0
+    report = (compare / "report.md").read_text()
+    assert "macro_f1" in report and "hierarchical" in report
+
+
+def test_tune_selects_on_the_stop_set_and_tests_once(tmp_path):
+    experiment = small_adult(shared_data("adult"))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = tune(experiment, "grid", 7, storage=storage, resolution=6, prune=False)
+    frame = result.front()
+    assert len(frame) == 7
+    best = frame.loc[frame["score"].idxmax()]
+    assert result.stop_score == pytest.approx(best["score"])
+    assert list(result.weights.values()) == pytest.approx(list(best["weights"]))
+    # the selection used the stop set: the score is the mean stop metric, never the test one
+    assert best["score"] == pytest.approx(np.mean([best["stop/education"], best["stop/level"]]))
+    path = plot_front(frame, ["education", "level"], "macro_f1", tmp_path / "front.png")
+    assert path.stat().st_size > 10_000
+    bayes = tune(experiment, "bayes", 3, storage=storage, prune=True)
+    assert len(bayes.study.trials) == 3
+    sums = [sum(t.user_attrs["weights"]) for t in bayes.study.trials if t.user_attrs]
+    assert sums and all(abs(total - 2) < 1e-9 for total in sums)
+
+
+KILLED_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_structured import small_adult
+from polytask.experiments import tune
+tune(small_adult({data!r}, max_epochs=40, patience=40), "grid", 7, storage={storage!r},
+     resolution=6, prune=False, heartbeat=1)
+"""
+
+
+def test_a_study_resumed_after_a_kill_keeps_its_finished_trials(tmp_path):
+    data_dir = shared_data("adult")
+    db = tmp_path / "study.db"
+    storage = f"sqlite:///{db}"
+    code = KILLED_RUN.format(tests=os.path.dirname(__file__), data=str(data_dir), storage=storage)
+    process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+
+    def finished():
+        if not db.exists():
+            return []
+        with sqlite3.connect(db) as connection:
+            try:
+                rows = connection.execute(
+                    "SELECT trial_id, state FROM trials WHERE state = 'COMPLETE'"
+                ).fetchall()
+            except sqlite3.OperationalError:  # tables not created yet
+                return []
+        return rows
+
+    deadline = time.time() + 240
+    while len(finished()) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = finished()
+    assert 2 <= len(before) < 7, "the run should be killed part-way"
+    time.sleep(2.5)  # past the heartbeat grace period: the killed trial is stale
+    experiment = small_adult(data_dir, max_epochs=40, patience=40)
+    result = tune(experiment, "grid", 7, storage=storage, resolution=6, prune=False, heartbeat=1)
+    complete = result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert {row[0] for row in before} <= {t._trial_id for t in complete}
+    points = {tuple(t.user_attrs["weights"]) for t in complete}
+    assert points == set(simplex_grid(2, 6))  # every grid point, the killed one included
