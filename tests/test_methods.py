@@ -184,16 +184,22 @@ def test_representation_path_uses_the_feature_gramian():
     torch.testing.assert_close(step.weights, expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("columns", [False, True])
+@pytest.mark.parametrize("heads", ["separate", "columns", "one shared"])
 @pytest.mark.parametrize("positions", [None, (0, 2)])
-def test_split_features_give_the_batched_representation_path(columns, positions):
+def test_split_features_give_the_batched_representation_path(heads, positions):
     """Each head reading its own leaf of z (one backward for every dL_t/dz) gives the same
     weights and the same gradients on every parameter as the batched vector-Jacobian product
-    on the plain z, for separate heads and for one column layer, with all tasks or some."""
+    on the plain z, for separate heads, one column layer, and a head module two tasks share
+    (its gradient cannot be split by task), with all tasks or some."""
     model, x, y = conflicting_model()
-    if columns:
+    if heads == "columns":
         layer = nn.Linear(6, 3)
         model = pt.MultiTaskModel(model.trunk, pt.ColumnHeads(layer, {"t0": 1, "t1": 1, "t2": 1}))
+    elif heads == "one shared":
+        shared_head = model.heads["t0"]
+        model = pt.MultiTaskModel(
+            model.trunk, {"t0": shared_head, "t1": shared_head, "t2": model.heads["t2"]}
+        )
     present = positions or (0, 1, 2)
 
     def run(split):
@@ -201,6 +207,7 @@ def test_split_features_give_the_batched_representation_path(columns, positions)
         objective = make_objective("upgrad@repr")
         objective.bind(list(model.task_names))
         objective.attach(model)
+        assert (objective._owners is None) == (heads == "one shared")
         z = model.features(x)
         features = objective.split_features(z) if split else z
         if split:

@@ -105,6 +105,7 @@ def write_comparison_report(
     config = store.config(key)
     baseline = config["baseline"]
     metric = metric or config.get("metric", "mse")
+    synthetic = "generator" in config  # scored against the noiseless targets
     results = store.replications(key)
     frame = store.frame(key)
     if frame.empty:
@@ -130,7 +131,7 @@ def write_comparison_report(
         ("replications", str(len(results))),
         ("seeds", f"{seeds[0]}..{seeds[-1]}" if seeds else "-"),
         ("configuration hash", key),
-        ("metric", f"test {metric} (against the noiseless targets for synthetic data)"),
+        ("metric", f"test {metric}" + (" (against the noiseless targets)" * synthetic)),
         ("versions", "; ".join(version_sets)),
     ]
     sections = [

@@ -93,8 +93,45 @@ class TaskFeatures(dict):
         self.z = z
 
 
+def _head_owners(
+    model: nn.Module, params: Sequence[Tensor], task_names: Sequence[str]
+) -> list[int | Tensor] | None:
+    """For each head parameter, the task whose loss alone reaches it (an index), or for a
+    :class:`ColumnHeads` layer the task of each output row (a tensor); None when some
+    parameter's owner is unknown (a head module shared by tasks, say)."""
+    from ..models import ColumnHeads  # objectives do not depend on models otherwise
+
+    heads = getattr(model, "heads", None)
+    position = {name: i for i, name in enumerate(task_names)}
+    owners: dict[int, int | Tensor] = {}
+    if isinstance(heads, ColumnHeads):
+        if set(heads.sizes) != set(position):
+            return None
+        rows = torch.empty(heads.width, dtype=torch.long)
+        for name, (a, b) in heads._bounds.items():
+            rows[a:b] = position[name]
+        for param in heads.parameters():
+            owners[id(param)] = rows
+    elif isinstance(heads, nn.ModuleDict):
+        for name, head in heads.items():
+            for param in head.parameters():
+                if id(param) in owners or name not in position:
+                    return None
+                owners[id(param)] = position[name]
+    found = [owners.get(id(p)) for p in params]
+    return None if any(o is None for o in found) else found
+
+
 def _accumulate(param: Tensor, grad: Tensor) -> None:
     param.grad = grad if param.grad is None else param.grad + grad
+
+
+def _row_scale(weights: Tensor, owner: int | Tensor, grad: Tensor) -> Tensor:
+    """The factor of a head gradient: its task's weight, or per output row for a column layer."""
+    if isinstance(owner, int):
+        return weights[owner]
+    scale = weights[owner.to(weights.device)]
+    return scale.reshape(-1, *([1] * (grad.ndim - 1)))
 
 
 class GradientObjective(Objective):
@@ -117,6 +154,7 @@ class GradientObjective(Objective):
         self.path = path
         self._shared: list[nn.Parameter] = []
         self._specific: list[nn.Parameter] = []
+        self._owners: list[int | Tensor] | None = None
 
     def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor] | None:
         """The torchjd ``Weighting`` (Gramian -> weights) of the method; None for methods
@@ -130,6 +168,7 @@ class GradientObjective(Objective):
         shared = {id(p) for p in model.shared_parameters()}
         self._shared = [p for p in model.shared_parameters() if p.requires_grad]
         self._specific = [p for p in model.parameters() if p.requires_grad and id(p) not in shared]
+        self._owners = _head_owners(model, self._specific, self.task_names)
 
     def _every_task(self, losses: Tensor | Mapping[str, Tensor], positions: Positions) -> Tensor:
         """The stacked losses, for methods whose per-task state needs every task every step."""
@@ -160,16 +199,30 @@ class GradientObjective(Objective):
         if self.path == "representation" and isinstance(features, TaskFeatures):
             names = [self.task_names[i] for i in (positions or range(len(self.task_names)))]
             leaves = [features[name] for name in names]
-            grads = torch.autograd.grad(losses.sum(), leaves, retain_graph=True, allow_unused=True)
-            pairs = zip(grads, leaves, strict=True)
+            owned = self._owners is not None
+            # one pass through the heads: every dL_t/dz, and (when each head parameter belongs
+            # to one task) every head's own gradient, weighted below
+            inputs = leaves + self._specific if owned else leaves
+            grads = torch.autograd.grad(
+                losses.sum(), inputs, retain_graph=not owned, allow_unused=True
+            )
+            pairs = zip(grads[: len(leaves)], leaves, strict=True)
             jz = torch.stack([torch.zeros_like(z) if g is None else g for g, z in pairs])
             flat = jz.reshape(len(losses), -1)
             weights = self.weights_from_gramian(flat @ flat.T).to(losses.dtype).detach()
-            # one engine call: the heads through sum_t w_t L_t, the trunk through z
-            roots = [(weights * losses).sum(), features.z]
-            seeds = [torch.ones((), dtype=losses.dtype, device=losses.device)]
-            seeds.append(torch.tensordot(weights, jz, dims=1))
-            torch.autograd.backward(roots, seeds, inputs=self._shared + self._specific)
+            shared_seed = torch.tensordot(weights, jz, dims=1)
+            if owned:
+                full = self._scatter(weights, positions)
+                for param, grad, owner in zip(
+                    self._specific, grads[len(leaves) :], self._owners, strict=True
+                ):
+                    if grad is not None:
+                        _accumulate(param, grad * _row_scale(full, owner, grad))
+                torch.autograd.backward(features.z, shared_seed, inputs=self._shared)
+            else:  # one engine call: the heads through sum_t w_t L_t, the trunk through z
+                roots = [(weights * losses).sum(), features.z]
+                seeds = [torch.ones((), dtype=losses.dtype, device=losses.device), shared_seed]
+                torch.autograd.backward(roots, seeds, inputs=self._shared + self._specific)
         elif self.path == "representation" and features is not None:
             (jz,) = torch.autograd.grad(
                 losses,
