@@ -112,8 +112,11 @@ def test_tune_selects_on_the_stop_set_and_tests_once(tmp_path):
     assert best["score"] == pytest.approx(np.mean([best["stop/education"], best["stop/level"]]))
     path = plot_front(frame, ["education", "level"], "macro_f1", tmp_path / "front.png")
     assert path.stat().st_size > 10_000
-    bayes = tune(experiment, "bayes", 3, storage=storage, prune=True)
+    bayes = tune(experiment, "bayes", 3, storage=storage, prune=True, combine="min")
     assert len(bayes.study.trials) == 3
+    for trial in bayes.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        worst = min(trial.user_attrs["stop/education"], trial.user_attrs["stop/level"])
+        assert trial.value == pytest.approx(worst)
     sums = [sum(t.user_attrs["weights"]) for t in bayes.study.trials if t.user_attrs]
     assert sums and all(abs(total - 2) < 1e-9 for total in sums)
 

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
     tune.add_argument("--study", help="study name (default from experiment, method and seed)")
     tune.add_argument("--no-prune", action="store_true", help="no pruning of bad trials")
+    tune.add_argument(
+        "--combine", choices=("mean", "min"), default="mean", help="of the per-task metrics"
+    )
     tune.add_argument("--heartbeat", type=_positive, default=60, help="seconds between beats")
     tune.add_argument(
         "--place", type=_methods, help="methods drawn on the front, e.g. consistency,mgda"
@@ -263,6 +266,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         resolution=args.resolution,
         prune=not args.no_prune,
+        combine=args.combine,
         heartbeat=args.heartbeat if storage.startswith(("sqlite", "postgresql", "mysql")) else None,
         quiet=args.quiet,
     )
@@ -274,7 +278,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         f"# Task-weight search: {experiment.name} ({args.method}, seed {args.seed})",
         "",
         f"Study `{result.study.study_name}` in `{storage}`: {len(frame)} finished trials.",
-        f"Selected on the stop set (mean {experiment.metric} {result.stop_score:.4f}): "
+        f"Selected on the stop set ({args.combine} {experiment.metric} {result.stop_score:.4f}): "
         + ", ".join(f"{t}={w:.3g}" for t, w in result.weights.items()),
         "",
         f"Test {experiment.metric} of the selected weights (evaluated once): "

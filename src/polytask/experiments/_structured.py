@@ -146,11 +146,6 @@ class _DataExperiment:
             history = error.history
         return model, history
 
-    def score(self, model: MultiTaskModel, data: MultiTargetData) -> float:
-        """The mean over tasks of :attr:`metric` (what tuning maximises on the stop set)."""
-        metrics = evaluate(model, self.tasks(), data)
-        return float(np.mean([metrics[t.name][self.metric] for t in self.tasks()]))
-
     def run(
         self, seed: int = 0, *, methods: Sequence[str] | None = None, quiet: bool = False
     ) -> Outcome:

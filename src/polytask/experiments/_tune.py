@@ -20,6 +20,8 @@ from ..training import Callback
 from ._structured import _DataExperiment
 
 SearchMethod = Literal["grid", "bayes"]
+Combine = Literal["mean", "min"]
+COMBINE = {"mean": np.mean, "min": np.min}
 
 
 def simplex_grid(n_tasks: int, resolution: int) -> list[tuple[float, ...]]:
@@ -46,13 +48,14 @@ def simplex_grid(n_tasks: int, resolution: int) -> list[tuple[float, ...]]:
 class _ReportStopMetric(Callback):
     """Reports the epoch's mean stop-set metric to the trial and prunes bad trials."""
 
-    def __init__(self, trial: Any, tasks: Sequence[str], metric: str) -> None:
-        self.trial, self.tasks, self.metric = trial, tasks, metric
+    def __init__(self, trial: Any, tasks: Sequence[str], metric: str, combine: Combine) -> None:
+        self.trial, self.tasks, self.metric, self.combine = trial, tasks, metric, combine
 
     def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
         import optuna
 
-        value = float(np.mean([record[f"stop_{self.metric}/{t}"] for t in self.tasks]))
+        values = [record[f"stop_{self.metric}/{t}"] for t in self.tasks]
+        value = float(COMBINE[self.combine](values))
         self.trial.report(value, state.epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"epoch {state.epoch}: stop {self.metric} {value:.4f}")
@@ -111,12 +114,14 @@ def tune(
     resolution: int = 6,
     prune: bool = True,
     heartbeat: int | None = 60,
+    combine: Combine = "mean",
     quiet: bool = True,
 ) -> TuneResult:
     """Search the task weights of ``experiment``'s weighted loss on its stop set.
 
     Each trial fits the model with one weight vector (same split and initial weights, drawn
-    from ``seed``) and scores it by the stop-set mean over tasks of ``experiment.metric``.
+    from ``seed``) and scores it by the stop-set ``experiment.metric`` combined over tasks by
+    ``combine`` (``mean``, or ``min`` for the worst task).
     ``grid`` walks :func:`simplex_grid`; ``bayes`` draws weights with Optuna's TPE sampler
     (normalised to sum to T). Trials are pruned by Optuna's median rule on the per-epoch stop
     metric. The study lives in ``storage`` (any SQLAlchemy URL; an existing study of the same
@@ -138,6 +143,8 @@ def tune(
         raise ValueError(f"method must be 'grid' or 'bayes', got {method!r}")
     if trials < 1:
         raise ValueError(f"trials must be positive, got {trials}")
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {sorted(COMBINE)}, got {combine!r}")
     tasks = [t.name for t in experiment.tasks()]
     train, stop, test = experiment.data(seed)
     grid = simplex_grid(len(tasks), resolution) if method == "grid" else []
@@ -147,7 +154,9 @@ def tune(
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
-    name = study_name or f"{experiment.name}-{method}-{experiment.config_hash()}-seed{seed}"
+    name = study_name or (
+        f"{experiment.name}-{method}-{combine}-{experiment.config_hash()}-seed{seed}"
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=_storage(storage, heartbeat) if storage else None,
@@ -166,7 +175,8 @@ def tune(
 
     def objective(trial: Any) -> float:
         weights = weights_of(trial)
-        callbacks = [_ReportStopMetric(trial, tasks, experiment.metric)] if prune else []
+        report = _ReportStopMetric(trial, tasks, experiment.metric, combine)
+        callbacks = [report] if prune else []
         model, _ = experiment.fit(
             experiment.weighted(weights), train, stop, seed, quiet, callbacks, track_metrics=prune
         )
@@ -176,7 +186,7 @@ def tune(
         for t in tasks:
             trial.set_user_attr(f"stop/{t}", stop_metrics[t][experiment.metric])
             trial.set_user_attr(f"test/{t}", test_metrics[t][experiment.metric])
-        return float(np.mean([stop_metrics[t][experiment.metric] for t in tasks]))
+        return float(COMBINE[combine]([stop_metrics[t][experiment.metric] for t in tasks]))
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = len(study.get_trials(deepcopy=False, states=done))
