@@ -4,7 +4,6 @@ and adult-education (a fine/coarse hierarchy). Both replicate through :func:`rep
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from ..evaluation import evaluate
 from ..models import MultiTaskModel, init_linear, mlp
 from ..objectives import Consistency, Hierarchical, Objective, Weighted
 from ..tasks import Task
-from ..training import Callback, History, NonFiniteLossError, Trainer
-from ._synthetic import hash_config
+from ..training import Callback, History, Trainer
+from ._synthetic import fit_or_warn, hash_config
 
 Splits = tuple[MultiTargetData, MultiTargetData, MultiTargetData]
 
@@ -139,12 +138,7 @@ class _DataExperiment:
             callbacks=list(callbacks),
             track_metrics=track_metrics,
         )
-        try:
-            history = trainer.fit(model, self.tasks(), train, stop)
-        except NonFiniteLossError as error:
-            warnings.warn(f"seed {seed}: {error}", RuntimeWarning, stacklevel=2)
-            history = error.history
-        return model, history
+        return model, fit_or_warn(trainer, model, self.tasks(), train, stop, f"seed {seed}")
 
     def run(
         self, seed: int = 0, *, methods: Sequence[str] | None = None, quiet: bool = False

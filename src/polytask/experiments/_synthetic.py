@@ -30,6 +30,24 @@ def hash_config(config: dict[str, Any]) -> str:
 GENERATORS: dict[str, Callable[..., MultiTargetData]] = {"hetero": make_hetero, "phase": make_phase}
 
 
+def fit_or_warn(
+    trainer: Trainer,
+    model: MultiTaskModel,
+    tasks: Sequence[Task],
+    train: MultiTargetData,
+    stop: MultiTargetData,
+    label: str,
+) -> History:
+    """``trainer.fit``, except that a fit that diverges warns and returns its history: the model
+    holds the best weights so far, so a diverged method is scored, not fatal to a comparison of
+    many replications."""
+    try:
+        return trainer.fit(model, tasks, train, stop)
+    except NonFiniteLossError as error:
+        warnings.warn(f"{label}: {error}", RuntimeWarning, stacklevel=3)
+        return error.history
+
+
 @dataclass(frozen=True)
 class SyntheticExperiment:
     """One fit per method of a deep MLP on a synthetic multi-task regression problem.
@@ -117,14 +135,8 @@ class SyntheticExperiment:
             device=self.device,
             quiet=quiet,
         )
-        try:
-            history = trainer.fit(model, self.tasks(), train, stop)
-        except NonFiniteLossError as error:
-            # the model holds the best weights so far: a diverged method is scored, not fatal
-            # to a comparison of many replications
-            warnings.warn(f"{method}, seed {seed}: {error}", RuntimeWarning, stacklevel=2)
-            history = error.history
-        return model, history
+        label = f"{method}, seed {seed}"
+        return model, fit_or_warn(trainer, model, self.tasks(), train, stop, label)
 
     def run(
         self, seed: int = 0, *, methods: Sequence[str] | None = None, quiet: bool = False
