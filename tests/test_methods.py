@@ -184,13 +184,15 @@ def test_representation_path_uses_the_feature_gramian():
     torch.testing.assert_close(step.weights, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["upgrad@repr", "upgrad@exact"])
 @pytest.mark.parametrize("heads", ["separate", "columns", "one shared"])
 @pytest.mark.parametrize("positions", [None, (0, 2)])
-def test_split_features_give_the_batched_representation_path(heads, positions):
-    """Each head reading its own leaf of z (one backward for every dL_t/dz) gives the same
-    weights and the same gradients on every parameter as the batched vector-Jacobian product
-    on the plain z, for separate heads, one column layer, and a head module two tasks share
-    (its gradient cannot be split by task), with all tasks or some."""
+def test_split_features_give_the_same_step_as_the_plain_features(method, heads, positions):
+    """Each head reading its own leaf of z (one backward for every dL_t/dz, then, on the exact
+    path, one batched pull-back through the trunk) gives the same weights and the same
+    gradients on every parameter as the batched backward on the plain z, for separate heads,
+    one column layer, and a head module two tasks share (its gradient cannot be split by
+    task), with all tasks or some."""
     model, x, y = conflicting_model()
     if heads == "columns":
         layer = nn.Linear(6, 3)
@@ -204,7 +206,7 @@ def test_split_features_give_the_batched_representation_path(heads, positions):
 
     def run(split):
         model.zero_grad()
-        objective = make_objective("upgrad@repr")
+        objective = make_objective(method)
         objective.bind(list(model.task_names))
         objective.attach(model)
         assert (objective._owners is None) == (heads == "one shared")

@@ -183,7 +183,9 @@ class GradientObjective(Objective):
         return self.weighting(gram)
 
     def split_features(self, features: Tensor) -> Tensor | TaskFeatures:
-        if self.path != "representation":
+        # methods with their own backward (GradNorm, DB-MTL) differentiate the losses directly
+        own_backward = type(self).backward is not GradientObjective.backward
+        if self.path == "naive" or own_backward:
             return features
         return TaskFeatures(features, self.task_names)
 
@@ -196,33 +198,8 @@ class GradientObjective(Objective):
         losses = self.stack(losses, positions)
         if not self._shared:
             raise RuntimeError(f"{type(self).__name__}: attach(model) was not called")
-        if self.path == "representation" and isinstance(features, TaskFeatures):
-            names = [self.task_names[i] for i in (positions or range(len(self.task_names)))]
-            leaves = [features[name] for name in names]
-            owned = self._owners is not None
-            # one pass through the heads: every dL_t/dz, and (when each head parameter belongs
-            # to one task) every head's own gradient, weighted below
-            inputs = leaves + self._specific if owned else leaves
-            grads = torch.autograd.grad(
-                losses.sum(), inputs, retain_graph=not owned, allow_unused=True
-            )
-            pairs = zip(grads[: len(leaves)], leaves, strict=True)
-            jz = torch.stack([torch.zeros_like(z) if g is None else g for g, z in pairs])
-            flat = jz.reshape(len(losses), -1)
-            weights = self.weights_from_gramian(flat @ flat.T).to(losses.dtype).detach()
-            shared_seed = torch.tensordot(weights, jz, dims=1)
-            if owned:
-                full = self._scatter(weights, positions)
-                for param, grad, owner in zip(
-                    self._specific, grads[len(leaves) :], self._owners, strict=True
-                ):
-                    if grad is not None:
-                        _accumulate(param, grad * _row_scale(full, owner, grad))
-                torch.autograd.backward(features.z, shared_seed, inputs=self._shared)
-            else:  # one engine call: the heads through sum_t w_t L_t, the trunk through z
-                roots = [(weights * losses).sum(), features.z]
-                seeds = [torch.ones((), dtype=losses.dtype, device=losses.device), shared_seed]
-                torch.autograd.backward(roots, seeds, inputs=self._shared + self._specific)
+        if isinstance(features, TaskFeatures) and self.path != "naive":
+            weights = self._through_features(losses, positions, features)
         elif self.path == "representation" and features is not None:
             (jz,) = torch.autograd.grad(
                 losses,
@@ -244,6 +221,49 @@ class GradientObjective(Objective):
                 torch.autograd.backward((weights * losses).sum(), inputs=self._specific)
         weights = weights.detach()
         return Step((weights * losses.detach()).sum(), self._scatter(weights, positions))
+
+    def _through_features(
+        self, losses: Tensor, positions: Positions, features: TaskFeatures
+    ) -> Tensor:
+        """The step when each head read its own leaf of ``z``. One pass through the heads gives
+        every ``dL_t/dz`` (and each head's own gradient when every head parameter belongs to one
+        task). The representation path takes the Gramian of those; the exact path pulls them
+        back through the trunk in one batched vector-Jacobian product, which is the Jacobian of
+        the losses on the shared parameters by the chain rule without running the heads under
+        vmap. Returns the weights of the present tasks."""
+        names = [self.task_names[i] for i in (positions or range(len(self.task_names)))]
+        leaves = [features[name] for name in names]
+        owned = self._owners is not None
+        inputs = leaves + self._specific if owned else leaves
+        grads = torch.autograd.grad(losses.sum(), inputs, retain_graph=not owned, allow_unused=True)
+        pairs = zip(grads[: len(leaves)], leaves, strict=True)
+        jz = torch.stack([torch.zeros_like(z) if g is None else g for g, z in pairs])
+        if self.path == "representation":
+            flat = jz.reshape(len(losses), -1)
+            weights = self.weights_from_gramian(flat @ flat.T).to(losses.dtype).detach()
+            seed = torch.tensordot(weights, jz, dims=1)
+            torch.autograd.backward(features.z, seed, inputs=self._shared)
+        else:
+            blocks = torch.autograd.grad(
+                features.z, self._shared, jz, is_grads_batched=True, allow_unused=True
+            )
+            jacobian = [
+                torch.zeros(len(jz), *p.shape, device=p.device) if g is None else g
+                for g, p in zip(blocks, self._shared, strict=True)
+            ]
+            weights = self.weights_from_gramian(gramian(jacobian)).to(losses.dtype).detach()
+            for param, block in zip(self._shared, jacobian, strict=True):
+                _accumulate(param, torch.tensordot(weights, block, dims=1))
+        if owned:
+            full = self._scatter(weights, positions)
+            for param, grad, owner in zip(
+                self._specific, grads[len(leaves) :], self._owners, strict=True
+            ):
+                if grad is not None:
+                    _accumulate(param, grad * _row_scale(full, owner, grad))
+        elif self._specific:  # heads shared by tasks: a second, short pass through the heads
+            torch.autograd.backward((weights * losses).sum(), inputs=self._specific)
+        return weights
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}" + (f", {super().extra_repr()}" if self.task_names else "")
