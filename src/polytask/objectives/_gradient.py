@@ -4,10 +4,12 @@ Most gradient methods of the MTL literature depend on the task gradients only th
 Gramian ``G = J J^T`` (T x T), as torchjd's ``Weighting`` classes make explicit. The update is
 then ``sum_t w_t g_t`` with ``w = weighting(G)``. The Gramian comes from one of three paths:
 
-- ``"exact"``: the Jacobian of the losses with respect to the shared (trunk) parameters in one
-  batched backward pass (``autograd.grad(..., is_grads_batched=True)``, a vmap over the task
-  losses). The shared gradients are set from it directly (``w @ J``); only the heads need one
-  more, short backward pass.
+- ``"exact"``: the Jacobian of the losses with respect to the shared (trunk) parameters. When
+  the heads read per-task leaves of the features (:meth:`GradientObjective.split_features`),
+  one pass through the heads gives every ``dL_t/dz`` and one batched backward through the trunk
+  (``autograd.grad(z, shared, dL/dz, is_grads_batched=True)``, a vmap over the tasks) gives the
+  Jacobian by the chain rule; otherwise the batched backward starts from the losses. The shared
+  gradients are set from it directly (``w @ J``); the heads get their own weighted gradients.
 - ``"representation"`` (MGDA-UB, Sener and Koltun 2018): the Gramian of the gradients with
   respect to the shared features ``z``. Each head reads its own detached leaf of ``z``
   (:meth:`GradientObjective.split_features`), so one backward pass through the heads gives
