@@ -164,3 +164,34 @@ def test_a_study_resumed_after_a_kill_keeps_its_finished_trials(tmp_path):
     assert {row[0] for row in before} <= {t._trial_id for t in complete}
     points = {tuple(t.user_attrs["weights"]) for t in complete}
     assert points == set(simplex_grid(2, 6))  # every grid point, the killed one included
+
+
+def test_tune_command_writes_the_front_and_places_methods(tmp_path, capsys):
+    adult = shared_data("adult")
+    out = tmp_path / "tune"
+    code = main(
+        [
+            "tune",
+            "adult-education",
+            "--data-dir",
+            str(adult),
+            "--resolution",
+            "2",
+            "--max-epochs",
+            "2",
+            "--place",
+            "hierarchical",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 3  # the grid (0, 2), (1, 1), (2, 0)
+    report = (out / "report.md").read_text()
+    assert "Selected on the stop set" in report and "hierarchical: test" in report
+    assert (out / "front.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    weights = [float(w) for w in printed.split("--weights ")[1].split()[0].split(",")]
+    assert sum(weights) == pytest.approx(2.0)

@@ -128,7 +128,7 @@ def _experiment_options(
 
 def _cmd_list() -> int:
     for name, text in sorted({**DESCRIPTIONS, **DATA_EXPERIMENTS}.items()):
-        print(f"{name:10s} {text}")
+        print(f"{name:18s} {text}")
     return 0
 
 
@@ -137,6 +137,9 @@ def _structured(args: argparse.Namespace) -> Any:
         raise ValueError(f"the {args.experiment} experiment needs --data-dir")
     if not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {args.data_dir} is not a folder")
+    for option in ("n", "tasks"):
+        if getattr(args, option, None) is not None:
+            raise ValueError(f"--{option} is for the synthetic experiments, not {args.experiment}")
     changes = {
         "max_epochs": args.max_epochs,
         "patience": args.patience,
