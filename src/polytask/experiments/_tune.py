@@ -154,8 +154,9 @@ def tune(
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
+    search = f"grid{resolution}" if method == "grid" else method  # a grid index means its step
     name = study_name or (
-        f"{experiment.name}-{method}-{combine}-{experiment.config_hash()}-seed{seed}"
+        f"{experiment.name}-{search}-{combine}-{experiment.config_hash()}-seed{seed}"
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
