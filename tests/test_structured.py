@@ -16,6 +16,7 @@ from polytask.cli import main
 from polytask.experiments import (
     AdultEducationExperiment,
     SentimentDomainsExperiment,
+    SyntheticExperiment,
     plot_front,
     simplex_grid,
     tune,
@@ -50,6 +51,23 @@ def test_pareto_and_beyond_front_by_hand():
     frame = pd.DataFrame({"test/a": points[:, 0], "test/b": points[:, 1]})
     assert beyond_front(frame, ["a", "b"], {"test/a": 0.6, "test/b": 0.45})
     assert not beyond_front(frame, ["a", "b"], {"test/a": 0.45, "test/b": 0.45})
+    # lower is better (an error): the mirror image
+    assert _pareto(-points, greater=False).tolist() == [0, 1, 3]
+    assert beyond_front(-frame, ["a", "b"], {"test/a": -0.6, "test/b": -0.45}, greater=False)
+
+
+def test_tune_minimises_an_error_metric_on_synthetic_data():
+    """On a synthetic experiment the stop metric is MSE: the study minimises it, 'worst' is the
+    largest task MSE, and the test metrics are against the noiseless targets."""
+    experiment = SyntheticExperiment("hetero", n=400, n_tasks=2, max_epochs=3, patience=None)
+    result = tune(experiment, "grid", 3, resolution=2, prune=False, combine="worst")
+    assert result.study.direction == optuna.study.StudyDirection.MINIMIZE
+    values = [t.value for t in result.study.trials]
+    assert result.stop_score == pytest.approx(min(values))
+    for trial in result.study.trials:
+        worst = max(trial.user_attrs["stop/task0"], trial.user_attrs["stop/task1"])
+        assert trial.value == pytest.approx(worst)
+    assert set(result.test_metrics) == {"task0", "task1"}
 
 
 def test_adult_education_data_hierarchy_and_inputs():
@@ -112,7 +130,7 @@ def test_tune_selects_on_the_stop_set_and_tests_once(tmp_path):
     assert best["score"] == pytest.approx(np.mean([best["stop/education"], best["stop/level"]]))
     path = plot_front(frame, ["education", "level"], "macro_f1", tmp_path / "front.png")
     assert path.stat().st_size > 10_000
-    bayes = tune(experiment, "bayes", 3, storage=storage, prune=True, combine="min")
+    bayes = tune(experiment, "bayes", 3, storage=storage, prune=True, combine="worst")
     assert len(bayes.study.trials) == 3
     for trial in bayes.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         worst = min(trial.user_attrs["stop/education"], trial.user_attrs["stop/level"])

@@ -192,3 +192,18 @@ def _replace_target(data, task, column):
 
 def _replace_x(data, row, value):
     return pt.MultiTargetData(_with(data.x, row, value), data.targets)
+
+
+def test_stop_metrics_are_tracked_on_the_column_fast_path(hetero_splits):
+    """With one column layer for every regression task the targets travel as one matrix; the
+    per-epoch stop metrics still read each task's own column."""
+    train, stop, _ = hetero_splits
+    tasks = pt.regression_tasks(train.task_names)
+    model = small_model(columns=True)
+    trainer = pt.Trainer("mean", max_epochs=2, patience=None, quiet=True, device="cpu")
+    trainer.track_metrics = True
+    history = trainer.fit(model, tasks, train, stop)
+    metrics = pt.evaluate(model, tasks, stop)
+    for task in tasks:
+        recorded = history.best[f"stop_mse/{task.name}"]
+        assert recorded == pytest.approx(metrics[task.name]["mse"], rel=1e-5)

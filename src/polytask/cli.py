@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .evaluation._metrics import GREATER_IS_BETTER
 from .experiments import (
     DATA_DESCRIPTIONS,
     DESCRIPTIONS,
@@ -86,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="report folder (default: beside the store)")
     report.add_argument("--metric", help="metric compared (default: the experiment's own)")
     tune = commands.add_parser("tune", help="search the task weights of a weighted loss")
-    tune.add_argument("experiment", choices=sorted(STRUCTURED_EXPERIMENTS))
-    tune.add_argument("--data-dir", type=Path, required=True, help="the experiment's data folder")
+    tune.add_argument("experiment", choices=sorted(EXPERIMENTS) + sorted(STRUCTURED_EXPERIMENTS))
+    tune.add_argument("--data-dir", type=Path, help="the data folder of a real-data experiment")
+    tune.add_argument("--n", type=_positive, help="rows drawn (synthetic experiments)")
+    tune.add_argument("--tasks", type=_positive, help="number of tasks (synthetic experiments)")
+    tune.add_argument("--batch-size", type=_positive)
     tune.add_argument("--method", choices=("grid", "bayes"), default="grid")
     tune.add_argument("--trials", type=_positive, default=28, help="at most the grid's size")
     tune.add_argument("--resolution", type=_positive, default=6, help="grid step 1/resolution")
@@ -95,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--study", help="study name (default from experiment, method and seed)")
     tune.add_argument("--no-prune", action="store_true", help="no pruning of bad trials")
     tune.add_argument(
-        "--combine", choices=("mean", "min"), default="mean", help="of the per-task metrics"
+        "--combine", choices=("mean", "worst"), default="mean", help="of the per-task metrics"
     )
     tune.add_argument("--heartbeat", type=_positive, default=60, help="seconds between beats")
     tune.add_argument(
@@ -255,8 +259,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    args.batch_size = None
-    experiment = _structured(args)
+    args.methods = args.baseline = None  # the study's method is the weighted loss
+    experiment = _experiment(args)
     out = _out(args, f"tune-{experiment.name}")
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -291,7 +295,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         plot_front(frame, tasks, experiment.metric, out / "front.png", placed)
         lines += ["", "![front of static weightings](front.png)"]
     for method, values in placed.items():
-        verdict = "on or beyond" if beyond_front(frame, tasks, values) else "inside"
+        greater = GREATER_IS_BETTER.get(experiment.metric, False)
+        beyond = beyond_front(frame, tasks, values, greater)
+        verdict = "on or beyond" if beyond else "inside"
         cells = ", ".join(f"{t}={values[f'test/{t}']:.4f}" for t in tasks)
         lines.append(f"- {method}: test {cells} - {verdict} the front of static weights")
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -52,6 +52,7 @@ class _DataExperiment:
 
     name: ClassVar[str] = ""
     metric: ClassVar[str] = "macro_f1"  # the metric comparisons and tuning read
+    test_against: ClassVar[str] = "targets"
 
     def __post_init__(self) -> None:
         if not self.methods:

@@ -8,7 +8,7 @@ import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
@@ -16,9 +16,9 @@ from torch import nn
 from ..data import MultiTargetData, make_hetero, make_phase, split, task_names
 from ..evaluation import evaluate, predict
 from ..models import ColumnHeads, MultiTaskModel, mlp
-from ..objectives import make_objective
+from ..objectives import Objective, Weighted, make_objective
 from ..tasks import Task, regression_tasks
-from ..training import History, NonFiniteLossError, Trainer
+from ..training import Callback, History, NonFiniteLossError, Trainer
 
 
 def hash_config(config: dict[str, Any]) -> str:
@@ -119,13 +119,29 @@ class SyntheticExperiment:
         trunk: nn.Module = net[:-1]
         return MultiTaskModel(trunk, ColumnHeads(net[-1], {t: 1 for t in task_names(self.n_tasks)}))
 
+    metric: ClassVar[str] = "mse"  # what comparisons and tuning read
+    test_against: ClassVar[str] = "clean"  # test metrics against the noiseless targets
+    known_methods: ClassVar[tuple[str, ...]] = ()  # every objective name is a method here
+
+    def weighted(self, weights: Sequence[float] | None = None) -> Weighted:
+        """The weighted MSE with one weight per task (all 1 by default), for tuning."""
+        names = task_names(self.n_tasks)
+        return Weighted(dict(zip(names, weights or [1.0] * len(names), strict=True)))
+
     def fit(
-        self, method: str, train: MultiTargetData, stop: MultiTargetData, seed: int, quiet: bool
+        self,
+        method: str | Objective,
+        train: MultiTargetData,
+        stop: MultiTargetData,
+        seed: int,
+        quiet: bool,
+        callbacks: Sequence[Callback] = (),
+        track_metrics: bool = False,
     ) -> tuple[MultiTaskModel, History]:
-        """One fit of ``method`` from the initial weights of ``seed``."""
+        """One fit of ``method`` (a name or an objective) from the initial weights of ``seed``."""
         model = self.build_model(seed)
         trainer = Trainer(
-            make_objective(method),
+            make_objective(method) if isinstance(method, str) else method,
             lr=self.lr,
             eps=self.eps,
             batch_size=self.batch_size,
@@ -134,8 +150,10 @@ class SyntheticExperiment:
             seed=seed,
             device=self.device,
             quiet=quiet,
+            callbacks=list(callbacks),
+            track_metrics=track_metrics,
         )
-        label = f"{method}, seed {seed}"
+        label = f"{method if isinstance(method, str) else type(method).__name__}, seed {seed}"
         return model, fit_or_warn(trainer, model, self.tasks(), train, stop, label)
 
     def run(

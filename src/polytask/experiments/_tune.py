@@ -15,13 +15,20 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation import evaluate
+from ..evaluation._metrics import GREATER_IS_BETTER
 from ..objectives import make_objective
 from ..training import Callback
-from ._structured import _DataExperiment
 
 SearchMethod = Literal["grid", "bayes"]
-Combine = Literal["mean", "min"]
-COMBINE = {"mean": np.mean, "min": np.min}
+Combine = Literal["mean", "worst"]
+COMBINES = ("mean", "worst")
+
+
+def combine_metrics(values: Sequence[float], combine: Combine, greater: bool) -> float:
+    """The per-task metrics as one score: their mean, or the worst task's value."""
+    if combine == "mean":
+        return float(np.mean(values))
+    return float(np.min(values) if greater else np.max(values))
 
 
 def simplex_grid(n_tasks: int, resolution: int) -> list[tuple[float, ...]]:
@@ -50,12 +57,13 @@ class _ReportStopMetric(Callback):
 
     def __init__(self, trial: Any, tasks: Sequence[str], metric: str, combine: Combine) -> None:
         self.trial, self.tasks, self.metric, self.combine = trial, tasks, metric, combine
+        self.greater = GREATER_IS_BETTER.get(metric, False)
 
     def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
         import optuna
 
         values = [record[f"stop_{self.metric}/{t}"] for t in self.tasks]
-        value = float(COMBINE[self.combine](values))
+        value = combine_metrics(values, self.combine, self.greater)
         self.trial.report(value, state.epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"epoch {state.epoch}: stop {self.metric} {value:.4f}")
@@ -104,7 +112,7 @@ def _storage(url: str, heartbeat: int | None) -> Any:
 
 
 def tune(
-    experiment: _DataExperiment,
+    experiment: Any,
     method: SearchMethod = "grid",
     trials: int = 20,
     *,
@@ -121,7 +129,9 @@ def tune(
 
     Each trial fits the model with one weight vector (same split and initial weights, drawn
     from ``seed``) and scores it by the stop-set ``experiment.metric`` combined over tasks by
-    ``combine`` (``mean``, or ``min`` for the worst task).
+    ``combine`` (``mean``, or ``worst``: the worst task's value); maximised or minimised as the
+    metric wants (macro F1 up, MSE down; synthetic experiments test against the noiseless
+    targets, as their comparisons do).
     ``grid`` walks :func:`simplex_grid`; ``bayes`` draws weights with Optuna's TPE sampler
     (normalised to sum to T). Trials are pruned by Optuna's median rule on the per-epoch stop
     metric. The study lives in ``storage`` (any SQLAlchemy URL; an existing study of the same
@@ -143,8 +153,10 @@ def tune(
         raise ValueError(f"method must be 'grid' or 'bayes', got {method!r}")
     if trials < 1:
         raise ValueError(f"trials must be positive, got {trials}")
-    if combine not in COMBINE:
-        raise ValueError(f"combine must be one of {sorted(COMBINE)}, got {combine!r}")
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    greater = GREATER_IS_BETTER.get(experiment.metric, False)
+    against = experiment.test_against
     tasks = [t.name for t in experiment.tasks()]
     train, stop, test = experiment.data(seed)
     grid = simplex_grid(len(tasks), resolution) if method == "grid" else []
@@ -164,7 +176,7 @@ def tune(
         sampler=sampler,
         pruner=pruner if prune else optuna.pruners.NopPruner(),
         study_name=name,
-        direction="maximize",
+        direction="maximize" if greater else "minimize",
         load_if_exists=True,
     )
 
@@ -182,12 +194,14 @@ def tune(
             experiment.weighted(weights), train, stop, seed, quiet, callbacks, track_metrics=prune
         )
         stop_metrics = evaluate(model, experiment.tasks(), stop)
-        test_metrics = evaluate(model, experiment.tasks(), test)
+        test_metrics = evaluate(model, experiment.tasks(), test, against=against)
         trial.set_user_attr("weights", weights)
         for t in tasks:
             trial.set_user_attr(f"stop/{t}", stop_metrics[t][experiment.metric])
             trial.set_user_attr(f"test/{t}", test_metrics[t][experiment.metric])
-        return float(COMBINE[combine]([stop_metrics[t][experiment.metric] for t in tasks]))
+        return combine_metrics(
+            [stop_metrics[t][experiment.metric] for t in tasks], combine, greater
+        )
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = len(study.get_trials(deepcopy=False, states=done))
@@ -200,11 +214,12 @@ def tune(
     best = study.best_trial
     weights = dict(zip(tasks, best.user_attrs["weights"], strict=True))
     model, _ = experiment.fit(experiment.weighted(list(weights.values())), train, stop, seed, quiet)
-    return TuneResult(study, weights, float(best.value), evaluate(model, experiment.tasks(), test))
+    test_metrics = evaluate(model, experiment.tasks(), test, against=against)
+    return TuneResult(study, weights, float(best.value), test_metrics)
 
 
 def place_methods(
-    experiment: _DataExperiment, methods: Sequence[str], seed: int = 0, quiet: bool = True
+    experiment: Any, methods: Sequence[str], seed: int = 0, quiet: bool = True
 ) -> dict[str, dict[str, float]]:
     """Fit other methods on the same split and initial weights as the study: each method's
     ``stop/<task>`` and ``test/<task>`` metric, for :func:`plot_front`. A name is one of the
@@ -218,20 +233,28 @@ def place_methods(
             objective = make_objective(method)
         model, _ = experiment.fit(objective, train, stop, seed, quiet)
         row = {}
-        for split, data in (("stop", stop), ("test", test)):
-            metrics = evaluate(model, experiment.tasks(), data)
+        for split, data, against in (
+            ("stop", stop, "targets"),
+            ("test", test, experiment.test_against),
+        ):
+            metrics = evaluate(model, experiment.tasks(), data, against=against)
             row.update({f"{split}/{t}": v[experiment.metric] for t, v in metrics.items()})
         placed[method] = row
     return placed
 
 
-def _pareto(points: np.ndarray) -> np.ndarray:
-    """Indices of the points no other point beats on both coordinates (higher is better),
-    sorted by the first coordinate."""
+def _dominated(q: np.ndarray, p: np.ndarray) -> bool:
+    """Whether q is at least as good as p everywhere and better somewhere (higher is better)."""
+    return bool(np.all(q >= p) and np.any(q > p))
+
+
+def _pareto(points: np.ndarray, greater: bool = True) -> np.ndarray:
+    """Indices of the points no other point beats on both coordinates, sorted by the first."""
+    points = points if greater else -points
     keep = [
         i
         for i, p in enumerate(points)
-        if not any(np.all(q >= p) and np.any(q > p) for j, q in enumerate(points) if j != i)
+        if not any(_dominated(q, p) for j, q in enumerate(points) if j != i)
     ]
     return np.array(sorted(keep, key=lambda i: points[i, 0]), dtype=int)
 
@@ -262,7 +285,7 @@ def plot_front(
             ax = axes[row, col]
             points = frame[[f"{split}/{a}", f"{split}/{b}"]].to_numpy(dtype=float)
             ax.scatter(points[:, 0], points[:, 1], s=18, color="0.6", label="static weights")
-            front = _pareto(points)
+            front = _pareto(points, GREATER_IS_BETTER.get(metric, False))
             ax.plot(points[front, 0], points[front, 1], color="0.2", lw=1.2, label="front")
             for method, values in (placed or {}).items():
                 ax.scatter(
@@ -286,10 +309,13 @@ def plot_front(
     return path
 
 
-def beyond_front(frame: pd.DataFrame, tasks: Sequence[str], values: dict[str, float]) -> bool:
+def beyond_front(
+    frame: pd.DataFrame, tasks: Sequence[str], values: dict[str, float], greater: bool = True
+) -> bool:
     """Whether ``values`` (``test/<task>`` metrics of a method) are beaten on every task by no
     static weighting of the grid: the method lands on or beyond the front."""
     columns = [f"test/{t}" for t in tasks]
-    point = np.array([values[c] for c in columns])
-    grid = frame[columns].to_numpy(dtype=float)
-    return not any(np.all(q >= point) and np.any(q > point) for q in grid)
+    sign = 1.0 if greater else -1.0
+    point = sign * np.array([values[c] for c in columns])
+    grid = sign * frame[columns].to_numpy(dtype=float)
+    return not any(_dominated(q, point) for q in grid)

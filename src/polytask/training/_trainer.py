@@ -53,6 +53,19 @@ class FitState:
     """What the heads read in the current step (see ``Objective.split_features``)."""
 
 
+def _per_task_targets(y: Tensor | Mapping[str, Tensor], tasks: Sequence[Task]) -> Mapping:
+    """Targets by task; a target matrix laid out for the column fast path (every task's
+    columns side by side, in task order) is cut back into the tasks' columns."""
+    if not isinstance(y, Tensor):
+        return y
+    targets, start = {}, 0
+    for task in tasks:
+        block = y[:, start : start + task.size]
+        targets[task.name] = block.reshape(len(y), *task.target_shape)
+        start += task.size
+    return targets
+
+
 def _check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> tuple[Task, ...]:
     names = [t.name for t in tasks]
     if not tasks:
@@ -425,9 +438,9 @@ class Trainer:
             for batch in source.chunks(self.eval_batch_size):
                 if isinstance(batch, SharedBatch):
                     out = model(batch.x)
+                    y = _per_task_targets(batch.y, tasks)
                     parts = [
-                        (t, out[t.name], batch.y[t.name], (batch.masks or {}).get(t.name))
-                        for t in tasks
+                        (t, out[t.name], y[t.name], (batch.masks or {}).get(t.name)) for t in tasks
                     ]
                 else:
                     parts = []
