@@ -242,3 +242,35 @@ def test_terms_need_one_dataset_and_matching_shapes_before_any_step():
     trainer = pt.Trainer(pt.Mean() + right, max_epochs=1, quiet=True, device="cpu")
     with pytest.raises(ValueError, match="one dataset with every task's targets"):
         trainer.fit(model, tasks, per_task, per_task)
+
+
+@pytest.mark.parametrize("method", ["upgrad", "upgrad@repr", "mgda@naive"])
+def test_a_term_with_a_gradient_method_adds_its_gradient_to_the_update(method):
+    """Whatever the heads read (per-task leaves of the features, or the features), a gradient
+    method plus a term gives the method's update plus the term's gradient."""
+    data = _stars_data(32)
+    term = pt.Hierarchical("stars", "polarity", STARS_TO_POLARITY, weight=0.7)
+
+    def step(with_term):
+        model = _stars_model()
+        objective = pt.make_objective(method)
+        objective = objective + term if with_term else objective
+        objective.bind([t.name for t in stars])
+        objective.bind_tasks(stars)
+        objective.attach(model)
+        z = model.features(data.x)
+        features = objective.split_features(z)
+        out = model.heads_forward(features)
+        losses = torch.stack([t.compute_loss(out[t.name], data.targets[t.name]) for t in stars])
+        if with_term:
+            objective.backward(losses, None, features, terms=term(out)[None])
+        else:
+            objective.backward(losses, None, features)
+        return model, [p.grad.clone() for p in model.parameters()]
+
+    _, with_term = step(True)
+    model, without = step(False)
+    model.zero_grad()
+    term(model(data.x)).backward()
+    for a, b, p in zip(with_term, without, model.parameters(), strict=True):
+        torch.testing.assert_close(a, b + p.grad, rtol=1e-4, atol=1e-6)

@@ -303,7 +303,8 @@ class WithTerms(Objective):
     summed terms. Made by ``objective + term``.
 
     A loss-level objective adds the terms to its combined loss (one backward pass); a gradient
-    method gets the terms' gradient added to its own update. Early stopping watches the
+    method gets the terms' gradient added to its own update (through the trunk once more when
+    the heads read per-task leaves of the features). Early stopping watches the
     objective's own criterion: the terms are regularisers, not a task.
 
     Examples
@@ -342,6 +343,9 @@ class WithTerms(Objective):
     def attach(self, model: nn.Module) -> None:
         self.base.attach(model)
 
+    def split_features(self, features: Tensor) -> Tensor | Mapping[str, Tensor]:
+        return self.base.split_features(features)
+
     def value(self, losses: Tensor) -> Tensor:
         return self.base.value(losses)
 
@@ -358,6 +362,12 @@ class WithTerms(Objective):
         if isinstance(self.base, LossObjective):
             return self.base.backward(losses, positions, features, penalty=penalty)
         penalty.backward(retain_graph=True)  # accumulates; the method's update adds to it
+        if isinstance(features, Mapping) and hasattr(features, "z"):
+            # the heads read per-task leaves of z: the terms' gradient stopped at the leaves,
+            # so it is sent on through the trunk once (the graph stays for the method's step)
+            seeds = [leaf.grad for leaf in features.values() if leaf.grad is not None]
+            if seeds:
+                torch.autograd.backward(features.z, sum(seeds), retain_graph=True)
         step = self.base.backward(losses, positions, features)
         return Step(step.value + penalty.detach(), step.weights)
 
