@@ -1,8 +1,5 @@
 """One dataset per task: sparse inputs, routing, partial labels, monitors, text loading."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -10,10 +7,9 @@ import torch
 from torch import nn
 
 import polytask as pt
+from conftest import shared_data
 from polytask.data import Schedule, TaskData, bag_of_words, read_labelled_sentences
 from polytask.training import GradientMonitor
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentiment_labelled_sentences"
 
 
 def sparse_tasks(rng, sizes=(60, 25), features=40):
@@ -253,15 +249,8 @@ def test_reviews_cli_reports_a_missing_file(tmp_path, capsys):
     assert "yelp_labelled.txt: no such file" in capsys.readouterr().err
 
 
-def _need_data():
-    if not DATA.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DATA} is missing, and CI always has the shared data")
-        pytest.skip(f"shared data not found at {DATA}")
-
-
 def test_reviews_experiment_end_to_end_on_the_shared_data(tmp_path):
-    _need_data()
+    data = shared_data("sentiment_labelled_sentences")
     from polytask.cli import main
 
     out = tmp_path / "reviews"
@@ -270,7 +259,7 @@ def test_reviews_experiment_end_to_end_on_the_shared_data(tmp_path):
             "run",
             "reviews",
             "--data-dir",
-            str(DATA),
+            str(data),
             "--max-epochs",
             "2",
             "--quiet",

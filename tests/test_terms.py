@@ -89,6 +89,27 @@ def test_hierarchical_is_zero_exactly_when_the_coarse_output_agrees(logits, pena
     assert float(term({"stars": fine, "polarity": shifted})) > 1e-6
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(-4, 4), min_size=6, max_size=6),
+    st.lists(st.floats(-4, 4), min_size=6, max_size=6),
+    st.sampled_from(["absolute", "squared"]),
+)
+def test_consistency_is_a_symmetric_distance_zero_on_agreement(a, b, distance):
+    """Property: the term is 0 when both outputs predict the same, positive otherwise, and the
+    same whichever output of the pair comes first."""
+    term = pt.Consistency([("a", "b")], distance=distance)
+    term.bind(binary)
+    swapped = pt.Consistency([("b", "a")], distance=distance)
+    swapped.bind(binary)
+    ta = torch.tensor(a, dtype=torch.float64)[:, None]
+    tb = torch.tensor(b, dtype=torch.float64)[:, None]
+    assert float(term({"a": ta, "b": ta.clone()})) == 0.0
+    value = float(term({"a": ta, "b": tb}))
+    assert value == pytest.approx(float(swapped({"a": ta, "b": tb})))
+    assert (value > 0) == bool((torch.sigmoid(ta) != torch.sigmoid(tb)).any())
+
+
 @pytest.mark.parametrize(
     "term",
     [

@@ -85,6 +85,10 @@ def test_column_fast_path_equals_per_task_losses():
     outputs = model(x)
     slow = torch.stack([t.compute_loss(t.output(outputs[t.name]), y[t.name]) for t in tasks])
     torch.testing.assert_close(fast, slow)
+    # task_targets undoes adopt's column layout: each task gets its own targets back
+    back = plan.task_targets(next(source.chunks(9)).y)
+    for task in tasks:
+        torch.testing.assert_close(back[task.name], y[task.name])
     with_custom = [*tasks[:2], pt.Task("b", loss=nn.functional.l1_loss)]
     assert not LossPlan(model, with_custom, source).columnar
 

@@ -33,6 +33,8 @@ from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+from .objectives._terms import _check_weight
+
 try:
     import keras
     from keras import ops
@@ -170,7 +172,7 @@ def consistency(
         raise ValueError("consistency: needs at least one pair of outputs")
     if not callable(distance) and distance not in ("absolute", "squared"):
         raise ValueError("consistency: distance must be absolute, squared or a callable")
-    weight = _non_negative("consistency", weight)
+    weight = _check_weight("consistency", weight)
 
     def term(outputs: Mapping[str, Any]) -> Any:
         total = 0.0
@@ -215,7 +217,7 @@ def hierarchical(
     empty = sorted(set(range(n_coarse)) - set(table.values()))
     if min(table.values()) < 0 or empty:
         raise ValueError(f"hierarchical: coarse classes must be 0..K-1, each used; missing {empty}")
-    weight = _non_negative("hierarchical", weight)
+    weight = _check_weight("hierarchical", weight)
     matrix = [[1.0 if table[f] == c else 0.0 for c in range(n_coarse)] for f in range(n_fine)]
 
     def classes(output: Any) -> Any:
@@ -238,13 +240,6 @@ def hierarchical(
 
     term.outputs = (fine, coarse)
     return term
-
-
-def _non_negative(owner: str, weight: float) -> float:
-    weight = float(weight)
-    if not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"{owner}: weight must be finite and non-negative, got {weight}")
-    return weight
 
 
 class _Sum:

@@ -20,7 +20,7 @@ from ..models import MultiTaskModel, init_linear, mlp
 from ..objectives import Consistency, Hierarchical, Objective, Weighted
 from ..tasks import Task
 from ..training import Callback, History, Trainer
-from ._synthetic import fit_or_warn, hash_config
+from ._synthetic import fit_or_warn, hash_config, weighted_loss
 
 Splits = tuple[MultiTargetData, MultiTargetData, MultiTargetData]
 
@@ -102,8 +102,8 @@ class _DataExperiment:
 
     # -- shared --------------------------------------------------------------------------------
     def weighted(self, weights: Sequence[float] | None = None) -> Weighted:
-        names = [t.name for t in self.tasks()]
-        return Weighted(dict(zip(names, weights or [1.0] * len(names), strict=True)))
+        """The weighted loss with one weight per task (all 1 by default)."""
+        return weighted_loss([t.name for t in self.tasks()], weights)
 
     def build_model(self, n_features: int, seed: int) -> MultiTaskModel:
         trunk = mlp(n_features, self.hidden, 1, seed=seed)

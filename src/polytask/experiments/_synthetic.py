@@ -30,6 +30,11 @@ def hash_config(config: dict[str, Any]) -> str:
 GENERATORS: dict[str, Callable[..., MultiTargetData]] = {"hetero": make_hetero, "phase": make_phase}
 
 
+def weighted_loss(names: Sequence[str], weights: Sequence[float] | None = None) -> Weighted:
+    """``Weighted`` with one weight per task in ``names`` order, all 1 by default."""
+    return Weighted(dict(zip(names, weights or [1.0] * len(names), strict=True)))
+
+
 def fit_or_warn(
     trainer: Trainer,
     model: MultiTaskModel,
@@ -125,8 +130,7 @@ class SyntheticExperiment:
 
     def weighted(self, weights: Sequence[float] | None = None) -> Weighted:
         """The weighted MSE with one weight per task (all 1 by default), for tuning."""
-        names = task_names(self.n_tasks)
-        return Weighted(dict(zip(names, weights or [1.0] * len(names), strict=True)))
+        return weighted_loss(task_names(self.n_tasks), weights)
 
     def fit(
         self,

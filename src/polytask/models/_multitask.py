@@ -53,6 +53,11 @@ class ColumnHeads(nn.Module):
         return iter(self.sizes)
 
     @property
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        """Task name -> its ``(first, last + 1)`` output columns."""
+        return dict(self._bounds)
+
+    @property
     def splittable(self) -> bool:
         """Whether each task's columns can be computed from its own input (a linear layer)."""
         return isinstance(self.layer, nn.Linear)

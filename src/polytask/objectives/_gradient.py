@@ -109,8 +109,9 @@ def _head_owners(
     if isinstance(heads, ColumnHeads):
         if set(heads.sizes) != set(position):
             return None
-        rows = torch.empty(heads.width, dtype=torch.long)
-        for name, (a, b) in heads._bounds.items():
+        # made on the heads' device once, so a step indexes it without a host-device copy
+        rows = torch.empty(heads.width, dtype=torch.long, device=heads.layer.weight.device)
+        for name, (a, b) in heads.bounds.items():
             rows[a:b] = position[name]
         for param in heads.parameters():
             owners[id(param)] = rows
@@ -132,7 +133,7 @@ def _row_scale(weights: Tensor, owner: int | Tensor, grad: Tensor) -> Tensor:
     """The factor of a head gradient: its task's weight, or per output row for a column layer."""
     if isinstance(owner, int):
         return weights[owner]
-    scale = weights[owner.to(weights.device)]
+    scale = weights[owner]
     return scale.reshape(-1, *([1] * (grad.ndim - 1)))
 
 

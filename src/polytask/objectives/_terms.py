@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..tasks import Task
 from ._base import LossObjective, Objective, Positions, Step
+from ._gradient import TaskFeatures
 
 Distance = Literal["absolute", "squared"] | Callable[[Tensor, Tensor], Tensor]
 
@@ -362,7 +363,7 @@ class WithTerms(Objective):
         if isinstance(self.base, LossObjective):
             return self.base.backward(losses, positions, features, penalty=penalty)
         penalty.backward(retain_graph=True)  # accumulates; the method's update adds to it
-        if isinstance(features, Mapping) and hasattr(features, "z"):
+        if isinstance(features, TaskFeatures):
             # the heads read per-task leaves of z: the terms' gradient stopped at the leaves,
             # so it is sent on through the trunk once (the graph stays for the method's step)
             seeds = [leaf.grad for leaf in features.values() if leaf.grad is not None]

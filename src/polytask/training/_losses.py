@@ -69,7 +69,7 @@ class LossPlan:
             and all(t.kind == "regression" and t.loss is None for t in tasks)
         )
         if self.columnar:
-            bounds = model.heads._bounds
+            bounds = model.heads.bounds
             order = [c for t in tasks for c in range(*bounds[t.name])]
             self.column_order = None if order == list(range(len(order))) else order
             sizes = [t.size for t in tasks]
@@ -84,6 +84,18 @@ class LossPlan:
         if self.columnar and isinstance(source.y, dict):
             y = source.y
             source.y = torch.cat([y[t.name].reshape(len(y[t.name]), -1) for t in self.tasks], 1)
+
+    def task_targets(self, y: Tensor | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """A batch's targets by task: the inverse of :meth:`adopt`'s layout (each task's
+        columns side by side, in task order) when the column path laid them out."""
+        if not isinstance(y, Tensor):
+            return y
+        targets, start = {}, 0
+        for task in self.tasks:
+            block = y[:, start : start + task.size]
+            targets[task.name] = block.reshape(len(y), *task.target_shape)
+            start += task.size
+        return targets
 
     def losses(self, model: MultiTaskModel, batch: Batch, training: bool = False) -> StepLosses:
         """The losses of the tasks present in ``batch``, their positions (None = all) and the

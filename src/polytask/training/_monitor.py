@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..data import MultiTargetData, TaskData
+from ..objectives import TaskFeatures
 from ..tasks import Task
 from ._callbacks import Callback
 from ._trainer import FitState
@@ -54,7 +55,7 @@ class GradientMonitor(Callback):
         shared = [p for p in state.model.shared_parameters() if p.requires_grad]
         names = [state.tasks[i].name for i in (positions or range(len(state.tasks)))]
         gradients = {}
-        split = isinstance(state.features, Mapping)  # each head read its own leaf of z
+        split = isinstance(state.features, TaskFeatures)  # each head read its own leaf of z
         for name, loss in zip(names, losses, strict=True):
             if split:  # chain rule through the leaf: dL/dz, then the trunk's vector-Jacobian
                 (gz,) = torch.autograd.grad(loss, state.features[name], retain_graph=True)

@@ -53,19 +53,6 @@ class FitState:
     """What the heads read in the current step (see ``Objective.split_features``)."""
 
 
-def _per_task_targets(y: Tensor | Mapping[str, Tensor], tasks: Sequence[Task]) -> Mapping:
-    """Targets by task; a target matrix laid out for the column fast path (every task's
-    columns side by side, in task order) is cut back into the tasks' columns."""
-    if not isinstance(y, Tensor):
-        return y
-    targets, start = {}, 0
-    for task in tasks:
-        block = y[:, start : start + task.size]
-        targets[task.name] = block.reshape(len(y), *task.target_shape)
-        start += task.size
-    return targets
-
-
 def _check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> tuple[Task, ...]:
     names = [t.name for t in tasks]
     if not tasks:
@@ -153,7 +140,9 @@ class _EpochTotals:
         self.value_sum.add_(value)
         self.weight_sum.add_(weights)
         if terms is not None:
-            self.term_sum = terms if self.term_sum is None else self.term_sum + terms
+            if self.term_sum is None:
+                self.term_sum = torch.zeros_like(terms)
+            self.term_sum.add_(terms)
         self.steps += 1
 
     def record(
@@ -369,7 +358,7 @@ class Trainer:
                 record = totals.record(epoch, names, stop_losses, stop_value)
                 totals.record_terms(record, [t.name for t in objective.terms], stop_terms)
                 if self.track_metrics:
-                    record.update(self._stop_metrics(model, tasks, stop))
+                    record.update(self._stop_metrics(model, plan, stop))
                 record["seconds"] = time.perf_counter() - started
                 history.records.append(record)
                 for callback in self.callbacks:
@@ -428,8 +417,9 @@ class Trainer:
         return means, None if term_total is None else term_total / rows
 
     def _stop_metrics(
-        self, model: MultiTaskModel, tasks: Sequence[Task], source: SharedSource | PerTaskSource
+        self, model: MultiTaskModel, plan: LossPlan, source: SharedSource | PerTaskSource
     ) -> dict[str, float]:
+        tasks = plan.tasks
         outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
         targets: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
         was_training = model.training
@@ -438,7 +428,7 @@ class Trainer:
             for batch in source.chunks(self.eval_batch_size):
                 if isinstance(batch, SharedBatch):
                     out = model(batch.x)
-                    y = _per_task_targets(batch.y, tasks)
+                    y = plan.task_targets(batch.y)
                     parts = [
                         (t, out[t.name], y[t.name], (batch.masks or {}).get(t.name)) for t in tasks
                     ]
