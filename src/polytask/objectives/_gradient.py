@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torchjd import aggregation
 
 from ._base import Objective, Positions, Step
+from ._chain import chain_jacobian, read_chain
 
 Path = Literal["exact", "representation", "naive"]
 PATHS: tuple[str, ...] = ("exact", "representation", "naive")
@@ -73,14 +74,48 @@ def task_jacobian(
     return [torch.stack(column) for column in zip(*rows, strict=True)]
 
 
+_CHUNK = 8192
+"""Columns per slice of a Jacobian block in :func:`gramian` and :func:`combine_rows`."""
+
+
+def _slices(flat: Tensor) -> tuple[Tensor, Tensor | None]:
+    """A ``(k, n)`` matrix as ``(c, k, _CHUNK)`` column slices (a view) and the columns left.
+
+    A ``k x k`` product over ``n >> k`` columns is one long, thin matrix product that BLAS runs
+    on one core at memory speed; batched over column slices it runs on all of them (1.5x
+    faster at T = 10, 1.3x at T = 40 on two cores)."""
+    k, n = flat.shape
+    c = n // _CHUNK
+    head = flat[:, : c * _CHUNK].reshape(k, c, _CHUNK).transpose(0, 1)
+    return head, (flat[:, c * _CHUNK :] if n % _CHUNK else None)
+
+
 def gramian(jacobian: Sequence[Tensor]) -> Tensor:
-    """``J J^T`` summed over the parameters' Jacobian blocks."""
+    """``J J^T`` summed over the parameters' Jacobian blocks (each ``(k, *shape)``)."""
     total = None
     for block in jacobian:
         flat = block.reshape(block.shape[0], -1)
-        part = flat @ flat.T
+        if flat.shape[1] < 2 * _CHUNK:
+            part = flat @ flat.T
+        else:
+            head, rest = _slices(flat)
+            part = torch.bmm(head, head.transpose(1, 2)).sum(0)
+            if rest is not None:
+                part = part + rest @ rest.T
         total = part if total is None else total + part
     return total
+
+
+def combine_rows(weights: Tensor, block: Tensor) -> Tensor:
+    """``sum_t weights[t] * block[t]`` for a ``(k, *shape)`` Jacobian block (the update)."""
+    flat = block.reshape(block.shape[0], -1)
+    if flat.shape[1] < 2 * _CHUNK:
+        return (weights @ flat).reshape(block.shape[1:])
+    head, rest = _slices(flat)
+    out = torch.bmm(weights.expand(len(head), 1, -1), head).reshape(-1)
+    if rest is not None:
+        out = torch.cat([out, weights @ rest])
+    return out.reshape(block.shape[1:])
 
 
 class TaskFeatures(dict):
@@ -135,6 +170,19 @@ def _row_scale(weights: Tensor, owner: int | Tensor, grad: Tensor) -> Tensor:
         return weights[owner]
     scale = weights[owner]
     return scale.reshape(-1, *([1] * (grad.ndim - 1)))
+
+
+def _trunk_jacobian(z: Tensor, params: Sequence[Tensor], jz: Tensor) -> list[Tensor]:
+    """The Jacobian blocks of ``params`` from the T feature gradients ``jz``: written out for a
+    chain of linear layers (:mod:`._chain`), else one batched backward through the trunk."""
+    layers = read_chain(z, params)
+    if layers is not None:
+        return chain_jacobian(layers, jz, params)
+    blocks = torch.autograd.grad(z, params, jz, is_grads_batched=True, allow_unused=True)
+    return [
+        torch.zeros(len(jz), *p.shape, device=p.device) if g is None else g
+        for g, p in zip(blocks, params, strict=True)
+    ]
 
 
 class GradientObjective(Objective):
@@ -219,7 +267,7 @@ class GradientObjective(Objective):
             jacobian = task_jacobian(losses, self._shared, path)
             weights = self.weights_from_gramian(gramian(jacobian)).to(losses.dtype).detach()
             for param, block in zip(self._shared, jacobian, strict=True):
-                _accumulate(param, torch.tensordot(weights, block, dims=1))
+                _accumulate(param, combine_rows(weights, block))
             if self._specific:  # heads: a short backward that stops at them
                 torch.autograd.backward((weights * losses).sum(), inputs=self._specific)
         weights = weights.detach()
@@ -247,16 +295,10 @@ class GradientObjective(Objective):
             seed = torch.tensordot(weights, jz, dims=1)
             torch.autograd.backward(features.z, seed, inputs=self._shared)
         else:
-            blocks = torch.autograd.grad(
-                features.z, self._shared, jz, is_grads_batched=True, allow_unused=True
-            )
-            jacobian = [
-                torch.zeros(len(jz), *p.shape, device=p.device) if g is None else g
-                for g, p in zip(blocks, self._shared, strict=True)
-            ]
+            jacobian = _trunk_jacobian(features.z, self._shared, jz)
             weights = self.weights_from_gramian(gramian(jacobian)).to(losses.dtype).detach()
             for param, block in zip(self._shared, jacobian, strict=True):
-                _accumulate(param, torch.tensordot(weights, block, dims=1))
+                _accumulate(param, combine_rows(weights, block))
         if owned:
             full = self._scatter(weights, positions)
             for param, grad, owner in zip(
@@ -474,7 +516,7 @@ class DBMTL(GradientObjective):
         norms = gramian(self._ema).diagonal().clamp_min(0).sqrt() / correction
         scale = norms.max() / norms.clamp_min(1e-12)
         for param, ema in zip(self._shared, self._ema, strict=True):
-            _accumulate(param, torch.tensordot(scale / correction, ema, dims=1))
+            _accumulate(param, combine_rows(scale / correction, ema))
         if self._specific:
             torch.autograd.backward(logs.sum(), inputs=self._specific)
         # the effective weight on L_t of this step's log-gradient: scale_t / L_t (approximate,
