@@ -51,7 +51,9 @@ def test_written_out_pull_back_is_the_jacobian(chain, n_tasks, batch, seed):
     jz = torch.randn(n_tasks, *z.shape, dtype=torch.float64)
     layers = _chain.read_chain(z, params)
     assert layers is not None
+    before = jz.clone()
     got = _chain.chain_jacobian(layers, jz, params)
+    assert torch.equal(jz, before)  # the caller's feature gradients are left as they were
     for block, ref, param in zip(got, naive_blocks(z, params, jz), params, strict=True):
         assert block.shape == (n_tasks, *param.shape)
         torch.testing.assert_close(block, ref)

@@ -119,14 +119,15 @@ def chain_jacobian(layers: Sequence[_Layer], jz: Tensor, params: Sequence[Tensor
         blocks[id(param)] = block if id(param) not in blocks else blocks[id(param)] + block
 
     with torch.no_grad():
-        signal = jz
+        signal, owned = jz, False
         for depth, layer in enumerate(layers):
-            if layer.derivative is not None:
-                signal = signal * layer.derivative
+            if layer.derivative is not None:  # in place once the signal is ours: no new pages
+                signal = signal.mul_(layer.derivative) if owned else signal * layer.derivative
+                owned = True
             inputs = layer.inputs.detach()
             add(layer.weight, torch.matmul(signal.transpose(1, 2), inputs))
             if layer.bias is not None:
                 add(layer.bias, signal.sum(1))
             if depth + 1 < len(layers):
-                signal = torch.matmul(signal, layer.weight.detach())
+                signal, owned = torch.matmul(signal, layer.weight.detach()), True
     return [blocks[id(p)] for p in params]
