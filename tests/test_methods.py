@@ -184,15 +184,24 @@ def test_representation_path_uses_the_feature_gramian():
     torch.testing.assert_close(step.weights, expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["upgrad@repr", "upgrad@exact"])
+@pytest.mark.parametrize(
+    ("method", "positions"),
+    [
+        ("upgrad@repr", None),
+        ("upgrad@repr", (0, 2)),
+        ("upgrad@exact", None),
+        ("upgrad@exact", (0, 2)),
+        ("gradnorm", None),  # GradNorm and DB-MTL need every task in every step
+        ("dbmtl", None),
+    ],
+)
 @pytest.mark.parametrize("heads", ["separate", "columns", "one shared"])
-@pytest.mark.parametrize("positions", [None, (0, 2)])
 def test_split_features_give_the_same_step_as_the_plain_features(method, heads, positions):
     """Each head reading its own leaf of z (one backward for every dL_t/dz, then, on the exact
     path, one batched pull-back through the trunk) gives the same weights and the same
-    gradients on every parameter as the batched backward on the plain z, for separate heads,
-    one column layer, and a head module two tasks share (its gradient cannot be split by
-    task), with all tasks or some."""
+    gradients on every parameter (GradNorm's task weights included) as the batched backward on
+    the plain z, for separate heads, one column layer, and a head module two tasks share (its
+    gradient cannot be split by task), with all tasks or some."""
     model, x, y = conflicting_model()
     if heads == "columns":
         layer = nn.Linear(6, 3)
@@ -218,7 +227,7 @@ def test_split_features_give_the_same_step_as_the_plain_features(method, heads, 
         out = model.heads_forward(features)
         losses = torch.stack([((out[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in present])
         step = objective.backward(losses, positions, features)
-        return step.weights, [p.grad for p in model.parameters()]
+        return step.weights, [p.grad for p in [*model.parameters(), *objective.parameters()]]
 
     weights, grads = run(split=True)
     weights_ref, grads_ref = run(split=False)

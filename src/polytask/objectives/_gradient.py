@@ -234,9 +234,7 @@ class GradientObjective(Objective):
         return self.weighting(gram)
 
     def split_features(self, features: Tensor) -> Tensor | TaskFeatures:
-        # methods with their own backward (GradNorm, DB-MTL) differentiate the losses directly
-        own_backward = type(self).backward is not GradientObjective.backward
-        if self.path == "naive" or own_backward:
+        if self.path == "naive":
             return features
         return TaskFeatures(features, self.task_names)
 
@@ -282,33 +280,65 @@ class GradientObjective(Objective):
         back through the trunk in one batched vector-Jacobian product, which is the Jacobian of
         the losses on the shared parameters by the chain rule without running the heads under
         vmap. Returns the weights of the present tasks."""
-        names = [self.task_names[i] for i in (positions or range(len(self.task_names)))]
-        leaves = [features[name] for name in names]
         owned = self._owners is not None
-        inputs = leaves + self._specific if owned else leaves
-        grads = torch.autograd.grad(losses.sum(), inputs, retain_graph=not owned, allow_unused=True)
-        pairs = zip(grads[: len(leaves)], leaves, strict=True)
-        jz = torch.stack([torch.zeros_like(z) if g is None else g for g, z in pairs])
+        jz, head_grads = self._leaf_gradients(losses, positions, features, heads=owned)
         if self.path == "representation":
             flat = jz.reshape(len(losses), -1)
             weights = self.weights_from_gramian(flat @ flat.T).to(losses.dtype).detach()
-            seed = torch.tensordot(weights, jz, dims=1)
-            torch.autograd.backward(features.z, seed, inputs=self._shared)
-        else:
-            jacobian = _trunk_jacobian(features.z, self._shared, jz)
-            weights = self.weights_from_gramian(gramian(jacobian)).to(losses.dtype).detach()
-            for param, block in zip(self._shared, jacobian, strict=True):
-                _accumulate(param, combine_rows(weights, block))
-        if owned:
+            self._send(weights, losses, positions, features, jz, head_grads)
+            return weights
+        jacobian = _trunk_jacobian(features.z, self._shared, jz)
+        weights = self.weights_from_gramian(gramian(jacobian)).to(losses.dtype).detach()
+        for param, block in zip(self._shared, jacobian, strict=True):
+            _accumulate(param, combine_rows(weights, block))
+        self._weight_heads(weights, losses, positions, head_grads)
+        return weights
+
+    def _leaf_gradients(
+        self, values: Tensor, positions: Positions, features: TaskFeatures, heads: bool
+    ) -> tuple[Tensor, Sequence[Tensor | None] | None]:
+        """One backward of ``values.sum()`` through the heads: every task's ``d value_t / dz``
+        (stacked, ``(k, *z.shape)``) and, with ``heads``, the head parameters' gradients (else
+        None, and the heads' graph is kept for a second pass)."""
+        names = [self.task_names[i] for i in (positions or range(len(self.task_names)))]
+        leaves = [features[name] for name in names]
+        inputs = leaves + self._specific if heads else leaves
+        grads = torch.autograd.grad(values.sum(), inputs, retain_graph=not heads, allow_unused=True)
+        pairs = zip(grads[: len(leaves)], leaves, strict=True)
+        jz = torch.stack([torch.zeros_like(z) if g is None else g for g, z in pairs])
+        return jz, (grads[len(leaves) :] if heads else None)
+
+    def _send(
+        self,
+        weights: Tensor,
+        losses: Tensor,
+        positions: Positions,
+        features: TaskFeatures,
+        jz: Tensor,
+        head_grads: Sequence[Tensor | None] | None,
+    ) -> None:
+        """The update ``sum_t w_t grad L_t`` from the leaf gradients: ``sum_t w_t dL_t/dz`` in
+        one ordinary backward through the trunk, and each head its weighted gradient."""
+        seed = torch.tensordot(weights, jz, dims=1)
+        torch.autograd.backward(features.z, seed, inputs=self._shared)
+        self._weight_heads(weights, losses, positions, head_grads)
+
+    def _weight_heads(
+        self,
+        weights: Tensor,
+        losses: Tensor,
+        positions: Positions,
+        head_grads: Sequence[Tensor | None] | None,
+    ) -> None:
+        """Each head's own gradient times its task's weight; when a head serves several tasks
+        (``head_grads`` None) a second, short pass of ``sum_t w_t L_t`` through the heads."""
+        if head_grads is not None:
             full = self._scatter(weights, positions)
-            for param, grad, owner in zip(
-                self._specific, grads[len(leaves) :], self._owners, strict=True
-            ):
+            for param, grad, owner in zip(self._specific, head_grads, self._owners, strict=True):
                 if grad is not None:
                     _accumulate(param, grad * _row_scale(full, owner, grad))
-        elif self._specific:  # heads shared by tasks: a second, short pass through the heads
+        elif self._specific:
             torch.autograd.backward((weights * losses).sum(), inputs=self._specific)
-        return weights
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}" + (f", {super().extra_repr()}" if self.task_names else "")
@@ -460,7 +490,14 @@ class GradNorm(GradientObjective):
             first = self.initial_losses == 0
             self.initial_losses.copy_(torch.where(first, losses.detach(), self.initial_losses))
         w = self.task_weights
-        jacobian = task_jacobian(losses, self._last)
+        if isinstance(features, TaskFeatures):  # every dL_t/dz from one pass, then one layer
+            owned = self._owners is not None
+            jz, head_grads = self._leaf_gradients(losses, None, features, heads=owned)
+            jacobian = torch.autograd.grad(
+                features.z, self._last, jz, retain_graph=True, is_grads_batched=True
+            )
+        else:
+            jacobian = task_jacobian(losses, self._last)
         norms = gramian(jacobian).diagonal().clamp_min(0).sqrt()  # |grad L_t| on the last layer
         weighted_norms = w * norms.detach()
         ratios = losses.detach() / self.initial_losses
@@ -469,7 +506,10 @@ class GradNorm(GradientObjective):
         (w_grad,) = torch.autograd.grad(gap, w)
         _accumulate(w, w_grad)
         weights = w.detach()
-        (weights * losses).sum().backward()
+        if isinstance(features, TaskFeatures):
+            self._send(weights, losses, None, features, jz, head_grads)
+        else:
+            (weights * losses).sum().backward()
         return Step((weights * losses.detach()).sum(), weights.clone())
 
     def after_step(self, recompute: Callable[[], Tensor]) -> None:
@@ -506,7 +546,16 @@ class DBMTL(GradientObjective):
     ) -> Step:
         losses = self._every_task(losses, positions)
         logs = torch.log(losses.clamp_min(torch.finfo(losses.dtype).tiny))
-        jacobian = task_jacobian(logs, self._shared)
+        if isinstance(features, TaskFeatures):  # the heads get grad sum_t log L_t from this pass
+            jz, head_grads = self._leaf_gradients(logs, None, features, heads=True)
+            jacobian = _trunk_jacobian(features.z, self._shared, jz)
+            for param, grad in zip(self._specific, head_grads, strict=True):
+                if grad is not None:
+                    _accumulate(param, grad)
+        else:
+            jacobian = task_jacobian(logs, self._shared)
+            if self._specific:
+                torch.autograd.backward(logs.sum(), inputs=self._specific)
         self._steps += 1
         if self._ema is None:
             self._ema = [torch.zeros_like(block) for block in jacobian]
@@ -517,8 +566,6 @@ class DBMTL(GradientObjective):
         scale = norms.max() / norms.clamp_min(1e-12)
         for param, ema in zip(self._shared, self._ema, strict=True):
             _accumulate(param, combine_rows(scale / correction, ema))
-        if self._specific:
-            torch.autograd.backward(logs.sum(), inputs=self._specific)
         # the effective weight on L_t of this step's log-gradient: scale_t / L_t (approximate,
         # since the update uses the EMA)
         weights = (scale / losses.detach()).detach()
