@@ -1,13 +1,13 @@
 """The exact task Jacobian of an MLP trunk by a batched pull-back written out by hand.
 
 The exact gradient path pulls the T feature gradients ``dL_t/dz`` back through the trunk to get
-the Jacobian of the losses on the shared parameters. For any trunk that is one batched
+the Jacobian of the losses on the shared parameters. For a trunk of any kind that is one batched
 ``autograd.grad`` (a vmap over the tasks). For the commonest trunk, a chain of ``nn.Linear``
 layers with ReLU, tanh or sigmoid between them, the same products can be written out: per layer
-one masked multiply, one matrix product for the weight gradients of all tasks and one for the
-signal passed down. That skips the vmap's copies and the autograd engine, about 10% of the
-pull-back on two CPU cores at T = 10, and gives the same Jacobian (the tests check it against
-the vmap and the naive paths).
+one multiply by the activation's derivative, one matrix product for the weight gradients of all
+tasks and one for the signal passed down. That skips the vmap's copies and the autograd
+engine, about 10% of the pull-back on two CPU cores at T = 10, and gives the same Jacobian (the
+tests check it against the vmap and the naive paths).
 
 The chain is read off the autograd graph of ``z`` (the tensors each node saved for its own
 backward: the layer inputs and the activations' outputs), so no hook, no second forward pass and
@@ -47,7 +47,9 @@ def _variable(edge: tuple) -> Tensor | None:
     return getattr(node, "variable", None) if node is not None else None
 
 
-def _linear(node, derivative: Tensor | None) -> tuple[_Layer, tuple] | None:
+def _linear(
+    node: torch.autograd.graph.Node, derivative: Tensor | None
+) -> tuple[_Layer, tuple] | None:
     """A linear layer's node (``addmm`` with a bias, ``mm`` without) as a layer and the edge to
     its input; None for any other node."""
     name = type(node).__name__
