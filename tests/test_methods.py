@@ -292,10 +292,23 @@ def test_heads_get_their_weighted_gradient_on_the_exact_path():
     torch.testing.assert_close(head, model.heads["t1"].weight.grad)
 
 
-def test_dbmtl_first_step_balances_gradient_magnitudes():
+def split_shared_grad(objective, model, x, y):
+    """The shared gradient of one step with the heads reading the objective's split features."""
+    model.zero_grad()
+    objective.bind(list(model.task_names))
+    objective.attach(model)
+    features = objective.split_features(model.features(x))
+    out = model.heads_forward(features)
+    losses = torch.stack([((out[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(y.shape[1])])
+    objective.backward(losses, None, features)
+    return torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_dbmtl_first_step_balances_gradient_magnitudes(split):
     model, x, y = conflicting_model()
     objective = make_objective("dbmtl")
-    grad = shared_grad(objective, model, x, y)
+    grad = (split_shared_grad if split else shared_grad)(objective, model, x, y)
     losses, _ = losses_of(model, x, y)
     J = naive_jacobian(model, x, y) / losses.detach()[:, None]  # gradients of log L_t
     norms = J.norm(dim=1)
@@ -345,6 +358,31 @@ def test_methods_work_with_one_dataset_per_task(name, rng):
         name, max_epochs=2, patience=None, quiet=True, device="cpu", batch_size=8
     ).fit(model, tasks, data, data)
     assert np.isfinite(history.records[-1]["stop_loss"])
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_gradnorm_first_step_pulls_each_weighted_norm_towards_the_mean(split):
+    """On the first step every loss ratio is 1, so the target is the mean of the weighted norms
+    and, with unit weights, d gap / d w_t = sign(n_t - mean n) * n_t, where n_t is the norm of
+    task t's gradient on the last shared layer (one autograd.grad per task here). The shared
+    update is then the gradient of the summed losses."""
+    model, x, y = conflicting_model()
+    objective = make_objective("gradnorm")
+    grad = (split_shared_grad if split else shared_grad)(objective, model, x, y)
+    losses, _ = losses_of(model, x, y)
+    last = list(model.trunk[0].parameters())  # the trunk's last (and only) layer with weights
+    norms = torch.stack(
+        [
+            torch.cat(
+                [g.flatten() for g in torch.autograd.grad(loss, last, retain_graph=True)]
+            ).norm()
+            for loss in losses
+        ]
+    )
+    torch.testing.assert_close(
+        objective.task_weights.grad, torch.sign(norms - norms.mean()) * norms, rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(grad, naive_jacobian(model, x, y).sum(0), rtol=1e-4, atol=1e-6)
 
 
 def test_gradnorm_keeps_weights_summing_to_t_and_famo_learns_its_logits(hetero_splits):

@@ -37,8 +37,10 @@ class _Layer(NamedTuple):
     bias: Tensor | None
     inputs: Tensor
     """What the layer read, ``(batch, in)``."""
-    derivative: Tensor | None
-    """The derivative of the activation applied to the layer's output, ``(batch, out)``."""
+    activation: str | None
+    """The node name of the activation applied to the layer's output, if any."""
+    output: Tensor | None
+    """What that activation saved: its output, ``(batch, out)``."""
 
 
 def _variable(edge: tuple) -> Tensor | None:
@@ -48,7 +50,7 @@ def _variable(edge: tuple) -> Tensor | None:
 
 
 def _linear(
-    node: torch.autograd.graph.Node, derivative: Tensor | None
+    node: torch.autograd.graph.Node, activation: str | None, output: Tensor | None
 ) -> tuple[_Layer, tuple] | None:
     """A linear layer's node (``addmm`` with a bias, ``mm`` without) as a layer and the edge to
     its input; None for any other node."""
@@ -73,7 +75,7 @@ def _linear(
     weight = _variable(t_node.next_functions[0])
     if weight is None or weight.ndim != 2 or inputs.ndim != 2 or inputs.shape[1] != weight.shape[1]:
         return None
-    return _Layer(weight, bias, inputs, derivative), input_edge
+    return _Layer(weight, bias, inputs, activation, output), input_edge
 
 
 def read_chain(z: Tensor, params: Sequence[Tensor]) -> list[_Layer] | None:
@@ -87,14 +89,15 @@ def read_chain(z: Tensor, params: Sequence[Tensor]) -> list[_Layer] | None:
     layers: list[_Layer] = []
     node = z.grad_fn
     while node is not None:
-        derivative = None
-        name = type(node).__name__
-        if name in _DERIVATIVES:
-            derivative = _DERIVATIVES[name](node._saved_result.detach())
+        activation, output = type(node).__name__, None
+        if activation in _DERIVATIVES:  # derivatives wait for chain_jacobian: no work on a miss
+            output = node._saved_result
             node = node.next_functions[0][0]
             if node is None:
                 return None
-        found = _linear(node, derivative)
+        else:
+            activation = None
+        found = _linear(node, activation, output)
         if found is None:
             return None
         layer, input_edge = found
@@ -123,8 +126,9 @@ def chain_jacobian(layers: Sequence[_Layer], jz: Tensor, params: Sequence[Tensor
     with torch.no_grad():
         signal, owned = jz, False
         for depth, layer in enumerate(layers):
-            if layer.derivative is not None:  # in place once the signal is ours: no new pages
-                signal = signal.mul_(layer.derivative) if owned else signal * layer.derivative
+            if layer.activation is not None:  # in place once the signal is ours: no new pages
+                derivative = _DERIVATIVES[layer.activation](layer.output.detach())
+                signal = signal.mul_(derivative) if owned else signal * derivative
                 owned = True
             inputs = layer.inputs.detach()
             add(layer.weight, torch.matmul(signal.transpose(1, 2), inputs))

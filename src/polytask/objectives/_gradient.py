@@ -41,6 +41,14 @@ Path = Literal["exact", "representation", "naive"]
 PATHS: tuple[str, ...] = ("exact", "representation", "naive")
 
 
+def _filled(grads: Sequence[Tensor | None], params: Sequence[Tensor], k: int) -> list[Tensor]:
+    """Jacobian blocks with zeros for the parameters the values do not reach."""
+    return [
+        torch.zeros(k, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
+        for g, p in zip(grads, params, strict=True)
+    ]
+
+
 def task_jacobian(
     losses: Tensor, params: Sequence[Tensor], path: Literal["exact", "naive"] = "exact"
 ) -> list[Tensor]:
@@ -55,10 +63,7 @@ def task_jacobian(
             grads = torch.autograd.grad(
                 losses, params, eye, retain_graph=True, is_grads_batched=True, allow_unused=True
             )
-            return [
-                torch.zeros(k, *p.shape, device=p.device) if g is None else g
-                for g, p in zip(grads, params, strict=True)
-            ]
+            return _filled(grads, params, k)
         except RuntimeError as error:  # an op without a batching rule
             warnings.warn(
                 f"batched backward failed ({error}); falling back to one backward per task",
@@ -171,17 +176,19 @@ def _row_scale(weights: Tensor, owner: int | Tensor, grad: Tensor) -> Tensor:
     return scale.reshape(-1, *([1] * (grad.ndim - 1)))
 
 
-def _trunk_jacobian(z: Tensor, params: Sequence[Tensor], jz: Tensor) -> list[Tensor]:
+def _trunk_jacobian(
+    z: Tensor, params: Sequence[Tensor], jz: Tensor, keep_graph: bool = False
+) -> list[Tensor]:
     """The Jacobian blocks of ``params`` from the T feature gradients ``jz``: written out for a
-    chain of linear layers (:mod:`._chain`), else one batched backward through the trunk."""
+    chain of linear layers (:mod:`._chain`), else one batched backward through the trunk (whose
+    graph is kept with ``keep_graph``)."""
     layers = read_chain(z, params)
     if layers is not None:
         return chain_jacobian(layers, jz, params)
-    blocks = torch.autograd.grad(z, params, jz, is_grads_batched=True, allow_unused=True)
-    return [
-        torch.zeros(len(jz), *p.shape, device=p.device) if g is None else g
-        for g, p in zip(blocks, params, strict=True)
-    ]
+    blocks = torch.autograd.grad(
+        z, params, jz, retain_graph=keep_graph, is_grads_batched=True, allow_unused=True
+    )
+    return _filled(blocks, params, len(jz))
 
 
 class GradientObjective(Objective):
@@ -276,9 +283,9 @@ class GradientObjective(Objective):
         """The step when each head read its own leaf of ``z``. One pass through the heads gives
         every ``dL_t/dz`` (and each head's own gradient when every head parameter belongs to one
         task). The representation path takes the Gramian of those; the exact path pulls them
-        back through the trunk in one batched vector-Jacobian product, which is the Jacobian of
-        the losses on the shared parameters by the chain rule without running the heads under
-        vmap. Returns the weights of the present tasks."""
+        back through the trunk for all tasks at once (:func:`_trunk_jacobian`), which is the
+        Jacobian of the losses on the shared parameters by the chain rule without running the
+        heads under vmap. Returns the weights of the present tasks."""
         owned = self._owners is not None
         jz, head_grads = self._leaf_gradients(losses, positions, features, heads=owned)
         if self.path == "representation":
@@ -292,6 +299,24 @@ class GradientObjective(Objective):
             _accumulate(param, combine_rows(weights, block))
         self._weight_heads(weights, losses, positions, head_grads)
         return weights
+
+    def _jacobian(
+        self,
+        values: Tensor,
+        features: Tensor | TaskFeatures | None,
+        params: Sequence[Tensor],
+        heads: bool,
+        keep_graph: bool = False,
+    ) -> tuple[list[Tensor], Tensor | None, Sequence[Tensor | None] | None]:
+        """The Jacobian of every task's ``values`` on ``params``, for the methods with their own
+        update (GradNorm, DB-MTL). When the heads read per-task leaves: one pass through the
+        heads, then the pull-back of :func:`_trunk_jacobian`; returns it with the feature
+        gradients and the head gradients of :meth:`_leaf_gradients`. Otherwise one batched
+        backward from the values (graph retained), with None for both."""
+        if isinstance(features, TaskFeatures):
+            jz, head_grads = self._leaf_gradients(values, None, features, heads)
+            return _trunk_jacobian(features.z, params, jz, keep_graph), jz, head_grads
+        return task_jacobian(values, params), None, None
 
     def _leaf_gradients(
         self, values: Tensor, positions: Positions, features: TaskFeatures, heads: bool
@@ -489,15 +514,12 @@ class GradNorm(GradientObjective):
             first = self.initial_losses == 0
             self.initial_losses.copy_(torch.where(first, losses.detach(), self.initial_losses))
         w = self.task_weights
-        if isinstance(features, TaskFeatures):  # every dL_t/dz from one pass, then one layer
-            owned = self._owners is not None
-            jz, head_grads = self._leaf_gradients(losses, None, features, heads=owned)
-            jacobian = torch.autograd.grad(
-                features.z, self._last, jz, retain_graph=True, is_grads_batched=True
-            )
-        else:
-            jacobian = task_jacobian(losses, self._last)
-        norms = gramian(jacobian).diagonal().clamp_min(0).sqrt()  # |grad L_t| on the last layer
+        owned = self._owners is not None
+        # |grad L_t| on the last layer only; the trunk's graph then serves the update
+        jacobian, jz, head_grads = self._jacobian(
+            losses, features, self._last, heads=owned, keep_graph=True
+        )
+        norms = gramian(jacobian).diagonal().clamp_min(0).sqrt()
         weighted_norms = w * norms.detach()
         ratios = losses.detach() / self.initial_losses
         target = (weighted_norms.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
@@ -505,10 +527,10 @@ class GradNorm(GradientObjective):
         (w_grad,) = torch.autograd.grad(gap, w)
         _accumulate(w, w_grad)
         weights = w.detach()
-        if isinstance(features, TaskFeatures):
-            self._send(weights, losses, None, features, jz, head_grads)
-        else:
+        if jz is None:
             (weights * losses).sum().backward()
+        else:
+            self._send(weights, losses, None, features, jz, head_grads)
         return Step((weights * losses.detach()).sum(), weights.clone())
 
     def after_step(self, recompute: Callable[[], Tensor]) -> None:
@@ -545,16 +567,14 @@ class DBMTL(GradientObjective):
     ) -> Step:
         losses = self._every_task(losses, positions)
         logs = torch.log(losses.clamp_min(torch.finfo(losses.dtype).tiny))
-        if isinstance(features, TaskFeatures):  # the heads get grad sum_t log L_t from this pass
-            jz, head_grads = self._leaf_gradients(logs, None, features, heads=True)
-            jacobian = _trunk_jacobian(features.z, self._shared, jz)
+        jacobian, _, head_grads = self._jacobian(logs, features, self._shared, heads=True)
+        if head_grads is None:  # the heads get the gradient of sum_t log L_t
+            if self._specific:
+                torch.autograd.backward(logs.sum(), inputs=self._specific)
+        else:
             for param, grad in zip(self._specific, head_grads, strict=True):
                 if grad is not None:
                     _accumulate(param, grad)
-        else:
-            jacobian = task_jacobian(logs, self._shared)
-            if self._specific:
-                torch.autograd.backward(logs.sum(), inputs=self._specific)
         self._steps += 1
         if self._ema is None:
             self._ema = [torch.zeros_like(block) for block in jacobian]
