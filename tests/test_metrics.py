@@ -44,3 +44,73 @@ def test_regression_metrics_and_evaluate_against_clean():
         pt.evaluate(
             model, [pt.Task("a")], pt.MultiTargetData(data.x, data.targets), against="clean"
         )
+
+
+# -- multilabel metrics with missing labels (issue #12) -----------------------------------------
+
+
+METRICS_ML = ("accuracy", "macro_f1", "auc")
+
+
+def _with_holes(rng, n=120, labels=4, share=0.3):
+    logits = rng.normal(size=(n, labels))
+    target = (rng.uniform(size=(n, labels)) < 0.4).astype(float)
+    holes = rng.uniform(size=target.shape) < share
+    holes[0] = False  # row 0 complete, row 1 with one known label
+    holes[1] = [True] * (labels - 1) + [False]
+    return logits, target, np.where(holes, np.nan, target)
+
+
+def test_multilabel_metrics_skip_each_missing_label(rng):
+    task = pt.Task("m", kind="multilabel", size=4, metrics=METRICS_ML, allow_missing=True)
+    logits, full, holed = _with_holes(rng)
+    got = task_metrics(task, logits, holed)
+    predicted = (logits > 0).astype(int)
+    per_label = []
+    for j in range(4):
+        known = ~np.isnan(holed[:, j])
+        per_label.append(skm.f1_score(full[known, j], predicted[known, j], zero_division=0))
+    assert got["macro_f1"] == pytest.approx(np.mean(per_label))
+    aucs = [
+        skm.roc_auc_score(full[~np.isnan(holed[:, j]), j], logits[~np.isnan(holed[:, j]), j])
+        for j in range(4)
+    ]
+    assert got["auc"] == pytest.approx(np.mean(aucs))
+    missing = np.isnan(holed)
+    rows = [i for i in range(120) if not missing[i].all()]  # rows with a known label
+    assert len(rows) < 120  # the draw has a row without any label
+    hits = [np.array_equal(predicted[i][~missing[i]], full[i][~missing[i]]) for i in rows]
+    assert got["accuracy"] == pytest.approx(np.mean(hits))
+    # without holes: scikit-learn's own multilabel scores
+    complete = task_metrics(task, logits, full)
+    assert complete["macro_f1"] == pytest.approx(
+        skm.f1_score(full, predicted, average="macro", zero_division=0)
+    )
+    assert complete["accuracy"] == pytest.approx(skm.accuracy_score(full, predicted))
+
+
+def test_evaluate_multilabel_does_not_score_missing_labels_as_negatives():
+    # the model predicts "positive" for every label; the missing labels are where a 0 would
+    # turn a hit into a false positive
+    nan = float("nan")
+    x = np.zeros((4, 1))
+    y = np.array([[1.0, nan], [1.0, 1.0], [nan, 1.0], [1.0, nan]])
+    head = nn.Linear(1, 2)
+    nn.init.zeros_(head.weight)
+    nn.init.constant_(head.bias, 3.0)
+    model = pt.MultiTaskModel(nn.Identity(), {"m": head})
+    task = pt.Task("m", kind="multilabel", size=2, allow_missing=True)
+    got = pt.evaluate(model, [task], pt.MultiTargetData(x, {"m": y}))["m"]
+    assert got == {"accuracy": 1.0, "macro_f1": 1.0}
+
+
+def test_metric_directions_come_from_the_registry():
+    from polytask.evaluation import METRICS, greater_is_better, metric_info
+
+    assert greater_is_better("macro_f1") and not greater_is_better("mse")
+    assert metric_info("mse").ratio_scale and not metric_info("accuracy").ratio_scale
+    with pytest.raises(ValueError, match=r"unknown metric 'r2'.*known metrics: \['accuracy'"):
+        greater_is_better("r2")
+    with pytest.raises(ValueError, match="unknown metric 'r2'"):
+        task_metrics(pt.Task("y", metrics=("r2",)), np.zeros(2), np.zeros(2))
+    assert set(METRICS) == {"mse", "mae", "accuracy", "f1", "macro_f1", "auc"}

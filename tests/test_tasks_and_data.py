@@ -87,3 +87,36 @@ def test_make_phase_formula():
     for i, name in enumerate(data.task_names):
         expected = np.sin((2 * x + i / 5) * np.pi)
         np.testing.assert_allclose(data.targets[name].numpy(), expected, atol=1e-6)
+
+
+# -- multilabel tasks with partial labels: each label masked on its own (issue #12) ------------
+
+
+def test_multilabel_missing_label_stays_missing_and_is_not_trained_as_a_negative():
+    task = pt.Task("m", kind="multilabel", size=3, allow_missing=True)
+    nan = float("nan")
+    target = torch.tensor([[1.0, nan, 0.0], [nan, nan, nan], [0.0, 1.0, 1.0]])
+    prepared, known = task.prepare(target, "train")
+    assert known.tolist() == [True, False, True]  # a row with one known label is labelled
+    assert torch.isnan(prepared[0, 1]) and prepared[0, [0, 2]].tolist() == [1.0, 0.0]
+    assert not torch.isnan(prepared[1]).any()  # an unlabelled row holds a placeholder
+    logits = torch.tensor([[0.3, 4.0, -1.0], [9.0, 9.0, 9.0], [-2.0, 0.5, 1.5]], requires_grad=True)
+    loss = task.compute_loss(logits, prepared, known)
+    # by hand: BCE of the five known labels only, -log sigmoid(+-z)
+    z = torch.tensor([0.3, -1.0, -2.0, 0.5, 1.5])
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    expected = -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[0, 1] == 0 and (logits.grad[1] == 0).all()  # no pull towards 0
+
+
+def test_multilabel_partial_rows_refuse_a_custom_loss():
+    task = pt.Task(
+        "m", kind="multilabel", size=2, allow_missing=True, loss=F.binary_cross_entropy_with_logits
+    )
+    with pytest.raises(ValueError, match=r"task 'm', train split: row 1 has some labels missing"):
+        task.prepare(torch.tensor([[1.0, 0.0], [float("nan"), 1.0]]), "train")
+    whole_rows, known = task.prepare(torch.tensor([[1.0, 0.0], [float("nan")] * 2]), "train")
+    assert known.tolist() == [True, False] and not torch.isnan(whole_rows).any()

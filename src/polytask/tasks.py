@@ -44,8 +44,9 @@ class Task:
     allow_missing
         Opt in to partial labels: a NaN target (regression, binary, multilabel) or ``-1``
         (multiclass) marks a row without a label for this task. Losses and metrics skip such
-        rows; a batch without any label for the task leaves it out of that step. Without the
-        opt-in a NaN target is an error.
+        rows; a batch without any label for the task leaves it out of that step. A multilabel
+        target may miss single labels (``[1, nan, 0]``): losses and metrics skip each missing
+        label, never reading it as a negative. Without the opt-in a NaN target is an error.
 
     Examples
     --------
@@ -143,8 +144,21 @@ class Task:
     def prepare(
         self, target: Tensor, split: str = "data", mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """:meth:`prepare_target` that honours missing labels: returns the prepared target
-        (unlabelled rows filled with a valid placeholder) and the labelled-row mask or None."""
+        """:meth:`prepare_target` that honours missing labels.
+
+        Returns the prepared target and the labelled-row mask (``None``: every row is
+        labelled). Unlabelled rows are filled with a valid placeholder. A multilabel row counts
+        as labelled when at least one of its labels is known; its missing labels stay NaN in the
+        prepared target, and :meth:`compute_loss` and the metrics leave them out label by label
+        (a missing label is never read as a negative).
+
+        Raises
+        ------
+        ValueError
+            For invalid targets (see :meth:`prepare_target`), a mask of the wrong length, or
+            partially labelled multilabel rows with a custom :attr:`loss`, which cannot be told
+            which labels are missing.
+        """
         known = self.labelled(target, mask)
         if known is None:
             return self.prepare_target(target, split), None
@@ -155,8 +169,18 @@ class Task:
             )
         fill = known.reshape(-1, *([1] * (target.ndim - 1)))
         filled = torch.where(fill, target, torch.zeros((), dtype=target.dtype))
-        if self.kind == "multilabel":
-            filled = torch.nan_to_num(filled, nan=0.0)
+        if self.kind == "multilabel" and self.allow_missing and filled.is_floating_point():
+            missing = torch.isnan(filled)  # only in labelled rows: the others are filled
+            if bool(missing.any()):
+                if self.loss is not None:
+                    row = int(missing.nonzero()[0, 0])
+                    raise ValueError(
+                        f"task {self.name!r}, {split} split: row {row} has some labels missing, "
+                        "and a custom loss cannot be told which; drop the custom loss (the "
+                        "default BCE masks each label) or mark whole rows as unlabelled"
+                    )
+                prepared = self.prepare_target(filled.masked_fill(missing, 0.0), split)
+                return prepared.masked_fill(missing, float("nan")), known
         return self.prepare_target(filled, split), known
 
     # -- loss ---------------------------------------------------------------------------------
@@ -164,8 +188,12 @@ class Task:
         """The mean loss of this task over a batch (over its labelled rows if ``mask``).
 
         ``mask`` must mark at least one row; the trainer leaves a task without labels in a
-        batch out of that step, so its loss is never NaN.
+        batch out of that step, so its loss is never NaN. The default multilabel loss is the
+        BCE averaged over the known labels only: a NaN label (see :meth:`prepare`) is left
+        out, element by element, without a device-to-host synchronisation.
         """
+        if self.loss is None and self.kind == "multilabel":
+            return self._multilabel_loss(output, target, mask)
         if mask is None:
             if self.loss is not None:
                 return self.loss(output, target)
@@ -186,6 +214,19 @@ class Task:
             rows = rows.flatten(1).mean(dim=1)
         weights = mask.to(rows.dtype)
         return (rows * weights).sum() / weights.sum()
+
+    @staticmethod
+    def _multilabel_loss(output: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        """BCE-with-logits averaged over the known labels of the labelled rows."""
+        known = ~torch.isnan(target)
+        if mask is not None:
+            known = known & mask.reshape(-1, *([1] * (target.ndim - 1)))
+        # NaN targets are zeroed before the loss: a NaN would reach the gradient even at weight 0
+        elements = F.binary_cross_entropy_with_logits(
+            output, torch.nan_to_num(target, nan=0.0), reduction="none"
+        )
+        weights = known.to(elements.dtype)
+        return (elements * weights).sum() / weights.sum()
 
 
 def regression_tasks(names: list[str] | tuple[str, ...]) -> list[Task]:

@@ -1,7 +1,14 @@
 """Per-task metrics on held-out data, statistics of replicated comparisons, and figures."""
 
 from ._evaluate import evaluate, predict
-from ._metrics import GREATER_IS_BETTER, task_metrics
+from ._metrics import (
+    GREATER_IS_BETTER,
+    METRICS,
+    Metric,
+    greater_is_better,
+    metric_info,
+    task_metrics,
+)
 from ._plots import (
     plot_delta_m,
     plot_gradient_cosines,
@@ -25,11 +32,15 @@ from ._statistics import (
 __all__ = [
     "DELTA_CONVENTION",
     "GREATER_IS_BETTER",
+    "METRICS",
     "RATIO_CONVENTION",
+    "Metric",
     "delta_m",
     "evaluate",
+    "greater_is_better",
     "holm",
     "improvement_ratios",
+    "metric_info",
     "plot_delta_m",
     "plot_gradient_cosines",
     "plot_gradient_norms",
