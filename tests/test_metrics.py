@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from sklearn import metrics as skm
 from torch import nn
 
@@ -114,3 +115,50 @@ def test_metric_directions_come_from_the_registry():
     with pytest.raises(ValueError, match="unknown metric 'r2'"):
         task_metrics(pt.Task("y", metrics=("r2",)), np.zeros(2), np.zeros(2))
     assert set(METRICS) == {"mse", "mae", "accuracy", "f1", "macro_f1", "auc"}
+
+
+# -- predict(device=) leaves the caller's model as it found it (issue #12) ----------------------
+
+
+class _RecordsMoves(nn.Module):
+    """Outputs zeros on the CPU; ``to`` records the device asked for instead of moving."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.moves: list[torch.device] = []
+
+    def to(self, device):  # type: ignore[override]
+        self.moves.append(torch.device(device))
+        return self
+
+    def forward(self, x):
+        return {"a": torch.zeros(x.shape[0], 1)}
+
+
+def test_predict_on_another_device_moves_the_model_back():
+    model = _RecordsMoves()
+    model.train()
+    pt.predict(model, [pt.Task("a")], np.zeros((5, 1)), device="meta")
+    assert model.moves == [torch.device("meta"), torch.device("cpu")]
+    assert model.training
+    model.moves.clear()
+    pt.predict(model, [pt.Task("a")], np.zeros((5, 1)), device="cpu")  # already there
+    assert model.moves == []
+
+
+def test_predict_restores_train_mode_when_the_forward_fails():
+    model = pt.MultiTaskModel(nn.Linear(2, 3), {"a": nn.Linear(3, 1)})
+    model.train()
+    with pytest.raises(RuntimeError):
+        pt.predict(model, [pt.Task("a")], np.zeros((4, 5)), device="cpu")  # wrong width
+    assert model.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_predict_on_cuda_leaves_a_cpu_model_on_the_cpu():
+    model = pt.MultiTaskModel(nn.Linear(2, 3), {"a": nn.Linear(3, 1)})
+    expected = pt.predict(model, [pt.Task("a")], np.ones((4, 2)))["a"]
+    got = pt.predict(model, [pt.Task("a")], np.ones((4, 2)), device="cuda")["a"]
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -27,6 +27,14 @@ def predict(
     """Each task's output (logits for classification) for inputs ``x``, as numpy arrays.
 
     ``x`` may be dense or a scipy CSR matrix (fed to the model as torch sparse batches).
+    ``device`` runs the model there for the prediction only: the caller's model is moved back
+    to where it was and keeps its train/eval mode, also when the prediction fails.
+
+    Raises
+    ------
+    ValueError
+        When ``device`` is given and the model's parameters and buffers lie on several
+        devices (moving it would lose that placement).
 
     Examples
     --------
@@ -40,21 +48,36 @@ def predict(
         x = torch.as_tensor(x, dtype=torch.float32)
         if x.ndim == 1:
             x = x[:, None]
-    target_device = (
-        resolve_device(device) if device is not None else next(model.parameters()).device
-    )
-    model.to(target_device)
+    tensors = [*model.parameters(), *model.buffers()]
+    home = {t.device for t in tensors}
+    if device is None:
+        target_device = tensors[0].device if tensors else torch.device("cpu")
+    else:
+        target_device = resolve_device(device)
+        if len(home) > 1:
+            raise ValueError(
+                f"predict(device={device!r}): the model's parameters lie on several devices "
+                f"{sorted(map(str, home))}; moving it would lose that placement"
+            )
+    original = next(iter(home)) if len(home) == 1 else None
+    move = device is not None and original is not None and original != target_device
     was_training = model.training
-    model.eval()
     chunks: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            rows = x[start : start + batch_size]
-            rows = csr_batch(sp.csr_matrix(rows, dtype=np.float32)) if sparse else rows
-            outputs = model(rows.to(target_device))
-            for task in tasks:
-                chunks[task.name].append(task.output(outputs[task.name]))
-    model.train(was_training)
+    try:
+        if move:
+            model.to(target_device)
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                rows = x[start : start + batch_size]
+                rows = csr_batch(sp.csr_matrix(rows, dtype=np.float32)) if sparse else rows
+                outputs = model(rows.to(target_device))
+                for task in tasks:
+                    chunks[task.name].append(task.output(outputs[task.name]))
+    finally:
+        if move:
+            model.to(original)
+        model.train(was_training)
     return {name: torch.cat(parts).cpu().numpy() for name, parts in chunks.items()}
 
 
