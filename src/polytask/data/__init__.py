@@ -1,5 +1,6 @@
 """Task-aware data: datasets, splits, schedules and built-in generators and loaders."""
 
+from ._loaders import as_loaders, mix_loaders
 from ._multitarget import MultiTargetData
 from ._schedules import Schedule
 from ._split import SPLIT_NAMES, split
@@ -12,10 +13,12 @@ __all__ = [
     "MultiTargetData",
     "Schedule",
     "TaskData",
+    "as_loaders",
     "bag_of_words",
     "csr_batch",
     "make_hetero",
     "make_phase",
+    "mix_loaders",
     "read_labelled_sentences",
     "split",
     "task_names",
