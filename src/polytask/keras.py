@@ -14,6 +14,11 @@ Two ways in:
   a geometric mean, weights learned during training or a term that ties two outputs need every
   output's loss at once, which the returned model's ``compute_loss`` provides.
 
+The model that :func:`compile_multitask` returns saves to a ``.keras`` file and loads with
+``keras.saving.load_model`` (combiner, learned weights, terms and optimizer state included);
+its ``fit`` history holds ``<output>_loss`` and ``<output>_weight`` per epoch (``val_...`` with
+validation data); ``sample_weight`` weights each output's loss per example, as in Keras.
+
 Written with ``keras.ops`` only, so it runs on any Keras backend; tested on the torch backend.
 
 Importing this module selects Keras's torch backend unless ``KERAS_BACKEND`` is already set.
@@ -33,6 +38,7 @@ from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+from .objectives._mapping import check_mapping
 from .objectives._terms import _check_weight
 
 try:
@@ -42,7 +48,9 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("polytask.keras needs Keras 3: pip install 'polytask[keras]'") from error
 
 __all__ = [
+    "Consistency",
     "GeometricMean",
+    "Hierarchical",
     "Mean",
     "MultiTaskModel",
     "Uncertainty",
@@ -56,6 +64,9 @@ __all__ = [
 # Smallest positive normal float32: the floor that keeps log finite when a task's MSE is 0.
 _TINY = 1.1754943508222875e-38
 
+# Every class a saved model names is registered under "polytask>", so load_model finds it.
+_serializable = keras.saving.register_keras_serializable(package="polytask")
+
 
 def task_mse(y_true: Any, y_pred: Any) -> Any:
     """Each column's mean squared error over the batch: shape ``(T,)``."""
@@ -65,6 +76,12 @@ def task_mse(y_true: Any, y_pred: Any) -> Any:
     return ops.mean(ops.square(y_pred - y_true), axis=0)
 
 
+# --- combiners -------------------------------------------------------------------------------
+# A combiner has ``combine(losses) -> scalar`` and ``task_weights(losses) -> (T,)``, the
+# derivative of the combined loss with respect to each task's loss: the weight a task
+# effectively gets in the gradient, which ``fit`` logs as ``<output>_weight``.
+
+
 class _ColumnLoss(keras.losses.Loss):
     def __init__(self, name: str, reduction: str = "sum_over_batch_size", **kwargs: Any) -> None:
         super().__init__(name=name, reduction=reduction, **kwargs)
@@ -72,12 +89,17 @@ class _ColumnLoss(keras.losses.Loss):
     def combine(self, losses: Any) -> Any:
         raise NotImplementedError
 
+    def task_weights(self, losses: Any) -> Any:
+        raise NotImplementedError
+
     def call(self, y_true: Any, y_pred: Any) -> Any:
         return self.combine(task_mse(y_true, y_pred))
 
 
+@_serializable
 class Mean(_ColumnLoss):
-    """Mean over tasks of each task's MSE (the plain MSE over all columns)."""
+    """Mean over tasks of each task's MSE (the plain MSE over all columns); each task's
+    effective weight is ``1/T``."""
 
     def __init__(self, name: str = "polytask_mean", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
@@ -85,10 +107,15 @@ class Mean(_ColumnLoss):
     def combine(self, losses: Any) -> Any:
         return ops.mean(losses)
 
+    def task_weights(self, losses: Any) -> Any:
+        return ops.ones_like(losses) / losses.shape[-1]
 
+
+@_serializable
 class GeometricMean(_ColumnLoss):
     """``exp(mean_t(log(mean_batch((y_pred_t - y_true_t)^2))))``, the closed-form
     heteroscedastic loss; a task whose MSE is 0 is floored as in :class:`polytask.GeometricMean`.
+    Task ``t``'s effective weight is ``G / (T L_t)`` (``G`` the geometric mean), 0 when floored.
     """
 
     def __init__(self, name: str = "polytask_geometric_mean", **kwargs: Any) -> None:
@@ -97,7 +124,13 @@ class GeometricMean(_ColumnLoss):
     def combine(self, losses: Any) -> Any:
         return ops.exp(ops.mean(ops.log(ops.maximum(losses, _TINY))))
 
+    def task_weights(self, losses: Any) -> Any:
+        floored = ops.maximum(losses, _TINY)
+        weights = self.combine(losses) / (losses.shape[-1] * floored)
+        return ops.where(losses > _TINY, weights, ops.zeros_like(losses))
 
+
+@_serializable
 class Weighted(_ColumnLoss):
     """``sum_t w_t * MSE_t`` with one fixed, finite, non-negative weight per column."""
 
@@ -110,22 +143,54 @@ class Weighted(_ColumnLoss):
         super().__init__(name=name, **kwargs)
         self.weights = values
 
-    def combine(self, losses: Any) -> Any:
+    def _tensor(self, losses: Any) -> Any:
         if losses.shape[-1] != len(self.weights):
             raise ValueError(
                 f"Weighted: {len(self.weights)} weights for {losses.shape[-1]} output columns"
             )
-        return ops.sum(ops.convert_to_tensor(self.weights, dtype=losses.dtype) * losses)
+        return ops.convert_to_tensor(self.weights, dtype=losses.dtype)
+
+    def combine(self, losses: Any) -> Any:
+        return ops.sum(self._tensor(losses) * losses)
+
+    def task_weights(self, losses: Any) -> Any:
+        return self._tensor(losses)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "weights": self.weights}
 
 
+@_serializable
+class _Sum:
+    """``sum_t L_t``, Keras's own combination of per-output losses: every weight is 1."""
+
+    def combine(self, losses: Any) -> Any:
+        return ops.sum(losses)
+
+    def task_weights(self, losses: Any) -> Any:
+        return ops.ones_like(losses)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> _Sum:
+        return cls(**config)
+
+
+@_serializable
 class Uncertainty(keras.layers.Layer):
     """Learned uncertainty weighting (Kendall, Gal and Cipolla 2018) with its own trainable
     log-variances ``s_t`` (one per task, starting at 0): ``sum_t (0.5 exp(-s_t) L_t + 0.5 s_t)``,
-    as :class:`polytask.Uncertainty`. Give it to :func:`compile_multitask`, whose model tracks
-    and trains its variables with the network's.
+    as :class:`polytask.Uncertainty`. Give it to :func:`compile_multitask`, whose model tracks,
+    trains and saves its variables with the network's; task ``t``'s effective weight is
+    ``0.5 exp(-s_t)``.
+
+    Examples
+    --------
+    >>> combiner = Uncertainty(2)
+    >>> keras.ops.convert_to_numpy(combiner.task_weights(keras.ops.ones(2))).tolist()
+    [0.5, 0.5]
     """
 
     def __init__(self, n_tasks: int, name: str = "polytask_uncertainty", **kwargs: Any) -> None:
@@ -139,10 +204,17 @@ class Uncertainty(keras.layers.Layer):
         s = ops.cast(self.log_var, losses.dtype)
         return ops.sum(0.5 * ops.exp(-s) * losses + 0.5 * s)
 
+    def task_weights(self, losses: Any) -> Any:
+        return 0.5 * ops.exp(-ops.cast(self.log_var, losses.dtype))
+
     def call(self, losses: Any) -> Any:
         return self.combine(losses)
 
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_tasks": self.n_tasks}
 
+
+# --- structured terms ------------------------------------------------------------------------
 def _probabilities(output: Any, from_logits: bool) -> Any:
     """What an output predicts: itself (Keras outputs usually end in their activation), or
     the sigmoid (one column) / softmax (several) of logits."""
@@ -151,49 +223,212 @@ def _probabilities(output: Any, from_logits: bool) -> Any:
     return ops.sigmoid(output) if output.shape[-1] == 1 else ops.softmax(output, axis=-1)
 
 
+def _save_callable(owner: str, fn: Callable | None) -> Any:
+    """``fn``'s Keras serialisation, refused at save time (not at load) when it cannot load."""
+    if fn is None:
+        return None
+    config = keras.saving.serialize_keras_object(fn)
+    try:  # lambdas load with safe_mode=False only, as in Keras; a closure never loads
+        keras.saving.deserialize_keras_object(config, safe_mode=False)
+    except Exception as error:
+        raise TypeError(
+            f"{owner}: {fn!r} cannot be saved in a .keras file ({error}); decorate it with "
+            "@keras.saving.register_keras_serializable()"
+        ) from error
+    return config
+
+
+def _load_callable(config: Any) -> Callable | None:
+    return None if config is None else keras.saving.deserialize_keras_object(config)
+
+
 Term = Callable[[Mapping[str, Any]], Any]
+Pair = tuple[str, str] | tuple[str, str, Callable | None, Callable | None]
 
 
-def consistency(
-    pairs: Sequence[tuple[str, str] | tuple[str, str, Callable | None, Callable | None]],
-    weight: float = 1.0,
-    distance: str | Callable[[Any, Any], Any] = "absolute",
-    from_logits: bool = False,
-) -> Term:
+@_serializable
+class Consistency:
     """``weight * sum over pairs of mean_rows(distance(f(out_a), g(out_b)))`` on a dict of
-    outputs, as :class:`polytask.Consistency` (absolute or squared differences summed over the
-    columns; a pair may carry its own ``f`` and ``g``)."""
-    checked = []
-    for pair in pairs:
-        if len(pair) not in (2, 4) or pair[0] == pair[1]:
-            raise ValueError(f"consistency: a pair names two different outputs, got {pair}")
-        checked.append(tuple(pair) if len(pair) == 4 else (*pair, None, None))
-    if not checked:
-        raise ValueError("consistency: needs at least one pair of outputs")
-    if not callable(distance) and distance not in ("absolute", "squared"):
-        raise ValueError("consistency: distance must be absolute, squared or a callable")
-    weight = _check_weight("consistency", weight)
+    outputs, as :class:`polytask.Consistency`; made by :func:`consistency` (same arguments).
 
-    def term(outputs: Mapping[str, Any]) -> Any:
+    Saved with the model; a callable ``f``, ``g`` or ``distance`` must be registered with
+    ``keras.saving.register_keras_serializable`` (a lambda loads with ``safe_mode=False``).
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        weight: float = 1.0,
+        distance: str | Callable[[Any, Any], Any] = "absolute",
+        from_logits: bool = False,
+    ) -> None:
+        checked = []
+        for pair in pairs:
+            pair = tuple(pair)  # a loaded config gives lists
+            if len(pair) not in (2, 4) or pair[0] == pair[1]:
+                raise ValueError(f"consistency: a pair names two different outputs, got {pair}")
+            a, b, f, g = pair if len(pair) == 4 else (*pair, None, None)
+            for fn in (f, g):
+                if fn is not None and not callable(fn):
+                    raise TypeError(
+                        f"consistency: pair ({a!r}, {b!r}): f and g must be callable or None, "
+                        f"got {fn!r}"
+                    )
+            checked.append((a, b, f, g))
+        if not checked:
+            raise ValueError("consistency: needs at least one pair of outputs")
+        if not callable(distance) and distance not in ("absolute", "squared"):
+            raise ValueError("consistency: distance must be absolute, squared or a callable")
+        self.pairs = checked
+        self.weight = _check_weight("consistency", weight)
+        self.distance = distance
+        self.from_logits = bool(from_logits)
+        self.outputs = tuple(dict.fromkeys(n for a, b, _, _ in checked for n in (a, b)))
+
+    def __call__(self, outputs: Mapping[str, Any]) -> Any:
         total = 0.0
-        for a, b, f, g in checked:
-            va = f(outputs[a]) if f else _probabilities(outputs[a], from_logits)
-            vb = g(outputs[b]) if g else _probabilities(outputs[b], from_logits)
+        for a, b, f, g in self.pairs:
+            va = f(outputs[a]) if f else _probabilities(outputs[a], self.from_logits)
+            vb = g(outputs[b]) if g else _probabilities(outputs[b], self.from_logits)
             if tuple(va.shape) != tuple(vb.shape):
                 raise ValueError(
                     f"consistency: pair ({a!r}, {b!r}) gives shapes {tuple(va.shape)} and "
                     f"{tuple(vb.shape)}; they must match"
                 )
-            if callable(distance):
-                rows = distance(va, vb)
+            if callable(self.distance):
+                rows = self.distance(va, vb)
             else:
-                gap = ops.abs(va - vb) if distance == "absolute" else ops.square(va - vb)
+                gap = ops.abs(va - vb) if self.distance == "absolute" else ops.square(va - vb)
                 rows = ops.sum(gap, axis=-1)
             total = total + ops.mean(rows)
-        return weight * total
+        return self.weight * total
 
-    term.outputs = tuple(dict.fromkeys(n for a, b, _, _ in checked for n in (a, b)))
-    return term
+    def get_config(self) -> dict[str, Any]:
+        owner = f"consistency({self.outputs})"
+        return {
+            "pairs": [
+                [a, b, _save_callable(owner, f), _save_callable(owner, g)]
+                for a, b, f, g in self.pairs
+            ],
+            "weight": self.weight,
+            "distance": self.distance
+            if isinstance(self.distance, str)
+            else _save_callable(owner, self.distance),
+            "from_logits": self.from_logits,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Consistency:
+        config = dict(config)
+        pairs = [(a, b, _load_callable(f), _load_callable(g)) for a, b, f, g in config.pop("pairs")]
+        distance = config.pop("distance")
+        if not isinstance(distance, str):
+            distance = _load_callable(distance)
+        return cls(pairs, distance=distance, **config)
+
+    def __repr__(self) -> str:
+        pairs = [(a, b) for a, b, _, _ in self.pairs]
+        return f"consistency({pairs}, weight={self.weight}, distance={self.distance!r})"
+
+
+def consistency(
+    pairs: Sequence[Pair],
+    weight: float = 1.0,
+    distance: str | Callable[[Any, Any], Any] = "absolute",
+    from_logits: bool = False,
+) -> Consistency:
+    """``weight * sum over pairs of mean_rows(distance(f(out_a), g(out_b)))`` on a dict of
+    outputs, as :class:`polytask.Consistency` (absolute or squared differences summed over the
+    columns; a pair may carry its own ``f`` and ``g``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> term = consistency([("a", "b")], weight=0.5)
+    >>> outputs = {"a": np.array([[0.2, 0.8]]), "b": np.array([[0.4, 0.6]])}
+    >>> round(float(term(outputs)), 6)  # 0.5 * (|0.2 - 0.4| + |0.8 - 0.6|)
+    0.2
+    """
+    return Consistency(pairs, weight, distance, from_logits)
+
+
+def _classes(width: int) -> int:
+    """Class count of an output of ``width`` columns: one column is a binary output."""
+    return 2 if width == 1 else width
+
+
+@_serializable
+class Hierarchical:
+    """The coarse output's class probabilities must match the fine output's summed through
+    ``mapping`` (fine class -> coarse class), as :class:`polytask.Hierarchical`; made by
+    :func:`hierarchical` (same arguments). Saved with the model."""
+
+    def __init__(
+        self,
+        fine: str,
+        coarse: str,
+        mapping: Mapping[int, int] | Sequence[int],
+        weight: float = 1.0,
+        penalty: str = "kl",
+        from_logits: bool = False,
+    ) -> None:
+        if fine == coarse:
+            raise ValueError(f"hierarchical: fine and coarse must differ, got {fine!r} twice")
+        if penalty not in ("kl", "absolute"):
+            raise ValueError(f"hierarchical: penalty must be 'kl' or 'absolute', got {penalty!r}")
+        # The same check as polytask.Hierarchical: what the mapping alone tells, now.
+        self.mapping = check_mapping("hierarchical", fine, coarse, mapping)
+        self.fine, self.coarse, self.penalty = fine, coarse, penalty
+        self.weight = _check_weight("hierarchical", weight)
+        self.from_logits = bool(from_logits)
+        self.n_fine, self.n_coarse = len(self.mapping), max(self.mapping.values()) + 1
+        self.matrix = [
+            [1.0 if self.mapping[f] == c else 0.0 for c in range(self.n_coarse)]
+            for f in range(self.n_fine)
+        ]
+        self.outputs = (fine, coarse)
+
+    def check_outputs(self, widths: Mapping[str, int]) -> None:
+        """Check the mapping against the outputs' class counts (``widths``: output name ->
+        number of columns; one column is binary)."""
+        n_fine, n_coarse = _classes(widths[self.fine]), _classes(widths[self.coarse])
+        check_mapping("hierarchical", self.fine, self.coarse, self.mapping, n_fine, n_coarse)
+
+    def _class_probabilities(self, output: Any) -> Any:
+        p = _probabilities(output, self.from_logits)
+        return ops.concatenate([1 - p, p], axis=-1) if p.shape[-1] == 1 else p
+
+    def __call__(self, outputs: Mapping[str, Any]) -> Any:
+        p_fine = self._class_probabilities(outputs[self.fine])
+        q = self._class_probabilities(outputs[self.coarse])
+        if p_fine.shape[-1] != self.n_fine or q.shape[-1] != self.n_coarse:
+            self.check_outputs({self.fine: p_fine.shape[-1], self.coarse: q.shape[-1]})
+        p = ops.matmul(p_fine, ops.convert_to_tensor(self.matrix, dtype=p_fine.dtype))
+        if self.penalty == "absolute":
+            return self.weight * ops.mean(ops.sum(ops.abs(p - q), axis=-1))
+        log_p = ops.log(ops.maximum(p, _TINY))
+        log_q = ops.log(ops.maximum(q, _TINY))
+        return self.weight * ops.mean(ops.sum(p * (log_p - log_q), axis=-1))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "fine": self.fine,
+            "coarse": self.coarse,
+            "mapping": [self.mapping[f] for f in range(self.n_fine)],  # JSON keys are strings
+            "weight": self.weight,
+            "penalty": self.penalty,
+            "from_logits": self.from_logits,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Hierarchical:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return (
+            f"hierarchical({self.fine!r}, {self.coarse!r}, {self.mapping}, weight={self.weight}, "
+            f"penalty={self.penalty!r})"
+        )
 
 
 def hierarchical(
@@ -203,56 +438,76 @@ def hierarchical(
     weight: float = 1.0,
     penalty: str = "kl",
     from_logits: bool = False,
-) -> Term:
+) -> Hierarchical:
     """The coarse output's class probabilities must match the fine output's summed through
     ``mapping`` (fine class -> coarse class), as :class:`polytask.Hierarchical`: ``KL(P_fine M ||
-    P_coarse)`` or the L1 distance, averaged over rows. A one-column output is binary."""
-    table = dict(mapping) if isinstance(mapping, Mapping) else dict(enumerate(mapping))
-    if penalty not in ("kl", "absolute"):
-        raise ValueError(f"hierarchical: penalty must be 'kl' or 'absolute', got {penalty!r}")
-    n_fine = len(table)
-    if sorted(table) != list(range(n_fine)):
-        raise ValueError(f"hierarchical: fine classes must be 0..{n_fine - 1}, got {sorted(table)}")
-    n_coarse = max(table.values()) + 1
-    empty = sorted(set(range(n_coarse)) - set(table.values()))
-    if min(table.values()) < 0 or empty:
-        raise ValueError(f"hierarchical: coarse classes must be 0..K-1, each used; missing {empty}")
-    weight = _check_weight("hierarchical", weight)
-    matrix = [[1.0 if table[f] == c else 0.0 for c in range(n_coarse)] for f in range(n_fine)]
+    P_coarse)`` or the L1 distance, averaged over rows. A one-column output is binary.
 
-    def classes(output: Any) -> Any:
-        p = _probabilities(output, from_logits)
-        return ops.concatenate([1 - p, p], axis=-1) if p.shape[-1] == 1 else p
+    The mapping is checked here by the same function as :class:`polytask.Hierarchical`'s
+    (fine classes ``0..n-1`` without gaps, integer coarse classes, each one used), and against
+    the outputs' widths by :func:`compile_multitask`.
 
-    def term(outputs: Mapping[str, Any]) -> Any:
-        p_fine, q = classes(outputs[fine]), classes(outputs[coarse])
-        if p_fine.shape[-1] != n_fine or q.shape[-1] != n_coarse:
-            raise ValueError(
-                f"hierarchical: the mapping needs {n_fine} fine and {n_coarse} coarse classes, "
-                f"the outputs have {p_fine.shape[-1]} and {q.shape[-1]}"
-            )
-        p = ops.matmul(p_fine, ops.convert_to_tensor(matrix, dtype=p_fine.dtype))
-        if penalty == "absolute":
-            return weight * ops.mean(ops.sum(ops.abs(p - q), axis=-1))
-        log_p = ops.log(ops.maximum(p, _TINY))
-        log_q = ops.log(ops.maximum(q, _TINY))
-        return weight * ops.mean(ops.sum(p * (log_p - log_q), axis=-1))
-
-    term.outputs = (fine, coarse)
-    return term
-
-
-class _Sum:
-    def combine(self, losses: Any) -> Any:
-        return ops.sum(losses)
+    Examples
+    --------
+    >>> term = hierarchical("stars", "polarity", [0, 0, 1, 2, 2], weight=0.5)
+    >>> term.n_fine, term.n_coarse
+    (5, 3)
+    >>> hierarchical("stars", "polarity", {0: 0, 2: 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: hierarchical('stars' -> 'polarity') mapping: unknown fine classes [2]; expected 0..1
+    """
+    return Hierarchical(fine, coarse, mapping, weight, penalty, from_logits)
 
 
 COMBINERS: dict[str, Callable[[], Any]] = {"sum": _Sum, "mean": Mean, "geometric": GeometricMean}
 
 
+# --- the multi-output model ------------------------------------------------------------------
+class _PerExample(keras.losses.Loss):
+    """A per-example loss function as a ``Loss``, so Keras applies ``sample_weight`` and the
+    reduction (``sum(w_i l_i) / n``) exactly as its own ``compile(loss=dict)`` does."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any], name: str) -> None:
+        super().__init__(name=name)
+        self.fn = fn
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return self.fn(y_true, y_pred)
+
+
+def _loss_object(output: str, loss: Any) -> keras.losses.Loss:
+    resolved = keras.losses.get(loss)
+    if resolved is None:
+        raise ValueError(f"MultiTaskModel: output {output!r} has no loss (got {loss!r})")
+    if isinstance(resolved, keras.losses.Loss):
+        return resolved
+    return _PerExample(resolved, name=getattr(resolved, "__name__", f"{output}_loss"))
+
+
+def _save_term(term: Any) -> Any:
+    if hasattr(term, "get_config"):
+        return keras.saving.serialize_keras_object(term)
+    return _save_callable("MultiTaskModel: term", term)
+
+
+@_serializable
 class MultiTaskModel(keras.Model):
     """A multi-output model whose loss is a combination of its per-output losses plus
-    structured terms (made by :func:`compile_multitask`). ``call`` is the wrapped model's."""
+    structured terms (made by :func:`compile_multitask`). ``call`` is the wrapped model's.
+
+    Saves to ``.keras`` and loads with ``keras.saving.load_model`` (the combiner, its learned
+    variables and the terms come back). ``compute_loss`` updates one ``keras.metrics.Mean``
+    per output for its loss (``<output>_loss``) and one for its effective weight
+    (``<output>_weight``, the derivative of the combined loss with respect to that output's
+    loss: 1 for ``"sum"``, ``w_t`` for :class:`Weighted`, ``0.5 exp(-s_t)`` for
+    :class:`Uncertainty`); both are averaged over an epoch's examples, like ``loss``.
+
+    ``sample_weight`` (in ``fit``, ``evaluate`` or ``compute_loss``): one array weights every
+    output's loss, a dict output name -> array weights the outputs it names; each output's loss
+    is then ``sum_i(w_i l_i) / n`` as in Keras. The terms and the combiner are not weighted by
+    example (terms need no labels and read every row).
+    """
 
     def __init__(
         self,
@@ -263,19 +518,63 @@ class MultiTaskModel(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        for method in ("combine", "task_weights"):
+            if not callable(getattr(combiner, method, None)):
+                raise TypeError(
+                    f"MultiTaskModel: the combiner {combiner!r} has no {method}(losses) method; "
+                    f"give one of {sorted(COMBINERS)}, a Weighted or an Uncertainty"
+                )
         self.model = model
         self.names = tuple(losses)
-        self.task_losses = {name: keras.losses.get(loss) for name, loss in losses.items()}
+        self.loss_specs = dict(losses)  # as given: what get_config saves
+        self.task_losses = {name: _loss_object(name, loss) for name, loss in losses.items()}
         self.combiner = combiner
         self.terms = list(terms)
+        # Keras tracks these Mean metrics in `metrics`: it resets them each epoch and reports
+        # them in History, as val_<name> during validation.
+        self.loss_trackers = {n: keras.metrics.Mean(name=f"{n}_loss") for n in self.names}
+        self.weight_trackers = {n: keras.metrics.Mean(name=f"{n}_weight") for n in self.names}
         self.built = model.built  # nothing of its own to build: the wrapped model is built
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         return self.model(inputs, training=training)
 
-    def task_loss_values(self, y: Mapping[str, Any], y_pred: Mapping[str, Any]) -> Any:
+    def _sample_weights(self, sample_weight: Any) -> dict[str, Any]:
+        """Output name -> that output's sample weights (``None``: unweighted)."""
+        if sample_weight is None:
+            return dict.fromkeys(self.names)
+        if isinstance(sample_weight, Mapping):
+            unknown = sorted(set(sample_weight) - set(self.names))
+            if unknown:
+                raise ValueError(
+                    f"MultiTaskModel: sample_weight for unknown outputs {unknown}; the outputs "
+                    f"are {list(self.names)}"
+                )
+            return {n: sample_weight.get(n) for n in self.names}
+        if isinstance(sample_weight, (list, tuple)):
+            raise ValueError(
+                f"MultiTaskModel: sample_weight is a {type(sample_weight).__name__}; give one "
+                "array (every output) or a dict output name -> array"
+            )
+        return dict.fromkeys(self.names, sample_weight)
+
+    def task_loss_values(
+        self, y: Mapping[str, Any], y_pred: Mapping[str, Any], sample_weight: Any = None
+    ) -> Any:
         """Each output's loss, stacked in the order of ``losses``: shape ``(T,)``."""
-        return ops.stack([ops.mean(self.task_losses[n](y[n], y_pred[n])) for n in self.names])
+        if not isinstance(y, Mapping) or set(self.names) - set(y):
+            given = sorted(y) if isinstance(y, Mapping) else type(y).__name__
+            raise ValueError(
+                f"MultiTaskModel: targets must be a dict with every output {list(self.names)}, "
+                f"got {given}"
+            )
+        weights = self._sample_weights(sample_weight)
+        return ops.stack(
+            [
+                ops.mean(self.task_losses[n](y[n], y_pred[n], sample_weight=weights[n]))
+                for n in self.names
+            ]
+        )
 
     def compute_loss(
         self,
@@ -285,12 +584,47 @@ class MultiTaskModel(keras.Model):
         sample_weight: Any = None,
         training: bool = True,
     ) -> Any:
-        total = self.combiner.combine(self.task_loss_values(y, y_pred))
+        losses = self.task_loss_values(y, y_pred, sample_weight)
+        total = self.combiner.combine(losses)
         for term in self.terms:
             total = total + term(y_pred)
         if self.losses:  # regularisation losses of the layers
             total = total + ops.sum(ops.stack(self.losses))
+        # Logged per example, as Keras weights its own loss tracker by the batch size.
+        batch = ops.shape(y_pred[self.names[0]])[0]
+        observed = ops.stop_gradient(losses)
+        weights = self.combiner.task_weights(observed)
+        for i, name in enumerate(self.names):
+            self.loss_trackers[name].update_state(observed[i], sample_weight=batch)
+            self.weight_trackers[name].update_state(weights[i], sample_weight=batch)
         return total
+
+    def get_config(self) -> dict[str, Any]:
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "model": serialize(self.model),
+            "losses": {
+                n: loss if isinstance(loss, str) else serialize(loss)
+                for n, loss in self.loss_specs.items()
+            },
+            "combiner": serialize(self.combiner),
+            "terms": [_save_term(term) for term in self.terms],
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MultiTaskModel:
+        config = dict(config)
+        load = keras.saving.deserialize_keras_object
+        model = load(config.pop("model"))
+        losses = {
+            n: loss if isinstance(loss, str) else load(loss)
+            for n, loss in config.pop("losses").items()
+        }
+        combiner = load(config.pop("combiner"))
+        terms = [load(term) for term in config.pop("terms")]
+        return cls(model, losses, combiner, terms, **config)
 
 
 def compile_multitask(
@@ -314,9 +648,16 @@ def compile_multitask(
         ``"sum"`` (Keras's default), ``"mean"``, ``"geometric"``, a :class:`Weighted` (one weight
         per output, in the order of ``losses``) or an :class:`Uncertainty` (learned).
     terms
-        :func:`consistency` and :func:`hierarchical` terms on the outputs.
+        :func:`consistency` and :func:`hierarchical` terms on the outputs; a
+        :func:`hierarchical` mapping is checked against the outputs' widths here.
     optimizer, compile_options
         Passed to ``compile`` (``metrics`` as a dict per output, for instance).
+
+    Returns
+    -------
+    MultiTaskModel
+        ``fit`` records ``<output>_loss`` and ``<output>_weight`` per epoch; ``save`` writes
+        a ``.keras`` file that ``keras.saving.load_model`` reads back, ready to train on.
 
     Examples
     --------
@@ -336,10 +677,13 @@ def compile_multitask(
             f"compile_multitask: losses for unknown outputs {unknown}, none for {missing}; "
             f"the outputs are {sorted(outputs)}"
         )
+    widths = {name: output.shape[-1] for name, output in outputs.items()}
     for term in terms:
         strangers = sorted(set(getattr(term, "outputs", ())) - set(outputs))
         if strangers:
             raise ValueError(f"compile_multitask: a term reads unknown outputs {strangers}")
+        if hasattr(term, "check_outputs"):
+            term.check_outputs(widths)
     if isinstance(combiner, str):
         if combiner not in COMBINERS:
             raise ValueError(f"compile_multitask: combiner must be one of {sorted(COMBINERS)}")

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..tasks import Task
 from ._base import LossObjective, Objective, Positions, Step
 from ._gradient import TaskFeatures
+from ._mapping import check_mapping
 
 Distance = Literal["absolute", "squared"] | Callable[[Tensor, Tensor], Tensor]
 
@@ -210,7 +211,9 @@ class Hierarchical(Term):
     mapping
         Fine class index -> coarse class index, as a mapping or a sequence indexed by fine
         class. Every fine class must map to exactly one known coarse class, and every coarse
-        class must receive at least one fine class.
+        class must receive at least one fine class: checked at construction as far as the
+        mapping alone tells (classes ``0..n-1`` without gaps), against the tasks' class counts
+        at ``bind`` (the same check as :func:`polytask.keras.hierarchical`).
     weight
         Multiplies the penalty.
     penalty
@@ -242,7 +245,8 @@ class Hierarchical(Term):
         if penalty not in ("kl", "absolute"):
             raise ValueError(f"Hierarchical: penalty must be 'kl' or 'absolute', got {penalty!r}")
         self.fine, self.coarse, self.kind = fine, coarse, penalty
-        self.mapping = dict(mapping) if isinstance(mapping, Mapping) else dict(enumerate(mapping))
+        # What the mapping says about itself is checked now; the class counts at bind.
+        self.mapping = check_mapping("Hierarchical", fine, coarse, mapping)
         self.register_buffer("matrix", torch.zeros(0, 0), persistent=False)
 
     @property
@@ -263,24 +267,7 @@ class Hierarchical(Term):
     def _validate(self) -> None:
         n_fine = self._classes(self.tasks[self.fine])
         n_coarse = self._classes(self.tasks[self.coarse])
-        where = f"Hierarchical({self.fine!r} -> {self.coarse!r}) mapping"
-        unknown = sorted(k for k in self.mapping if not (isinstance(k, int) and 0 <= k < n_fine))
-        if unknown:
-            raise ValueError(f"{where}: unknown fine classes {unknown}; expected 0..{n_fine - 1}")
-        missing = [k for k in range(n_fine) if k not in self.mapping]
-        if missing:
-            raise ValueError(f"{where}: fine classes {missing} map to no coarse class")
-        bad = {
-            k: v for k, v in self.mapping.items() if not (isinstance(v, int) and 0 <= v < n_coarse)
-        }
-        if bad:
-            raise ValueError(
-                f"{where}: fine -> coarse {bad} name unknown coarse classes; "
-                f"expected 0..{n_coarse - 1}"
-            )
-        empty = sorted(set(range(n_coarse)) - set(self.mapping.values()))
-        if empty:
-            raise ValueError(f"{where}: coarse classes {empty} receive no fine class")
+        check_mapping("Hierarchical", self.fine, self.coarse, self.mapping, n_fine, n_coarse)
         matrix = torch.zeros(n_fine, n_coarse)
         matrix[list(self.mapping), list(self.mapping.values())] = 1.0
         self.matrix = matrix
