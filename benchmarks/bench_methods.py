@@ -9,7 +9,10 @@ Model: a shared MLP trunk (input 64, 4 hidden layers of 256, ReLU) with T linear
 - torchjd's ``mtl_backward`` + ``jac_to_grad`` with UPGrad;
 - the naive path: one ``autograd.grad`` per task, then UPGrad's weights;
 - the floor of any exact path: the matrix products of T - 1 more pull-backs through the trunk,
-  alone (equal weighting's step plus these).
+  alone (equal weighting's step plus these);
+- the own-loop API on a user's module (``forward(x, task_id)`` wrapped by ``as_multitask``,
+  ``engine.forward`` / ``engine.backward`` in a hand-written loop), for UPGrad on both paths:
+  printed as its ratio to the same method through the trainer's path (goal: within 5%).
 
 A step is the forward pass, the objective's backward and the optimizer step, timed with
 ``time.perf_counter``; the methods take turns in rounds and each gets the median of its steps.
@@ -59,6 +62,8 @@ BASELINES = [
     "path only@exact",
     "path only@repr",
     "extra products only",
+    "own loop upgrad",
+    "own loop upgrad@repr",
 ]
 
 
@@ -76,11 +81,22 @@ def build(n_tasks: int) -> tuple[pt.MultiTaskModel, torch.Tensor, torch.Tensor]:
     return pt.MultiTaskModel(trunk, heads), torch.randn(256, 64), torch.randn(256, n_tasks)
 
 
-def task_losses(model: pt.MultiTaskModel, x: torch.Tensor, y: torch.Tensor, objective=None):
-    """The T losses and what the heads read (the objective's split of the features)."""
+class UserNet(nn.Module):
+    """A hand-written multi-task module, routed by an integer task id: the own-loop rows."""
+
+    def __init__(self, trunk: nn.Module, heads: list[nn.Module]) -> None:
+        super().__init__()
+        self.trunk, self.heads = trunk, nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
+        return self.heads[task_id](self.trunk(x))
+
+
+def task_losses(model: pt.MultiTaskModel, x: torch.Tensor, y: torch.Tensor, engine=None):
+    """The T losses and what the heads read (the engine's split of the features)."""
     z = model.features(x)
-    if objective is not None:
-        z = objective.split_features(z)
+    if engine is not None:
+        z = engine.split(z)
     outputs = model.heads_forward(z)
     losses = torch.stack(
         [((outputs[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(y.shape[1])]
@@ -152,22 +168,34 @@ def stepper(method: str, n_tasks: int):
             optimizer.step()
 
         return step
+    if method.startswith("own loop "):
+        names = [f"t{i}" for i in range(n_tasks)]
+        net = UserNet(model.trunk, [model.heads[t] for t in names])
+        user = pt.as_multitask(net, names, shared="trunk", route="task_id", keys=range(n_tasks))
+        engine = pt.GradientEngine(user, method.removeprefix("own loop "))
+        optimizer = torch.optim.Adam([*net.parameters(), *engine.parameters()], lr=1e-4, fused=True)
+
+        def step() -> None:
+            outputs = engine.forward(x)
+            losses = {t: ((outputs[t][:, 0] - y[:, i]) ** 2).mean() for i, t in enumerate(names)}
+            optimizer.zero_grad()
+            engine.backward(losses)
+            optimizer.step()
+
+        return step
     if method.startswith("path only@"):
         objective = PathOnly("representation" if method.endswith("repr") else "exact")
     else:
         objective = pt.make_objective(method)
-    objective.bind([f"t{i}" for i in range(n_tasks)])
-    objective.attach(model)
-    optimizer = torch.optim.Adam(
-        [*model.parameters(), *objective.parameters()], lr=1e-4, fused=True
-    )
+    engine = pt.GradientEngine(model, objective)
+    optimizer = torch.optim.Adam([*model.parameters(), *engine.parameters()], lr=1e-4, fused=True)
 
     def step() -> None:
-        losses, z = task_losses(model, x, y, objective)
+        losses, z = task_losses(model, x, y, engine)
         optimizer.zero_grad()
-        objective.backward(losses, None, z)
+        engine.backward(losses, z)
         optimizer.step()
-        objective.after_step(lambda: task_losses(model, x, y)[0])
+        engine.after_step(lambda: task_losses(model, x, y)[0])
 
     return step
 
@@ -260,6 +288,13 @@ def main() -> None:
     if "extra products only" in ratio:
         cells = ", ".join(f"T={t}: {1 + ratio['extra products only'][t]:.2f}x" for t in task_counts)
         print(f"exact path floor (equal weighting + the extra products alone): {cells}")
+    for method in ("upgrad", "upgrad@repr"):
+        if {method, f"own loop {method}"} <= set(ratio):
+            cells = ", ".join(
+                f"T={t}: {table[f'own loop {method}'][t] / table[method][t]:.3f}x"
+                for t in task_counts
+            )
+            print(f"own loop on a user's module vs the trainer's path, {method}: {cells}")
     if {"upgrad", "upgrad@repr"} <= set(ratio) and {10, 40} <= set(task_counts):
         print(f"repr_T40_vs_equal: {ratio['upgrad@repr'][40]:.2f}")
         print(f"exact_T10_vs_equal: {ratio['upgrad'][10]:.2f}")

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import polytask as pt
-from polytask.objectives import _chain, _gradient, gramian, make_objective
-from polytask.objectives._gradient import _CHUNK, combine_rows
+from polytask.engine import _chain, _linalg, combine_rows, gramian
+from polytask.engine._linalg import _CHUNK
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "none": None}
 
@@ -106,18 +106,16 @@ def test_exact_step_is_the_same_with_or_without_the_written_out_pull_back(activa
             pt.mlp(5, 8, 3, activation=activation, seed=0),
             {f"t{i}": nn.Linear(8, 1) for i in range(3)},
         )
-        objective = make_objective(method)
-        objective.bind(list(model.task_names))
-        objective.attach(model)
-        features = objective.split_features(model.features(x))
+        engine = pt.GradientEngine(model, method)
+        features = engine.split(model.features(x))
         out = model.heads_forward(features)
         losses = torch.stack([((out[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(3)])
-        step = objective.backward(losses, None, features)
+        step = engine.backward(losses, features)
         return step.weights, [p.grad.clone() for p in model.parameters()]
 
     calls = []
     read = _chain.read_chain
-    monkeypatch.setattr(_gradient, "read_chain", lambda *a: calls.append(read(*a)) or calls[-1])
+    monkeypatch.setattr(_linalg, "read_chain", lambda *a: calls.append(read(*a)) or calls[-1])
     weights, grads = run("upgrad")
     assert (calls[-1] is None) == (activation == "gelu")
     calls.clear()

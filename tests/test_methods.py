@@ -12,7 +12,8 @@ from torchjd import aggregation
 from torchjd.linalg import QuadprogProjector
 
 import polytask as pt
-from polytask.objectives import OBJECTIVES, gramian, make_objective, task_jacobian
+from polytask.engine import gramian, task_jacobian
+from polytask.objectives import OBJECTIVES, make_objective
 
 jacobians = st.tuples(st.integers(2, 5), st.integers(3, 8)).flatmap(
     lambda shape: arrays(np.float64, shape, elements=st.floats(-3, 3, width=64))
@@ -108,12 +109,9 @@ def losses_of(model, x, y):
 
 def shared_grad(objective, model, x, y, path="exact"):
     model.zero_grad()
-    objective.bind(list(model.task_names))
-    objective.attach(model)
-    if hasattr(objective, "path"):
-        objective.path = path
+    engine = pt.GradientEngine(model, objective, path=path if hasattr(objective, "path") else None)
     losses, z = losses_of(model, x, y)
-    objective.backward(losses, None, z)
+    engine.backward(losses, z)
     return torch.cat([p.grad.flatten() for p in model.shared_parameters()])
 
 
@@ -176,11 +174,9 @@ def test_representation_path_uses_the_feature_gramian():
     losses, z = losses_of(model, x, y)
     rows = [torch.autograd.grad(loss, z, retain_graph=True)[0].flatten() for loss in losses]
     Jz = torch.stack(rows)
-    objective = make_objective("mgda@repr")
-    objective.bind(list(model.task_names))
+    engine = pt.GradientEngine(model, "mgda@repr")
     expected = aggregation.MGDAWeighting()(Jz @ Jz.T)
-    objective.attach(model)
-    step = objective.backward(losses, None, z)
+    step = engine.backward(losses, z)
     torch.testing.assert_close(step.weights, expected, rtol=1e-4, atol=1e-6)
 
 
@@ -216,17 +212,16 @@ def test_split_features_give_the_same_step_as_the_plain_features(method, heads, 
     def run(split):
         model.zero_grad()
         objective = make_objective(method)
-        objective.bind(list(model.task_names))
-        objective.attach(model)
-        assert (objective._owners is None) == (heads == "one shared")
+        engine = pt.GradientEngine(model, objective)
         z = model.features(x)
-        features = objective.split_features(z) if split else z
+        features = engine.split(z) if split else z
         if split:
             assert set(features) == set(model.task_names)
             assert all(leaf.is_leaf and leaf.requires_grad for leaf in features.values())
         out = model.heads_forward(features)
         losses = torch.stack([((out[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in present])
-        step = objective.backward(losses, positions, features)
+        step = engine.backward(losses, features, positions=positions)
+        assert (engine._owners is None) == (heads == "one shared")
         return step.weights, [p.grad for p in [*model.parameters(), *objective.parameters()]]
 
     weights, grads = run(split=True)
@@ -280,11 +275,9 @@ def test_equal_weighting_is_the_gradient_of_the_mean_loss():
 
 def test_heads_get_their_weighted_gradient_on_the_exact_path():
     model, x, y = conflicting_model()
-    objective = make_objective("upgrad")
-    objective.bind(list(model.task_names))
-    objective.attach(model)
+    engine = pt.GradientEngine(model, "upgrad")
     losses, z = losses_of(model, x, y)
-    step = objective.backward(losses, None, z)
+    step = engine.backward(losses, z)
     head = model.heads["t1"].weight.grad.clone()
     model.zero_grad()
     losses, _ = losses_of(model, x, y)
@@ -295,12 +288,11 @@ def test_heads_get_their_weighted_gradient_on_the_exact_path():
 def split_shared_grad(objective, model, x, y):
     """The shared gradient of one step with the heads reading the objective's split features."""
     model.zero_grad()
-    objective.bind(list(model.task_names))
-    objective.attach(model)
-    features = objective.split_features(model.features(x))
+    engine = pt.GradientEngine(model, objective)
+    features = engine.split(model.features(x))
     out = model.heads_forward(features)
     losses = torch.stack([((out[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(y.shape[1])])
-    objective.backward(losses, None, features)
+    engine.backward(losses, features)
     return torch.cat([p.grad.flatten() for p in model.shared_parameters()])
 
 

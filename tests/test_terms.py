@@ -278,15 +278,12 @@ def test_a_term_with_a_gradient_method_adds_its_gradient_to_the_update(method):
         objective = objective + term if with_term else objective
         objective.bind([t.name for t in stars])
         objective.bind_tasks(stars)
-        objective.attach(model)
+        engine = pt.GradientEngine(model, objective)
         z = model.features(data.x)
-        features = objective.split_features(z)
+        features = engine.split(z)
         out = model.heads_forward(features)
         losses = torch.stack([t.compute_loss(out[t.name], data.targets[t.name]) for t in stars])
-        if with_term:
-            objective.backward(losses, None, features, terms=term(out)[None])
-        else:
-            objective.backward(losses, None, features)
+        engine.backward(losses, features, terms=term(out)[None] if with_term else None)
         return model, [p.grad.clone() for p in model.parameters()]
 
     _, with_term = step(True)

@@ -144,6 +144,27 @@ class MultiTaskModel(nn.Module):
         """The trunk's parameters (those every task's gradient reaches)."""
         return list(self.trunk.parameters())
 
+    @property
+    def splits_per_task(self) -> bool:
+        """Whether each head can read its own copy of the representation (always, except a
+        :class:`ColumnHeads` whose layer is not linear)."""
+        return not isinstance(self.heads, ColumnHeads) or self.heads.splittable
+
+    def parameter_owners(self) -> dict[int, str | list[str]]:
+        """Each head parameter's task, by parameter id; for :class:`ColumnHeads`, the task of
+        each output row (its weight's rows are divided among the tasks)."""
+        if isinstance(self.heads, ColumnHeads):
+            rows = [name for name, (a, b) in self.heads.bounds.items() for _ in range(a, b)]
+            return {id(p): rows for p in self.heads.parameters()}
+        owners: dict[int, str | list[str]] = {}
+        seen_twice: set[int] = set()  # a module shared by two heads belongs to no one task
+        for name, head in self.heads.items():
+            for p in head.parameters():
+                if id(p) in owners:
+                    seen_twice.add(id(p))
+                owners[id(p)] = name
+        return {pid: owner for pid, owner in owners.items() if pid not in seen_twice}
+
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """The parameters of one task's head (for :class:`ColumnHeads`, the shared layer)."""
         self._check_task(task)

@@ -1,10 +1,11 @@
 """Ways to turn several task losses into one training signal, behind one interface.
 
-Loss-level methods combine the losses into one scalar; gradient-level methods weight the task
-gradients from their Gramian. Both are :class:`Objective` s, so the trainer runs either.
+Loss-level methods combine the losses into one scalar; gradient-level methods map the task
+gradients (their Gramian or Jacobian, seen through :class:`TaskGradients`) to an update. Both
+are :class:`Objective` s and neither knows the model: the gradient engine runs either.
 """
 
-from ._base import LossObjective, Objective, Step
+from ._base import LossObjective, Objective, Step, TaskGradients
 from ._gradient import (
     DBMTL,
     IMTL,
@@ -18,10 +19,7 @@ from ._gradient import (
     GradVac,
     NashMTL,
     PCGrad,
-    TaskFeatures,
     UPGrad,
-    gramian,
-    task_jacobian,
 )
 from ._loss_level import GeometricMean, Mean, Sum, Uncertainty, Weighted
 from ._loss_zoo import DWA, FAMO, IMTLL, RLW
@@ -54,13 +52,11 @@ __all__ = [
     "PCGrad",
     "Step",
     "Sum",
-    "TaskFeatures",
+    "TaskGradients",
     "Term",
     "UPGrad",
     "Uncertainty",
     "Weighted",
     "WithTerms",
-    "gramian",
     "make_objective",
-    "task_jacobian",
 ]

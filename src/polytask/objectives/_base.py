@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -23,17 +23,58 @@ Positions = tuple[int, ...] | None
 """Which bound tasks a loss vector holds, by position; ``None`` means all, in order."""
 
 
+class TaskGradients(Protocol):
+    """What a gradient method may ask of the task gradients of one step.
+
+    The gradient engine builds it for the present tasks on the step's path (exact,
+    representation or naive); a method never sees the model or the autograd graph. Every
+    quantity is computed on first request and cached for the step.
+    """
+
+    def gramian(self) -> Tensor:
+        """The ``(k, k)`` Gramian of the present tasks' gradients."""
+        ...
+
+    def jacobian(self) -> list[Tensor]:
+        """The ``(k, *shape)`` Jacobian block of each shared parameter (exact path)."""
+        ...
+
+    def last_layer_norms(self) -> Tensor:
+        """Each task's gradient norm on the last shared layer, shape ``(k,)``."""
+        ...
+
+    def apply(self, weights: Tensor) -> None:
+        """Accumulate ``sum_t weights[t] * grad value_t`` into every parameter's ``.grad``."""
+        ...
+
+    def apply_shared(self, blocks: Sequence[Tensor], weights: Tensor) -> None:
+        """Accumulate ``sum_t weights[t] * blocks[i][t]`` into shared parameter ``i``."""
+        ...
+
+    def apply_heads(self, weights: Tensor | None) -> None:
+        """Each task's own parameters get ``weights[t]`` times their task's gradient (or the
+        plain gradient with ``None``)."""
+        ...
+
+
 class Objective(nn.Module, ABC):
     """Turns per-task losses into one update of the weights.
 
-    The trainer calls :meth:`bind` once with the task names, adds :meth:`parameters` (learned
-    weightings have some) to the optimizer, then calls :meth:`backward` once per step with the
-    vector of task losses in that order. When only some tasks take part in a step (a schedule
-    that mixes per-task datasets, or a batch without labels for a task), the vector holds just
-    those and ``positions`` says which they are; absent tasks get weight 0. Loss-level and
-    gradient-level methods share this interface, so the trainer never needs to know which kind
-    it runs.
+    Two kinds share this base. A :class:`LossObjective` combines the losses into one scalar
+    (:meth:`LossObjective.backward`); a :class:`~polytask.objectives.GradientObjective` maps
+    the task gradients, seen through :class:`TaskGradients`, to an update. Neither knows the
+    model: the :class:`~polytask.GradientEngine` runs both (the trainer owns one; a user's own
+    loop can too).
+
+    :meth:`bind` fixes the task names once; the losses then come as a vector in that order.
+    When only some tasks take part in a step (a schedule that mixes per-task datasets, or a
+    batch without labels for a task), the vector holds just those and ``positions`` says which
+    they are; absent tasks get weight 0.
     """
+
+    needs_every_task: ClassVar[bool] = False
+    """True for methods with per-task state that must see every task in every step (round
+    robin schedule, no missing labels); the trainer checks the data before the first step."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,30 +128,6 @@ class Objective(nn.Module, ABC):
         methods...) could lower its own value while no task improves. Loss-level methods of a
         fixed form (sum, mean, weighted, geometric) use their combined loss instead."""
         return self.stack(losses).mean()
-
-    @abstractmethod
-    def backward(
-        self,
-        losses: Tensor | Mapping[str, Tensor],
-        positions: Positions = None,
-        features: Tensor | None = None,
-    ) -> Step:
-        """Accumulate ``.grad`` for one step and report the step's value and the ``(T,)`` task
-        weights (0 for tasks absent from the step).
-
-        ``features`` is the shared representation the losses were computed from (one batch for
-        every task), for methods that work on gradients with respect to it: the tensor, or what
-        :meth:`split_features` made of it when the heads read that.
-        """
-
-    def split_features(self, features: Tensor) -> Tensor | Mapping[str, Tensor]:
-        """What the heads read in a training step: the shared features themselves, unless the
-        method needs each task's gradient with respect to them (then one leaf per task)."""
-        return features
-
-    def attach(self, model: nn.Module) -> None:
-        """Called once per fit with the model (gradient-level methods need its shared
-        parameters)."""
 
     def after_step(self, recompute: Callable[[], Tensor]) -> None:
         """Called after the optimizer step; ``recompute()`` gives the step's losses again (for
@@ -167,8 +184,10 @@ class LossObjective(Objective):
         features: Tensor | None = None,
         penalty: Tensor | None = None,
     ) -> Step:
-        """As :meth:`Objective.backward`; ``penalty`` (structured terms) joins the combined loss
-        in the same backward pass."""
+        """Backpropagate the combined loss (accumulating ``.grad``) and report the step's value
+        and the ``(T,)`` task weights (0 for tasks absent from the step). ``penalty``
+        (structured terms) joins the combined loss in the same backward pass; ``features`` is
+        accepted for a uniform call and not read."""
         losses = self.stack(losses, positions)
         combined = self.combine(losses, positions)
         total = combined if penalty is None else combined + penalty

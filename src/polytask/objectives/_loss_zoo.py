@@ -14,6 +14,8 @@ from ._base import LossObjective, Positions
 class _EveryTask(LossObjective):
     """A torchjd scalarizer whose state covers every task: each step must hold all of them."""
 
+    needs_every_task = True
+
     def _all(self, positions: Positions) -> None:
         if positions is not None and len(positions) != len(self.task_names):
             raise ValueError(

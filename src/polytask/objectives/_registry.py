@@ -72,7 +72,7 @@ OBJECTIVES: dict[str, Callable[[list[str]], Objective]] = {
     "fairgrad": _plain(FairGrad),
 }
 
-_PATH_ALIASES = {
+PATH_ALIASES = {
     "exact": "exact",
     "repr": "representation",
     "representation": "representation",
@@ -98,12 +98,12 @@ def make_objective(spec: str) -> Objective:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(OBJECTIVES))}")
     objective = OBJECTIVES[key](args)
     if path:
-        if not isinstance(objective, GradientObjective) or type(objective) in (GradNorm, DBMTL):
+        if not isinstance(objective, GradientObjective) or len(objective.paths) == 1:
             raise ValueError(f"{name!r} has no gradient path to choose; drop '@{path}'")
-        if path not in _PATH_ALIASES:
+        if path not in PATH_ALIASES:
             raise ValueError(f"unknown path {path!r}; choose one of exact, repr, naive")
-        objective.path = _PATH_ALIASES[path]
+        objective.path = PATH_ALIASES[path]
     return objective
 
 
-__all__ = ["OBJECTIVES", "PATHS", "make_objective"]
+__all__ = ["OBJECTIVES", "PATHS", "PATH_ALIASES", "make_objective"]

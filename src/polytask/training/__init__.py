@@ -1,15 +1,19 @@
 """The fit loop, its history, its callbacks and monitors."""
 
-from ._callbacks import Callback
+from ._callbacks import BestWeights, Callback, Checkpoint, EarlyStopping, NonFiniteCheck
 from ._history import History
 from ._monitor import GradientMonitor, TaskMetricProbe, parameter_groups
 from ._trainer import FitState, NonFiniteLossError, Trainer
 
 __all__ = [
+    "BestWeights",
     "Callback",
+    "Checkpoint",
+    "EarlyStopping",
     "FitState",
     "GradientMonitor",
     "History",
+    "NonFiniteCheck",
     "NonFiniteLossError",
     "TaskMetricProbe",
     "Trainer",

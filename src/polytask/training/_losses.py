@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..models import ColumnHeads, MultiTaskModel
+from ..models import ColumnHeads, MultiTaskModel, has_representation
 from ..tasks import Task
 from ._sources import Batch, PerTaskSource, SharedBatch, SharedSource
 
@@ -43,7 +43,7 @@ class LossPlan:
 
     def __init__(
         self,
-        model: MultiTaskModel,
+        model: nn.Module,
         tasks: Sequence[Task],
         source: SharedSource | PerTaskSource,
         split: Callable[[Tensor], Tensor | Mapping[str, Tensor]] | None = None,
@@ -57,14 +57,14 @@ class LossPlan:
                 f"structured terms {names} compare outputs on the same rows: they need one "
                 "dataset with every task's targets (MultiTargetData), not one dataset per task"
             )
-        # what the heads read in a training step (the objective's split_features); a column
-        # layer that is not linear cannot give each task its own input
-        heads = model.heads
-        self.split = None if isinstance(heads, ColumnHeads) and not heads.splittable else split
+        # what the heads read in a training step (the engine's split)
+        self.split = split
+        self.representation = has_representation(model)
         self.columnar = (
             not self.terms
             and isinstance(source, SharedSource)
             and not source.host_masks
+            and isinstance(model, MultiTaskModel)
             and isinstance(model.heads, ColumnHeads)
             and all(t.kind == "regression" and t.loss is None for t in tasks)
         )
@@ -97,17 +97,22 @@ class LossPlan:
             start += task.size
         return targets
 
-    def losses(self, model: MultiTaskModel, batch: Batch, training: bool = False) -> StepLosses:
+    def losses(self, model: nn.Module, batch: Batch, training: bool = False) -> StepLosses:
         """The losses of the tasks present in ``batch``, their positions (None = all) and the
-        shared features they came from (None when each task had its own batch). In a training
-        step the heads read what the objective's ``split_features`` made of the features."""
+        shared features they came from (per task when each task had its own batch; None for a
+        model that exposes no representation). In a training step the heads read what the
+        engine's ``split`` made of the features."""
         if isinstance(batch, SharedBatch):
-            features = model.features(batch.x)
-            if training and self.split is not None:
-                features = self.split(features)
-            if self.columnar:
-                return StepLosses(self._columnar(model, features, batch.y), None, features, None)
-            outputs = model.heads_forward(features)
+            if self.representation:
+                features = model.features(batch.x)
+                if training and self.split is not None:
+                    features = self.split(features)
+                if self.columnar:
+                    losses = self._columnar(model, features, batch.y)
+                    return StepLosses(losses, None, features, None)
+                outputs = model.heads_forward(features)
+            else:
+                features, outputs = None, model(batch.x)
             positions = batch.positions or range(len(self.tasks))
             losses = []
             for i in positions:
@@ -117,15 +122,19 @@ class LossPlan:
                 losses.append(task.compute_loss(out, batch.y[task.name], mask))
             terms = torch.stack([term(outputs) for term in self.terms]) if self.terms else None
             return StepLosses(torch.stack(losses), batch.positions, features, terms)
-        losses = []
+        losses, per_task = [], {}
         for part in batch.parts:
             task = self.tasks[part.position]
-            out = task.output(model.heads_forward(model.features(part.x), task.name))
-            losses.append(task.compute_loss(out, part.y, part.mask))
-        return StepLosses(torch.stack(losses), batch.positions, None, None)
+            if self.representation:  # each task's own rows: the features its loss came from
+                z = per_task[task.name] = model.features(part.x)
+                out = model.heads_forward(z, task.name)
+            else:
+                out = model(part.x, task=task.name)
+            losses.append(task.compute_loss(task.output(out), part.y, part.mask))
+        return StepLosses(torch.stack(losses), batch.positions, per_task or None, None)
 
     def _columnar(
-        self, model: MultiTaskModel, features: Tensor | Mapping[str, Tensor], y: Tensor
+        self, model: nn.Module, features: Tensor | Mapping[str, Tensor], y: Tensor
     ) -> Tensor:
         if isinstance(features, Mapping):  # one input per task: the columns in task order
             outputs = model.heads_forward(features)

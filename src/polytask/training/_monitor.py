@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .._features import TaskFeatures
 from ..data import MultiTargetData, TaskData
-from ..objectives import TaskFeatures
 from ..tasks import Task
 from ._callbacks import Callback
 from ._trainer import FitState

@@ -1,12 +1,12 @@
-"""The fit loop: Adam, early stopping on a stop set, best-weights restore, history."""
+"""The fit loop: the optimizer steps the engine's update; callbacks stop, restore and save."""
 
 from __future__ import annotations
 
-import copy
-import math
+import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,17 +14,19 @@ from torch import Tensor, nn
 
 from .._device import resolve_device
 from ..data import MultiTargetData, Schedule, TaskData
+from ..engine import GradientEngine
 from ..evaluation._metrics import task_metrics
-from ..models import MultiTaskModel
 from ..objectives import Objective, make_objective
 from ..tasks import Task
-from ._callbacks import Callback
+from ._callbacks import BestWeights, Callback, EarlyStopping, NonFiniteCheck
 from ._history import History
 from ._losses import LossPlan
 from ._progress import EpochProgress
 from ._sources import PerTaskSource, SharedBatch, SharedSource, make_source
 
 Data = MultiTargetData | Mapping[str, TaskData]
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,47 +40,79 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class FitState:
-    """What callbacks may look at during a fit."""
+    """What callbacks see of a fit, and how they act on it (:meth:`request_stop`)."""
 
-    model: MultiTaskModel
+    model: nn.Module
     objective: Objective
     tasks: tuple[Task, ...]
     device: torch.device
+    history: History
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    callbacks: tuple[Callback, ...] = ()
+    engine: GradientEngine | None = None
     epoch: int = 0
     step: int = 0
     last_losses: Tensor | None = None
     last_positions: tuple[int, ...] | None = None
     last_weights: Tensor | None = None
     features: Tensor | Mapping[str, Tensor] | None = None
-    """What the heads read in the current step (see ``Objective.split_features``)."""
+    """What the heads read in the current step (see :meth:`GradientEngine.split`)."""
+    bad_steps: list[float] = field(default_factory=list)
+    """Per task, this epoch's steps with a NaN loss."""
+    stop_reason: str = ""
+    stop_is_error: bool = False
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.stop_reason)
+
+    def request_stop(self, reason: str, error: bool = False) -> None:
+        """End the fit after this epoch; with ``error`` it ends with
+        :class:`NonFiniteLossError`."""
+        if not self.stop_reason:
+            self.stop_reason, self.stop_is_error = reason, error
 
 
-def _check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> tuple[Task, ...]:
+def _route_hint(model: nn.Module) -> str:
+    """What to pass to as_multitask for a module that does not name its tasks."""
+    parameters = list(inspect.signature(model.forward).parameters)
+    if len(parameters) > 1:
+        return f"route={parameters[1]!r}, keys=[...]"
+    return "shared='<trunk submodule>'"
+
+
+def _check_tasks(model: nn.Module, tasks: Sequence[Task]) -> tuple[Task, ...]:
     names = [t.name for t in tasks]
     if not tasks:
         raise ValueError("fit needs at least one task")
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
-    if set(names) != set(model.task_names):
-        raise ValueError(
-            f"the tasks {names} do not match the model's heads {list(model.task_names)}"
+    model_names = getattr(model, "task_names", None)
+    if model_names is None:
+        raise TypeError(
+            f"{type(model).__name__} does not tell polytask its tasks: wrap it as "
+            f"pt.as_multitask(model, tasks={names}, {_route_hint(model)}) (see 'Use your own "
+            "model' in the README)"
         )
+    if set(names) != set(model_names):
+        raise ValueError(f"the tasks {names} do not match the model's heads {list(model_names)}")
     return tuple(tasks)
 
 
 def _check_outputs(
-    model: MultiTaskModel, tasks: Sequence[Task], source: SharedSource | PerTaskSource
+    model: nn.Module, tasks: Sequence[Task], source: SharedSource | PerTaskSource
 ) -> None:
     """One forward pass on a couple of rows, so a head of the wrong width or a trunk that cannot
-    take the inputs fails before any step."""
+    take the inputs fails before any step. It tracks gradients, so a wrapped module whose shared
+    part is not named has it read off the graph here."""
     batch = next(source.chunks(2))
     x = batch.x if isinstance(batch, SharedBatch) else batch.parts[0].x
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            outputs = model(x)
-    except RuntimeError as error:
+        outputs = model(x)
+    except (RuntimeError, TypeError) as error:
         raise ValueError(
             f"the model cannot take the inputs of shape (n, {source.n_features[0]}): {error}"
         ) from error
@@ -92,6 +126,14 @@ def _check_outputs(
                 f"{len(x)} rows, expected ({len(x)}, {task.size}) for a {task.kind} task "
                 f"of size {task.size}"
             )
+
+
+def _complete_steps(source: SharedSource | PerTaskSource, schedule: Schedule) -> bool:
+    """Whether every step will hold every task (what methods with per-task state need)."""
+    if isinstance(source, SharedSource):
+        return not source.host_masks
+    masked = any(part.host_mask is not None for part in source.parts.values())
+    return not masked and schedule.kind == "round_robin" and schedule.size_mode != "max_size"
 
 
 class _EpochTotals:
@@ -178,24 +220,26 @@ class _EpochTotals:
 
 @dataclass
 class Trainer:
-    """Fits a :class:`~polytask.MultiTaskModel` with Adam and early stopping on a stop set.
+    """Fits a multi-task model: the optimizer steps the gradient engine's update; callbacks
+    stop early, restore the best weights, check for NaN and save checkpoints.
 
-    Constructor arguments only store configuration; :meth:`fit` does the work.
+    Constructor arguments only store configuration (and check it); :meth:`fit` does the work.
 
     Parameters
     ----------
     objective
-        How task losses become one update: an :class:`~polytask.objectives.Objective` or its CLI
-        name (``"mean"``, ``"geometric"``, ...).
+        How task losses become one update: an :class:`~polytask.objectives.Objective` or its
+        name (``"mean"``, ``"uw"``, ``"upgrad@repr"``...).
     lr, eps
-        Adam's learning rate and epsilon.
+        The default optimizer's (Adam) learning rate and epsilon.
     batch_size
         Rows per training step (per task, with one dataset per task).
     max_epochs
         Upper bound on epochs.
     patience
-        Stop after this many epochs without improvement of the stop-set objective; ``None``
-        trains ``max_epochs`` epochs. Either way the weights of the best epoch are restored.
+        Adds ``EarlyStopping(patience)`` on the stop-set criterion; ``None`` trains
+        ``max_epochs`` epochs. The best epoch's weights are restored either way
+        (:class:`~polytask.training.BestWeights`).
     seed
         Seeds shuffling, schedules and every random draw of the fit (dropout included) without
         touching the caller's global RNG. The same seed gives a bit-identical history on the CPU.
@@ -205,26 +249,41 @@ class Trainer:
     quiet
         No progress bar.
     callbacks
-        Observers called during the fit.
+        :class:`~polytask.training.Callback` s. One of the class of a default
+        (``EarlyStopping``, ``BestWeights``, ``NonFiniteCheck``) replaces that default.
     schedule
         With one dataset per task: how their batches are mixed into steps (a
-        :class:`~polytask.data.Schedule` or its kind, e.g. ``"round_robin"``).
+        :class:`~polytask.Schedule` or its kind, e.g. ``"round_robin"``).
     sparse_input
         Sparse (CSR) inputs reach the model as torch sparse tensors (``nn.Linear`` accepts
         them); ``False`` densifies each batch.
     track_metrics
         Record each task's metrics on the stop set every epoch (``stop_<metric>/<task>``).
+    optimizer
+        ``optimizer(parameters)`` -> a ``torch.optim.Optimizer`` over the model's and the
+        method's parameters; default Adam (``lr``, ``eps``; the fused kernel on CPU and CUDA).
+    scheduler
+        ``scheduler(optimizer)`` -> a learning-rate scheduler, stepped after each epoch
+        (``ReduceLROnPlateau`` is given the stop-set criterion); the History records ``lr``.
+    clip_grad_norm
+        Clip the gradients' total norm to this value before each optimizer step.
 
     Examples
     --------
+    >>> import torch
     >>> from polytask import MultiTaskModel, Task, make_hetero, mlp, split
     >>> from torch import nn
     >>> train, stop, _ = split(make_hetero(400, n_tasks=2))
     >>> model = MultiTaskModel(mlp(1, 8, 2), {t: nn.Linear(8, 1) for t in ("task0", "task1")})
     >>> tasks = [Task("task0"), Task("task1")]
-    >>> history = Trainer("geometric", max_epochs=3, quiet=True).fit(model, tasks, train, stop)
-    >>> len(history)
-    3
+    >>> trainer = Trainer(
+    ...     "geometric", max_epochs=3, quiet=True,
+    ...     optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+    ...     scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+    ... )
+    >>> history = trainer.fit(model, tasks, train, stop)
+    >>> history["lr"]
+    [0.01, 0.005, 0.0025]
     """
 
     objective: Objective | str = "mean"
@@ -241,6 +300,9 @@ class Trainer:
     sparse_input: bool = True
     track_metrics: bool = False
     eval_batch_size: int = 8192
+    optimizer: OptimizerFactory | None = None
+    scheduler: SchedulerFactory | None = None
+    clip_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_epochs < 1 or self.eval_batch_size < 1:
@@ -249,16 +311,44 @@ class Trainer:
             raise ValueError(f"patience must be positive or None, got {self.patience}")
         if not (self.lr > 0 and self.eps > 0):
             raise ValueError(f"lr and eps must be positive, got lr={self.lr}, eps={self.eps}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm}")
+        if isinstance(self.objective, str):
+            make_objective(self.objective)  # an unknown name fails here, not in fit
+        elif not isinstance(self.objective, Objective):
+            raise TypeError(
+                f"objective must be an Objective or a method name, got {self.objective!r}"
+            )
         if isinstance(self.schedule, str):
             self.schedule = Schedule(self.schedule)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {callback!r}")
 
-    def fit(self, model: MultiTaskModel, tasks: Sequence[Task], train: Data, stop: Data) -> History:
+    def _callbacks(self) -> tuple[Callback, ...]:
+        """The user's callbacks plus the defaults they do not replace."""
+        given = tuple(self.callbacks)
+        defaults: list[Callback] = [NonFiniteCheck()]
+        if self.patience is not None:
+            defaults.append(EarlyStopping(self.patience))
+        defaults.append(BestWeights())
+        kept = [d for d in defaults if not any(isinstance(c, type(d)) for c in given)]
+        # NaN check and early stopping see the record before best-weight bookkeeping
+        return (
+            (*kept[:-1], *given, kept[-1])
+            if kept and isinstance(kept[-1], BestWeights)
+            else (*kept, *given)
+        )
+
+    def fit(self, model: nn.Module, tasks: Sequence[Task], train: Data, stop: Data) -> History:
         """Train ``model`` in place on ``train``, early-stopping on ``stop``.
 
-        ``train`` and ``stop`` are each a :class:`~polytask.MultiTargetData` (every row carries
-        every task's target) or a mapping task -> :class:`~polytask.data.TaskData` (one dataset
-        per task, mixed by :attr:`schedule`). Every check on the inputs runs before the first
-        step. Returns the :class:`History`; the model ends with the weights of the best epoch.
+        ``model`` meets the model protocol (:class:`~polytask.MultiTaskModel` or a module wrapped
+        by :func:`~polytask.as_multitask`). ``train`` and ``stop`` are each a
+        :class:`~polytask.MultiTargetData` (every row carries every task's target) or a mapping
+        task -> :class:`~polytask.data.TaskData` (one dataset per task, mixed by
+        :attr:`schedule`). Every check on the inputs runs before the first step. Returns the
+        :class:`History`; the model ends with the weights of the best epoch.
         """
         device = resolve_device(self.device)
         tasks = _check_tasks(model, tasks)
@@ -278,9 +368,13 @@ class Trainer:
         objective.bind_tasks(tasks)
         model.to(device)
         objective.to(device)
-        objective.attach(model)
+        engine = GradientEngine(model, objective)
+        engine.check(
+            per_task_batches=isinstance(train_source, PerTaskSource),
+            complete=_complete_steps(train_source, self.schedule),
+        )
         _check_outputs(model, tasks, train_source)
-        plan = LossPlan(model, tasks, train_source, objective.split_features, objective.terms)
+        plan = LossPlan(model, tasks, train_source, engine.split, objective.terms)
         for source in (train_source, stop_source):
             plan.adopt(source)
         if objective.terms:  # a term's shape errors surface here, before any step
@@ -289,7 +383,22 @@ class Trainer:
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
-            return self._loop(model, objective, plan, train_source, stop_source, device)
+            return self._loop(model, objective, engine, plan, train_source, stop_source, device)
+
+    def _make_optimizer(
+        self, params: list[nn.Parameter], device: torch.device
+    ) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            optimizer = self.optimizer(params)
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError(
+                    f"optimizer(params) must return a torch Optimizer, got {optimizer!r}"
+                )
+            return optimizer
+        # the fused kernel updates every parameter in one pass: on the CPU it is several times
+        # faster than the default per-tensor loop, with the same update rule
+        fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+        return torch.optim.Adam(params, lr=self.lr, eps=self.eps, fused=fused or None)
 
     def _batches(self, source: SharedSource | PerTaskSource, shuffle: torch.Generator, epoch: int):
         if isinstance(source, SharedSource):
@@ -298,8 +407,9 @@ class Trainer:
 
     def _loop(
         self,
-        model: MultiTaskModel,
+        model: nn.Module,
         objective: Objective,
+        engine: GradientEngine,
         plan: LossPlan,
         train: SharedSource | PerTaskSource,
         stop: SharedSource | PerTaskSource,
@@ -307,80 +417,96 @@ class Trainer:
     ) -> History:
         tasks = plan.tasks
         names = tuple(t.name for t in tasks)
-        k = len(tasks)
         history = History(names)
-        state = FitState(model, objective, tasks, device)
-        params = [*model.parameters(), *objective.parameters()]
-        # the fused kernel updates every parameter in one pass: on the CPU it is several times
-        # faster than the default per-tensor loop, with the same update rule
-        fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-        optimizer = torch.optim.Adam(params, lr=self.lr, eps=self.eps, fused=fused or None)
+        model_params = list(model.parameters())
+        optimizer = self._make_optimizer([*model_params, *engine.parameters()], device)
+        scheduler = None if self.scheduler is None else self.scheduler(optimizer)
+        callbacks = self._callbacks()
+        state = FitState(
+            model, objective, tasks, device, history, optimizer, scheduler, callbacks, engine
+        )
         shuffle = torch.Generator().manual_seed(self.seed)
         learns_after_step = type(objective).after_step is not Objective.after_step
         step_tensors: dict = {}
-        best_value = float("inf")
-        best_state = self._snapshot(model, objective)
-        for callback in self.callbacks:
+        for callback in callbacks:
             callback.on_fit_start(state)
-
-        with EpochProgress(self.max_epochs, f"{type(objective).__name__}", self.quiet) as bar:
-            for epoch in range(1, self.max_epochs + 1):
-                state.epoch = epoch
-                started = time.perf_counter()
-                model.train()
-                totals = _EpochTotals(k, device, step_tensors)
-                for batch in self._batches(train, shuffle, epoch):
-                    losses, positions, features, terms = plan.losses(model, batch, training=True)
-                    state.features = features
-                    for callback in self.callbacks:
-                        callback.on_before_backward(state, losses, positions)
-                    optimizer.zero_grad(set_to_none=True)
-                    if terms is None:
-                        step = objective.backward(losses, positions, features)
-                    else:
-                        step = objective.backward(losses, positions, features, terms=terms)
-                        terms = terms.detach()
-                    optimizer.step()
-                    if learns_after_step:
-                        objective.after_step(lambda b=batch: plan.losses(model, b)[0])
-                    totals.add(
-                        losses.detach(), positions, batch.counts, step.value, step.weights, terms
-                    )
-                    state.step += 1
-                    state.last_losses, state.last_positions = losses.detach(), positions
-                    state.last_weights = step.weights
-                    for callback in self.callbacks:
-                        callback.on_step_end(state)
-                objective.end_epoch()
-                stop_losses, stop_terms = self._source_losses(model, plan, stop)
-                with torch.no_grad():
-                    stop_value = objective.value(stop_losses)
-                record = totals.record(epoch, names, stop_losses, stop_value)
-                totals.record_terms(record, [t.name for t in objective.terms], stop_terms)
-                if self.track_metrics:
-                    record.update(self._stop_metrics(model, plan, stop))
-                record["seconds"] = time.perf_counter() - started
-                history.records.append(record)
-                for callback in self.callbacks:
-                    callback.on_epoch_end(state, record)
-                self._check_finite(record, totals.bad, history, model, objective, best_state)
-                if record["stop_loss"] < best_value:
-                    best_value = record["stop_loss"]
-                    best_state = self._snapshot(model, objective)
-                    history.best_epoch = epoch
-                bar.advance(f"stop {record['stop_loss']:.4g}")
-                if self.patience is not None and epoch - history.best_epoch >= self.patience:
-                    history.stopped_early = True
-                    history.stop_reason = (
-                        f"no improvement of the stop loss for {self.patience} epochs"
-                    )
-                    break
-        self._restore(model, objective, best_state)
-        for callback in self.callbacks:
-            callback.on_fit_end(state, history)
+        try:
+            with EpochProgress(self.max_epochs, type(objective).__name__, self.quiet) as bar:
+                for epoch in range(1, self.max_epochs + 1):
+                    state.epoch = epoch
+                    started = time.perf_counter()
+                    model.train()
+                    totals = _EpochTotals(len(tasks), device, step_tensors)
+                    for batch in self._batches(train, shuffle, epoch):
+                        losses, positions, features, terms = plan.losses(
+                            model, batch, training=True
+                        )
+                        state.features = features
+                        for callback in callbacks:
+                            callback.on_before_backward(state, losses, positions)
+                        optimizer.zero_grad(set_to_none=True)
+                        step = engine.backward(losses, features, positions=positions, terms=terms)
+                        if terms is not None:
+                            terms = terms.detach()
+                        if self.clip_grad_norm is not None:
+                            nn.utils.clip_grad_norm_(model_params, self.clip_grad_norm)
+                        for callback in callbacks:
+                            callback.on_before_optimizer_step(state)
+                        optimizer.step()
+                        if learns_after_step:
+                            engine.after_step(lambda b=batch: plan.losses(model, b)[0])
+                        totals.add(
+                            losses.detach(),
+                            positions,
+                            batch.counts,
+                            step.value,
+                            step.weights,
+                            terms,
+                        )
+                        state.step += 1
+                        state.last_losses, state.last_positions = losses.detach(), positions
+                        state.last_weights = step.weights
+                        for callback in callbacks:
+                            callback.on_step_end(state)
+                    engine.end_epoch()
+                    stop_losses, stop_terms = self._source_losses(model, plan, stop)
+                    with torch.no_grad():
+                        stop_value = objective.value(stop_losses)
+                    record = totals.record(epoch, names, stop_losses, stop_value)
+                    totals.record_terms(record, [t.name for t in objective.terms], stop_terms)
+                    if self.track_metrics:
+                        record.update(self._stop_metrics(model, plan, stop))
+                    record["lr"] = optimizer.param_groups[0]["lr"]
+                    record["seconds"] = time.perf_counter() - started
+                    history.records.append(record)
+                    state.bad_steps = totals.bad
+                    for callback in callbacks:
+                        callback.on_epoch_end(state, record)
+                    if scheduler is not None:
+                        self._step_scheduler(scheduler, record["stop_loss"])
+                    bar.advance(f"stop {record['stop_loss']:.4g}")
+                    if state.should_stop:
+                        history.stopped_early = True
+                        history.stop_reason = state.stop_reason
+                        break
+        finally:
+            for callback in callbacks:
+                callback.on_fit_end(state, history)
+        if state.stop_is_error:
+            history.stop_reason = state.stop_reason.replace(
+                "the best epoch's weights", f"the weights of epoch {history.best_epoch}"
+            )
+            raise NonFiniteLossError(history.stop_reason, history)
         return history
 
-    def losses_on(self, model: MultiTaskModel, tasks: Sequence[Task], data: Data) -> Tensor:
+    @staticmethod
+    def _step_scheduler(scheduler: Any, stop_value: float) -> None:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(stop_value)
+        else:
+            scheduler.step()
+
+    def losses_on(self, model: nn.Module, tasks: Sequence[Task], data: Data) -> Tensor:
         """Each task's mean loss over ``data`` (labelled rows only), without gradients."""
         tasks = _check_tasks(model, tasks)
         device = next(model.parameters()).device
@@ -390,7 +516,7 @@ class Trainer:
         return self._source_losses(model, plan, source)[0]
 
     def _source_losses(
-        self, model: MultiTaskModel, plan: LossPlan, source: SharedSource | PerTaskSource
+        self, model: nn.Module, plan: LossPlan, source: SharedSource | PerTaskSource
     ) -> tuple[Tensor, Tensor | None]:
         """Mean loss per task over a whole source, weighting each chunk by its labelled rows,
         and the structured terms' means over its rows (None without terms)."""
@@ -417,7 +543,7 @@ class Trainer:
         return means, None if term_total is None else term_total / rows
 
     def _stop_metrics(
-        self, model: MultiTaskModel, plan: LossPlan, source: SharedSource | PerTaskSource
+        self, model: nn.Module, plan: LossPlan, source: SharedSource | PerTaskSource
     ) -> dict[str, float]:
         tasks = plan.tasks
         outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
@@ -436,7 +562,7 @@ class Trainer:
                     parts = []
                     for part in batch.parts:
                         task = tasks[part.position]
-                        out = model.heads_forward(model.features(part.x), task.name)
+                        out = model(part.x, task=task.name)
                         parts.append((task, out, part.y, part.mask))
                 for task, out, y, mask in parts:
                     out = task.output(out)
@@ -452,48 +578,3 @@ class Trainer:
             )
             record.update({f"stop_{metric}/{task.name}": v for metric, v in values.items()})
         return record
-
-    @staticmethod
-    def _snapshot(model: nn.Module, objective: nn.Module) -> tuple[dict, dict]:
-        return (
-            {k: v.detach().clone() for k, v in model.state_dict().items()},
-            copy.deepcopy(objective.state_dict()),
-        )
-
-    @staticmethod
-    def _restore(model: nn.Module, objective: nn.Module, snapshot: tuple[dict, dict]) -> None:
-        model.load_state_dict(snapshot[0])
-        objective.load_state_dict(snapshot[1])
-
-    def _check_finite(
-        self,
-        record: dict[str, float],
-        bad_steps: list[float],
-        history: History,
-        model: nn.Module,
-        objective: nn.Module,
-        best_state: tuple[dict, dict],
-    ) -> None:
-        names = history.task_names
-        train = [n for n in names if not math.isfinite(record[f"train_loss/{n}"])]
-        if max(bad_steps) > 0:
-            # a NaN spreads to every task through the shared weights; name the first to break
-            culprits = [n for n, b in zip(names, bad_steps, strict=True) if b == max(bad_steps)]
-            where = "training"
-        elif train:  # infinite, never NaN
-            culprits, where = train, "training"
-        else:
-            culprits = [n for n in names if not math.isfinite(record[f"stop_loss/{n}"])]
-            where = "stop-set"
-        if not culprits and math.isfinite(record["stop_loss"]):
-            return
-        self._restore(model, objective, best_state)
-        history.stopped_early = True
-        subject = f"task {culprits[0]!r}" if len(culprits) == 1 else f"tasks {culprits}"
-        if not culprits:
-            subject, where = "the objective", "stop-set"
-        history.stop_reason = (
-            f"epoch {record['epoch']}: the {where} loss of {subject} became non-finite "
-            f"(NaN or inf); training stopped and the weights of epoch {history.best_epoch} restored"
-        )
-        raise NonFiniteLossError(history.stop_reason, history)

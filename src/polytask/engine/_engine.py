@@ -1,0 +1,386 @@
+"""The gradient engine: per-task losses -> one update in ``.grad``, for any method and model."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._features import TaskFeatures
+from .._graph import nearest_parameters, reached_from
+from ..models import has_representation, splits_per_task
+from ..objectives import GradientObjective, LossObjective, Objective, Step, make_objective
+from ..objectives._registry import PATH_ALIASES
+from ._gradients import FeatureGradients, LeafGradients, LossGradients, Owner
+
+
+class LearnedWeightsWarning(UserWarning):
+    """A method's learned weights are not being optimised (their parameters are not in the
+    optimizer)."""
+
+
+def _unwrap(objective: Objective) -> tuple[Objective, bool]:
+    """The method itself, and whether structured terms are added to it."""
+    base = getattr(objective, "base", None)
+    return (base, True) if isinstance(base, Objective) and objective.terms else (objective, False)
+
+
+class GradientEngine:
+    """Runs any method (loss level or gradient level) on any multi-task model, in any loop.
+
+    The engine is the one place that knows autograd's tricks: it computes the task gradients
+    (or their Gramian) on the method's path, hands them to the method, and accumulates the
+    update into ``.grad``; the user's optimizer (or the :class:`~polytask.Trainer`) steps.
+
+    Parameters
+    ----------
+    model
+        A model that meets the protocol (:class:`~polytask.MultiTaskModel`, or any module
+        wrapped by :func:`~polytask.as_multitask`), or any module when ``tasks`` is given (its
+        shared parameters are then ``shared``, or read off the losses' graph on the first step:
+        those that two or more tasks' losses reach).
+    method
+        An :class:`~polytask.objectives.Objective` or its name, e.g. ``"uw"``, ``"upgrad"``,
+        ``"mgda@repr"``.
+    path
+        For a gradient method: ``"exact"``, ``"representation"`` (``"repr"``) or ``"naive"``;
+        default the method's own.
+    shared
+        The shared parameters, when the model does not say.
+    tasks
+        The task names, when the model does not say (``model.task_names``).
+
+    Examples
+    --------
+    >>> import torch, polytask as pt
+    >>> from torch import nn
+    >>> model = pt.MultiTaskModel(pt.mlp(3, 8, 2), {"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)})
+    >>> engine = pt.GradientEngine(model, "upgrad")
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
+    >>> outputs = engine.forward(x)
+    >>> step = engine.backward({t: ((outputs[t] - y) ** 2).mean() for t in ("a", "b")})
+    >>> optimizer.step(); optimizer.zero_grad()
+    >>> tuple(step.weights.shape)
+    (2,)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Objective | str = "mean",
+        *,
+        path: str | None = None,
+        shared: Iterable[nn.Parameter] | None = None,
+        tasks: Sequence[str] | None = None,
+    ) -> None:
+        objective = make_objective(method) if isinstance(method, str) else method
+        if not isinstance(objective, Objective):
+            raise TypeError(f"method must be an Objective or a method name, got {method!r}")
+        self.method, self.has_terms = _unwrap(objective)
+        if path is not None:
+            if not isinstance(self.method, GradientObjective):
+                raise ValueError(
+                    f"{type(self.method).__name__} is a loss-level method: it has no gradient "
+                    f"path to choose (path={path!r})"
+                )
+            if path not in PATH_ALIASES:
+                raise ValueError(f"unknown path {path!r}; choose one of exact, repr, naive")
+            self.method.path = PATH_ALIASES[path]
+        names = [getattr(t, "name", t) for t in tasks] if tasks is not None else None
+        names = names or list(getattr(model, "task_names", ()) or ())
+        if not names:
+            raise ValueError(
+                f"GradientEngine: {type(model).__name__} does not name its tasks; wrap it with "
+                "pt.as_multitask(model, tasks=[...]) or pass tasks=[...]"
+            )
+        self.model, self.objective = model, objective
+        self.task_names: tuple[str, ...] = tuple(names)
+        if not objective.task_names:
+            objective.bind(self.task_names)
+        elif tuple(objective.task_names) != self.task_names:
+            raise ValueError(
+                f"the method is bound to tasks {list(objective.task_names)}, the model's are "
+                f"{list(self.task_names)}"
+            )
+        self._given_shared = None if shared is None else list(shared)
+        self._shared: list[Tensor] | None = None
+        self._specific: list[Tensor] = []
+        self._owners: list[Owner] | None = None
+        self._last: list[Tensor] | None = None
+        self._pending: Tensor | Mapping[str, Tensor] | None = None
+        self._steps = 0
+        self._learned = [p for p in objective.parameters() if p.requires_grad]
+        self._learned_start: list[Tensor] | None = None
+
+    # --- what the caller gives the optimizer ------------------------------------------------
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The method's learned parameters (uncertainty weights, GradNorm's weights...): give
+        them to the optimizer with the model's."""
+        return iter(self._learned)
+
+    @property
+    def is_gradient_method(self) -> bool:
+        return isinstance(self.method, GradientObjective)
+
+    @property
+    def path(self) -> str | None:
+        """The gradient path, or None for a loss-level method."""
+        return self.method.path if self.is_gradient_method else None
+
+    # --- checks before the first step ------------------------------------------------------
+    def check(self, *, per_task_batches: bool = False, complete: bool = True) -> None:
+        """Refuse, before any step, a combination that cannot work: a path the model cannot
+        give, or a method with per-task state on steps that lack some tasks (``complete``
+        false: a schedule other than round robin, or missing labels)."""
+        name = type(self.method).__name__
+        if self.method.needs_every_task and not complete:
+            raise ValueError(
+                f"{name} keeps per-task state and needs every task in every step: use the "
+                "round_robin schedule and data without missing labels"
+            )
+        if self.path == "representation" and not has_representation(self.model):
+            raise ValueError(
+                f"{name}@repr needs the shared representation, and {type(self.model).__name__} "
+                "exposes none: wrap it with pt.as_multitask(..., shared='<submodule>') (the "
+                "submodule every task reads), or use the exact path"
+            )
+
+    # --- one step ---------------------------------------------------------------------------
+    def split(self, z: Tensor) -> Tensor | TaskFeatures:
+        """What the heads should read in a training step: one leaf of ``z`` per task when the
+        method's path and the model allow it (one backward through the heads then separates
+        every task's gradient), else ``z`` itself."""
+        if self.is_gradient_method and self.method.path != "naive" and splits_per_task(self.model):
+            return TaskFeatures(z, self.task_names)
+        return z
+
+    def forward(self, x: Any, task: str | None = None) -> dict[str, Tensor] | Tensor:
+        """The model's outputs for ``x`` (all tasks, or ``task``'s), computed so that the next
+        :meth:`backward` has what the method's path needs (the shared features)."""
+        wants_features = self.is_gradient_method and self.method.path != "naive"
+        if not (wants_features and has_representation(self.model)):
+            return self.model(x) if task is None else self.model(x, task=task)
+        z = self.model.features(x)
+        if task is not None:  # a per-task batch: its own rows' features
+            pending = self._pending if isinstance(self._pending, dict) else {}
+            pending[task] = z
+            self._pending = pending
+            return self.model.heads_forward(z, task)
+        h = self.split(z)
+        self._pending = h
+        return self.model.heads_forward(h)
+
+    def backward(
+        self,
+        losses: Tensor | Mapping[str, Tensor],
+        features: Tensor | Mapping[str, Tensor] | None = None,
+        *,
+        positions: tuple[int, ...] | None = None,
+        terms: Tensor | None = None,
+    ) -> Step:
+        """Accumulate the method's update into ``.grad`` and return the step's value and task
+        weights.
+
+        Parameters
+        ----------
+        losses
+            ``{task: loss}`` (the tasks of the step; absent tasks get weight 0), or the ``(k,)``
+            vector in task order with ``positions``.
+        features
+            For the representation path: the features every head read (or a mapping task ->
+            the features of its own batch); by default what :meth:`forward` kept.
+        terms
+            The structured terms' values of the step (the trainer passes them).
+        """
+        if isinstance(losses, Mapping):
+            unknown = [t for t in losses if t not in self.task_names]
+            if unknown:
+                raise KeyError(
+                    f"losses for unknown tasks {unknown}; the tasks are {list(self.task_names)}"
+                )
+            present = [i for i, t in enumerate(self.task_names) if t in losses]
+            vector = torch.stack([losses[self.task_names[i]] for i in present])
+            positions = None if len(present) == len(self.task_names) else tuple(present)
+        else:
+            vector = losses
+        if features is None:
+            features = self._pending
+        self._pending = None
+        self._watch_learned()
+        penalty = None if terms is None else terms.sum()
+        if isinstance(self.method, LossObjective):
+            return self.method.backward(vector, positions, penalty=penalty)
+        if not isinstance(self.method, GradientObjective):
+            raise TypeError(
+                f"{type(self.method).__name__} is neither a loss-level nor a gradient method"
+            )
+        vector = self.method.stack(vector, positions)
+        if penalty is not None:  # the terms' gradient first; the method's update adds to it
+            penalty.backward(retain_graph=True)
+            if isinstance(features, TaskFeatures):
+                # the heads read per-task leaves: the terms' gradient stopped there; send it on
+                seeds = [leaf.grad for leaf in features.values() if leaf.grad is not None]
+                if seeds:
+                    torch.autograd.backward(features.z, sum(seeds), retain_graph=True)
+        view = self._view(vector, positions, features)
+        step = self.method.step(vector, positions, view)
+        if penalty is not None:
+            step = Step(step.value + penalty.detach(), step.weights)
+        return step
+
+    def after_step(self, recompute: Callable[[], Tensor]) -> None:
+        """Pass the optimizer step on to a method that learns from it (FAMO)."""
+        self.objective.after_step(recompute)
+
+    def end_epoch(self) -> None:
+        self.objective.end_epoch()
+
+    # --- internals --------------------------------------------------------------------------
+    def _view(
+        self,
+        values: Tensor,
+        positions: tuple[int, ...] | None,
+        features: Tensor | Mapping[str, Tensor] | None,
+    ):
+        method = self.method
+        names = [self.task_names[i] for i in (positions or range(len(self.task_names)))]
+        self._resolve(values)
+        transformed = method.values(values)
+        common = (
+            transformed,
+            self._shared,
+            self._specific,
+            lambda w: method._scatter(w, positions),
+            lambda: self._last_layer(
+                features if isinstance(features, TaskFeatures) else None, transformed
+            ),
+        )
+        if method.path == "naive":
+            return LossGradients(*common, naive=True)
+        if isinstance(features, TaskFeatures):
+            return LeafGradients(
+                *common,
+                features=features,
+                names=names,
+                owners=self._owners,
+                representation=method.path == "representation",
+            )
+        if method.path == "representation":
+            if features is None:
+                raise ValueError(
+                    f"{type(method).__name__}@repr needs the shared features: call "
+                    "engine.forward(x) for the outputs, or pass features= (the tensor every "
+                    "head read, or a mapping task -> its own batch's features)"
+                )
+            return FeatureGradients(*common, features=features, names=names)
+        return LossGradients(*common)
+
+    def _resolve(self, values: Tensor) -> None:
+        """The shared and task-specific parameters and the heads' owners, once."""
+        if self._shared is not None:
+            return
+        model = self.model
+        if self._given_shared is not None:
+            shared = self._given_shared
+        elif callable(getattr(model, "shared_parameters", None)):
+            shared = list(model.shared_parameters())
+        else:
+            shared = self._infer_shared(values)
+        self._shared = [p for p in shared if p.requires_grad]
+        if not self._shared:
+            raise ValueError(
+                f"{type(self.method).__name__}: {type(model).__name__} has no shared parameter "
+                "that requires a gradient"
+            )
+        ids = {id(p) for p in self._shared}
+        self._specific = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        self._owners = self._owner_positions(values)
+
+    def _per_task_roots(self, values: Tensor) -> list[Tensor] | None:
+        node = values.grad_fn
+        if node is None or type(node).__name__ != "StackBackward0":
+            return None
+        return [edge[0] for edge in node.next_functions]
+
+    def _infer_shared(self, values: Tensor) -> list[Tensor]:
+        reach = self._reach(values)
+        if reach is None:
+            raise ValueError(
+                f"{type(self.model).__name__}: polytask cannot tell which parameters are shared; "
+                "wrap it with pt.as_multitask(..., shared='<submodule>') or pass shared="
+            )
+        counts: dict[int, int] = {}
+        for ids in reach:
+            for pid in ids:
+                counts[pid] = counts.get(pid, 0) + 1
+        return [p for p in self.model.parameters() if counts.get(id(p), 0) > 1]
+
+    def _reach(self, values: Tensor) -> list[set[int]] | None:
+        roots = self._per_task_roots(values)
+        if roots is None:
+            return None
+        return [reached_from(node) if node is not None else set() for node in roots]
+
+    def _owner_positions(self, values: Tensor) -> list[Owner] | None:
+        position = {name: i for i, name in enumerate(self.task_names)}
+        declared = getattr(self.model, "parameter_owners", None)
+        owners = declared() if callable(declared) else None
+        if owners is None:
+            reach = self._reach(values)
+            if reach is None:
+                return None
+            owners = {}
+            for name, ids in zip(self.task_names, reach, strict=False):
+                for pid in ids:
+                    owners[pid] = None if pid in owners else name
+        found: list[Owner] = []
+        for param in self._specific:
+            owner = owners.get(id(param))
+            if owner is None or (isinstance(owner, str) and owner not in position):
+                return None
+            if isinstance(owner, str):
+                found.append(position[owner])
+            else:  # one task per output row, indexed on the parameter's device once
+                rows = [position[name] for name in owner]
+                found.append(torch.tensor(rows, dtype=torch.long, device=param.device))
+        return found
+
+    def _last_layer(self, features: TaskFeatures | None, values: Tensor) -> list[Tensor]:
+        """The parameters of the module that owns the shared parameters nearest the outputs."""
+        if self._last is None:
+            root = features.z if features is not None else values
+            ids = {id(p) for p in self._shared}
+            nearest = nearest_parameters([root], ids)
+            if not nearest:
+                raise ValueError(f"{type(self.method).__name__}: no shared layer feeds the losses")
+            for module in self.model.modules():
+                own = [p for p in module.parameters(recurse=False) if id(p) in ids]
+                if any(id(p) in nearest for p in own):
+                    self._last = own
+                    break
+        return self._last
+
+    def _watch_learned(self) -> None:
+        """Warn once when a learned weighting's parameters do not move (not in the optimizer)."""
+        self._steps += 1
+        if not self._learned or self._steps > 3:
+            return
+        if self._steps == 1:
+            self._learned_start = [p.detach().clone() for p in self._learned]
+        elif self._steps == 3 and all(
+            torch.equal(p.detach(), start)
+            for p, start in zip(self._learned, self._learned_start, strict=True)
+        ):
+            warnings.warn(
+                f"{type(self.method).__name__}'s learned weights have not changed in two steps: "
+                "add engine.parameters() to your optimizer",
+                LearnedWeightsWarning,
+                stacklevel=3,
+            )
+
+
+__all__ = ["GradientEngine", "LearnedWeightsWarning"]

@@ -1,0 +1,222 @@
+"""The task gradients of one step, seen on one path: what a gradient method reads.
+
+Each class implements :class:`polytask.objectives.TaskGradients` for one way the step's losses
+relate to the shared parameters:
+
+- :class:`LeafGradients`: the heads read per-task leaves of one batch's features ``z``. One
+  backward pass through the heads gives every ``dL_t/dz`` (and each head's own gradient); the
+  representation path takes their Gramian and sends ``sum_t w_t dL_t/dz`` through the trunk
+  once; the exact path pulls all of them back through the trunk at once (written out for a
+  chain of linear layers, a vmap otherwise) for the Jacobian.
+- :class:`LossGradients`: no leaves (a model without a representation, per-task batches, or
+  the naive path): the Jacobian of the losses by one batched backward (``naive``: one per task).
+- :class:`FeatureGradients`: the representation path given the features themselves: one tensor
+  that every head read (a batched vector-Jacobian product through the heads), or one tensor per
+  task (per-task batches: the tasks read disjoint rows, so the Gramian is block-diagonal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .._features import TaskFeatures
+from ._linalg import combine_rows, gramian, task_jacobian, trunk_jacobian
+
+Owner = int | Tensor
+"""A head parameter's task position, or the task position of each of its output rows."""
+
+
+def accumulate(param: Tensor, grad: Tensor) -> None:
+    """``param.grad += grad`` (or set it)."""
+    param.grad = grad if param.grad is None else param.grad + grad
+
+
+def _row_scale(weights: Tensor, owner: Owner, grad: Tensor) -> Tensor:
+    """The factor of a head gradient: its task's weight, or per output row for a column layer."""
+    if isinstance(owner, int):
+        return weights[owner]
+    return weights[owner].reshape(-1, *([1] * (grad.ndim - 1)))
+
+
+class _Gradients:
+    """What every view shares: the parameters, the update of the shared ones from a cached
+    Jacobian, and the scatter of present-task weights."""
+
+    def __init__(
+        self,
+        values: Tensor,
+        shared: Sequence[Tensor],
+        specific: Sequence[Tensor],
+        scatter: Callable[[Tensor], Tensor],
+        last_layer: Callable[[], Sequence[Tensor]],
+    ) -> None:
+        self.values = values
+        self.shared, self.specific = list(shared), list(specific)
+        self._scatter = scatter  # present-task weights -> (T,) with zeros
+        self._last_layer = last_layer
+        self._jacobian: list[Tensor] | None = None
+
+    def apply_shared(self, blocks: Sequence[Tensor], weights: Tensor) -> None:
+        for param, block in zip(self.shared, blocks, strict=True):
+            accumulate(param, combine_rows(weights, block))
+
+    def gramian(self) -> Tensor:
+        return gramian(self.jacobian())
+
+    def apply(self, weights: Tensor) -> None:
+        if self._jacobian is not None:  # the exact update from the Jacobian at hand
+            self.apply_shared(self._jacobian, weights)
+            self.apply_heads(weights)
+        else:
+            self._send(weights)
+
+    def jacobian(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def apply_heads(self, weights: Tensor | None) -> None:
+        raise NotImplementedError
+
+    def _send(self, weights: Tensor) -> None:
+        raise NotImplementedError
+
+
+class LossGradients(_Gradients):
+    """Gradients from the losses' own graph: one batched backward per Jacobian (``naive``:
+    one backward per task)."""
+
+    def __init__(self, *args: object, naive: bool = False) -> None:
+        super().__init__(*args)
+        self.naive = naive
+
+    def jacobian(self) -> list[Tensor]:
+        if self._jacobian is None:
+            path = "naive" if self.naive else "exact"
+            self._jacobian = task_jacobian(self.values, self.shared, path)
+        return self._jacobian
+
+    def last_layer_norms(self) -> Tensor:
+        blocks = task_jacobian(self.values, self._last_layer(), "naive" if self.naive else "exact")
+        return gramian(blocks).diagonal().clamp_min(0).sqrt()
+
+    def apply_heads(self, weights: Tensor | None) -> None:
+        if self.specific:  # a short backward that stops at the heads
+            total = self.values.sum() if weights is None else (weights * self.values).sum()
+            torch.autograd.backward(total, inputs=self.specific, retain_graph=True)
+
+    def _send(self, weights: Tensor) -> None:
+        (weights * self.values).sum().backward()
+
+
+class FeatureGradients(_Gradients):
+    """The representation path from the features the losses came from: one tensor that every
+    task read, or a mapping task -> the tensor its own rows gave (per-task batches)."""
+
+    def __init__(
+        self, *args: object, features: Tensor | Mapping[str, Tensor], names: Sequence[str]
+    ) -> None:
+        super().__init__(*args)
+        self.features, self.names = features, list(names)
+
+    def gramian(self) -> Tensor:
+        values = self.values
+        k = len(values)
+        if isinstance(self.features, Tensor):
+            eye = torch.eye(k, dtype=values.dtype, device=values.device)
+            (jz,) = torch.autograd.grad(
+                values, self.features, eye, retain_graph=True, is_grads_batched=True
+            )
+            flat = jz.reshape(k, -1)
+            return flat @ flat.T
+        # per-task batches: task t's loss reads only its own z_t, so one backward of the sum
+        # separates every dL_t/dz_t; tasks with different rows have orthogonal gradients
+        zs = [self.features[name] for name in self.names]
+        grads = torch.autograd.grad(values.sum(), zs, retain_graph=True, allow_unused=True)
+        gram = values.new_zeros(k, k)
+        for s in range(k):
+            for t in range(s, k):
+                if zs[s] is zs[t] and grads[s] is not None and grads[t] is not None:
+                    gram[s, t] = gram[t, s] = (grads[s] * grads[t]).sum()
+        return gram
+
+    def _send(self, weights: Tensor) -> None:
+        (weights * self.values).sum().backward()
+
+    def jacobian(self) -> list[Tensor]:
+        raise TypeError("the representation path has no Jacobian on the shared parameters")
+
+    last_layer_norms = jacobian
+
+
+class LeafGradients(_Gradients):
+    """Gradients when each head read its own leaf of one batch's features (see module doc)."""
+
+    def __init__(
+        self,
+        *args: object,
+        features: TaskFeatures,
+        names: Sequence[str],
+        owners: Sequence[Owner] | None,
+        representation: bool,
+    ) -> None:
+        super().__init__(*args)
+        self.features, self.names = features, list(names)
+        self.owners = owners
+        self.representation = representation
+        self._jz: Tensor | None = None
+        self._head_grads: Sequence[Tensor | None] | None = None
+
+    def _leaf_pass(self) -> Tensor:
+        """One backward of ``values.sum()`` through the heads: every task's ``d value_t / dz``
+        (stacked, ``(k, *z.shape)``) and the head parameters' gradients. The heads' graph is
+        kept only when a head's task is unknown (a weighted second pass may need it)."""
+        if self._jz is None:
+            leaves = [self.features[name] for name in self.names]
+            inputs = leaves + self.specific
+            grads = torch.autograd.grad(
+                self.values.sum(), inputs, retain_graph=self.owners is None, allow_unused=True
+            )
+            pairs = zip(grads[: len(leaves)], leaves, strict=True)
+            self._jz = torch.stack([torch.zeros_like(z) if g is None else g for g, z in pairs])
+            self._head_grads = grads[len(leaves) :]
+        return self._jz
+
+    def jacobian(self) -> list[Tensor]:
+        if self._jacobian is None:
+            self._jacobian = trunk_jacobian(self.features.z, self.shared, self._leaf_pass())
+        return self._jacobian
+
+    def gramian(self) -> Tensor:
+        if self.representation:
+            flat = self._leaf_pass().reshape(len(self.values), -1)
+            return flat @ flat.T
+        return gramian(self.jacobian())
+
+    def last_layer_norms(self) -> Tensor:
+        # the trunk's graph stays for the update that follows
+        blocks = trunk_jacobian(self.features.z, self._last_layer(), self._leaf_pass(), True)
+        return gramian(blocks).diagonal().clamp_min(0).sqrt()
+
+    def apply_heads(self, weights: Tensor | None) -> None:
+        self._leaf_pass()
+        if weights is None:
+            for param, grad in zip(self.specific, self._head_grads, strict=True):
+                if grad is not None:
+                    accumulate(param, grad)
+        elif self.owners is not None:
+            full = self._scatter(weights)
+            for param, grad, owner in zip(
+                self.specific, self._head_grads, self.owners, strict=True
+            ):
+                if grad is not None:
+                    accumulate(param, grad * _row_scale(full, owner, grad))
+        elif self.specific:  # a head serves several tasks: a short weighted pass
+            torch.autograd.backward((weights * self.values).sum(), inputs=self.specific)
+
+    def _send(self, weights: Tensor) -> None:
+        """``sum_t w_t dL_t/dz`` through the trunk in one ordinary backward, then the heads."""
+        seed = torch.tensordot(weights, self._leaf_pass(), dims=1)
+        torch.autograd.backward(self.features.z, seed, inputs=self.shared)
+        self.apply_heads(weights)
