@@ -211,3 +211,150 @@ def test_stop_metrics_are_tracked_on_the_column_fast_path(hetero_splits):
     for task in tasks:
         recorded = history.best[f"stop_mse/{task.name}"]
         assert recorded == pytest.approx(metrics[task.name]["mse"], rel=1e-5)
+
+
+# --- the open trainer: optimizer, scheduler, clipping and callbacks that act -------------------
+def test_a_custom_optimizer_and_scheduler_take_effect(hetero_splits):
+    train, stop, _ = hetero_splits
+    made = []
+
+    def sgd(params):
+        made.append(torch.optim.SGD(params, lr=0.0))
+        return made[-1]
+
+    model = small_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    fit(train, stop, model=model, optimizer=sgd, max_epochs=2)
+    assert isinstance(made[0], torch.optim.SGD)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
+    halving = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # noqa: E731
+    _, history, _ = fit(train, stop, lr=0.01, scheduler=halving, max_epochs=3)
+    assert history["lr"] == pytest.approx([0.01, 0.005, 0.0025])
+    # ReduceLROnPlateau is given the stop loss: in "max" mode a falling loss is a plateau
+    def plateau(opt):
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "max", patience=0, factor=0.1)
+
+    _, history, _ = fit(train, stop, lr=0.01, scheduler=plateau, max_epochs=3)
+    assert history["stop_loss"][1] < history["stop_loss"][0]
+    assert history["lr"][2] == pytest.approx(0.001)
+
+
+def test_gradient_clipping_bounds_the_step(hetero_splits):
+    train, stop, _ = hetero_splits
+    model = small_model()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    steps = []
+
+    class Count(pt.Callback):
+        def on_before_optimizer_step(self, state):
+            norm = torch.cat([p.grad.flatten() for p in state.model.parameters()]).norm()
+            steps.append(float(norm))
+
+    sgd = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
+    fit(
+        train,
+        stop,
+        model=model,
+        optimizer=sgd,
+        clip_grad_norm=1e-3,
+        max_epochs=1,
+        callbacks=[Count()],
+    )
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert max(steps) <= 1e-3 * (1 + 1e-5)
+    assert float((after - before).norm()) <= 0.1 * 1e-3 * len(steps) * (1 + 1e-4)
+
+
+def test_a_stopping_callback_ends_the_fit_and_defaults_can_be_replaced(hetero_splits):
+    train, stop, _ = hetero_splits
+
+    class StopAtTwo(pt.Callback):
+        def on_epoch_end(self, state, record):
+            if state.epoch == 2:
+                state.request_stop("two epochs are enough")
+
+    _, history, _ = fit(train, stop, max_epochs=10, callbacks=[StopAtTwo()])
+    assert len(history) == 2 and history.stop_reason == "two epochs are enough"
+    # a BestWeights of the user's replaces the default: here it keeps the worst epoch
+    worst = pt.BestWeights(monitor="stop_loss", mode="max")
+    _, history, trainer = fit(train, stop, max_epochs=4, callbacks=[worst])
+    assert history.best_epoch == int(np.argmax(history["stop_loss"])) + 1
+    assert sum(isinstance(c, pt.BestWeights) for c in trainer._callbacks()) == 1
+    stopper = pt.EarlyStopping(patience=1, monitor="train_loss")
+    _, history, _ = fit(train, stop, max_epochs=50, patience=5, callbacks=[stopper])
+    assert "train_loss" in history.stop_reason
+
+
+def test_checkpoints_are_written_atomically_each_epoch(hetero_splits, tmp_path):
+    train, stop, _ = hetero_splits
+    checkpoint = pt.Checkpoint(tmp_path / "ckpt")
+    model, history, _ = fit(train, stop, max_epochs=3, callbacks=[checkpoint])
+    saved = checkpoint.load()
+    assert checkpoint.saved_epochs == [1, 2, 3] and saved["epoch"] == 3
+    assert saved["history"]["records"] == history.to_dict()["records"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.pt"]  # no temp file
+    assert set(saved["model"]) == set(model.state_dict())
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(ValueError, match="Checkpoint: cannot create"):
+        fit(train, stop, max_epochs=1, callbacks=[pt.Checkpoint(blocked / "sub")])
+
+
+def test_configuration_errors_come_at_once():
+    with pytest.raises(ValueError, match="unknown method 'unknown'"):
+        pt.Trainer("unknown")
+    with pytest.raises(TypeError, match="Callback instances"):
+        pt.Trainer(callbacks=[lambda state: None])
+    with pytest.raises(ValueError, match="clip_grad_norm must be positive"):
+        pt.Trainer(clip_grad_norm=0)
+
+
+def test_an_unwrapped_module_is_told_what_to_pass(hetero_splits):
+    train, stop, _ = hetero_splits
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Linear(1, 4)
+            self.heads = nn.ModuleList([nn.Linear(4, 1) for _ in range(3)])
+
+        def forward(self, x, task_id):
+            return self.heads[task_id](self.trunk(x))
+
+    with pytest.raises(TypeError, match=r"pt\.as_multitask\(model, tasks=\[.*\], route='task_id'"):
+        fit(train, stop, model=Net())
+    wrapped = pt.as_multitask(Net(), TASKS, shared="trunk", route="task_id", keys=range(3))
+    _, history, _ = fit(train, stop, model=wrapped, objective="upgrad@repr", max_epochs=2)
+    assert np.isfinite(history["stop_loss"]).all()
+
+
+def test_methods_with_per_task_state_refuse_incomplete_steps_before_training(rng):
+    data = {
+        t: pt.TaskData(rng.normal(size=(20, 1)).astype(np.float32), rng.normal(size=20))
+        for t in ("task0", "task1", "task2")
+    }
+    model = small_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    for method in ("dwa", "gradnorm", "famo"):
+        trainer = pt.Trainer(method, schedule="sequential", quiet=True, device="cpu", max_epochs=1)
+        with pytest.raises(ValueError, match="needs every task in every step"):
+            trainer.fit(model, TASKS, data, data)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_trainer_takes_per_task_dataloaders_and_datasets():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = np.random.default_rng(0)
+    x = torch.from_numpy(gen.normal(size=(60, 1)).astype(np.float32))
+    data = {
+        "task0": TensorDataset(x, 2 * x[:, 0]),
+        "task1": DataLoader(TensorDataset(x[:30], -x[:30, 0]), batch_size=8, shuffle=True),
+        "task2": TensorDataset(x[:20], x[:20, 0] + 1),
+    }
+    trainer = pt.Trainer(
+        "upgrad", max_epochs=3, batch_size=16, patience=None, quiet=True, device="cpu"
+    )
+    history = trainer.fit(small_model(), [pt.Task(t) for t in data], data, data)
+    assert history["epoch"] == [1, 2, 3]
+    assert history["stop_loss"][-1] < history["stop_loss"][0]

@@ -99,6 +99,7 @@ class UserModel(nn.Module):
         self._shared: list[nn.Parameter] | None = None
         self._owners: dict[int, str] | None = None
         self._inputs: tuple[Tensor, Any] | None = None
+        self._feature_parameters_read = False
         if isinstance(shared, str):
             self._use_trunk(shared)
         elif shared is not None:
@@ -132,8 +133,10 @@ class UserModel(nn.Module):
             raise ValueError(f"as_multitask: the shared submodule {name!r} has no parameter")
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """The shared parameters: named by ``shared``, or read off the graph of the first
-        forward pass that tracked gradients (those that two or more tasks' outputs reach)."""
+        """The shared parameters: named by ``shared`` (with a submodule, also every layer its
+        output depends on, read off the first tracked :meth:`features` call), or read off the
+        graph of the first forward pass that tracked gradients (those that two or more tasks'
+        outputs reach)."""
         if self._shared is None:
             raise RuntimeError(
                 f"{type(self.module).__name__}: polytask cannot tell which parameters are "
@@ -201,8 +204,10 @@ class UserModel(nn.Module):
             for pid in ids:
                 count.setdefault(pid, []).append(task)
         self._owners = {pid: tasks[0] for pid, tasks in count.items() if len(tasks) == 1}
+        # whatever two tasks' outputs reach is shared, named or not
+        reached_twice = {pid for pid in params if len(count.get(pid, ())) > 1}
         if self._shared is None:
-            shared = [params[pid] for pid in params if len(count.get(pid, ())) > 1]
+            shared = [params[pid] for pid in params if pid in reached_twice]
             if not shared and len(self.task_names) > 1:
                 raise ValueError(
                     f"{type(self.module).__name__}: no parameter is reached by two tasks' "
@@ -211,6 +216,11 @@ class UserModel(nn.Module):
                 )
             self._shared = shared
             self._adopt_trunk(shared)
+        else:
+            named = {id(p) for p in self._shared}
+            self._shared = [
+                p for p in self.module.parameters() if id(p) in named or id(p) in reached_twice
+            ]
 
     def _adopt_trunk(self, shared: list[nn.Parameter]) -> None:
         """When the inferred shared parameters are exactly one submodule's, use it as the
@@ -235,6 +245,8 @@ class UserModel(nn.Module):
             self._all_first(x)
         except _Captured as captured:
             self._inputs = (captured.z, x)
+            if not self._feature_parameters_read and captured.z.requires_grad:
+                self._read_feature_parameters(captured.z)
             return captured.z
         finally:
             del trunk.forward
@@ -242,6 +254,17 @@ class UserModel(nn.Module):
             f"{type(self.module).__name__}'s forward never called its shared submodule "
             f"{self._trunk_name!r}"
         )
+
+    def _read_feature_parameters(self, z: Tensor) -> None:
+        """Everything the representation depends on is shared (layers the module applies
+        before the named submodule too), or its gradient would be lost on the paths that
+        stop at the features."""
+        reached = reached_parameters(z)
+        named = {id(p) for p in self._shared or ()}
+        self._shared = [
+            p for p in self.module.parameters() if id(p) in reached or id(p) in named
+        ]
+        self._feature_parameters_read = True
 
     def _all_first(self, x: Any) -> None:
         if self.route is not None:

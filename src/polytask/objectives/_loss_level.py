@@ -117,6 +117,10 @@ class Weighted(LossObjective):
             return self.scalarizer(losses)
         return (self._present(positions, losses) * losses).sum()
 
+    def extra_repr(self) -> str:
+        given = self.given if isinstance(self.given, dict) else list(self.given)
+        return ", ".join([repr(given), super().extra_repr()]).rstrip(", ")
+
     def _present(self, positions: Positions, losses: Tensor) -> Tensor:
         weights = self.scalarizer.weights.to(losses.dtype)
         return weights if positions is None else weights[self._index(positions, losses.device)]

@@ -47,6 +47,9 @@ class DWA(_EveryTask):
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.DWA(self.temperature)
 
+    def extra_repr(self) -> str:
+        return ", ".join([f"temperature={self.temperature!r}", super().extra_repr()]).rstrip(", ")
+
     def _dwa_weights(self, losses: Tensor) -> Tensor:
         # torchjd's forward also adds the losses to the epoch's averages; this reads the weights
         # alone, so the stop-set evaluation does not count as training data
@@ -87,6 +90,10 @@ class FAMO(_EveryTask):
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3) -> None:
         super().__init__()
         self.lr, self.weight_decay = lr, weight_decay
+
+    def extra_repr(self) -> str:
+        options = f"lr={self.lr!r}, weight_decay={self.weight_decay!r}"
+        return ", ".join([options, super().extra_repr()]).rstrip(", ")
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.FAMO(

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tasks import Task
-from ._base import LossObjective, Objective, Positions, Step
-from ._gradient import TaskFeatures
+from ._base import Objective
 from ._mapping import check_mapping
 
 Distance = Literal["absolute", "squared"] | Callable[[Tensor, Tensor], Tensor]
@@ -288,7 +287,7 @@ class Hierarchical(Term):
 
 class WithTerms(Objective):
     """An objective plus structured terms: the objective's update plus the gradient of the
-    summed terms. Made by ``objective + term``.
+    summed terms. Made by ``objective + term``; the gradient engine runs it.
 
     A loss-level objective adds the terms to its combined loss (one backward pass); a gradient
     method gets the terms' gradient added to its own update (through the trunk once more when
@@ -328,36 +327,8 @@ class WithTerms(Objective):
         for term in self.terms:
             term.bind(tasks)
 
-    def attach(self, model: nn.Module) -> None:
-        self.base.attach(model)
-
-    def split_features(self, features: Tensor) -> Tensor | Mapping[str, Tensor]:
-        return self.base.split_features(features)
-
     def value(self, losses: Tensor) -> Tensor:
         return self.base.value(losses)
-
-    def backward(
-        self,
-        losses: Tensor | Mapping[str, Tensor],
-        positions: Positions = None,
-        features: Tensor | None = None,
-        terms: Tensor | None = None,
-    ) -> Step:
-        if terms is None:
-            return self.base.backward(losses, positions, features)
-        penalty = terms.sum()
-        if isinstance(self.base, LossObjective):
-            return self.base.backward(losses, positions, features, penalty=penalty)
-        penalty.backward(retain_graph=True)  # accumulates; the method's update adds to it
-        if isinstance(features, TaskFeatures):
-            # the heads read per-task leaves of z: the terms' gradient stopped at the leaves,
-            # so it is sent on through the trunk once (the graph stays for the method's step)
-            seeds = [leaf.grad for leaf in features.values() if leaf.grad is not None]
-            if seeds:
-                torch.autograd.backward(features.z, sum(seeds), retain_graph=True)
-        step = self.base.backward(losses, positions, features)
-        return Step(step.value + penalty.detach(), step.weights)
 
     def after_step(self, recompute: Callable[[], Tensor]) -> None:
         self.base.after_step(recompute)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..models import ColumnHeads, MultiTaskModel, has_representation
 from ..tasks import Task
-from ._sources import Batch, PerTaskSource, SharedBatch, SharedSource
+from ._sources import Batch, SharedBatch, SharedSource, Source
 
 
 class StepLosses(NamedTuple):
@@ -45,13 +45,13 @@ class LossPlan:
         self,
         model: nn.Module,
         tasks: Sequence[Task],
-        source: SharedSource | PerTaskSource,
+        source: Source,
         split: Callable[[Tensor], Tensor | Mapping[str, Tensor]] | None = None,
         terms: Sequence[Callable[[Mapping[str, Tensor]], Tensor]] = (),
     ) -> None:
         self.tasks = tuple(tasks)
         self.terms = tuple(terms)
-        if self.terms and isinstance(source, PerTaskSource):
+        if self.terms and not isinstance(source, SharedSource):
             names = [getattr(term, "name", type(term).__name__) for term in self.terms]
             raise ValueError(
                 f"structured terms {names} compare outputs on the same rows: they need one "
@@ -79,7 +79,7 @@ class LossPlan:
                 else torch.repeat_interleave(torch.arange(len(tasks)), torch.tensor(sizes))
             )
 
-    def adopt(self, source: SharedSource | PerTaskSource) -> None:
+    def adopt(self, source: Source) -> None:
         """Lay the source's targets out as :meth:`losses` reads them."""
         if self.columnar and isinstance(source.y, dict):
             y = source.y

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +56,8 @@ class PerTaskBatch:
 
 
 Batch = SharedBatch | PerTaskBatch
+Source = Any
+"""A :class:`SharedSource`, :class:`PerTaskSource` or ``LoaderSource``."""
 
 
 def _check_inputs(x: Tensor, where: str) -> None:
@@ -96,6 +99,10 @@ class SharedSource:
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def complete_steps(self, schedule: Schedule) -> bool:
+        """Whether every batch holds every task: no task with missing labels."""
+        return not self.host_masks
 
     def _batch(self, host_index: np.ndarray, index: Tensor | slice) -> SharedBatch | None:
         y = (
@@ -194,6 +201,12 @@ class PerTaskSource:
             raise ValueError(f"{split} split: the tasks' inputs differ in width: {sorted(widths)}")
         self.n_features = (widths.pop(),)
 
+    def complete_steps(self, schedule: Schedule) -> bool:
+        """Whether every step of ``schedule`` holds every task: round robin that does not let
+        tasks end (``max_size``), and no task with missing labels."""
+        masked = any(part.host_mask is not None for part in self.parts.values())
+        return not masked and schedule.kind == "round_robin" and schedule.size_mode != "max_size"
+
     def sizes(self) -> dict[str, int]:
         return {name: len(part.data) for name, part in self.parts.items()}
 
@@ -236,12 +249,18 @@ def make_source(
     device: torch.device,
     *,
     sparse_input: bool = True,
-) -> SharedSource | PerTaskSource:
+) -> Source:
+    """The trainer's view of one split: one dataset for every task, one ``TaskData`` per task,
+    or one ``DataLoader`` / ``Dataset`` per task."""
     if isinstance(data, MultiTargetData):
         return SharedSource(data, split, tasks, device)
-    if isinstance(data, Mapping):
+    if isinstance(data, Mapping) and all(isinstance(v, TaskData) for v in data.values()):
         return PerTaskSource(data, split, tasks, device, sparse_input=sparse_input)
+    if isinstance(data, Mapping):  # the user's own per-task DataLoaders or Datasets
+        from ._loader_source import LoaderSource  # it builds on this module's batch types
+
+        return LoaderSource(data, split, tasks, device, sparse_input=sparse_input)
     raise TypeError(
         f"the {split} data must be a MultiTargetData or a mapping task -> TaskData, "
-        f"got {type(data).__name__}"
+        f"DataLoader or Dataset, got {type(data).__name__}"
     )

@@ -22,7 +22,7 @@ from ._callbacks import BestWeights, Callback, EarlyStopping, NonFiniteCheck
 from ._history import History
 from ._losses import LossPlan
 from ._progress import EpochProgress
-from ._sources import PerTaskSource, SharedBatch, SharedSource, make_source
+from ._sources import SharedBatch, SharedSource, Source, make_source
 
 Data = MultiTargetData | Mapping[str, TaskData]
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -101,7 +101,7 @@ def _check_tasks(model: nn.Module, tasks: Sequence[Task]) -> tuple[Task, ...]:
 
 
 def _check_outputs(
-    model: nn.Module, tasks: Sequence[Task], source: SharedSource | PerTaskSource
+    model: nn.Module, tasks: Sequence[Task], source: Source
 ) -> None:
     """One forward pass on a couple of rows, so a head of the wrong width or a trunk that cannot
     take the inputs fails before any step. It tracks gradients, so a wrapped module whose shared
@@ -126,14 +126,6 @@ def _check_outputs(
                 f"{len(x)} rows, expected ({len(x)}, {task.size}) for a {task.kind} task "
                 f"of size {task.size}"
             )
-
-
-def _complete_steps(source: SharedSource | PerTaskSource, schedule: Schedule) -> bool:
-    """Whether every step will hold every task (what methods with per-task state need)."""
-    if isinstance(source, SharedSource):
-        return not source.host_masks
-    masked = any(part.host_mask is not None for part in source.parts.values())
-    return not masked and schedule.kind == "round_robin" and schedule.size_mode != "max_size"
 
 
 class _EpochTotals:
@@ -370,8 +362,8 @@ class Trainer:
         objective.to(device)
         engine = GradientEngine(model, objective)
         engine.check(
-            per_task_batches=isinstance(train_source, PerTaskSource),
-            complete=_complete_steps(train_source, self.schedule),
+            per_task_batches=not isinstance(train_source, SharedSource),
+            complete=train_source.complete_steps(self.schedule),
         )
         _check_outputs(model, tasks, train_source)
         plan = LossPlan(model, tasks, train_source, engine.split, objective.terms)
@@ -400,7 +392,7 @@ class Trainer:
         fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
         return torch.optim.Adam(params, lr=self.lr, eps=self.eps, fused=fused or None)
 
-    def _batches(self, source: SharedSource | PerTaskSource, shuffle: torch.Generator, epoch: int):
+    def _batches(self, source: Source, shuffle: torch.Generator, epoch: int):
         if isinstance(source, SharedSource):
             return source.epoch(shuffle, self.batch_size)
         return source.epoch(self.schedule, self.batch_size, seed=self.seed * 1_000_003 + epoch)
@@ -411,8 +403,8 @@ class Trainer:
         objective: Objective,
         engine: GradientEngine,
         plan: LossPlan,
-        train: SharedSource | PerTaskSource,
-        stop: SharedSource | PerTaskSource,
+        train: Source,
+        stop: Source,
         device: torch.device,
     ) -> History:
         tasks = plan.tasks
@@ -516,7 +508,7 @@ class Trainer:
         return self._source_losses(model, plan, source)[0]
 
     def _source_losses(
-        self, model: nn.Module, plan: LossPlan, source: SharedSource | PerTaskSource
+        self, model: nn.Module, plan: LossPlan, source: Source
     ) -> tuple[Tensor, Tensor | None]:
         """Mean loss per task over a whole source, weighting each chunk by its labelled rows,
         and the structured terms' means over its rows (None without terms)."""
@@ -543,7 +535,7 @@ class Trainer:
         return means, None if term_total is None else term_total / rows
 
     def _stop_metrics(
-        self, model: nn.Module, plan: LossPlan, source: SharedSource | PerTaskSource
+        self, model: nn.Module, plan: LossPlan, source: Source
     ) -> dict[str, float]:
         tasks = plan.tasks
         outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
