@@ -230,6 +230,7 @@ def test_a_custom_optimizer_and_scheduler_take_effect(hetero_splits):
     halving = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # noqa: E731
     _, history, _ = fit(train, stop, lr=0.01, scheduler=halving, max_epochs=3)
     assert history["lr"] == pytest.approx([0.01, 0.005, 0.0025])
+
     # ReduceLROnPlateau is given the stop loss: in "max" mode a falling loss is a plateau
     def plateau(opt):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "max", patience=0, factor=0.1)

@@ -261,9 +261,7 @@ class UserModel(nn.Module):
         stop at the features."""
         reached = reached_parameters(z)
         named = {id(p) for p in self._shared or ()}
-        self._shared = [
-            p for p in self.module.parameters() if id(p) in reached or id(p) in named
-        ]
+        self._shared = [p for p in self.module.parameters() if id(p) in reached or id(p) in named]
         self._feature_parameters_read = True
 
     def _all_first(self, x: Any) -> None:

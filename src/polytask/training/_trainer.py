@@ -100,9 +100,7 @@ def _check_tasks(model: nn.Module, tasks: Sequence[Task]) -> tuple[Task, ...]:
     return tuple(tasks)
 
 
-def _check_outputs(
-    model: nn.Module, tasks: Sequence[Task], source: Source
-) -> None:
+def _check_outputs(model: nn.Module, tasks: Sequence[Task], source: Source) -> None:
     """One forward pass on a couple of rows, so a head of the wrong width or a trunk that cannot
     take the inputs fails before any step. It tracks gradients, so a wrapped module whose shared
     part is not named has it read off the graph here."""
@@ -534,9 +532,7 @@ class Trainer:
         means = total / torch.tensor(counts, dtype=total.dtype, device=device)
         return means, None if term_total is None else term_total / rows
 
-    def _stop_metrics(
-        self, model: nn.Module, plan: LossPlan, source: Source
-    ) -> dict[str, float]:
+    def _stop_metrics(self, model: nn.Module, plan: LossPlan, source: Source) -> dict[str, float]:
         tasks = plan.tasks
         outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
         targets: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
