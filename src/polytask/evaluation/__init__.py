@@ -23,6 +23,8 @@ from ._plots import (
 from ._statistics import (
     DELTA_CONVENTION,
     RATIO_CONVENTION,
+    FewReplicationsWarning,
+    IncompleteReplicationsWarning,
     delta_m,
     holm,
     improvement_ratios,
@@ -34,6 +36,8 @@ __all__ = [
     "GREATER_IS_BETTER",
     "METRICS",
     "RATIO_CONVENTION",
+    "FewReplicationsWarning",
+    "IncompleteReplicationsWarning",
     "Metric",
     "delta_m",
     "evaluate",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import pandas as pd
 from ..evaluation import (
     DELTA_CONVENTION,
     RATIO_CONVENTION,
+    IncompleteReplicationsWarning,
     delta_m,
     improvement_ratios,
     plot_delta_m,
@@ -47,6 +49,7 @@ def _task_table(per_task: pd.DataFrame) -> pd.DataFrame:
             "method": per_task["method"],
             "task": per_task["task"],
             "n": per_task["n"],
+            "pairs dropped": per_task["n_dropped"],
             "median ratio": per_task["median_ratio"],
             "95% CI (median)": [
                 _interval(a, b)
@@ -61,6 +64,8 @@ def _task_table(per_task: pd.DataFrame) -> pd.DataFrame:
             "win rate": per_task["win_rate"],
             "Wilcoxon p": per_task["wilcoxon_p"],
             "Holm p": per_task["holm_p"],
+            "test": per_task["test"],
+            "note": per_task["note"],
         }
     )
 
@@ -70,12 +75,19 @@ def _overall_table(overall: pd.DataFrame) -> pd.DataFrame:
         {
             "method": overall["method"],
             "n": overall["n"],
+            "incomplete (left out)": overall["n_incomplete"],
             "mean Delta_m% (lower is better)": overall["delta_m_mean"],
             "95% CI": [
                 _interval(a, b)
                 for a, b in zip(overall["delta_m_ci_low"], overall["delta_m_ci_high"], strict=True)
             ],
             "median Delta_m%": overall["delta_m_median"],
+            "geo-mean ratio (>1 better)": overall["gmean_ratio"],
+            "95% CI (geo-mean)": [
+                _interval(a, b)
+                for a, b in zip(overall["gmean_ci_low"], overall["gmean_ci_high"], strict=True)
+            ],
+            "note": overall["note"],
         }
     )
 
@@ -111,13 +123,16 @@ def write_comparison_report(
     if frame.empty:
         raise ValueError(f"configuration {key} has no finished replications yet")
     per_task, overall = summarize(frame, baseline, metric, n_resamples=n_resamples)
+    with warnings.catch_warnings():  # summarize has already warned about these
+        warnings.simplefilter("ignore", IncompleteReplicationsWarning)
+        deltas = delta_m(frame, baseline, metric)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "ratios": plot_ratio_boxplots(
             improvement_ratios(frame, baseline, metric), baseline, out / "ratios.png", metric
         ),
-        "delta_m": plot_delta_m(delta_m(frame, baseline, metric), baseline, out / "delta_m.png"),
+        "delta_m": plot_delta_m(deltas, baseline, out / "delta_m.png"),
     }
     per_task.to_csv(out / "statistics_per_task.csv", index=False)
     overall.to_csv(out / "statistics_overall.csv", index=False)
@@ -143,10 +158,11 @@ def write_comparison_report(
     md = [f"# {title}", "", *[f"- **{k}**: {v}" for k, v in meta], ""]
     for heading, note, table in sections:
         md += [f"## {heading}", "", *([f"_{note}_", ""] if note else []), markdown_table(table), ""]
+    cautions = _cautions(per_task, overall)
+    if cautions:
+        md += ["## Warnings", "", *[f"- {c}" for c in cautions], ""]
     md += [
-        "Paired two-sided Wilcoxon signed-rank tests on the per-replication metrics; Holm "
-        "adjustment across the tasks of each method. Confidence intervals: percentile "
-        f"bootstrap, {n_resamples} resamples.",
+        f"{_METHODS_NOTE} Confidence intervals: percentile bootstrap, {n_resamples} resamples.",
         "",
         "![improvement ratios](ratios.png)",
         "",
@@ -156,8 +172,36 @@ def write_comparison_report(
     files["markdown"] = out / "report.md"
     files["markdown"].write_text("\n".join(md))
     files["html"] = out / "report.html"
-    files["html"].write_text(_html(title, meta, sections, files, n_resamples))
+    files["html"].write_text(_html(title, meta, sections, files, n_resamples, cautions))
     return files
+
+
+_METHODS_NOTE = (
+    "Paired two-sided Wilcoxon signed-rank tests, on the log ratios of a ratio-scale metric "
+    "(MSE, MAE) and on the raw differences otherwise (column `test`); each method is paired "
+    "with the baseline alone (`pairs dropped`: replications where one of them lacks a value); "
+    "Holm adjustment across the tasks of each method. Delta_m% averages over every task: "
+    "replications lacking a task are left out and counted."
+)
+
+
+def _cautions(per_task: pd.DataFrame, overall: pd.DataFrame) -> list[str]:
+    """The notes of the statistics (too few replications) and incomplete replications."""
+    cautions = []
+    few = per_task.loc[per_task["note"] != "", ["method", "task", "n"]]
+    if not few.empty:
+        cases = ", ".join(f"{m}/{t} (n={n})" for m, t, n in few.itertuples(index=False))
+        cautions.append(
+            f"{cases}: at most five replications, where a two-sided Wilcoxon test cannot reach "
+            "p < 0.05; read the intervals and p-values as descriptive only."
+        )
+    incomplete = overall.loc[overall["n_incomplete"] > 0, ["method", "n_incomplete"]]
+    for method, count in incomplete.itertuples(index=False):
+        cautions.append(f"{method}: {count} replications lack a task and are left out of Delta_m%.")
+    dropped = per_task.loc[per_task["n_dropped"] > 0, ["method", "task", "n_dropped"]]
+    for method, task, count in dropped.itertuples(index=False):
+        cautions.append(f"{method}/{task}: {count} replications without a pair were dropped.")
+    return cautions
 
 
 def _image(path: Path) -> str:
@@ -171,6 +215,7 @@ def _html(
     sections: list[tuple[str, str, pd.DataFrame]],
     files: dict[str, Path],
     n_resamples: int,
+    cautions: list[str],
 ) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -182,14 +227,16 @@ def _html(
         *[f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in meta],
         "</ul>",
     ]
+    if cautions:
+        parts += ["<h2>Warnings</h2><ul>", *[f"<li>{html.escape(c)}</li>" for c in cautions]]
+        parts.append("</ul>")
     for heading, note, table in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if note:
             parts.append(f"<p><i>{html.escape(note)}</i></p>")
         parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
     parts += [
-        f"<p>Paired two-sided Wilcoxon signed-rank tests; Holm adjustment across tasks; "
-        f"percentile bootstrap ({n_resamples} resamples).</p>",
+        f"<p>{html.escape(_METHODS_NOTE)} Percentile bootstrap ({n_resamples} resamples).</p>",
         _image(files["ratios"]),
         _image(files["delta_m"]),
         "</body></html>",
