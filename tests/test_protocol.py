@@ -270,3 +270,26 @@ def test_reprs_show_every_hyperparameter():
     assert repr(pt.make_objective("mgda@repr")) == "MGDA(path='representation')"
     assert "temperature=3.0" in repr(pt.DWA(temperature=3.0))
     assert "alpha=0.5" in repr(pt.GradNorm(alpha=0.5))
+
+
+def test_layers_import_only_what_is_below_them():
+    """Objectives never import models, the engine or the loop; models never import methods."""
+    import ast
+    from pathlib import Path
+
+    root = Path(pt.__file__).parent
+    forbidden = {
+        "objectives": {"models", "engine", "training", "experiments", "cli"},
+        "models": {"objectives", "engine", "training", "experiments", "cli"},
+        "engine": {"training", "experiments", "cli"},
+        "training": {"experiments", "cli"},
+    }
+    for layer, banned in forbidden.items():
+        for path in (root / layer).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level >= 2 and node.module:
+                    top = node.module.split(".")[0]
+                    assert top not in banned, f"{path.name} imports ..{node.module}"
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    parts = node.module.split(".")
+                    assert not (parts[0] == "polytask" and len(parts) > 1 and parts[1] in banned)
