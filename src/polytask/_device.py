@@ -4,20 +4,57 @@ from __future__ import annotations
 
 import torch
 
+DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:<index>' (or another torch device such as 'mps')"
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when it is available, else the CPU; anything else is passed through.
+    """``"auto"`` picks CUDA when it is available, else the CPU; anything else is checked.
+
+    Parameters
+    ----------
+    device
+        ``"auto"``, a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...)
+        or a :class:`torch.device`.
+
+    Returns
+    -------
+    torch.device
+        The device to use.
+
+    Raises
+    ------
+    ValueError
+        When ``device`` is not a device torch knows (``"gpu"``), or asks for CUDA (or a CUDA
+        index) that this machine does not have. The message names the valid choices.
 
     Examples
     --------
     >>> resolve_device("cpu")
     device(type='cpu')
+    >>> resolve_device("gpu")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown device 'gpu': choose 'auto', 'cpu', 'cuda' or 'cuda:<index>' ...
     """
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but CUDA is not available here")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: choose {DEVICE_CHOICES}") from None
+    if resolved.type == "cuda":
+        _check_cuda(device, resolved)
     return resolved
+
+
+def _check_cuda(asked: str, resolved: torch.device) -> None:
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {asked!r} was asked for, but CUDA is not available here")
+    count = torch.cuda.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise ValueError(
+            f"device {asked!r} was asked for, but this machine has {count} CUDA device(s): "
+            f"use 'cuda:0' to 'cuda:{count - 1}'"
+        )

@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS replications (
 """
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_TABLES = {"configs", "replications"}
+
+
 class Store:
     """Finished replications, each committed in its own transaction.
 
@@ -40,6 +44,26 @@ class Store:
     killing the process at any moment loses at most the replications still running and never
     leaves a half-written row. Configurations are kept apart by their hash: the same store can
     hold several experiments or settings.
+
+    Parameters
+    ----------
+    path
+        The SQLite file. Opened for writing, it is created when missing (an empty file is taken
+        as a new store); a file that is not a polytask store is refused, never overwritten.
+    read_only
+        Open an existing store without ever writing to it (SQLite's ``mode=ro``): reports use
+        this. A missing, empty or foreign file is refused.
+    first
+        Read only replications ``0 .. first - 1`` of each configuration (``None``: all of them),
+        so that a report covers the replications that were asked for, not every one stored.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``read_only`` and no file at ``path``.
+    ValueError
+        ``path`` is a folder, an empty file (read-only), not an SQLite database, an SQLite
+        database of something else, or its folder cannot be created.
 
     Examples
     --------
@@ -50,24 +74,85 @@ class Store:
     set()
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, first: int | None = None
+    ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if first is not None and first < 1:
+            raise ValueError(f"first must be a positive number of replications, got {first}")
+        self.first = first
+        if read_only:
+            self._check_existing()
+        else:
+            self._create()
+
+    def _create(self) -> None:
+        if self.path.is_dir():
+            raise ValueError(f"the store {self.path} is a folder; give the path of a file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(
+                f"cannot create the folder of the store {self.path}: {error.strerror or error}"
+            ) from None
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._check_existing()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
+    def _check_existing(self) -> None:
+        """Refuse anything but an existing polytask store, without writing to it."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"no store at {self.path}")
+        if self.path.is_dir():
+            raise ValueError(f"the store {self.path} is a folder, not a polytask store")
+        with self.path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+        if not header:
+            raise ValueError(f"{self.path} is empty, not a polytask store")
+        if header != _SQLITE_HEADER:
+            raise ValueError(f"{self.path} is not a polytask store (not an SQLite database)")
+        try:
+            with self._connect(read_only=True) as db:
+                rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                tables = {row[0] for row in rows}
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"{self.path} is not a readable SQLite database: {error}") from None
+        if not _TABLES.issubset(tables):
+            found = ", ".join(sorted(tables)) or "none"
+            raise ValueError(
+                f"{self.path} is an SQLite database but not a polytask store "
+                f"(tables: {found}; expected configs and replications)"
+            )
+
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
+    def _connect(self, read_only: bool | None = None) -> Iterator[sqlite3.Connection]:
+        if read_only is None:
+            read_only = self.read_only
+        if read_only:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, timeout=30)
+        else:
+            db = sqlite3.connect(self.path, timeout=30)
         try:
             with db:  # commits on success, rolls back on error
                 yield db
         finally:
             db.close()
 
+    def _writable(self, action: str) -> None:
+        if self.read_only:
+            raise ValueError(f"cannot {action}: the store {self.path} was opened read-only")
+
+    def _limit(self, column: str = "replication") -> tuple[str, tuple[int, ...]]:
+        """The SQL condition (and its parameter) that keeps the first replications only."""
+        return ("", ()) if self.first is None else (f" AND {column} < ?", (self.first,))
+
     def register(self, config_hash: str, experiment: str, config: dict[str, Any]) -> None:
         """Record a configuration (idempotent)."""
+        self._writable("register a configuration")
         with self._connect() as db:
             db.execute(
                 "INSERT OR IGNORE INTO configs VALUES (?, ?, ?, ?)",
@@ -76,14 +161,17 @@ class Store:
 
     def finished(self, config_hash: str) -> set[int]:
         """Replication numbers already stored for a configuration."""
+        condition, limit = self._limit()
         with self._connect() as db:
             rows = db.execute(
-                "SELECT replication FROM replications WHERE config_hash = ?", (config_hash,)
+                f"SELECT replication FROM replications WHERE config_hash = ?{condition}",
+                (config_hash, *limit),
             )
             return {row[0] for row in rows}
 
     def add(self, config_hash: str, result: dict[str, Any]) -> None:
         """Commit one finished replication (a second copy of the same one is ignored)."""
+        self._writable("add a replication")
         with self._connect() as db:
             db.execute(
                 "INSERT OR IGNORE INTO replications VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -101,15 +189,19 @@ class Store:
 
     def configs(self) -> pd.DataFrame:
         """One row per stored configuration with its number of replications."""
+        condition, limit = self._limit("r.replication")
         with self._connect() as db:
             return pd.read_sql_query(
                 "SELECT c.config_hash, c.experiment, c.config, COUNT(r.replication) AS replications"
-                " FROM configs c LEFT JOIN replications r USING (config_hash)"
+                " FROM configs c LEFT JOIN replications r"
+                f" ON r.config_hash = c.config_hash{condition}"
                 " GROUP BY c.config_hash ORDER BY c.created",
                 db,
+                params=limit,
             )
 
     def config(self, config_hash: str) -> dict[str, Any]:
+        """The configuration recorded under ``config_hash``."""
         with self._connect() as db:
             row = db.execute(
                 "SELECT config FROM configs WHERE config_hash = ?", (config_hash,)
@@ -120,11 +212,12 @@ class Store:
 
     def replications(self, config_hash: str) -> list[dict[str, Any]]:
         """The stored replications of a configuration, in replication order."""
+        condition, limit = self._limit()
         with self._connect() as db:
             rows = db.execute(
                 "SELECT replication, seed, versions, seconds, metrics, histories"
-                " FROM replications WHERE config_hash = ? ORDER BY replication",
-                (config_hash,),
+                f" FROM replications WHERE config_hash = ?{condition} ORDER BY replication",
+                (config_hash, *limit),
             ).fetchall()
         return [
             {
