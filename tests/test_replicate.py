@@ -7,22 +7,27 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import polytask as pt
 from polytask.cli import main
-from polytask.experiments import Store, config_hash
+from polytask.experiments import Store, _replicate, config_hash
 
 TINY = pt.SyntheticExperiment(
     "hetero", n=400, n_tasks=2, depth=2, width=16, max_epochs=3, device="cpu"
 )
 
 
+def _spawned(base, n):
+    return [int(c.generate_state(1)[0]) for c in np.random.SeedSequence(base).spawn(n)]
+
+
 def test_replicate_returns_one_row_per_replication_method_and_task(tmp_path):
     frame = pt.replicate(TINY, 3, seed=10, quiet=True, store=tmp_path / "s.sqlite")
     assert len(frame) == 3 * 2 * 2
-    assert sorted(frame["seed"].unique()) == [10, 11, 12]
+    assert frame.groupby("replication")["seed"].first().tolist() == _spawned(10, 3)
     assert set(frame.columns) >= {"replication", "seed", "method", "task", "mse", "mae"}
     assert not frame.duplicated(["replication", "method", "task"]).any()
     # growing N runs only the new replications; the first three come back unchanged
@@ -199,3 +204,176 @@ def test_a_diverging_method_is_scored_not_fatal(monkeypatch):
         result = TINY.run(0, quiet=True)
     assert set(result.metrics) == {"mse", "geometric"}
     assert len(result.histories["geometric"]) == 0
+
+
+def _stub_replication(experiment, replication, seed, threads):
+    """What run_replication returns, without training."""
+    return {
+        "replication": replication,
+        "seed": seed,
+        "versions": {**_replicate.versions(), "torch_threads": threads},
+        "seconds": 0.0,
+        "metrics": {"mse": {"task0": {"mse": 1.0}}, "geometric": {"task0": {"mse": 1.0}}},
+        "histories": {},
+    }
+
+
+def test_replication_seeds_are_spawned_from_the_base_seed(monkeypatch):
+    """Child i of SeedSequence(base): base seeds 0 and 1 share no seed (base + i shared 99 of
+    100), and replication i keeps its seed whatever the number of replications."""
+    monkeypatch.setattr(_replicate, "run_replication", _stub_replication)
+
+    def seeds(base, n):
+        frame = pt.replicate(TINY, n, seed=base, quiet=True)
+        return frame.groupby("replication")["seed"].first().tolist()
+
+    first, second = seeds(0, 100), seeds(1, 100)
+    assert first == _spawned(0, 100) and second == _spawned(1, 100)
+    assert len(set(first) & set(second)) == 0
+    assert len(set(first)) == 100
+    assert seeds(0, 7) == first[:7]
+    assert _replicate.replication_seed(0, 42) == first[42]
+
+
+def _fake_version(monkeypatch, package, version):
+    real = _replicate.metadata.version
+    monkeypatch.setattr(
+        _replicate.metadata, "version", lambda name: version if name == package else real(name)
+    )
+
+
+def test_other_package_versions_are_stored_apart_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(_replicate, "run_replication", _stub_replication)
+    store = Store(tmp_path / "s.sqlite")
+    pt.replicate(TINY, 3, quiet=True, store=store)
+    before = config_hash(TINY, 0)
+    config = store.config(before)
+    assert config["code"]["torch"] == _replicate.metadata.version("torch")
+    assert len(config["code"]["polytask_source"]) == 16
+    for package in ("torch", "torchjd", "polytask"):
+        with monkeypatch.context() as patch:
+            _fake_version(patch, package, "0.0.1")
+            assert config_hash(TINY, 0) != before, package
+    _fake_version(monkeypatch, "torchjd", "0.0.1")
+    with pytest.warns(UserWarning, match=r"holds 3 replications of this configuration made by"):
+        frame = pt.replicate(TINY, 2, quiet=True, store=store)
+    after = config_hash(TINY, 0)
+    assert after != before and len(frame) == 2 * 2
+    assert len(store.replications(before)) == 3  # kept apart, untouched
+    assert [r["versions"]["torchjd"] for r in store.replications(after)] == ["0.0.1"] * 2
+
+
+def test_the_code_is_part_of_the_configuration(tmp_path, monkeypatch):
+    """An edited polytask source is another configuration; each replication records its code."""
+    monkeypatch.setattr(_replicate, "run_replication", _stub_replication)
+    store = Store(tmp_path / "s.sqlite")
+    pt.replicate(TINY, 1, quiet=True, store=store)
+    stored = store.replications(config_hash(TINY, 0))[0]["versions"]
+    assert stored["polytask_source"] == _replicate.source_hash()
+    assert stored["polytask_commit"]  # a commit, commit+dirty, or "unavailable"
+    before = config_hash(TINY, 0)
+    monkeypatch.setattr(_replicate, "source_hash", lambda: "0123456789abcdef")
+    assert config_hash(TINY, 0) != before
+    with pytest.warns(UserWarning, match=r"polytask_source [0-9a-f]{16} -> 0123456789abcdef"):
+        pt.replicate(TINY, 1, quiet=True, store=store)
+
+
+def test_source_hash_follows_every_python_file(tmp_path, monkeypatch):
+    package = tmp_path / "polytask"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (package / "sub" / "m.py").write_text("y = 2\n")
+    monkeypatch.setattr(_replicate, "_PACKAGE", package)
+    compute = _replicate.source_hash.__wrapped__
+    first = compute()
+    (package / "sub" / "m.py").write_text("y = 3\n")
+    assert compute() != first
+    (package / "notes.txt").write_text("not code")
+    assert compute() == compute()
+
+
+def test_a_worker_that_ran_other_code_is_refused(tmp_path, monkeypatch):
+    def edited(*call):
+        result = _stub_replication(*call)
+        result["versions"]["polytask_source"] = "ffffffffffffffff"
+        return result
+
+    monkeypatch.setattr(_replicate, "run_replication", edited)
+    store = Store(tmp_path / "s.sqlite")
+    with pytest.raises(RuntimeError, match="ran with other code than this run started with"):
+        pt.replicate(TINY, 2, quiet=True, store=store)
+    assert store.finished(config_hash(TINY, 0)) == set()
+
+
+def _children(pid):
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as file:
+                    fields = file.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid):
+    """Running (not gone, not a zombie waiting for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads Linux's /proc")
+def test_killed_compare_takes_its_workers_down(tmp_path):
+    """kill -9 of `compare --jobs 2` mid-replication: its joblib workers end within seconds."""
+    command = [*COMMAND[:4], "hetero", "--n", "4000", "--tasks", "2", "--max-epochs", "400"]
+    command += ["--patience", "400", "--replications", "4", "--jobs", "2", "--quiet"]
+    command += ["--device", "cpu", "--out", str(tmp_path / "o")]
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            workers = [p for p in _children(process.pid) if "popen_loky" in _cmdline(p)]
+            # each worker busy with its replication, well past its imports
+            if len(workers) == 2 and min(_cpu_seconds(p) for p in workers) > 3:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None and len(workers) == 2, log.read_text()
+        descendants = _children(process.pid)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in descendants) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in descendants if _alive(p)], "workers outlived their parent"
+    finally:
+        process.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

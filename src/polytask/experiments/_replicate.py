@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import platform
+import subprocess
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from rich.progress import (
@@ -26,25 +33,108 @@ from ._synthetic import SyntheticExperiment, hash_config
 
 Backend = Literal["joblib", "ray"]
 
+_PACKAGE = Path(__file__).resolve().parents[1]  # the polytask package folder
+_CODE_PACKAGES = ("polytask", "torch", "torchjd", "numpy")
+SEEDING = "numpy.random.SeedSequence(base_seed).spawn"
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.cache
+def source_hash() -> str:
+    """SHA-256 (16 hex digits) of every ``.py`` file of the polytask package, names included.
+
+    It identifies the code that ran, edits not yet committed included, in a checkout as in an
+    installed package.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(_PACKAGE.rglob("*.py")):
+        digest.update(file.relative_to(_PACKAGE).as_posix().encode() + b"\0")
+        digest.update(file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def git_commit() -> str:
+    """The git commit of the polytask source (``+dirty`` with local edits), or ``"unavailable"``.
+
+    ``"unavailable"`` when git is missing or the package is not tracked in a git checkout (an
+    installed package); :func:`source_hash` identifies the code in every case.
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(_PACKAGE), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", "__init__.py") is None:
+        return "unavailable"  # not a checkout that tracks polytask (e.g. site-packages)
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return "unavailable"
+    dirty = git("status", "--porcelain", "--", ".")
+    return commit + ("+dirty" if dirty else "")
+
+
+def code_identity() -> dict[str, str]:
+    """What makes results of the same configuration comparable: versions and the source hash.
+
+    It is part of the configuration hash (:func:`config_hash`), so replications made by other
+    code (another torch, torchjd, numpy or polytask version, or an edited polytask source) are
+    stored apart from, and never mixed with, the ones of this code.
+    """
+    return {**{name: _version(name) for name in _CODE_PACKAGES}, "polytask_source": source_hash()}
+
 
 def versions() -> dict[str, str]:
-    """Versions of Python and the packages that shape the results."""
-    found = {"python": platform.python_version()}
-    for name in ("polytask", "torch", "torchjd", "numpy"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "unknown"
-    return found
+    """Versions of Python and the packages that shape the results, and the code's identity."""
+    return {"python": platform.python_version(), **code_identity(), "polytask_commit": git_commit()}
+
+
+def replication_seed(base: int, replication: int) -> int:
+    """Seed of replication ``replication``: child ``replication`` of ``SeedSequence(base)``.
+
+    The same as ``SeedSequence(base).spawn(n)[replication]`` for any ``n > replication``, so
+    replication ``i`` keeps its seed however many replications are asked for, and two base
+    seeds draw unrelated streams (``base + i`` made base seeds 0 and 1 share 99 of 100 seeds).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> child = np.random.SeedSequence(7).spawn(3)[2]
+    >>> replication_seed(7, 2) == int(child.generate_state(1)[0])
+    True
+    """
+    if base < 0 or replication < 0:
+        raise ValueError(
+            f"the base seed and replication number must be non-negative, got {base}, {replication}"
+        )
+    child = np.random.SeedSequence(base, spawn_key=(replication,))
+    return int(child.generate_state(1)[0])
 
 
 def replication_config(experiment: SyntheticExperiment, seed: int) -> dict[str, Any]:
-    """What identifies a set of replications: the experiment's configuration and base seed."""
-    return {"experiment": experiment.name, "base_seed": seed, **experiment.config()}
+    """What identifies a set of replications: configuration, base seed, seeding and code."""
+    return {
+        "experiment": experiment.name,
+        "base_seed": seed,
+        **experiment.config(),
+        "seeding": SEEDING,
+        "code": code_identity(),
+    }
 
 
 def config_hash(experiment: SyntheticExperiment, seed: int) -> str:
-    """The key of a set of replications in the store."""
+    """The key of a set of replications in the store (the code that runs them included)."""
     return hash_config(replication_config(experiment, seed))
 
 
@@ -70,7 +160,41 @@ def _joblib(jobs: int, calls: list[tuple]) -> Iterator[dict[str, Any]]:
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=jobs, return_as="generator_unordered")
-    yield from parallel(delayed(run_replication)(*call) for call in calls)
+    parent = os.getpid()
+    yield from parallel(delayed(_in_worker)(parent, *call) for call in calls)
+
+
+def _in_worker(parent: int, *call: Any) -> dict[str, Any]:
+    """:func:`run_replication` in a joblib worker that ends when ``parent`` is gone."""
+    watch_parent(parent)
+    return run_replication(*call)
+
+
+_watched: set[int] = set()
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """End this process soon after ``parent``, the process that started it, is gone.
+
+    A worker left behind by a killed ``polytask compare --jobs N`` would otherwise run its
+    replication to the end (and then idle for minutes), holding its memory. A daemon thread polls
+    ``os.getppid()`` every ``interval`` seconds and exits the process when it no longer names
+    ``parent`` (an orphan is adopted by another process). Nothing happens in ``parent`` itself
+    (``jobs=1`` runs there) or when this process was not started by ``parent``; one thread per
+    process at most.
+    """
+    if parent == os.getpid() or parent != os.getppid() or parent in _watched:
+        return
+    _watched.add(parent)
+    threading.Thread(
+        target=_watchdog, args=(parent, interval), name="polytask-watch-parent", daemon=True
+    ).start()
+
+
+def _watchdog(parent: int, interval: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)  # the parent is gone: nobody will read this worker's result
 
 
 def _ray(jobs: int, calls: list[tuple]) -> Iterator[dict[str, Any]]:
@@ -108,10 +232,17 @@ def replicate(
 ) -> pd.DataFrame:
     """Run ``replications`` replications of ``experiment``; return tidy test metrics.
 
-    Replication ``i`` draws its data, initial weights and shuffling from seed ``seed + i`` and
-    fits every method of the experiment on the same data and split. With a ``store``, each
+    Replication ``i`` draws its data, initial weights and shuffling from
+    :func:`replication_seed` ``(seed, i)`` (child ``i`` of ``numpy.random.SeedSequence(seed)``)
+    and fits every method of the experiment on the same data and split. With a ``store``, each
     finished replication is committed at once; calling again with the same experiment and seed
     runs only the missing replications.
+
+    The store keys replications by :func:`config_hash`, which covers the code
+    (:func:`code_identity`: the polytask, torch, torchjd and numpy versions and a hash of the
+    polytask source). Replications of the same configuration made by other code are never
+    resumed or mixed with this code's: they stay in the store under their own hash, this run
+    starts its own set, and a ``UserWarning`` names what differs.
 
     Parameters
     ----------
@@ -122,7 +253,8 @@ def replicate(
     seed
         Base seed.
     jobs
-        Parallel workers; each limits torch to ``cores // jobs`` threads.
+        Parallel workers; each limits torch to ``cores // jobs`` threads. A joblib worker ends
+        when this process does (:func:`watch_parent`), even after a ``kill -9``.
     backend
         ``"joblib"`` (local processes) or ``"ray"`` (Ray tasks; connects to ``RAY_ADDRESS``
         when set, else starts a local Ray).
@@ -135,7 +267,13 @@ def replicate(
     -------
     pandas.DataFrame
         One row per replication, method and task: ``replication, seed, method, task`` and one
-        column per metric.
+        column per metric; replications ``0 .. replications - 1`` only, even when the store
+        holds more.
+
+    Raises
+    ------
+    CodeChangedError
+        A worker ran other code than this process (the source was edited during the run).
 
     Examples
     --------
@@ -150,14 +288,20 @@ def replicate(
         raise ValueError(f"backend must be 'joblib' or 'ray', got {backend!r}")
     if store is not None and not isinstance(store, Store):
         store = Store(store)
-    key = config_hash(experiment, seed)
+    config = replication_config(experiment, seed)
+    key = hash_config(config)
     done: set[int] = set()
     results: list[dict[str, Any]] = []
     if store is not None:
-        store.register(key, experiment.name, replication_config(experiment, seed))
+        _warn_other_code(store, key, config)
+        store.register(key, experiment.name, config)
         done = store.finished(key)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    calls = [(experiment, i, seed + i, threads) for i in range(replications) if i not in done]
+    calls = [
+        (experiment, i, replication_seed(seed, i), threads)
+        for i in range(replications)
+        if i not in done
+    ]
     if calls:
         execute = _joblib if backend == "joblib" else _ray
         outer_threads = torch.get_num_threads()
@@ -169,6 +313,7 @@ def replicate(
                     completed=replications - len(calls),
                 )
                 for result in execute(jobs, calls):
+                    _check_same_code(result, config["code"])
                     if store is not None:
                         store.add(key, result)
                     results.append(result)
@@ -179,6 +324,47 @@ def replicate(
         results = [r for r in store.replications(key) if r["replication"] < replications]
     results.sort(key=lambda r: r["replication"])
     return tidy(results)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    names = sorted(set(old) | set(new))
+    return ", ".join(
+        f"{n} {old.get(n, 'unrecorded')} -> {new.get(n, 'unrecorded')}"
+        for n in names
+        if old.get(n) != new.get(n)
+    )
+
+
+def _warn_other_code(store: Store, key: str, config: dict[str, Any]) -> None:
+    """Say when the store holds this configuration's replications made by other code."""
+    same = {k: v for k, v in config.items() if k != "code"}
+    for row in store.configs().itertuples():
+        stored = json.loads(row.config)
+        if row.config_hash == key or row.replications == 0:
+            continue
+        if {k: v for k, v in stored.items() if k != "code"} == same:
+            warnings.warn(
+                f"{store.path} holds {row.replications} replications of this configuration "
+                f"made by other code ({_differences(stored.get('code', {}), config['code'])}); "
+                f"they stay apart under {row.config_hash}, this code's go under {key}",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+class CodeChangedError(RuntimeError):
+    """A worker ran other code than the process that started the replications."""
+
+
+def _check_same_code(result: dict[str, Any], code: dict[str, str]) -> None:
+    """Refuse a replication that a worker ran with other code than this process started with."""
+    ran = {name: result["versions"].get(name) for name in code}
+    if ran != code:
+        raise CodeChangedError(
+            f"replication {result['replication']} ran with other code than this run started "
+            f"with ({_differences(code, ran)}): was polytask edited or upgraded during the run? "
+            "It is not stored; run again"
+        )
 
 
 def _progress(quiet: bool) -> Progress:
