@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from polytask.cli import main
+from polytask.experiments import SyntheticExperiment
 
 
 def test_run_hetero_writes_the_whole_report(tmp_path, capsys):
@@ -80,3 +81,153 @@ def test_default_hetero_experiment_learns_every_task(tmp_path):
     table = pd.read_csv(tmp_path / "results.csv")
     assert (table["test mse (mse)"] < 0.05).all()
     assert (table["test mse (geometric)"] < 0.05).all()
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("polytask: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
+
+
+def test_every_help_shows_the_defaults():
+    """Each option with a value shows `(default: X)`; one whose default is None says what it
+    means in its own help text."""
+    from polytask.cli import build_parser
+
+    parser = build_parser()
+    checked = 0
+    for name, sub in [("polytask", parser), *_subparsers(parser)]:
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help" or action.default is False:
+                continue
+            if action.default is None:
+                assert action.help and "default" in action.help, (name, action.dest)
+            else:
+                assert f"(default: {action.default})" in text, (name, action.dest)
+            checked += 1
+    assert checked > 40
+    compare = dict(_subparsers(parser))["compare"].format_help()
+    assert "(default: 10)" in " ".join(compare.split())  # --replications
+
+
+def test_list_shows_every_method_with_its_description(capsys):
+    from polytask.objectives import OBJECTIVES
+
+    assert main(["list"]) == 0
+    printed = capsys.readouterr().out
+    experiments, _, methods = printed.partition("Methods")
+    assert "hetero" in experiments and methods
+    lines = methods.strip().splitlines()[1:]
+    listed = {n.strip() for line in lines for n in line.split("  ")[1].split(",")}
+    assert listed == {n if n != "weighted" else "weighted:W1:W2:..." for n in OBJECTIVES}
+    by_name = {line.split()[0].rstrip(","): line for line in lines}
+    assert "Mean: The mean of the task losses (every task weight 1/T)." in by_name["mean"]
+    assert "mse" in by_name["mean"] and "equal" in by_name["mean"]
+    assert "MGDA on the representation path" in by_name["mgda-ub"]
+    assert "Weighted:" in by_name["weighted:W1:W2:..."]
+    for line in lines:  # one sentence each: nothing after the first full stop
+        description = line.split(": ", 1)[1]
+        assert description and ". " not in description.replace("et al. ", ""), line
+
+
+def test_first_sentence_keeps_abbreviations():
+    from polytask.cli import first_sentence
+
+    text = 'X (Chen et al., 2018, "A"): the ``a`` b. second one.\n\nmore'
+    assert first_sentence(text) == 'X (Chen et al., 2018, "A"): the a b.'
+    assert first_sentence(None) == "(no description)"
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails the test if any experiment starts to train."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started before the bad input was refused")
+
+    monkeypatch.setattr(SyntheticExperiment, "run", refuse)
+
+
+TINY_RUN = ["run", "hetero", "--n", "200", "--tasks", "2", "--max-epochs", "1", "--quiet"]
+
+
+def test_out_that_is_a_file_is_refused_before_training(tmp_path, capsys, no_training):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    assert main([*TINY_RUN, "--device", "cpu", "--out", str(afile)]) == 2
+    assert f"--out {afile} is a file, not a folder" in _one_line(capsys.readouterr().err)
+    assert main([*TINY_RUN, "--device", "cpu", "--out", str(afile / "sub")]) == 2
+    assert f"--out {afile / 'sub'} cannot be created" in _one_line(capsys.readouterr().err)
+    assert afile.read_text() == "mine"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_out_that_cannot_be_written_is_refused_before_training(capsys, no_training):
+    """/proc/self is a folder that nobody, root included, can write a file into."""
+    for command in (TINY_RUN, ["compare", *TINY_RUN[1:]]):
+        assert main([*command, "--device", "cpu", "--out", "/proc/self"]) == 2
+        assert "--out /proc/self cannot be written" in _one_line(capsys.readouterr().err)
+
+
+def test_store_that_is_not_sqlite_is_refused_before_training(tmp_path, capsys, no_training):
+    store = tmp_path / "notes.txt"
+    store.write_text("my notes\n")
+    command = ["compare", *TINY_RUN[1:], "--device", "cpu", "--out", str(tmp_path / "o")]
+    assert main([*command, "--store", str(store)]) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert f"{store} is not a polytask store (not an SQLite database)" in error
+    assert store.read_text() == "my notes\n"
+
+
+def test_report_never_writes_to_a_file_that_is_not_a_store(tmp_path, capsys):
+    import sqlite3
+
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes\n")
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE mine (x)")
+    before = other.read_bytes()
+    assert main(["report", str(empty)]) == 2
+    assert f"{empty} is empty, not a polytask store" in _one_line(capsys.readouterr().err)
+    assert main(["report", str(text)]) == 2
+    assert "not an SQLite database" in _one_line(capsys.readouterr().err)
+    assert main(["report", str(other)]) == 2
+    assert "SQLite database but not a polytask store (tables: mine" in _one_line(
+        capsys.readouterr().err
+    )
+    assert empty.stat().st_size == 0 and text.read_text() == "my notes\n"
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "empty.sqlite",
+        "notes.txt",
+        "other.sqlite",
+    ]
+
+
+def test_unknown_device_is_one_line_naming_the_choices(tmp_path, capsys, no_training):
+    assert main([*TINY_RUN, "--device", "gpu", "--out", str(tmp_path)]) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert "unknown device 'gpu'" in error and "'cpu', 'cuda'" in error
+
+
+def test_resolve_device_raises_a_value_error_naming_the_choices():
+    from polytask._device import resolve_device
+
+    with pytest.raises(ValueError, match=r"unknown device 'gpu': choose 'auto', 'cpu', 'cuda'"):
+        resolve_device("gpu")
+    with pytest.raises(ValueError, match="unknown device 'cuda:x'"):
+        resolve_device("cuda:x")
+    assert resolve_device("cpu").type == "cpu"

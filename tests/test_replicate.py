@@ -305,6 +305,22 @@ def test_a_worker_that_ran_other_code_is_refused(tmp_path, monkeypatch):
     assert store.finished(config_hash(TINY, 0)) == set()
 
 
+def test_compare_reports_the_replications_asked_for(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "phase", "--n", "300", "--tasks", "2", "--max-epochs", "1"]
+    args += ["--quiet", "--device", "cpu", "--out", str(out)]
+    assert main([*args, "--replications", "3"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--replications", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "replications**: 2" in (out / "report.md").read_text()
+    assert sorted(pd.read_csv(out / "replications.csv")["replication"].unique()) == [0, 1]
+    assert "the store holds 3 replications of this configuration" in printed
+    assert "uses the first 2 (--replications 3 reports them all)" in printed
+    assert main(["report", str(out / "results.sqlite"), "--replications", "1"]) == 0
+    assert "replications**: 1" in (out / "report.md").read_text()
+
+
 def _children(pid):
     """Processes whose parent is ``pid`` (from /proc)."""
     found = []

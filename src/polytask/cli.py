@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ._device import DEVICE_CHOICES, resolve_device
 from .evaluation._metrics import GREATER_IS_BETTER
 from .experiments import (
     DATA_DESCRIPTIONS,
@@ -17,6 +22,7 @@ from .experiments import (
     EXPERIMENTS,
     STRUCTURED_EXPERIMENTS,
     ReviewsExperiment,
+    Store,
     config_hash,
     markdown_table,
     replicate,
@@ -26,6 +32,7 @@ from .experiments import (
     write_run_report,
     write_structured_report,
 )
+from .experiments._replicate import CodeChangedError
 from .experiments._tune import beyond_front, place_methods, plot_front, tune
 
 DATA_EXPERIMENTS = {
@@ -56,84 +63,236 @@ def _positive(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help: ``(default: X)``, or its help says what ``None`` is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""  # a flag, or an option whose help explains its default
+        return super()._get_help_string(action) or ""
+
+
+def _own_default(field: str, experiments: Sequence[str]) -> str:
+    """``"default: hetero 500, phase 500, ..."``: each experiment's own value of an option."""
+    values = []
+    for name in experiments:
+        if name in EXPERIMENTS:
+            value = getattr(EXPERIMENTS[name](), field)
+        else:
+            factory = STRUCTURED_EXPERIMENTS.get(name, ReviewsExperiment)
+            value = inspect.signature(factory).parameters[field].default
+        values.append(f"{name} {value}")
+    return f"default: {', '.join(values)}"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help="report folder (default runs/<name>-<time>)")
+    parser.add_argument(
+        "--out", type=Path, help="report folder, created if missing (default: runs/<name>-<time>)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and shuffling")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES}; auto: CUDA if present")
+
+
+def _subcommand(commands: Any, name: str, help: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="polytask", description="Multi-task learning experiments on PyTorch."
+        prog="polytask",
+        description="Multi-task learning experiments on PyTorch.",
+        formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list the built-in experiments")
-    run = commands.add_parser("run", help="run one experiment and write its report")
+    _subcommand(commands, "list", "list the built-in experiments and every method")
+    run = _subcommand(commands, "run", "run one experiment and write its report")
     _experiment_options(run, with_data=True)
     _common(run)
-    compare = commands.add_parser(
-        "compare", help="replicate an experiment over many seeds and compare methods"
+    compare = _subcommand(
+        commands, "compare", "replicate an experiment over many seeds and compare methods"
     )
     _experiment_options(compare, with_data=True, replicable=True)
-    compare.add_argument("--replications", type=_positive, default=10)
+    compare.add_argument(
+        "--replications",
+        type=_positive,
+        default=10,
+        help="replications to run and report (a store holding more reports the first ones)",
+    )
     compare.add_argument("--jobs", type=_positive, default=1, help="parallel workers")
-    compare.add_argument("--backend", choices=("joblib", "ray"), default="joblib")
-    compare.add_argument("--store", type=Path, help="SQLite store (default <out>/results.sqlite)")
+    compare.add_argument(
+        "--backend", choices=("joblib", "ray"), default="joblib", help="how workers are run"
+    )
+    compare.add_argument("--store", type=Path, help="SQLite store (default: <out>/results.sqlite)")
     _common(compare)
-    report = commands.add_parser("report", help="write the report of a stored comparison")
-    report.add_argument("store", type=Path, help="the SQLite store of a compare run")
-    report.add_argument("--config", help="configuration hash (prefix) to report; default latest")
+    report = _subcommand(commands, "report", "write the report of a stored comparison")
+    report.add_argument("store", type=Path, help="the SQLite store of a compare run (read only)")
+    report.add_argument("--config", help="configuration hash (prefix) to report (default: latest)")
     report.add_argument("--out", type=Path, help="report folder (default: beside the store)")
     report.add_argument("--metric", help="metric compared (default: the experiment's own)")
-    tune = commands.add_parser("tune", help="search the task weights of a weighted loss")
-    tune.add_argument("experiment", choices=sorted(EXPERIMENTS) + sorted(STRUCTURED_EXPERIMENTS))
-    tune.add_argument("--data-dir", type=Path, help="the data folder of a real-data experiment")
-    tune.add_argument("--n", type=_positive, help="rows drawn (synthetic experiments)")
-    tune.add_argument("--tasks", type=_positive, help="number of tasks (synthetic experiments)")
-    tune.add_argument("--batch-size", type=_positive)
-    tune.add_argument("--method", choices=("grid", "bayes"), default="grid")
+    report.add_argument(
+        "--replications",
+        type=_positive,
+        help="report the first N replications only (default: all stored)",
+    )
+    _tune_parser(_subcommand(commands, "tune", "search the task weights of a weighted loss"))
+    return parser
+
+
+def _tune_parser(tune: argparse.ArgumentParser) -> None:
+    experiments = sorted(EXPERIMENTS) + sorted(STRUCTURED_EXPERIMENTS)
+    tune.add_argument("experiment", choices=experiments)
+    tune.add_argument(
+        "--data-dir", type=Path, help="the data folder of a real-data experiment (default: none)"
+    )
+    synthetic = sorted(EXPERIMENTS)
+    tune.add_argument(
+        "--n", type=_positive, help=f"rows drawn, synthetic only ({_own_default('n', synthetic)})"
+    )
+    tune.add_argument(
+        "--tasks",
+        type=_positive,
+        help=f"number of tasks, synthetic only ({_own_default('n_tasks', synthetic)})",
+    )
+    tune.add_argument(
+        "--batch-size",
+        type=_positive,
+        help=f"rows per minibatch ({_own_default('batch_size', experiments)})",
+    )
+    tune.add_argument(
+        "--method", choices=("grid", "bayes"), default="grid", help="grid or Optuna TPE search"
+    )
     tune.add_argument("--trials", type=_positive, default=28, help="at most the grid's size")
     tune.add_argument("--resolution", type=_positive, default=6, help="grid step 1/resolution")
-    tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
-    tune.add_argument("--study", help="study name (default from experiment, method and seed)")
+    tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<out>/study.db)")
+    tune.add_argument("--study", help="study name (default: from the experiment, method and seed)")
     tune.add_argument("--no-prune", action="store_true", help="no pruning of bad trials")
     tune.add_argument(
         "--combine", choices=("mean", "worst"), default="mean", help="of the per-task metrics"
     )
     tune.add_argument("--heartbeat", type=_positive, default=60, help="seconds between beats")
     tune.add_argument(
-        "--place", type=_methods, help="methods drawn on the front, e.g. consistency,mgda"
+        "--place",
+        type=_methods,
+        help="methods drawn on the front, e.g. consistency,mgda (default: none)",
     )
-    tune.add_argument("--max-epochs", type=_positive)
-    tune.add_argument("--patience", type=_positive)
+    tune.add_argument(
+        "--max-epochs",
+        type=_positive,
+        help=f"most training epochs ({_own_default('max_epochs', experiments)})",
+    )
+    tune.add_argument(
+        "--patience",
+        type=_positive,
+        help=f"early-stopping patience in epochs ({_own_default('patience', experiments)})",
+    )
     _common(tune)
-    return parser
 
 
 def _experiment_options(
     parser: argparse.ArgumentParser, with_data: bool = False, replicable: bool = False
 ) -> None:
     data = sorted(STRUCTURED_EXPERIMENTS) if replicable else sorted(DATA_EXPERIMENTS)
-    parser.add_argument("experiment", choices=sorted(EXPERIMENTS) + (data if with_data else []))
+    experiments = sorted(EXPERIMENTS) + (data if with_data else [])
+    parser.add_argument("experiment", choices=experiments)
     if with_data:
-        parser.add_argument("--data-dir", type=Path, help="folder of a real-data experiment")
         parser.add_argument(
-            "--weights", type=_weights, help="task weights of the 'tuned' method, e.g. 1,0.5,2"
+            "--data-dir", type=Path, help="folder of a real-data experiment (default: none)"
         )
-    parser.add_argument("--methods", type=_methods, help="comma-separated, e.g. mse,geometric")
+        parser.add_argument(
+            "--weights",
+            type=_weights,
+            help="task weights of the 'tuned' method, e.g. 1,0.5,2 (default: none)",
+        )
+    parser.add_argument(
+        "--methods",
+        type=_methods,
+        help="comma-separated, e.g. mse,geometric; see polytask list "
+        "(default: the experiment's own)",
+    )
     parser.add_argument("--baseline", help="method the others are compared with (default: first)")
-    parser.add_argument("--n", type=_positive, help="rows drawn (train/stop/test = 5/45/50%%)")
-    parser.add_argument("--tasks", type=_positive, help="number of tasks")
-    parser.add_argument("--max-epochs", type=_positive)
-    parser.add_argument("--patience", type=_positive)
-    parser.add_argument("--batch-size", type=_positive)
+    synthetic = sorted(EXPERIMENTS)
+    parser.add_argument(
+        "--n",
+        type=_positive,
+        help=f"rows drawn, train/stop/test = 5/45/50%% ({_own_default('n', synthetic)})",
+    )
+    parser.add_argument(
+        "--tasks", type=_positive, help=f"number of tasks ({_own_default('n_tasks', synthetic)})"
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=_positive,
+        help=f"most training epochs ({_own_default('max_epochs', experiments)})",
+    )
+    parser.add_argument(
+        "--patience",
+        type=_positive,
+        help=f"early-stopping patience in epochs ({_own_default('patience', experiments)})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive,
+        help=f"rows per minibatch ({_own_default('batch_size', experiments)})",
+    )
 
 
 def _cmd_list() -> int:
+    print("Experiments:")
     for name, text in sorted({**DESCRIPTIONS, **DATA_EXPERIMENTS}.items()):
-        print(f"{name:18s} {text}")
+        print(f"  {name:18s} {text}")
+    print()
+    print("Methods (--methods a,b; a gradient method takes a path: NAME@exact, @repr or @naive):")
+    for names, text in method_descriptions():
+        print(f"  {names:26s} {text}")
     return 0
+
+
+_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)\.(?:\s|$)")
+
+
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring, on one line, without reST markup.
+
+    Examples
+    --------
+    >>> first_sentence("MGDA (Sener et al., 2018): the minimum norm. More text.")
+    'MGDA (Sener et al., 2018): the minimum norm.'
+    """
+    if not doc or not doc.strip():
+        return "(no description)"
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "")
+    end = _SENTENCE_END.search(paragraph)
+    return paragraph[: end.start() + 1] if end else paragraph
+
+
+def method_descriptions() -> list[tuple[str, str]]:
+    """``(CLI names, "Class: first sentence of its docstring")`` for every method, aliases joined.
+
+    Built from :data:`polytask.objectives.OBJECTIVES`: a builder's ``cls`` names its class
+    (``weighted`` builds :class:`polytask.objectives.Weighted` from its weights); a builder
+    whose objective runs on a path other than the exact one (``mgda-ub``) gets its own line.
+    """
+    from .objectives import OBJECTIVES, Weighted
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, build in OBJECTIVES.items():
+        cls = Weighted if name == "weighted" else getattr(build, "cls", None)
+        if cls is None:
+            groups.setdefault((name, "(no description)"), []).append(name)
+            continue
+        label = f"{cls.__name__}: {first_sentence(cls.__doc__)}"
+        path = _path_of(build) if name != "weighted" else None
+        if path not in (None, "exact"):
+            label = f"{cls.__name__} on the {path} path: {first_sentence(cls.__doc__)}"
+        groups.setdefault((cls.__qualname__ + str(path), label), []).append(
+            "weighted:W1:W2:..." if name == "weighted" else name
+        )
+    return [(", ".join(names), label) for (_, label), names in groups.items()]
+
+
+def _path_of(build: Callable[[list[str]], Any]) -> str | None:
+    return getattr(build([]), "path", None)
 
 
 def _structured(args: argparse.Namespace) -> Any:
@@ -177,7 +336,30 @@ def _experiment(args: argparse.Namespace) -> Any:
 
 
 def _out(args: argparse.Namespace, name: str) -> Path:
-    return args.out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    """The report folder, created and checked writable before any training."""
+    return writable_folder(args.out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def writable_folder(path: Path, option: str = "--out") -> Path:
+    """Create ``path`` if needed and check that a file can be written there.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a file, cannot be created or cannot be written; the message names it.
+    """
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{option} {path} cannot be created: {error.strerror or error}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option} {path} cannot be written: {error.strerror or error}") from None
+    return path
 
 
 def _cmd_reviews(args: argparse.Namespace) -> int:
@@ -232,7 +414,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     experiment = _experiment(args)
     out = _out(args, f"compare-{experiment.name}")
-    store = args.store or out / "results.sqlite"
+    store = Store(args.store or out / "results.sqlite")  # refused here if it is not a store
     replicate(
         experiment,
         args.replications,
@@ -243,17 +425,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     key = config_hash(experiment, args.seed)
-    files = write_comparison_report(store, out, config_hash=key)
+    view = Store(store.path, read_only=True, first=args.replications)
+    files = write_comparison_report(view, out, config_hash=key)
     print(files["markdown"].read_text().split("![")[0].rstrip())
+    stored = len(store.finished(key))
+    if stored > args.replications:
+        print(
+            f"\nnote: the store holds {stored} replications of this configuration; this report "
+            f"uses the first {args.replications} (--replications {stored} reports them all)"
+        )
     print(f"\nreport written to {files['markdown']} and {files['html']}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    if not args.store.exists():
-        raise ValueError(f"no store at {args.store}")
-    out = args.out or args.store.parent
-    files = write_comparison_report(args.store, out, config_hash=args.config, metric=args.metric)
+    store = Store(args.store, read_only=True, first=args.replications)
+    out = writable_folder(args.out or args.store.parent)
+    files = write_comparison_report(store, out, config_hash=args.config, metric=args.metric)
     print(f"report written to {files['markdown']} and {files['html']}")
     return 0
 
@@ -262,7 +450,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     args.methods = args.baseline = None  # the study's method is the weighted loss
     experiment = _experiment(args)
     out = _out(args, f"tune-{experiment.name}")
-    out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     result = tune(
         experiment,
@@ -307,22 +494,41 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"polytask: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``polytask`` command."""
+    """Entry point of the ``polytask`` command.
+
+    A bad input (an unknown device, a store that is not one, an ``--out`` that cannot be
+    written...) is one line on stderr and exit code 2, found before any training.
+    """
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "list":
-            return _cmd_list()
-        commands = {
-            "run": _cmd_run,
-            "compare": _cmd_compare,
-            "report": _cmd_report,
-            "tune": _cmd_tune,
-        }
-        return commands[args.command](args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"polytask: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            if args.command == "list":
+                return _cmd_list()
+            if getattr(args, "device", None) is not None:
+                resolve_device(args.device)
+            commands = {
+                "run": _cmd_run,
+                "compare": _cmd_compare,
+                "report": _cmd_report,
+                "tune": _cmd_tune,
+            }
+            return commands[args.command](args)
+        except (ValueError, FileNotFoundError, ImportError, CodeChangedError) as error:
+            print(f"polytask: error: {error}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
