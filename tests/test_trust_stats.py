@@ -4,6 +4,7 @@ Property tests check the numeric parts against independent computations (numpy, 
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,3 +55,96 @@ def test_training_with_partial_multilabel_targets_masks_each_label(rng):
     known = torch.from_numpy(~np.isnan(y))
     expected = F.binary_cross_entropy_with_logits(logits[known], torch.from_numpy(labels)[known])
     assert history.records[-1]["stop_loss/m"] == pytest.approx(float(expected), rel=1e-4)
+
+
+# -- figures: readable log ticks, points over few boxes, a shared y-axis, no double outliers ----
+
+
+@pytest.fixture
+def figures(monkeypatch, tmp_path):
+    """Each figure a plot function builds (Agg backend), kept open instead of saved."""
+    from polytask.evaluation import _plots
+
+    built = []
+
+    def keep(fig, path):
+        built.append(fig)
+        return tmp_path / "unsaved.png"
+
+    monkeypatch.setattr(_plots, "_save", keep)
+    yield built
+    for fig in built:
+        _plots._pyplot().close(fig)
+
+
+def ratio_frame(values: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
+    rows = [
+        {"replication": r, "method": m, "task": t, "ratio": v}
+        for m, per_task in values.items()
+        for t, ratios in per_task.items()
+        for r, v in enumerate(ratios)
+    ]
+    return pd.DataFrame(rows)
+
+
+def labelled_ticks(ax):
+    ax.figure.canvas.draw()
+    low, high = ax.get_ylim()
+    return [
+        (tick.get_loc(), tick.label1.get_text())
+        for tick in ax.yaxis.get_major_ticks()
+        if low <= tick.get_loc() <= high and tick.label1.get_visible() and tick.label1.get_text()
+    ]
+
+
+def markers_drawn(ax):
+    """Line2D markers with data: boxplot fliers (whiskers, caps and medians have none)."""
+    return sum(
+        len(line.get_xdata()) for line in ax.lines if line.get_marker() not in ("None", "", None)
+    )
+
+
+def scatter_points(ax):
+    return sum(len(c.get_offsets()) for c in ax.collections)
+
+
+def test_narrow_log_range_gets_several_readable_ticks(figures):
+    rng = np.random.default_rng(0)
+    frame = ratio_frame({"new": {"t": list(rng.uniform(0.98, 1.04, 10))}})
+    pt.evaluation.plot_ratio_boxplots(frame, "base", "unused.png")
+    ticks = labelled_ticks(figures[0].axes[0])
+    texts = [text for _, text in ticks]
+    assert len(ticks) >= 3 and len(set(texts)) == len(texts), ticks
+    for loc, text in ticks:  # each label reads its tick's value
+        assert float(text.replace("\N{MINUS SIGN}", "-")) == pytest.approx(loc, rel=5e-3)
+
+
+def test_wide_log_range_keeps_one_two_five_ticks(figures):
+    frame = ratio_frame({"new": {"t": [0.3, 0.5, 1.0, 2.0, 8.0, 30.0]}})
+    pt.evaluation.plot_ratio_boxplots(frame, "base", "unused.png")
+    texts = [text for _, text in labelled_ticks(figures[0].axes[0])]
+    assert {"0.5", "1", "2", "5", "10", "20"} <= set(texts)
+
+
+def test_method_panels_share_one_y_axis(figures):
+    frame = ratio_frame({"a": {"t": [0.9, 1.1, 1.0]}, "b": {"t": [3.0, 5.0, 4.0]}})
+    pt.evaluation.plot_ratio_boxplots(frame, "base", "unused.png")
+    a, b = figures[0].axes[:2]
+    assert a.get_ylim() == b.get_ylim()
+    assert a.get_ylim()[0] < 0.9 and a.get_ylim()[1] > 5.0
+
+
+@pytest.mark.parametrize(("n", "points"), [(8, True), (20, True), (21, False), (60, False)])
+def test_few_replications_are_drawn_as_points_and_never_twice(figures, n, points):
+    rng = np.random.default_rng(1)
+    values = {t: [*rng.lognormal(0, 0.1, n - 1), 50.0] for t in ("t", "u")}  # + outlier
+    pt.evaluation.plot_ratio_boxplots(ratio_frame({"new": values}), "base", "unused.png")
+    deltas = ratio_frame({"new": {"x": values["t"]}}).rename(columns={"ratio": "delta_m"})
+    pt.evaluation.plot_delta_m(deltas, "base", "unused.png")
+    ratio_ax, delta_ax = figures[0].axes[0], figures[1].axes[0]
+    if points:
+        assert scatter_points(ratio_ax) == 2 * n and markers_drawn(ratio_ax) == 0
+        assert scatter_points(delta_ax) == n and markers_drawn(delta_ax) == 0
+    else:  # many replications: the boxes alone, with their fliers (the outlier among them)
+        assert scatter_points(ratio_ax) == 0 and markers_drawn(ratio_ax) >= 2
+        assert scatter_points(delta_ax) == 0 and markers_drawn(delta_ax) >= 1

@@ -107,44 +107,112 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+# with at most this many values per box the values themselves are drawn over the boxes
+MAX_POINTS = 20
+
+
+def _boxes_with_points(
+    ax, values: list[np.ndarray], labels: list[str], max_points: int, seed: int = 0
+) -> bool:
+    """Boxplots of ``values``; with at most ``max_points`` values per box the values are drawn
+    over the boxes (jittered) and the boxes draw no fliers, so no value is drawn twice.
+    Returns whether the points were drawn."""
+    points = max((len(v) for v in values), default=0) <= max_points
+    ax.boxplot(values, tick_labels=labels, showfliers=not points)
+    if points:
+        jitter = np.random.default_rng(seed)
+        for i, v in enumerate(values, start=1):
+            x = i + jitter.uniform(-0.12, 0.12, len(v))
+            ax.scatter(x, v, s=12, alpha=0.6, color="tab:blue", zorder=3)
+    return points
+
+
+def _distinct_labels(ticks: np.ndarray) -> list[str]:
+    """The shortest ``%g`` labels (2 to 8 significant digits) that tell the ticks apart."""
+    for digits in range(2, 9):
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{t:.9g}" for t in ticks]
+
+
+def _readable_log_axis(axes: list, values: np.ndarray) -> None:
+    """A log y-axis over ``values`` and 1 whose labels can be read: ticks at 1, 2, 5 x 10^k,
+    or, on a range too narrow for three of those (0.98-1.04), evenly spaced ticks."""
+    from matplotlib.ticker import (
+        FixedFormatter,
+        FixedLocator,
+        LogLocator,
+        MaxNLocator,
+        NullFormatter,
+    )
+
+    values = values[np.isfinite(values) & (values > 0)]
+    lo = min(float(values.min()), 1.0) if len(values) else 1.0
+    hi = max(float(values.max()), 1.0) if len(values) else 1.0
+    pad = (hi / lo) ** 0.06 if hi > lo else 1.02
+    lo, hi = lo / pad, hi * pad
+    ticks = LogLocator(base=10, subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)
+    ticks = ticks[(ticks >= lo) & (ticks <= hi)]
+    if len(ticks) < 3:
+        ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+        ticks = ticks[(ticks >= lo) & (ticks <= hi) & (ticks > 0)]
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FixedFormatter(_distinct_labels(ticks)))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_ratio_boxplots(
-    ratios: pd.DataFrame, baseline: str, path: str | Path, metric: str = "mse"
+    ratios: pd.DataFrame,
+    baseline: str,
+    path: str | Path,
+    metric: str = "mse",
+    *,
+    max_points: int = MAX_POINTS,
 ) -> Path:
     """Boxplots of per-task improvement ratios on a log scale with a line at 1: one box per
-    task, one panel per method. ``ratios`` has columns ``method, task, ratio``."""
+    task, one panel per method, one y-axis shared by every panel.
+
+    ``ratios`` has columns ``method, task, ratio``. With at most ``max_points`` replications
+    per box the ratios are drawn over the boxes (and the boxes draw no fliers). The log axis is
+    labelled so that a narrow range (0.98-1.04) can be read.
+    """
     methods = list(dict.fromkeys(ratios["method"]))
     rows, cols = _grid(len(methods))
-    fig, axes = _pyplot().subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
-    for ax, method in zip(axes.flat, methods, strict=False):
+    fig, axes = _pyplot().subplots(
+        rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False, sharey=True
+    )
+    used = list(axes.flat)[: len(methods)]
+    for ax, method in zip(used, methods, strict=True):
         part = ratios[ratios["method"] == method]
         tasks = list(dict.fromkeys(part["task"]))
-        ax.boxplot([part.loc[part["task"] == t, "ratio"] for t in tasks], tick_labels=tasks)
+        values = [part.loc[part["task"] == t, "ratio"].to_numpy() for t in tasks]
+        _boxes_with_points(ax, values, tasks, max_points)
         ax.axhline(1.0, color="firebrick", ls="--", lw=1)
-        ax.set_yscale("log")
-        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
         n = part.groupby("task").size().min()
         ax.set_title(f"{method} vs {baseline} ({n} replications)")
         ax.set_xlabel("task")
         ax.set_ylabel(f"{metric} improvement ratio (>1: {method} better)")
+        ax.yaxis.set_tick_params(labelleft=True)  # every panel keeps its labels
+    _readable_log_axis(used, ratios["ratio"].to_numpy(dtype=float))
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_delta_m(deltas: pd.DataFrame, baseline: str, path: str | Path) -> Path:
-    """Distribution of Delta_m% per method (box and points; lower is better)."""
+def plot_delta_m(
+    deltas: pd.DataFrame, baseline: str, path: str | Path, *, max_points: int = MAX_POINTS
+) -> Path:
+    """Distribution of Delta_m% per method (lower is better): boxes, with the values drawn
+    over them (and no fliers) when a method has at most ``max_points`` replications."""
     methods = list(dict.fromkeys(deltas["method"]))
     fig, ax = _pyplot().subplots(figsize=(max(4.5, 1.6 * len(methods) + 2), 4))
     values = [deltas.loc[deltas["method"] == m, "delta_m"].to_numpy() for m in methods]
-    ax.boxplot(values, tick_labels=methods)
-    jitter = np.random.default_rng(0)
-    for i, v in enumerate(values, start=1):
-        ax.scatter(i + jitter.uniform(-0.12, 0.12, len(v)), v, s=8, alpha=0.5, color="tab:blue")
+    _boxes_with_points(ax, values, methods, max_points)
     ax.axhline(0.0, color="firebrick", ls="--", lw=1)
     ax.set_title(f"Delta_m% against {baseline}\nper replication (lower is better)")
     ax.set_xlabel("method")
