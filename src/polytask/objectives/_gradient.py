@@ -274,50 +274,75 @@ class GradNorm(GradientObjective):
 
 
 class DBMTL(GradientObjective):
-    """DB-MTL (Lin et al., 2023, "Dual-Balancing for Multi-Task Learning").
+    """DB-MTL (Lin et al., 2023, "Dual-Balancing Multi-Task Learning"), as in its authors'
+    reference implementation (LibMTL, ``LibMTL/weighting/DB_MTL.py``).
 
-    Loss-scale balancing: each task contributes ``log L_t``. Gradient-magnitude balancing: an
-    EMA ``g_t`` of each task's gradient of ``log L_t`` on the shared parameters is kept
-    (``beta``), and the shared update is ``sum_t (max_s |g_s| / |g_t|) g_t``, so every task
-    counts with the magnitude of the largest. Heads get the gradient of ``sum_t log L_t``.
+    Loss-scale balancing: each task contributes ``log(L_t + 1e-8)`` (the losses must be
+    non-negative). Gradient-magnitude balancing: a buffer ``b_t`` of each task's gradient
+    ``g_t`` of its log-loss on the shared parameters is kept, starting from zeros and without
+    bias correction,
+
+    ``b_t <- g_t + beta / k ** beta_sigma * (b_t - g_t)`` at step ``k = 1, 2, ...``,
+
+    and the shared parameters get ``sum_t alpha_t b_t`` with
+    ``alpha_t = max_s |b_s| / (|b_t| + 1e-8)``, where ``|b_t|`` is the L2 norm of task t's whole
+    shared gradient (all shared parameters together): every task counts with the magnitude of
+    the largest. The task-specific parameters (heads) get the plain gradient of
+    ``sum_t log(L_t + 1e-8)``, neither averaged nor rescaled.
+
+    Parameters
+    ----------
+    beta
+        The buffer's rate (LibMTL's ``DB_beta``, default 0.9), in ``[0, 1)``.
+    beta_sigma
+        Decay of the rate with the step: ``beta / k ** beta_sigma`` (LibMTL's
+        ``DB_beta_sigma``, default 0: a constant rate), non-negative.
+
+    Notes
+    -----
+    The weights a step reports are ``alpha_t / (L_t + 1e-8)``, the weight on ``grad L_t`` were
+    the buffer equal to this step's gradient; the update itself uses the buffer.
     """
 
     needs_every_task = True
     paths = ("exact",)
+    eps = 1e-8
+    """The reference's guard, in the logarithm and in the norm ratio."""
 
-    def __init__(self, beta: float = 0.9) -> None:
+    def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
         super().__init__("exact")
         if not 0 <= beta < 1:
             raise ValueError(f"DBMTL: beta must be in [0, 1), got {beta}")
-        self.beta = beta
+        if not beta_sigma >= 0:
+            raise ValueError(f"DBMTL: beta_sigma must be non-negative, got {beta_sigma}")
+        self.beta = float(beta)
+        self.beta_sigma = float(beta_sigma)
 
     def _options(self) -> dict[str, object]:
-        return {"beta": self.beta}
+        return {"beta": self.beta, "beta_sigma": self.beta_sigma}
 
     def _on_bind(self) -> None:
         super()._on_bind()
-        self._ema: list[Tensor] | None = None  # fresh state for every fit
+        self._buffer: list[Tensor] | None = None  # fresh state for every fit
         self._steps = 0
 
     def values(self, losses: Tensor) -> Tensor:
-        return torch.log(losses.clamp_min(torch.finfo(losses.dtype).tiny))
+        return torch.log(losses + self.eps)
 
     def step(self, losses: Tensor, positions: Positions, grads: TaskGradients) -> Step:
         losses = self._every_task(losses, positions)
         jacobian = grads.jacobian()
-        grads.apply_heads(None)  # the heads get the gradient of sum_t log L_t
+        grads.apply_heads(None)  # the heads get the gradient of sum_t log(L_t + eps)
         self._steps += 1
-        if self._ema is None:
-            self._ema = [torch.zeros_like(block) for block in jacobian]
-        for ema, block in zip(self._ema, jacobian, strict=True):
-            ema.mul_(self.beta).add_(block.detach(), alpha=1 - self.beta)
-        correction = 1 - self.beta**self._steps  # bias-corrected EMA, as Adam's
-        norms = _block_norms(self._ema) / correction
-        scale = norms.max() / norms.clamp_min(1e-12)
-        grads.apply_shared(self._ema, scale / correction)
-        # the effective weight on L_t of this step's log-gradient: scale_t / L_t (approximate,
-        # since the update uses the EMA)
-        weights = (scale / losses.detach()).detach()
+        rate = self.beta / self._steps**self.beta_sigma
+        if self._buffer is None:
+            self._buffer = [torch.zeros_like(block) for block in jacobian]
+        for buffer, block in zip(self._buffer, jacobian, strict=True):
+            buffer.mul_(rate).add_(block.detach(), alpha=1 - rate)
+        norms = _block_norms(self._buffer)
+        scale = norms.max() / (norms + self.eps)
+        grads.apply_shared(self._buffer, scale)
+        weights = (scale / (losses.detach() + self.eps)).detach()
         return Step(self.values(losses.detach()).sum(), self._scatter(weights, positions))
 
 
