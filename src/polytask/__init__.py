@@ -2,9 +2,11 @@
 
 Examples
 --------
->>> import polytask
->>> sorted(polytask.OBJECTIVES)[:3]
-['geometric', 'mean', 'mse']
+>>> import polytask as pt
+>>> {"sum", "uw", "mgda", "upgrad"} <= set(pt.OBJECTIVES)  # every method, by name
+True
+>>> pt.make_objective("upgrad@repr")  # what Trainer("upgrad@repr") runs
+UPGrad(path='representation')
 """
 
 from .data import MultiTargetData, Schedule, TaskData, make_hetero, make_phase, split

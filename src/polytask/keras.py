@@ -25,8 +25,10 @@ Importing this module selects Keras's torch backend unless ``KERAS_BACKEND`` is 
 
 Examples
 --------
->>> from polytask import keras as ptk  # doctest: +SKIP
->>> model.compile(optimizer="adam", loss=ptk.GeometricMean())  # doctest: +SKIP
+>>> import keras
+>>> from polytask import keras as ptk
+>>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])  # T = 3 columns
+>>> model.compile(optimizer="adam", loss=ptk.GeometricMean())
 """
 
 from __future__ import annotations
@@ -661,11 +663,27 @@ def compile_multitask(
 
     Examples
     --------
+    >>> import numpy as np
+    >>> inputs = keras.Input((4,))
+    >>> hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    >>> model = keras.Model(inputs, {
+    ...     "site": keras.layers.Dense(3, activation="softmax", name="site")(hidden),
+    ...     "sentiment": keras.layers.Dense(1, activation="sigmoid", name="sentiment")(hidden),
+    ...     "stars": keras.layers.Dense(1, activation="sigmoid", name="stars")(hidden),
+    ... })
     >>> net = compile_multitask(model, {"site": "sparse_categorical_crossentropy",
-    ...                                 "sentiment": "binary_crossentropy"},
-    ...                         combiner=Uncertainty(2),
-    ...                         terms=[consistency([("sentiment", "other")])])  # doctest: +SKIP
-    >>> net.fit(x, {"site": y_site, "sentiment": y_sentiment})  # doctest: +SKIP
+    ...                                 "sentiment": "binary_crossentropy",
+    ...                                 "stars": "mse"},
+    ...                         combiner=Uncertainty(3),
+    ...                         terms=[consistency([("sentiment", "stars")], weight=0.1)])
+    >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    >>> y_site = (x[:, 0] > 0) + (x[:, 1] > 0)  # class 0, 1 or 2
+    >>> y_sentiment = (x[:, 2:3] > 0).astype("float32")  # one column, as the output
+    >>> y_stars = (4 * y_sentiment + 1) / 6  # a rating in (0, 1) that follows the sentiment
+    >>> history = net.fit(x, {"site": y_site, "sentiment": y_sentiment, "stars": y_stars},
+    ...                   epochs=2, verbose=0)
+    >>> sorted(k for k in history.history if k.startswith("site"))
+    ['site_loss', 'site_weight']
     """
     outputs = model.output if isinstance(model.output, Mapping) else None
     if outputs is None:
