@@ -230,9 +230,21 @@ class GradNorm(GradientObjective):
     weighted task gradient on the last shared layer, ``G_t = |grad_W (w_t L_t)|``, is pulled
     towards ``mean(G) * r_t ** alpha`` where ``r_t`` is the task's loss ratio ``L_t / L_t(0)``
     relative to the mean ratio: tasks that train slower get larger weights. The weights learn
-    from the L1 gap with the model's optimizer and are renormalised after each step. The last
+    from the L1 gap (its target held constant) with the model's optimizer and are renormalised
+    after each optimizer step (``engine.after_step``; the Trainer calls it). The last
     shared layer is the module owning the shared parameters nearest the outputs in the autograd
-    graph (the engine finds it; no module order is assumed).
+    graph (the engine finds it; no module order is assumed) and ``W`` is all its shared
+    parameters (weight and bias). ``L_t(0)`` is the task's loss at the first step of the fit.
+
+    Parameters
+    ----------
+    alpha
+        The strength of the pull towards a common training rate (the paper's alpha, 1.5).
+
+    Notes
+    -----
+    The learned weights are float32 parameters (add ``engine.parameters()`` to the optimizer);
+    they scale the task gradients in the model's own dtype.
     """
 
     needs_every_task = True
@@ -263,7 +275,7 @@ class GradNorm(GradientObjective):
         gap = (weighted_norms - target).abs().sum()
         (w_grad,) = torch.autograd.grad(gap, w)
         w.grad = w_grad if w.grad is None else w.grad + w_grad
-        weights = w.detach()
+        weights = w.detach().to(losses.dtype)  # the weights are float32; the model may not be
         grads.apply(weights)
         return Step((weights * losses.detach()).sum(), weights.clone())
 
