@@ -206,7 +206,7 @@ def test_a_loss_level_objective_adds_the_term_to_its_backward():
     objective.bind_tasks(stars)
     out = model(data.x)
     losses = torch.stack([t.compute_loss(out[t.name], data.targets[t.name]) for t in stars])
-    step = objective.backward(losses, None, None, terms=term(out)[None])
+    step = pt.GradientEngine(model, objective).backward(losses, terms=term(out)[None])
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     out = model(data.x)
