@@ -3,9 +3,10 @@
 A mixture of experts evaluates ``E`` small networks on the same rows. Written as a Python loop
 over ``E`` modules that is ``E`` small matrix products per layer, each too small to keep the
 processor busy; :class:`BatchedExperts` stores each layer's weights of every expert stacked,
-``(E, in, out)``, and runs the layer for all experts in one ``einsum`` (a batched matrix
-product). :class:`ExpertList` wraps expert modules of any kind (run one after the other) for the
-experts that cannot be stacked, and refuses two entries that share weights.
+``(E, in, out)``, and runs a layer for all experts at once: one matrix product for the first
+layer (every expert reads the same rows), one batched matrix product (``bmm``) for the others.
+:class:`ExpertList` wraps expert modules of any kind (run one after the other) for experts that
+cannot be stacked, and refuses two entries that share weights.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class BatchedExperts(nn.Module):
 
     Every layer is ``activation(x @ W_e + b_e)`` for each expert ``e``; the weights of all the
     experts are one tensor ``(n_experts, in, out)`` (and the biases ``(n_experts, out)``), so
-    a layer is one ``einsum`` whatever the number of experts. Each expert's weights are drawn
+    a layer is one matrix product (the first) or one batched product (``bmm``) whatever the
+    number of experts. Each expert's weights are drawn
     independently (no two experts start equal).
 
     Parameters
@@ -125,11 +127,19 @@ class BatchedExperts(nn.Module):
             raise ValueError(
                 f"BatchedExperts: expected inputs (batch, {self.in_features}), got {tuple(x.shape)}"
             )
-        # first layer: every expert reads the same rows; then each reads its own activations
-        h = self.activation(torch.einsum("bi,eio->beo", x, self.weights[0]) + self.biases[0])
+        # first layer: every expert reads the same rows, so all of them are one matrix product
+        # (batch, in) @ (in, E * out); then each expert reads its own activations: one batched
+        # product over the experts, (E, batch, in) @ (E, in, out)
+        weight, bias = self.weights[0], self.biases[0]
+        e, fan_in, width = weight.shape
+        h = (x @ weight.transpose(0, 1).reshape(fan_in, e * width)).view(len(x), e, width)
+        h = self.activation(h + bias)
+        if len(self.weights) == 1:
+            return h
+        h = h.transpose(0, 1)
         for weight, bias in zip(self.weights[1:], self.biases[1:], strict=True):
-            h = self.activation(torch.einsum("bei,eio->beo", h, weight) + bias)
-        return h
+            h = self.activation(torch.baddbmm(bias.unsqueeze(1), h, weight))
+        return h.transpose(0, 1)
 
     def unbatched(self) -> ExpertList:
         """The same experts as separate modules (copies of the weights) run in a Python loop:
