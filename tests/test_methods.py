@@ -14,6 +14,7 @@ from torchjd.linalg import QuadprogProjector
 import polytask as pt
 from polytask.engine import gramian, task_jacobian
 from polytask.objectives import OBJECTIVES, make_objective
+from polytask.objectives._gradient import shuffle_seed
 
 jacobians = st.tuples(st.integers(2, 5), st.integers(3, 8)).flatmap(
     lambda shape: arrays(np.float64, shape, elements=st.floats(-3, 3, width=64))
@@ -145,10 +146,12 @@ def naive_jacobian(model, x, y):
 )
 def test_each_method_equals_torchjd_aggregator(name, reference):
     model, x, y = conflicting_model()
-    torch.manual_seed(7)  # PCGrad and GradVac shuffle the task order with the global RNG
+    # PCGrad and GradVac shuffle the task order: ours from a generator seeded from the global
+    # RNG's seed, torchjd's reference from the global RNG itself
+    torch.manual_seed(7)
     ours = shared_grad(make_objective(name), model, x, y)
     jacobian = naive_jacobian(model, x, y)
-    torch.manual_seed(7)
+    torch.manual_seed(shuffle_seed(7))
     expected = reference(jacobian)
     torch.testing.assert_close(ours, expected, rtol=2e-3, atol=2e-5)
 
@@ -403,3 +406,97 @@ def test_path_suffix_only_for_gradient_methods():
         make_objective("geometric@repr")
     with pytest.raises(ValueError, match="unknown path"):
         make_objective("mgda@fast")
+
+
+# --- random draws of the shuffling methods --------------------------------------------------
+def four_conflicting_tasks(seed=0):
+    """Four tasks, two pairs in conflict: PCGrad's and GradVac's result depends on the order
+    in which they visit the others."""
+    torch.manual_seed(seed)
+    x = torch.randn(48, 4)
+    targets = {
+        "a": x[:, 0],
+        "b": -2 * x[:, 0] + x[:, 1],
+        "c": x[:, 1] * x[:, 2],
+        "d": -x[:, 2] - x[:, 1] * x[:, 2],
+    }
+    data = pt.MultiTargetData(x.numpy(), {t: v.numpy() for t, v in targets.items()})
+    return x, targets, data
+
+
+def dropout_model(seed=0):
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 6), nn.Tanh())
+    return pt.MultiTaskModel(trunk, {t: nn.Linear(6, 1) for t in "abcd"})
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac"])
+def test_shuffling_methods_leave_the_global_rng_as_it_was(name):
+    """A step draws its task order from the method's own generator: the global RNG (which the
+    caller, dropout and everything else draw from) is not advanced."""
+    x, targets, _ = four_conflicting_tasks()
+    model = dropout_model().eval()
+    engine = pt.GradientEngine(model, name)
+    state = torch.random.get_rng_state()
+    for _ in range(3):
+        model.zero_grad()
+        out = engine.forward(x)
+        engine.backward({t: ((out[t][:, 0] - v) ** 2).mean() for t, v in targets.items()})
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac"])
+def test_shuffling_methods_are_reproducible_whatever_the_callers_rng(name):
+    """One Trainer seed, two caller RNG states: the same fit to the bit, the shuffles drawn
+    from a generator seeded by the fit (from the Trainer's seed, not a constant), and the
+    caller's RNG left as it was."""
+    _, _, data = four_conflicting_tasks()
+    tasks = pt.regression_tasks(list("abcd"))
+
+    def fit(caller_seed, seed=3):
+        model = dropout_model()
+        objective = make_objective(name)
+        torch.manual_seed(caller_seed)
+        state = torch.random.get_rng_state()
+        pt.Trainer(
+            objective,
+            max_epochs=2,
+            patience=None,
+            quiet=True,
+            device="cpu",
+            batch_size=16,
+            seed=seed,
+        ).fit(model, tasks, data, data)
+        assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG untouched
+        seeded = torch.Generator().manual_seed(shuffle_seed(seed))
+        assert objective.generator.initial_seed() == seeded.initial_seed()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    first = fit(caller_seed=1)
+    torch.testing.assert_close(fit(caller_seed=2), first, rtol=0, atol=0)
+    fit(caller_seed=1, seed=4)  # another fit seed, another stream (checked inside)
+
+
+def test_shuffles_do_not_shift_the_dropout_masks_of_the_fit():
+    """Under one Trainer seed, PCGrad's fit sees the dropout masks UPGrad's fit sees (UPGrad
+    draws nothing): the method's shuffles do not consume the fit's random stream, so a
+    comparison of methods is paired on the masks as it is on the batches."""
+    _, _, data = four_conflicting_tasks()
+    tasks = pt.regression_tasks(list("abcd"))
+
+    def masks(name):
+        model = dropout_model()
+        seen = []
+        dropout = model.trunk[2]
+        dropout.register_forward_hook(
+            lambda module, inputs, output: seen.append(output == 0) if module.training else None
+        )
+        pt.Trainer(name, max_epochs=1, patience=None, quiet=True, device="cpu", batch_size=16).fit(
+            model, tasks, data, data
+        )
+        return seen
+
+    pcgrad, upgrad = masks("pcgrad"), masks("upgrad")
+    assert len(pcgrad) == len(upgrad) == 3
+    for step, (left, right) in enumerate(zip(pcgrad, upgrad, strict=True), start=1):
+        assert torch.equal(left, right), f"step {step}"

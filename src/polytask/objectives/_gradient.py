@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchjd import aggregation
@@ -133,17 +134,62 @@ class MGDA(_Weighted):
     factory = aggregation.MGDAWeighting
 
 
-class PCGrad(_Weighted):
+_SHUFFLE_STREAM = 0x5348_5546  # tells the shuffles' stream apart from the fit's own draws
+
+
+def shuffle_seed(seed: int) -> int:
+    """The seed of a shuffling method's generator, derived from the global RNG's seed (the
+    Trainer's ``seed`` inside a fit) so that its stream is not the one dropout draws from."""
+    sequence = np.random.SeedSequence(seed % 2**128, spawn_key=(_SHUFFLE_STREAM,))
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class _Shuffling(_Weighted):
+    """A torchjd weighting that shuffles the task order with ``torch.randperm`` on the global
+    RNG (torchjd takes no generator). Here the shuffles draw from the method's own generator:
+
+    - it is seeded once per fit, at the first step, from ``torch.initial_seed()``: inside
+      :meth:`polytask.Trainer.fit` that is the Trainer's ``seed`` (the fit seeds the global RNG
+      inside ``torch.random.fork_rng``), in a loop of your own the last ``torch.manual_seed``;
+    - the global RNG is neither read nor advanced by a step, so the method does not shift the
+      dropout masks (or any other draw) of the fit: two methods under one seed see the same
+      masks, and the caller's RNG is left as it was.
+
+    The same seed therefore gives the same shuffles, and the same updates, whatever state the
+    caller's RNG is in.
+    """
+
+    def _on_bind(self) -> None:
+        super()._on_bind()
+        self.generator: torch.Generator | None = None  # fresh stream for every fit
+
+    def weights_from_gramian(self, gram: Tensor) -> Tensor:
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(shuffle_seed(torch.initial_seed()))
+        # torchjd draws from the default CPU generator: lend it this method's state for the
+        # call, take the advanced state back, and restore the global RNG as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.set_state(self.generator.get_state())
+            weights = self.weighting(gram)
+            self.generator.set_state(torch.random.default_generator.get_state())
+        return weights
+
+
+class PCGrad(_Shuffling):
     """PCGrad (Yu et al., NeurIPS 2020, "Gradient Surgery for Multi-Task Learning"): each task
-    gradient projected onto the normal plane of the gradients it conflicts with, then summed
-    (torchjd's ``PCGradWeighting``)."""
+    gradient projected onto the normal plane of the gradients it conflicts with, in a random
+    order, then summed (torchjd's ``PCGradWeighting``). The random order draws from the
+    method's own generator, seeded by the fit (see :class:`_Shuffling`), never from the global
+    RNG."""
 
     factory = aggregation.PCGradWeighting
 
 
-class GradVac(_Weighted):
+class GradVac(_Shuffling):
     """GradVac (Wang et al., ICLR 2021, "Gradient Vaccine"): like PCGrad, but aligns pairs of
-    gradients towards an EMA of their cosine similarity (torchjd's ``GradVacWeighting``)."""
+    gradients towards an EMA of their cosine similarity (torchjd's ``GradVacWeighting``). The
+    random order of the pairs draws from the method's own generator, seeded by the fit (see
+    :class:`_Shuffling`), never from the global RNG."""
 
     factory = aggregation.GradVacWeighting
 
