@@ -24,6 +24,20 @@ def _generator(seed: int | None) -> torch.Generator | None:
     return torch.Generator().manual_seed(seed) if seed is not None else None
 
 
+class StackedLinear(nn.Module):
+    """One layer of every expert: ``weight`` ``(n_experts, in, out)``, ``bias``
+    ``(n_experts, out)`` (zeros until :class:`BatchedExperts` draws them)."""
+
+    def __init__(self, n_experts: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_experts, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(n_experts, out_features))
+
+    def extra_repr(self) -> str:
+        e, i, o = self.weight.shape
+        return f"n_experts={e}, in_features={i}, out_features={o}"
+
+
 class BatchedExperts(nn.Module):
     """``n_experts`` independent MLPs on the same input, as one batched product per layer.
 
@@ -98,23 +112,31 @@ class BatchedExperts(nn.Module):
         self.hidden, self.activation_name, self.init = tuple(widths), activation, init
         self.activation = _ACTIVATIONS[activation]()
         gen = generator if generator is not None else _generator(seed)
-        weights, biases = [], []
+        layers = []
         fan_in = in_features
         for width in widths:
-            weight = torch.empty(n_experts, fan_in, width)
-            bias = torch.zeros(n_experts, width)
-            if init == "glorot":
-                bound = math.sqrt(6.0 / (fan_in + width))
-                weight.uniform_(-bound, bound, generator=gen)
-            else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
-                bound = 1.0 / math.sqrt(fan_in)
-                weight.uniform_(-bound, bound, generator=gen)
-                bias.uniform_(-bound, bound, generator=gen)
-            weights.append(nn.Parameter(weight))
-            biases.append(nn.Parameter(bias))
+            layer = StackedLinear(n_experts, fan_in, width)
+            with torch.no_grad():
+                if init == "glorot":
+                    bound = math.sqrt(6.0 / (fan_in + width))
+                    layer.weight.uniform_(-bound, bound, generator=gen)
+                else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
+                    bound = 1.0 / math.sqrt(fan_in)
+                    layer.weight.uniform_(-bound, bound, generator=gen)
+                    layer.bias.uniform_(-bound, bound, generator=gen)
+            layers.append(layer)
             fan_in = width
-        self.weights = nn.ParameterList(weights)
-        self.biases = nn.ParameterList(biases)
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def weights(self) -> list[nn.Parameter]:
+        """Each layer's stacked weights, ``(n_experts, in, out)``."""
+        return [layer.weight for layer in self.layers]
+
+    @property
+    def biases(self) -> list[nn.Parameter]:
+        """Each layer's stacked biases, ``(n_experts, out)``."""
+        return [layer.bias for layer in self.layers]
 
     @property
     def out_features(self) -> int:
