@@ -16,12 +16,12 @@ import os
 import statistics
 import time
 
-import polytask as pt
+from polytask.experiments import SyntheticExperiment, replicate
 
 
-def rate(experiment: pt.SyntheticExperiment, replications: int, jobs: int, seed: int) -> float:
+def rate(experiment: SyntheticExperiment, replications: int, jobs: int, seed: int) -> float:
     started = time.perf_counter()
-    pt.replicate(experiment, replications, jobs=jobs, quiet=True, seed=seed)
+    replicate(experiment, replications, jobs=jobs, quiet=True, seed=seed)
     return replications / (time.perf_counter() - started) * 60
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
-    experiment = pt.SyntheticExperiment(
+    experiment = SyntheticExperiment(
         "hetero", n=args.n, max_epochs=args.epochs, patience=args.epochs, device="cpu"
     )
     print(

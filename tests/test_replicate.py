@@ -13,9 +13,9 @@ import pytest
 
 import polytask as pt
 from polytask.cli import main
-from polytask.experiments import Store, _replicate, config_hash
+from polytask.experiments import Store, SyntheticExperiment, _replicate, config_hash, replicate
 
-TINY = pt.SyntheticExperiment(
+TINY = SyntheticExperiment(
     "hetero", n=400, n_tasks=2, depth=2, width=16, max_epochs=3, device="cpu"
 )
 
@@ -25,13 +25,13 @@ def _spawned(base, n):
 
 
 def test_replicate_returns_one_row_per_replication_method_and_task(tmp_path):
-    frame = pt.replicate(TINY, 3, seed=10, quiet=True, store=tmp_path / "s.sqlite")
+    frame = replicate(TINY, 3, seed=10, quiet=True, store=tmp_path / "s.sqlite")
     assert len(frame) == 3 * 2 * 2
     assert frame.groupby("replication")["seed"].first().tolist() == _spawned(10, 3)
     assert set(frame.columns) >= {"replication", "seed", "method", "task", "mse", "mae"}
     assert not frame.duplicated(["replication", "method", "task"]).any()
     # growing N runs only the new replications; the first three come back unchanged
-    more = pt.replicate(TINY, 5, seed=10, quiet=True, store=tmp_path / "s.sqlite")
+    more = replicate(TINY, 5, seed=10, quiet=True, store=tmp_path / "s.sqlite")
     pd.testing.assert_frame_equal(more[more["replication"] < 3].reset_index(drop=True), frame)
     assert len(more) == 5 * 4
 
@@ -48,12 +48,12 @@ def test_same_seed_reproduces_a_replication_exactly():
 
 def test_store_keeps_configurations_apart(tmp_path):
     store = Store(tmp_path / "s.sqlite")
-    other = pt.SyntheticExperiment(
+    other = SyntheticExperiment(
         "phase", n=400, n_tasks=2, depth=2, width=16, max_epochs=2, device="cpu"
     )
-    pt.replicate(TINY, 2, quiet=True, store=store)
-    pt.replicate(other, 1, quiet=True, store=store)
-    pt.replicate(TINY, 1, seed=5, quiet=True, store=store)  # another base seed: another set
+    replicate(TINY, 2, quiet=True, store=store)
+    replicate(other, 1, quiet=True, store=store)
+    replicate(TINY, 1, seed=5, quiet=True, store=store)  # another base seed: another set
     configs = store.configs().set_index("config_hash")["replications"]
     assert configs.to_dict() == {
         config_hash(TINY, 0): 2,
@@ -130,7 +130,7 @@ def test_a_killed_compare_resumes_to_exactly_n_replications(tmp_path):
     fresh = tmp_path / "fresh"
     subprocess.run([*COMMAND, "--out", str(fresh)], check=True, capture_output=True)
     key = config_hash(
-        pt.SyntheticExperiment("hetero", n=1500, n_tasks=2, max_epochs=6, device="cpu"), 0
+        SyntheticExperiment("hetero", n=1500, n_tasks=2, max_epochs=6, device="cpu"), 0
     )
     resumed = Store(store).frame(key)
     uninterrupted = Store(fresh / "results.sqlite").frame(key)
@@ -182,8 +182,8 @@ def test_compare_and_report_commands(tmp_path, capsys):
 
 def test_ray_backend_matches_joblib(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'polytask[ray]')")
-    joblib_frame = pt.replicate(TINY, 3, jobs=2, backend="joblib", quiet=True)
-    ray_frame = pt.replicate(
+    joblib_frame = replicate(TINY, 3, jobs=2, backend="joblib", quiet=True)
+    ray_frame = replicate(
         TINY, 3, jobs=2, backend="ray", quiet=True, store=tmp_path / "ray.sqlite"
     )
     pd.testing.assert_frame_equal(ray_frame, joblib_frame)
@@ -224,7 +224,7 @@ def test_replication_seeds_are_spawned_from_the_base_seed(monkeypatch):
     monkeypatch.setattr(_replicate, "run_replication", _stub_replication)
 
     def seeds(base, n):
-        frame = pt.replicate(TINY, n, seed=base, quiet=True)
+        frame = replicate(TINY, n, seed=base, quiet=True)
         return frame.groupby("replication")["seed"].first().tolist()
 
     first, second = seeds(0, 100), seeds(1, 100)
@@ -245,7 +245,7 @@ def _fake_version(monkeypatch, package, version):
 def test_other_package_versions_are_stored_apart_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setattr(_replicate, "run_replication", _stub_replication)
     store = Store(tmp_path / "s.sqlite")
-    pt.replicate(TINY, 3, quiet=True, store=store)
+    replicate(TINY, 3, quiet=True, store=store)
     before = config_hash(TINY, 0)
     config = store.config(before)
     assert config["code"]["torch"] == _replicate.metadata.version("torch")
@@ -256,7 +256,7 @@ def test_other_package_versions_are_stored_apart_with_a_warning(tmp_path, monkey
             assert config_hash(TINY, 0) != before, package
     _fake_version(monkeypatch, "torchjd", "0.0.1")
     with pytest.warns(UserWarning, match=r"holds 3 replications of this configuration made by"):
-        frame = pt.replicate(TINY, 2, quiet=True, store=store)
+        frame = replicate(TINY, 2, quiet=True, store=store)
     after = config_hash(TINY, 0)
     assert after != before and len(frame) == 2 * 2
     assert len(store.replications(before)) == 3  # kept apart, untouched
@@ -267,7 +267,7 @@ def test_the_code_is_part_of_the_configuration(tmp_path, monkeypatch):
     """An edited polytask source is another configuration; each replication records its code."""
     monkeypatch.setattr(_replicate, "run_replication", _stub_replication)
     store = Store(tmp_path / "s.sqlite")
-    pt.replicate(TINY, 1, quiet=True, store=store)
+    replicate(TINY, 1, quiet=True, store=store)
     stored = store.replications(config_hash(TINY, 0))[0]["versions"]
     assert stored["polytask_source"] == _replicate.source_hash()
     assert stored["polytask_commit"]  # a commit, commit+dirty, or "unavailable"
@@ -275,7 +275,7 @@ def test_the_code_is_part_of_the_configuration(tmp_path, monkeypatch):
     monkeypatch.setattr(_replicate, "source_hash", lambda: "0123456789abcdef")
     assert config_hash(TINY, 0) != before
     with pytest.warns(UserWarning, match=r"polytask_source [0-9a-f]{16} -> 0123456789abcdef"):
-        pt.replicate(TINY, 1, quiet=True, store=store)
+        replicate(TINY, 1, quiet=True, store=store)
 
 
 def test_source_hash_follows_every_python_file(tmp_path, monkeypatch):
@@ -301,7 +301,7 @@ def test_a_worker_that_ran_other_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(_replicate, "run_replication", edited)
     store = Store(tmp_path / "s.sqlite")
     with pytest.raises(RuntimeError, match="ran with other code than this run started with"):
-        pt.replicate(TINY, 2, quiet=True, store=store)
+        replicate(TINY, 2, quiet=True, store=store)
     assert store.finished(config_hash(TINY, 0)) == set()
 
 

@@ -12,7 +12,6 @@ UPGrad(path='representation')
 from .data import MultiTargetData, Schedule, TaskData, make_hetero, make_phase, split
 from .engine import GradientEngine, TaskFeatures
 from .evaluation import evaluate, predict, summarize
-from .experiments import Store, SyntheticExperiment, replicate, write_comparison_report
 from .models import ColumnHeads, MultiTaskModel, MultiTaskModule, as_multitask, mlp
 from .objectives import (
     DWA,
@@ -73,9 +72,7 @@ __all__ = [
     "Objective",
     "PCGrad",
     "Schedule",
-    "Store",
     "Sum",
-    "SyntheticExperiment",
     "Task",
     "TaskData",
     "TaskFeatures",
@@ -92,8 +89,6 @@ __all__ = [
     "mlp",
     "predict",
     "regression_tasks",
-    "replicate",
     "split",
     "summarize",
-    "write_comparison_report",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._device import DEVICE_CHOICES, resolve_device
-from .evaluation._metrics import GREATER_IS_BETTER
+from .evaluation._metrics import greater_is_better
 from .experiments import (
     DATA_DESCRIPTIONS,
     DESCRIPTIONS,
@@ -482,7 +482,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         plot_front(frame, tasks, experiment.metric, out / "front.png", placed)
         lines += ["", "![front of static weightings](front.png)"]
     for method, values in placed.items():
-        greater = GREATER_IS_BETTER.get(experiment.metric, False)
+        greater = greater_is_better(experiment.metric)
         beyond = beyond_front(frame, tasks, values, greater)
         verdict = "on or beyond" if beyond else "inside"
         cells = ", ".join(f"{t}={values[f'test/{t}']:.4f}" for t in tasks)

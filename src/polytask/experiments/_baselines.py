@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 import pandas as pd
 
 from ..data import MultiTargetData, TaskData
-from ..evaluation import GREATER_IS_BETTER, evaluate
+from ..evaluation import evaluate
+from ..evaluation._metrics import greater_is_better
 from ..models import MultiTaskModel
 from ..tasks import Task
 from ..training import History, Trainer
@@ -76,7 +77,7 @@ def single_vs_multi(
             merged = single_records.setdefault(record["epoch"], {"epoch": record["epoch"]})
             merged.update({k: v for k, v in record.items() if "/" in k})
     table = pd.DataFrame(rows)
-    signs = [-1.0 if GREATER_IS_BETTER.get(m, False) else 1.0 for m in table["metric"]]
+    signs = [-1.0 if greater_is_better(m) else 1.0 for m in table["metric"]]
     relative = (table["multi"] - table["single"]) / table["single"]
     delta = float(100 * (relative * signs).mean())
     single_history = History(tuple(t.name for t in tasks), list(single_records.values()))

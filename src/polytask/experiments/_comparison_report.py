@@ -137,14 +137,20 @@ def write_comparison_report(
     per_task.to_csv(out / "statistics_per_task.csv", index=False)
     overall.to_csv(out / "statistics_overall.csv", index=False)
     frame.to_csv(out / "replications.csv", index=False)
-    seeds = sorted(r["seed"] for r in results)
+    indices = sorted(r["replication"] for r in results)
     version_sets = sorted({json.dumps(r["versions"], sort_keys=True) for r in results})
     meta = [
         ("experiment", config["experiment"]),
         ("methods", ", ".join(config["methods"])),
         ("baseline", baseline),
         ("replications", str(len(results))),
-        ("seeds", f"{seeds[0]}..{seeds[-1]}" if seeds else "-"),
+        (
+            "seeds",
+            f"replications {indices[0]}..{indices[-1]}, child i of "
+            f"numpy.random.SeedSequence({config.get('base_seed', '?')})"
+            if indices
+            else "-",
+        ),
         ("configuration hash", key),
         ("metric", f"test {metric}" + (" (against the noiseless targets)" * synthetic)),
         ("versions", "; ".join(version_sets)),

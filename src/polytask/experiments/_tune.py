@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation import evaluate
-from ..evaluation._metrics import GREATER_IS_BETTER
+from ..evaluation._metrics import greater_is_better
 from ..objectives import make_objective
 from ..training import Callback
 
@@ -57,7 +57,7 @@ class _ReportStopMetric(Callback):
 
     def __init__(self, trial: Any, tasks: Sequence[str], metric: str, combine: Combine) -> None:
         self.trial, self.tasks, self.metric, self.combine = trial, tasks, metric, combine
-        self.greater = GREATER_IS_BETTER.get(metric, False)
+        self.greater = greater_is_better(metric)
 
     def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
         import optuna
@@ -155,7 +155,7 @@ def tune(
         raise ValueError(f"trials must be positive, got {trials}")
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-    greater = GREATER_IS_BETTER.get(experiment.metric, False)
+    greater = greater_is_better(experiment.metric)
     against = experiment.test_against
     tasks = [t.name for t in experiment.tasks()]
     train, stop, test = experiment.data(seed)
@@ -285,7 +285,7 @@ def plot_front(
             ax = axes[row, col]
             points = frame[[f"{split}/{a}", f"{split}/{b}"]].to_numpy(dtype=float)
             ax.scatter(points[:, 0], points[:, 1], s=18, color="0.6", label="static weights")
-            front = _pareto(points, GREATER_IS_BETTER.get(metric, False))
+            front = _pareto(points, greater_is_better(metric))
             ax.plot(points[front, 0], points[front, 1], color="0.2", lw=1.2, label="front")
             for method, values in (placed or {}).items():
                 ax.scatter(
