@@ -27,12 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 # Docstrings with examples marked +SKIP (they do not run), "<module>:<docstring>" -> why.
-KNOWN_SKIPS = {
-    "polytask.experiments._tune:polytask.experiments._tune.tune": (
-        "an Optuna study over full fits of an experiment; `experiment` is not defined there and "
-        "the study writes study.db to the working directory"
-    ),
-}
+KNOWN_SKIPS: dict[str, str] = {}
 
 
 def _modules() -> list[str]:

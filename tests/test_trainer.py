@@ -80,7 +80,7 @@ def test_column_fast_path_equals_per_task_losses():
     plan = LossPlan(model, tasks, source)
     assert plan.columnar
     plan.adopt(source)
-    fast, positions, _, _ = plan.losses(model, next(source.chunks(9)))
+    fast, positions = plan.losses(model, next(source.chunks(9)))[:2]
     assert positions is None
     outputs = model(x)
     slow = torch.stack([t.compute_loss(t.output(outputs[t.name]), y[t.name]) for t in tasks])
@@ -359,3 +359,27 @@ def test_the_trainer_takes_per_task_dataloaders_and_datasets():
     history = trainer.fit(small_model(), [pt.Task(t) for t in data], data, data)
     assert history["epoch"] == [1, 2, 3]
     assert history["stop_loss"][-1] < history["stop_loss"][0]
+
+
+@pytest.mark.parametrize("method", ["mean", "upgrad"])
+def test_a_models_own_regularization_joins_every_training_step(hetero_splits, method):
+    """A model with ``regularization(x)`` (DSelect-k's entropy term, say) has it added to the
+    update of every step, on loss-level and gradient methods alike (not on the stop set)."""
+    train, stop, _ = hetero_splits
+    calls = []
+
+    class Penalised(pt.MultiTaskModel):
+        def regularization(self, x):
+            calls.append(len(x))
+            return 10.0 * self.trunk[0].weight.square().sum()
+
+    def final_norm(penalised):
+        model = small_model()
+        if penalised:
+            model = Penalised(model.trunk, dict(model.heads))
+        sgd = lambda params: torch.optim.SGD(params, lr=0.01)  # noqa: E731
+        fit(train, stop, model=model, objective=method, optimizer=sgd, max_epochs=1)
+        return float(model.trunk[0].weight.detach().norm())
+
+    assert final_norm(True) < 0.5 * final_norm(False)
+    assert len(calls) == -(-len(train) // 32)  # once per training step, never on the stop set

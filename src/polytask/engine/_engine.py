@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._features import TaskFeatures
 from .._graph import nearest_parameters, reached_from
-from ..models import has_representation, splits_per_task
+from ..models import MultiTaskModule, UserModel, has_representation, splits_per_task
 from ..objectives import GradientObjective, LossObjective, Objective, Step, make_objective
 from ..objectives._registry import PATH_ALIASES
 from ._gradients import FeatureGradients, LeafGradients, LossGradients, Owner
@@ -143,10 +143,18 @@ class GradientEngine:
                 "round_robin schedule and data without missing labels"
             )
         if self.path == "representation" and not has_representation(self.model):
+            declared = isinstance(self.model, MultiTaskModule) and not isinstance(
+                self.model, UserModel
+            )
+            hint = (
+                "use the exact path"
+                if declared
+                else "wrap it with pt.as_multitask(..., shared='<submodule>') (the submodule "
+                "every task reads), or use the exact path"
+            )
             raise ValueError(
                 f"{name}@repr needs the shared representation, and {type(self.model).__name__} "
-                "exposes none: wrap it with pt.as_multitask(..., shared='<submodule>') (the "
-                "submodule every task reads), or use the exact path"
+                f"exposes none: {hint}"
             )
 
     # --- one step ---------------------------------------------------------------------------

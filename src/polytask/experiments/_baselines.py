@@ -52,7 +52,16 @@ def single_vs_multi(
 
     Examples
     --------
-    >>> # table, delta, histories = single_vs_multi(build, tasks, train, stop, test, Trainer())
+    >>> import polytask as pt
+    >>> from torch import nn
+    >>> train, stop, test = pt.split(pt.make_hetero(2000, n_tasks=2, seed=0))
+    >>> tasks = pt.regression_tasks(["task0", "task1"])
+    >>> def build(tasks):
+    ...     return pt.MultiTaskModel(pt.mlp(1, 8, 2), {t.name: nn.Linear(8, 1) for t in tasks})
+    >>> trainer = pt.Trainer(max_epochs=2, quiet=True, device="cpu")
+    >>> table, delta, histories = single_vs_multi(build, tasks, train, stop, test, trainer)
+    >>> list(table["task"])
+    ['task0', 'task1']
     """
     metrics = dict(metrics or {t.name: t.metrics[0] for t in tasks})
     multi_model = build_model(tasks)

@@ -141,8 +141,13 @@ def tune(
 
     Examples
     --------
-    >>> result = tune(experiment, "grid", storage="sqlite:///study.db")  # doctest: +SKIP
-    >>> result.weights  # doctest: +SKIP
+    >>> import tempfile
+    >>> from polytask.experiments import SyntheticExperiment
+    >>> experiment = SyntheticExperiment("hetero", n=400, n_tasks=2, max_epochs=2, device="cpu")
+    >>> storage = f"sqlite:///{tempfile.mkdtemp()}/study.db"
+    >>> result = tune(experiment, "grid", trials=3, resolution=2, storage=storage)
+    >>> len(result.weights)
+    2
     """
     try:
         import optuna

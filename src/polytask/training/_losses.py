@@ -24,6 +24,9 @@ class StepLosses(NamedTuple):
     """What the heads read (None when each task had its own batch)."""
     terms: Tensor | None
     """The structured terms' weighted values, in the objective's order (None without terms)."""
+    regularization: Tensor | None = None
+    """The model's own penalty of the step (``model.regularization(x)``, e.g. DSelect-k's
+    entropy term), in training steps of a model that has one."""
 
 
 class LossPlan:
@@ -98,6 +101,17 @@ class LossPlan:
         return targets
 
     def losses(self, model: nn.Module, batch: Batch, training: bool = False) -> StepLosses:
+        """The losses of the tasks present in ``batch`` (see :meth:`_losses`), with the model's
+        own penalty in a training step when it has one (``regularization(x)``)."""
+        step = self._losses(model, batch, training)
+        regularize = getattr(model, "regularization", None)
+        if not (training and callable(regularize)):
+            return step
+        inputs = [batch.x] if isinstance(batch, SharedBatch) else [p.x for p in batch.parts]
+        penalty = sum(regularize(x) for x in inputs)
+        return step._replace(regularization=penalty)
+
+    def _losses(self, model: nn.Module, batch: Batch, training: bool) -> StepLosses:
         """The losses of the tasks present in ``batch``, their positions (None = all) and the
         shared features they came from (per task when each task had its own batch; None for a
         model that exposes no representation). In a training step the heads read what the

@@ -34,8 +34,15 @@ class GradientMonitor(Callback):
 
     Examples
     --------
+    >>> import polytask as pt
+    >>> from torch import nn
+    >>> train, stop, _ = pt.split(pt.make_hetero(2000, n_tasks=2, seed=0))
+    >>> model = pt.MultiTaskModel(pt.mlp(1, 8, 2), {t: nn.Linear(8, 1) for t in ("task0", "task1")})
     >>> monitor = GradientMonitor(every=5)
-    >>> # Trainer(..., callbacks=[monitor]).fit(...); monitor.frame()
+    >>> trainer = pt.Trainer(max_epochs=1, quiet=True, device="cpu", callbacks=[monitor])
+    >>> _ = trainer.fit(model, pt.regression_tasks(["task0", "task1"]), train, stop)
+    >>> "cos/task0|task1" in monitor.frame().columns
+    True
     """
 
     def __init__(self, every: int = 10) -> None:

@@ -29,6 +29,12 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
+def _with(terms: Tensor | None, penalty: Tensor) -> Tensor:
+    """The structured terms plus the model's own penalty, as one vector for the engine."""
+    penalty = penalty.reshape(1)
+    return penalty if terms is None else torch.cat([terms, penalty])
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite during training. The model holds the best weights so far
     and :attr:`history` the epochs up to the failure."""
@@ -428,14 +434,15 @@ class Trainer:
                     model.train()
                     totals = _EpochTotals(len(tasks), device, step_tensors)
                     for batch in self._batches(train, shuffle, epoch):
-                        losses, positions, features, terms = plan.losses(
+                        losses, positions, features, terms, penalty = plan.losses(
                             model, batch, training=True
                         )
                         state.features = features
                         for callback in callbacks:
                             callback.on_before_backward(state, losses, positions)
                         optimizer.zero_grad(set_to_none=True)
-                        step = engine.backward(losses, features, positions=positions, terms=terms)
+                        extra = terms if penalty is None else _with(terms, penalty)
+                        step = engine.backward(losses, features, positions=positions, terms=extra)
                         if terms is not None:
                             terms = terms.detach()
                         if self.clip_grad_norm is not None:
@@ -519,7 +526,7 @@ class Trainer:
         model.eval()
         with torch.no_grad():
             for batch in source.chunks(self.eval_batch_size):
-                losses, positions, _, terms = plan.losses(model, batch)
+                losses, positions, _, terms, _ = plan.losses(model, batch)
                 if terms is not None:
                     n = batch.x.shape[0]
                     term_total = terms * n if term_total is None else term_total + terms * n
