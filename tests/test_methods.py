@@ -1,10 +1,12 @@
 """The method zoo: defining properties on random Jacobians, agreement with torchjd, the three
 gradient paths, and the methods inside real fits."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
@@ -35,8 +37,7 @@ def nondegenerate(J):
 @settings(max_examples=60, deadline=None)
 @given(J=jacobians)
 def test_upgrad_never_conflicts_with_a_task(J):
-    if not nondegenerate(J):
-        return
+    assume(nondegenerate(J))
     # torchjd regularises the Gramian (reg_eps, 1e-4 by default) before its quadratic programs;
     # the property holds up to that regularisation, so check it with a small one
     projector = QuadprogProjector(reg_eps=1e-8)
@@ -50,8 +51,7 @@ def test_upgrad_never_conflicts_with_a_task(J):
 def test_pcgrad_two_tasks_no_negative_inner_product(J):
     """Each projected gradient is orthogonal to the one it conflicted with, so the update has a
     non-negative inner product with both task gradients."""
-    if not nondegenerate(J):
-        return
+    assume(nondegenerate(J))
     d = weights_of("pcgrad", J) @ J
     scale = np.linalg.norm(J, axis=1).max() ** 2
     assert (J @ d >= -1e-6 * scale).all()
@@ -65,8 +65,7 @@ def test_pcgrad_two_tasks_no_negative_inner_product(J):
 @settings(max_examples=30, deadline=None)
 @given(J=jacobians)
 def test_mgda_is_the_min_norm_point_of_the_convex_hull(J):
-    if not nondegenerate(J):
-        return
+    assume(nondegenerate(J))
     # Frank-Wolfe run to a tight tolerance, so the property can be checked tightly
     w = weights_of(pt.objectives.MGDA(epsilon=1e-8, max_iters=2000), J)
     assert w.min() >= -1e-9 and abs(w.sum() - 1) < 1e-6
@@ -83,8 +82,7 @@ def test_mgda_is_the_min_norm_point_of_the_convex_hull(J):
 @settings(max_examples=40, deadline=None)
 @given(J=jacobians)
 def test_imtl_projections_are_equal(J):
-    if not nondegenerate(J) or np.linalg.matrix_rank(J, tol=1e-3) < len(J):
-        return
+    assume(nondegenerate(J) and np.linalg.matrix_rank(J, tol=1e-3) == len(J))
     d = weights_of("imtl", J) @ J
     projections = J @ d / np.linalg.norm(J, axis=1)
     np.testing.assert_allclose(projections, projections.mean(), rtol=1e-3, atol=1e-6)
@@ -381,22 +379,44 @@ def test_gradnorm_first_step_pulls_each_weighted_norm_towards_the_mean(split):
     torch.testing.assert_close(grad, naive_jacobian(model, x, y).sum(0), rtol=1e-4, atol=1e-6)
 
 
-def test_gradnorm_keeps_weights_summing_to_t_and_famo_learns_its_logits(hetero_splits):
-    train, stop, _ = hetero_splits
-    from conftest import small_model
+def test_gradnorm_and_famo_learn_their_weights_inside_a_fit():
+    """Inside Trainer.fit: GradNorm's weights are in the optimizer and renormalised after each
+    step, so four full-batch SGD epochs give the paper's weights (the independent algorithm of
+    test_reference_methods), summing to T; FAMO's after_step gets the batch's losses recomputed
+    after the optimizer step (what its logit update needs), once per step."""
+    from test_reference_methods import TASKS, reference_gradnorm, small_problem
 
-    tasks = pt.regression_tasks(["task0", "task1", "task2"])
-    gradnorm = make_objective("gradnorm")
-    pt.Trainer(gradnorm, max_epochs=2, patience=None, quiet=True, device="cpu", lr=1e-2).fit(
-        small_model(), tasks, train, stop
+    model, x, y = small_problem()
+    model = model.float()
+    x, y = x.float(), y.float()
+    data = pt.MultiTargetData(x.numpy(), {t: y[:, i].numpy() for i, t in enumerate(TASKS)})
+    tasks = pt.regression_tasks(list(TASKS))
+    expected = reference_gradnorm(copy.deepcopy(model), x, y, 4, 0.05, 1.5)[-1][0]
+    gradnorm = pt.GradNorm()
+    sgd = dict(patience=None, quiet=True, device="cpu", batch_size=len(x))
+    pt.Trainer(gradnorm, max_epochs=4, optimizer=lambda p: torch.optim.SGD(p, lr=0.05), **sgd).fit(
+        model, tasks, data, data
     )
     w = gradnorm.task_weights.detach()
-    assert float(w.sum()) == pytest.approx(3.0, rel=1e-5)
-    assert not torch.allclose(w, torch.ones(3))
-    famo = make_objective("famo")
-    pt.Trainer(famo, max_epochs=2, patience=None, quiet=True, device="cpu").fit(
-        small_model(), tasks, train, stop
-    )
+    assert float(w.sum()) == pytest.approx(3.0, rel=1e-6)
+    torch.testing.assert_close(w.double(), expected, rtol=1e-4, atol=1e-6)
+
+    seen = []
+
+    class Watched(pt.objectives.FAMO):
+        def after_step(self, recompute):
+            losses = recompute()
+            seen.append(losses.detach().clone())
+            super().after_step(lambda: losses)
+
+    model = small_problem()[0].float()
+    famo = Watched()
+    pt.Trainer(famo, max_epochs=1, **sgd).fit(model, tasks, data, data)
+    assert len(seen) == 1  # one full-batch step
+    with torch.no_grad():  # the model now holds the weights after that step
+        out = model(x)
+        after = torch.stack([((out[t][:, 0] - y[:, i]) ** 2).mean() for i, t in enumerate(TASKS)])
+    torch.testing.assert_close(seen[0], after, rtol=1e-5, atol=1e-7)
     assert not torch.equal(famo.scalarizer._w.detach(), torch.zeros(3))
 
 
