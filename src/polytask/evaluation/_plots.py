@@ -304,3 +304,53 @@ def plot_probe(probe: pd.DataFrame, path: str | Path, title: str) -> Path:
     ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_gate_weights(
+    histories: Mapping[str, History] | History, path: str | Path, title: str = ""
+) -> Path:
+    """Each task's mean gate weight per expert over the epochs (the ``gate/<task>/<expert>``
+    columns a :class:`~polytask.training.GateMonitor` adds), stacked to 1: one panel per model
+    and task. Gate collapse (one expert taking a task's whole gate) shows as one band filling
+    its panel.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from polytask.training import History
+    >>> h = History(("a",), [{"epoch": e, "gate/a/0": 0.5 + e / 10, "gate/a/1": 0.5 - e / 10}
+    ...                      for e in (1, 2, 3)])
+    >>> plot_gate_weights({"mmoe": h}, os.path.join(tempfile.mkdtemp(), "g.png")).name
+    'g.png'
+    """
+    if not isinstance(histories, Mapping):
+        histories = {"": histories}
+    panels = []
+    for label, history in histories.items():
+        columns: dict[str, list[tuple[int, str]]] = {}
+        for name in dict.fromkeys(k for r in history.records for k in r):
+            if name.startswith("gate/"):
+                task, _, expert = name[len("gate/") :].rpartition("/")
+                columns.setdefault(task, []).append((int(expert), name))
+        panels += [(label, history, t, [c for _, c in sorted(cs)]) for t, cs in columns.items()]
+    if not panels:
+        raise ValueError("no gate/<task>/<expert> columns: fit with a GateMonitor callback")
+    rows, cols = _grid(len(panels))
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    cmap = _pyplot().get_cmap("tab20")
+    for ax, (label, history, task, columns) in zip(axes.flat, panels, strict=False):
+        records = [r for r in history.records if columns[0] in r]
+        epochs = [r["epoch"] for r in records]
+        values = np.array([[r.get(c, np.nan) for r in records] for c in columns])
+        colours = [cmap(i % 20) for i in range(len(columns))]
+        ax.stackplot(epochs, values, labels=[c.rsplit("/", 1)[1] for c in columns], colors=colours)
+        ax.set_ylim(0, max(1.0, float(np.nansum(values, axis=0).max(initial=1.0))))
+        ax.set_title(f"{label}: task {task}" if label else f"task {task}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean gate weight (stacked)")
+    axes.flat[0].legend(title="expert", fontsize="x-small", ncol=2, loc="upper right")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle(title or "Gate weight per expert (one band = one expert)")
+    fig.tight_layout()
+    return _save(fig, path)

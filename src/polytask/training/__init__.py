@@ -19,3 +19,7 @@ __all__ = [
     "Trainer",
     "parameter_groups",
 ]
+
+from ._gates import GateMonitor
+
+__all__ += ["GateMonitor"]
