@@ -183,9 +183,7 @@ def test_compare_and_report_commands(tmp_path, capsys):
 def test_ray_backend_matches_joblib(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'polytask[ray]')")
     joblib_frame = replicate(TINY, 3, jobs=2, backend="joblib", quiet=True)
-    ray_frame = replicate(
-        TINY, 3, jobs=2, backend="ray", quiet=True, store=tmp_path / "ray.sqlite"
-    )
+    ray_frame = replicate(TINY, 3, jobs=2, backend="ray", quiet=True, store=tmp_path / "ray.sqlite")
     pd.testing.assert_frame_equal(ray_frame, joblib_frame)
 
 

@@ -113,14 +113,14 @@ class GradientEngine:
         self._last: list[Tensor] | None = None
         self._pending: Tensor | Mapping[str, Tensor] | None = None
         self._steps = 0
-        self._learned = [p for p in objective.parameters() if p.requires_grad]
+        self._learned: list[Tensor] = []
         self._learned_start: list[Tensor] | None = None
 
     # --- what the caller gives the optimizer ------------------------------------------------
     def parameters(self) -> Iterator[nn.Parameter]:
         """The method's learned parameters (uncertainty weights, GradNorm's weights...): give
         them to the optimizer with the model's."""
-        return iter(self._learned)
+        return iter([p for p in self.objective.parameters() if p.requires_grad])
 
     @property
     def is_gradient_method(self) -> bool:
@@ -375,10 +375,13 @@ class GradientEngine:
     def _watch_learned(self) -> None:
         """Warn once when a learned weighting's parameters do not move (not in the optimizer)."""
         self._steps += 1
-        if not self._learned or self._steps > 3:
+        if self._steps > 3:
             return
         if self._steps == 1:
+            self._learned = list(self.parameters())
             self._learned_start = [p.detach().clone() for p in self._learned]
+        if not self._learned:
+            return
         elif self._steps == 3 and all(
             torch.equal(p.detach(), start)
             for p, start in zip(self._learned, self._learned_start, strict=True)

@@ -212,8 +212,10 @@ class NonFiniteCheck(Callback):
 
 class Checkpoint(Callback):
     """Save the fit's state at the end of every ``every`` epochs: model, optimizer, method,
-    scheduler, history and every callback's state, written atomically (a temporary file, then a
-    rename), so a kill never leaves a half-written checkpoint.
+    scheduler, history, every callback's state and the random generators, written atomically
+    (a temporary file, then a rename), so a kill never leaves a half-written checkpoint. The
+    trainer resumes from it (``Trainer(checkpoint=DIR)`` adds one); it runs after every other
+    callback, so it saves what they did in the epoch.
 
     Parameters
     ----------
@@ -250,14 +252,26 @@ class Checkpoint(Callback):
     def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
         if state.epoch % self.every:
             return
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         payload = {
             "epoch": state.epoch,
+            "step": state.step,
+            "fingerprint": state.fingerprint,
             "model": state.model.state_dict(),
-            "objective": state.objective.state_dict(),
+            # the whole method, not only its state_dict: per-epoch averages (DWA), EMAs
+            # (DB-MTL, GradVac) and solver state live in plain attributes
+            "objective": state.objective,
             "optimizer": state.optimizer.state_dict(),
             "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
             "history": state.history.to_dict(),
-            "callbacks": [c.state_dict() for c in state.callbacks if c is not self],
+            "callbacks": [c.state_dict() for c in state.callbacks if not isinstance(c, Checkpoint)],
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": cuda,
+                "shuffle": None if state.shuffle is None else state.shuffle.get_state(),
+            },
+            "stop_reason": state.stop_reason,
+            "stop_is_error": state.stop_is_error,
         }
         handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(handle)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from ..engine import GradientEngine
 from ..evaluation._metrics import task_metrics
 from ..objectives import Objective, make_objective
 from ..tasks import Task
-from ._callbacks import BestWeights, Callback, EarlyStopping, NonFiniteCheck
+from ._callbacks import BestWeights, Callback, Checkpoint, EarlyStopping, NonFiniteCheck
 from ._history import History
 from ._losses import LossPlan
 from ._progress import EpochProgress
@@ -68,6 +70,10 @@ class FitState:
     """Per task, this epoch's steps with a NaN loss."""
     stop_reason: str = ""
     stop_is_error: bool = False
+    shuffle: torch.Generator | None = None
+    """The generator that shuffles the rows of a shared dataset (a checkpoint saves it)."""
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    """What a checkpoint must match to be resumed: the configuration, model, tasks and data."""
 
     @property
     def should_stop(self) -> bool:
@@ -78,6 +84,64 @@ class FitState:
         :class:`NonFiniteLossError`."""
         if not self.stop_reason:
             self.stop_reason, self.stop_is_error = reason, error
+
+
+def _qualified(factory: Any) -> str:
+    """A factory's name for the fingerprint (a lambda compares by its source location)."""
+    if factory is None:
+        return "default"
+    code = getattr(factory, "__code__", None)
+    where = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    return f"{getattr(factory, '__qualname__', type(factory).__qualname__)}{where}"
+
+
+def _resume_point(
+    callbacks: Sequence[Callback], fingerprint: dict[str, Any], device: torch.device
+) -> dict[str, Any] | None:
+    """The checkpoint a fit resumes from (None for a fresh fit); one of another configuration
+    is refused, naming what differs."""
+    saves = [c for c in callbacks if isinstance(c, Checkpoint)]
+    if not saves or not saves[0].path.exists():
+        return None
+    saved = torch.load(saves[0].path, map_location=device, weights_only=False)
+    theirs = saved.get("fingerprint", {})
+    differs = [
+        f"{key}: {theirs.get(key, '-')} -> {value}"
+        for key, value in fingerprint.items()
+        if theirs.get(key) != value
+    ]
+    if differs:
+        raise ValueError(
+            f"the checkpoint {saves[0].path} is from another configuration; "
+            + "; ".join(differs)
+            + " (remove it, or give another checkpoint folder)"
+        )
+    return saved
+
+
+def _restore(saved: dict[str, Any], state: FitState) -> int:
+    """Put a fit's saved state back (after the callbacks' ``on_fit_start``); the first epoch
+    to run."""
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if state.scheduler is not None:
+        state.scheduler.load_state_dict(saved["scheduler"])
+    restored = History.from_dict(saved["history"])
+    state.history.records[:] = restored.records
+    state.history.best_epoch = restored.best_epoch
+    others = [c for c in state.callbacks if not isinstance(c, Checkpoint)]
+    for callback, callback_state in zip(others, saved["callbacks"], strict=True):
+        callback.load_state_dict(callback_state)
+    torch.set_rng_state(saved["rng"]["torch"].cpu())
+    if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in saved["rng"]["cuda"]])
+    state.shuffle.set_state(saved["rng"]["shuffle"].cpu())
+    state.step = saved["step"]
+    state.epoch = saved["epoch"]
+    if saved["stop_reason"]:
+        state.request_stop(saved["stop_reason"], error=saved["stop_is_error"])
+        state.history.stopped_early = True
+        state.history.stop_reason = saved["stop_reason"]
+    return saved["epoch"] + 1
 
 
 def _route_hint(model: nn.Module) -> str:
@@ -263,6 +327,12 @@ class Trainer:
         (``ReduceLROnPlateau`` is given the stop-set criterion); the History records ``lr``.
     clip_grad_norm
         Clip the gradients' total norm to this value before each optimizer step.
+    checkpoint
+        A folder: the fit's whole state is saved there at the end of every epoch
+        (:class:`~polytask.Checkpoint`), and a fit that finds a checkpoint of the same
+        configuration there resumes from it, finishing with the same weights and history as a
+        fit that was never interrupted (bit for bit on the CPU). A checkpoint of another
+        configuration is refused, naming what differs.
 
     Examples
     --------
@@ -299,6 +369,7 @@ class Trainer:
     optimizer: OptimizerFactory | None = None
     scheduler: SchedulerFactory | None = None
     clip_grad_norm: float | None = None
+    checkpoint: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_epochs < 1 or self.eval_batch_size < 1:
@@ -328,13 +399,16 @@ class Trainer:
         if self.patience is not None:
             defaults.append(EarlyStopping(self.patience))
         defaults.append(BestWeights())
+        if self.checkpoint is not None:
+            defaults.append(Checkpoint(self.checkpoint))
         kept = [d for d in defaults if not any(isinstance(c, type(d)) for c in given)]
-        # NaN check and early stopping see the record before best-weight bookkeeping
-        return (
-            (*kept[:-1], *given, kept[-1])
-            if kept and isinstance(kept[-1], BestWeights)
-            else (*kept, *given)
-        )
+        # the NaN check and early stopping see the record first, then the user's callbacks,
+        # best-weight bookkeeping, and last the checkpoint, which saves what all of them did
+        first = [c for c in kept if not isinstance(c, BestWeights | Checkpoint)]
+        others = [c for c in given if not isinstance(c, BestWeights | Checkpoint)]
+        best = [c for c in (*kept, *given) if isinstance(c, BestWeights)]
+        saves = [c for c in (*kept, *given) if isinstance(c, Checkpoint)]
+        return (*first, *others, *best, *saves)
 
     def fit(self, model: nn.Module, tasks: Sequence[Task], train: Data, stop: Data) -> History:
         """Train ``model`` in place on ``train``, early-stopping on ``stop``.
@@ -376,10 +450,43 @@ class Trainer:
         if objective.terms:  # a term's shape errors surface here, before any step
             with torch.no_grad():
                 plan.losses(model, next(iter(train_source.chunks(2))))
+        fingerprint = self._fingerprint(model, objective, tasks, train_source, stop_source)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
-            return self._loop(model, objective, engine, plan, train_source, stop_source, device)
+            return self._loop(
+                model, objective, engine, plan, train_source, stop_source, device, fingerprint
+            )
+
+    def _fingerprint(
+        self, model: nn.Module, objective: Objective, tasks: Sequence[Task], *sources: Source
+    ) -> dict[str, Any]:
+        """What a checkpoint must match: every setting that changes the fit's course (not
+        ``max_epochs``, so a finished fit can be extended), the model's parameter shapes, the
+        tasks and the data (sizes and a digest of the first rows of each split)."""
+        digest = hashlib.sha256()
+        for source in sources:
+            batch = next(iter(source.chunks(256)))
+            parts = [batch] if isinstance(batch, SharedBatch) else batch.parts
+            for part in parts:
+                for tensor in (part.x, part.y if isinstance(part.y, Tensor) else None):
+                    if tensor is not None and tensor.layout == torch.strided:
+                        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        settings = {
+            name: repr(getattr(self, name))
+            for name in ("lr", "eps", "batch_size", "patience", "seed", "schedule")
+        }
+        settings.update(
+            sparse_input=repr(self.sparse_input),
+            clip_grad_norm=repr(self.clip_grad_norm),
+            optimizer=_qualified(self.optimizer),
+            scheduler=_qualified(self.scheduler),
+            objective=repr(objective),
+            tasks=repr([(t.name, t.kind, t.size) for t in tasks]),
+            model=repr({k: tuple(v.shape) for k, v in model.state_dict().items()}),
+            data=digest.hexdigest()[:16],
+        )
+        return settings
 
     def _make_optimizer(
         self, params: list[nn.Parameter], device: torch.device
@@ -410,25 +517,34 @@ class Trainer:
         train: Source,
         stop: Source,
         device: torch.device,
+        fingerprint: dict[str, Any],
     ) -> History:
         tasks = plan.tasks
         names = tuple(t.name for t in tasks)
         history = History(names)
+        callbacks = self._callbacks()
+        saved = _resume_point(callbacks, fingerprint, device)
+        if saved is not None:  # the method's whole state, before the optimizer takes its params
+            model.load_state_dict(saved["model"])
+            objective.__dict__.update(saved["objective"].__dict__)
         model_params = list(model.parameters())
         optimizer = self._make_optimizer([*model_params, *engine.parameters()], device)
         scheduler = None if self.scheduler is None else self.scheduler(optimizer)
-        callbacks = self._callbacks()
+        shuffle = torch.Generator().manual_seed(self.seed)
         state = FitState(
             model, objective, tasks, device, history, optimizer, scheduler, callbacks, engine
         )
-        shuffle = torch.Generator().manual_seed(self.seed)
+        state.shuffle, state.fingerprint = shuffle, fingerprint
         learns_after_step = type(objective).after_step is not Objective.after_step
         step_tensors: dict = {}
         for callback in callbacks:
             callback.on_fit_start(state)
+        first_epoch = 1 if saved is None else _restore(saved, state)
         try:
             with EpochProgress(self.max_epochs, type(objective).__name__, self.quiet) as bar:
-                for epoch in range(1, self.max_epochs + 1):
+                for epoch in range(first_epoch, self.max_epochs + 1):
+                    if state.should_stop:  # resumed from the checkpoint of a finished fit
+                        break
                     state.epoch = epoch
                     started = time.perf_counter()
                     model.train()
@@ -477,10 +593,10 @@ class Trainer:
                     record["seconds"] = time.perf_counter() - started
                     history.records.append(record)
                     state.bad_steps = totals.bad
+                    if scheduler is not None:  # before the callbacks: a checkpoint saves it
+                        self._step_scheduler(scheduler, record["stop_loss"])
                     for callback in callbacks:
                         callback.on_epoch_end(state, record)
-                    if scheduler is not None:
-                        self._step_scheduler(scheduler, record["stop_loss"])
                     bar.advance(f"stop {record['stop_loss']:.4g}")
                     if state.should_stop:
                         history.stopped_early = True

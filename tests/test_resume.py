@@ -1,0 +1,138 @@
+"""A fit that is killed resumes from its last checkpoint and ends as if never interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import polytask as pt
+from conftest import small_model
+
+TASKS = pt.regression_tasks(["task0", "task1", "task2"])
+
+
+def records(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history.records]
+
+
+@pytest.mark.parametrize("method", ["uw", "dwa", "dbmtl", "pcgrad", "upgrad@repr"])
+def test_an_extended_fit_equals_one_that_ran_straight_through(method, hetero_splits, tmp_path):
+    """Two epochs with a checkpoint, then the same fit to five epochs, give the weights and
+    history of five epochs in one go, bit for bit (the optimizer's moments, the method's own
+    state, early-stopping counters, the shuffling generator and the global RNG all resume)."""
+    train, stop, _ = hetero_splits
+
+    def run(max_epochs, checkpoint):
+        model = nn.Sequential()  # placeholder, replaced below
+        model = small_model()
+        trainer = pt.Trainer(
+            method,
+            max_epochs=max_epochs,
+            patience=3,
+            quiet=True,
+            device="cpu",
+            checkpoint=checkpoint,
+            lr=1e-2,
+        )
+        history = trainer.fit(model, TASKS, train, stop)
+        return model, history
+
+    straight_model, straight = run(5, None)
+    run(2, tmp_path / "ckpt")
+    resumed_model, resumed = run(5, tmp_path / "ckpt")
+    assert records(resumed) == records(straight)
+    assert resumed.best_epoch == straight.best_epoch
+    for a, b in zip(
+        resumed_model.state_dict().values(), straight_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(hetero_splits, tmp_path):
+    train, stop, _ = hetero_splits
+    pt.Trainer("mean", max_epochs=1, quiet=True, device="cpu", checkpoint=tmp_path).fit(
+        small_model(), TASKS, train, stop
+    )
+    with pytest.raises(ValueError, match=r"another configuration; lr: 0\.001 -> 0\.01"):
+        pt.Trainer(
+            "mean", max_epochs=2, lr=0.01, quiet=True, device="cpu", checkpoint=tmp_path
+        ).fit(small_model(), TASKS, train, stop)
+    with pytest.raises(ValueError, match="objective: Mean"):
+        pt.Trainer("upgrad", max_epochs=2, quiet=True, device="cpu", checkpoint=tmp_path).fit(
+            small_model(), TASKS, train, stop
+        )
+
+
+def test_a_finished_fit_is_not_trained_again(hetero_splits, tmp_path):
+    train, stop, _ = hetero_splits
+    trainer = pt.Trainer("mean", max_epochs=3, quiet=True, device="cpu", checkpoint=tmp_path)
+    first_model = small_model()
+    first = trainer.fit(first_model, TASKS, train, stop)
+    again_model = small_model(seed=5)  # other initial weights: all must come from the checkpoint
+    again = trainer.fit(again_model, TASKS, train, stop)
+    assert records(again) == records(first)
+    for a, b in zip(
+        again_model.state_dict().values(), first_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np, torch
+    sys.path.insert(0, {tests!r})
+    import polytask as pt
+    from conftest import small_model
+
+    torch.set_num_threads(1)
+    train, stop, _ = pt.split(pt.make_hetero(4000, n_tasks=3, seed=1))
+    kill_at = int(os.environ.get("KILL_AT", "0"))
+
+    class Kill(pt.Callback):
+        def on_step_end(self, state):
+            if kill_at and state.step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    model = small_model()
+    trainer = pt.Trainer(
+        "dbmtl", max_epochs=6, patience=None, quiet=True, device="cpu",
+        checkpoint=sys.argv[1], callbacks=[Kill()], lr=1e-2, batch_size=16,
+    )
+    history = trainer.fit(model, pt.regression_tasks(["task0", "task1", "task2"]), train, stop)
+    torch.save({{"model": model.state_dict(), "records": history.records}}, sys.argv[2])
+    """
+)
+
+
+def test_a_fit_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
+
+    def run(folder, out, kill_at=0):
+        env = {**os.environ, "KILL_AT": str(kill_at)}
+        cmd = [sys.executable, str(script), str(tmp_path / folder), str(tmp_path / out)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    killed = run("ckpt", "killed.pt", kill_at=13 * 3 + 5)  # 13 steps an epoch: mid epoch 4
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "killed.pt").exists()
+    saved = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)
+    assert saved["epoch"] == 3
+    resumed = run("ckpt", "resumed.pt")
+    assert resumed.returncode == 0, resumed.stderr
+    straight = run("fresh", "straight.pt")
+    assert straight.returncode == 0, straight.stderr
+    a = torch.load(tmp_path / "resumed.pt", weights_only=False)
+    b = torch.load(tmp_path / "straight.pt", weights_only=False)
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert drop(a["records"]) == drop(b["records"]) and len(a["records"]) == 6
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert np.isfinite([r["stop_loss"] for r in a["records"]]).all()
