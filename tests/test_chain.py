@@ -126,6 +126,40 @@ def test_exact_step_is_the_same_with_or_without_the_written_out_pull_back(activa
         torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("missing", ["_saved_mat1", "_saved_alpha", "_saved_result"])
+def test_a_torch_without_the_private_saved_tensors_takes_the_general_path(missing, monkeypatch):
+    """The written-out pull-back reads private autograd attributes. On this torch they exist
+    (the chain is read); a torch without one of them gets the vmap path, with the same step."""
+    torch.manual_seed(0)
+    trunk = pt.mlp(5, 8, 3, seed=0)
+    z = trunk(torch.randn(16, 5))
+    assert _chain.read_chain(z, list(trunk.parameters())) is not None  # fails if torch drops them
+    saved = _chain._saved
+    monkeypatch.setattr(
+        _chain, "_saved", lambda n, name: None if name == missing else saved(n, name)
+    )
+    assert _chain.read_chain(z, list(trunk.parameters())) is None
+
+    x, y = torch.randn(32, 5), torch.randn(32, 2)
+
+    def step():
+        torch.manual_seed(1)
+        model = pt.MultiTaskModel(
+            pt.mlp(5, 8, 3, seed=0), {f"t{i}": nn.Linear(8, 1) for i in range(2)}
+        )
+        engine = pt.GradientEngine(model, "upgrad")
+        features = engine.split(model.features(x))
+        out = model.heads_forward(features)
+        losses = torch.stack([((out[f"t{i}"][:, 0] - y[:, i]) ** 2).mean() for i in range(2)])
+        engine.backward(losses, features)
+        return [p.grad.clone() for p in model.parameters()]
+
+    fallback = step()
+    monkeypatch.setattr(_chain, "_saved", saved)
+    for g, ref in zip(fallback, step(), strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-7)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     k=st.integers(1, 5),

@@ -49,6 +49,12 @@ def _variable(edge: tuple) -> Tensor | None:
     return getattr(node, "variable", None) if node is not None else None
 
 
+def _saved(node: torch.autograd.graph.Node, name: str) -> object | None:
+    """What ``node`` saved under the private autograd attribute ``name``, or None when this
+    torch does not expose it: the caller then takes the general (vmap) path."""
+    return getattr(node, name, None)
+
+
 def _linear(
     node: torch.autograd.graph.Node, activation: str | None, output: Tensor | None
 ) -> tuple[_Layer, tuple] | None:
@@ -56,16 +62,16 @@ def _linear(
     its input; None for any other node."""
     name = type(node).__name__
     if name == "AddmmBackward0":
-        if node._saved_alpha != 1 or node._saved_beta != 1:
+        if _saved(node, "_saved_alpha") != 1 or _saved(node, "_saved_beta") != 1:
             return None
         bias_edge, input_edge, weight_edge = node.next_functions
-        inputs = node._saved_mat1
+        inputs = _saved(node, "_saved_mat1")
         bias = _variable(bias_edge)
         if bias is None or bias.ndim != 1:
             return None
     elif name == "MmBackward0":
         input_edge, weight_edge = node.next_functions
-        inputs = node._saved_self
+        inputs = _saved(node, "_saved_self")
         bias = None
     else:
         return None
@@ -73,6 +79,8 @@ def _linear(
     if t_node is None or type(t_node).__name__ != "TBackward0":
         return None
     weight = _variable(t_node.next_functions[0])
+    if not isinstance(inputs, Tensor):
+        return None
     if weight is None or weight.ndim != 2 or inputs.ndim != 2 or inputs.shape[1] != weight.shape[1]:
         return None
     return _Layer(weight, bias, inputs, activation, output), input_edge
@@ -91,9 +99,9 @@ def read_chain(z: Tensor, params: Sequence[Tensor]) -> list[_Layer] | None:
     while node is not None:
         activation, output = type(node).__name__, None
         if activation in _DERIVATIVES:  # derivatives wait for chain_jacobian: no work on a miss
-            output = node._saved_result
+            output = _saved(node, "_saved_result")
             node = node.next_functions[0][0]
-            if node is None:
+            if node is None or not isinstance(output, Tensor):
                 return None
         else:
             activation = None
