@@ -60,6 +60,25 @@ def test_weighted_validates_and_round_trips_its_config():
         loss(np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32))
 
 
+@pytest.mark.parametrize("targets", [(32,), (32, 1), (32, 3)])
+@pytest.mark.parametrize("loss", ["GeometricMean", "Mean"])
+def test_targets_that_would_broadcast_are_refused(loss, targets):
+    """(32,) targets against (32, 5) predictions used to broadcast into a number."""
+    y_true, y_pred = np.zeros(targets, np.float32), np.ones((32, 5), np.float32)
+    with pytest.raises(ValueError, match=r"targets of shape \(32,.*\(32, 5\)"):
+        getattr(ptk, loss)()(y_true, y_pred)
+    one_column = getattr(ptk, loss)()(np.zeros(32, np.float32), y_pred[:, :1])
+    assert float(keras.ops.convert_to_numpy(one_column)) == pytest.approx(1.0)  # still works
+
+
+def test_all_zero_weights_are_refused_in_keras_and_torch():
+    with pytest.raises(ValueError, match="every weight is 0"):
+        ptk.Weighted([0.0, 0.0])
+    with pytest.raises(ValueError, match="every weight is 0"):
+        pt.Weighted({"a": 0, "b": 0.0})
+    assert ptk.Weighted([0.0, 1.0]).weights == [0.0, 1.0]  # some zero weights are fine
+
+
 def test_model_compile_and_fit_reduce_the_geometric_loss():
     keras.utils.set_random_seed(0)
     data = pt.make_hetero(600, n_tasks=3, seed=0)

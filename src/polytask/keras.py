@@ -72,9 +72,19 @@ _serializable = keras.saving.register_keras_serializable(package="polytask")
 
 def task_mse(y_true: Any, y_pred: Any) -> Any:
     """Each column's mean squared error over the batch: shape ``(T,)``."""
+    given = tuple(y_true.shape)
     y_true = ops.cast(y_true, y_pred.dtype)
     if len(y_true.shape) == 1:
         y_true = ops.expand_dims(y_true, -1)
+    if len(y_true.shape) != len(y_pred.shape) or any(
+        a is not None and b is not None and a != b
+        for a, b in zip(y_true.shape, y_pred.shape, strict=True)
+    ):  # broadcasting (batch,) or (batch, 1) against (batch, T) would return a wrong number
+        raise ValueError(
+            f"polytask.keras: targets of shape {given} against predictions of shape "
+            f"{tuple(y_pred.shape)}; expected one target column per output column, "
+            f"shape {tuple(y_pred.shape)}"
+        )
     return ops.mean(ops.square(y_pred - y_true), axis=0)
 
 
@@ -142,6 +152,8 @@ class Weighted(_ColumnLoss):
         values = [float(w) for w in weights]
         if not values or any(not math.isfinite(w) or w < 0 for w in values):
             raise ValueError(f"Weighted: weights must be finite and non-negative, got {values}")
+        if not any(values):
+            raise ValueError(f"Weighted: every weight is 0 ({values}), so nothing would train")
         super().__init__(name=name, **kwargs)
         self.weights = values
 

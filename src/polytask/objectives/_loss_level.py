@@ -88,6 +88,8 @@ class Weighted(LossObjective):
         bad = [w for w in values if not isinstance(w, int | float) or not math.isfinite(w) or w < 0]
         if bad or not values:
             raise ValueError(f"Weighted: weights must be finite and non-negative, got {values}")
+        if not any(values):
+            raise ValueError(f"Weighted: every weight is 0 ({values}), so nothing would train")
         self.given = dict(weights) if isinstance(weights, Mapping) else tuple(values)
 
     def _on_bind(self) -> None:
