@@ -52,6 +52,9 @@ class GradientMonitor(Callback):
         self.records: list[dict[str, float]] = []
         self._pending: dict[str, float] | None = None
 
+    def on_fit_start(self, state: FitState) -> None:
+        self.records, self._pending = [], None  # one fit's records: steps restart at each fit
+
     def on_before_backward(
         self, state: FitState, losses: Tensor, positions: tuple[int, ...] | None
     ) -> None:
@@ -117,6 +120,9 @@ class TaskMetricProbe(Callback):
             raise ValueError(f"every must be positive, got {every}")
         self.tasks, self.data, self.every, self.metric = list(tasks), data, every, metric
         self.records: list[dict[str, float | str]] = []
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.records = []  # one fit's records: steps restart at each fit
 
     def on_step_end(self, state: FitState) -> None:
         if state.step % self.every:
