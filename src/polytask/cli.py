@@ -17,6 +17,8 @@ from typing import Any
 from ._device import DEVICE_CHOICES, resolve_device
 from .evaluation._metrics import greater_is_better
 from .experiments import (
+    ARCHITECTURE_DESCRIPTIONS,
+    ARCHITECTURE_EXPERIMENTS,
     DATA_DESCRIPTIONS,
     DESCRIPTIONS,
     EXPERIMENTS,
@@ -27,11 +29,15 @@ from .experiments import (
     markdown_table,
     replicate,
     results_table,
+    write_census_report,
     write_comparison_report,
+    write_relatedness_figure,
+    write_relatedness_report,
     write_reviews_report,
     write_run_report,
     write_structured_report,
 )
+from .experiments._comparison_report import _pick_config
 from .experiments._replicate import CodeChangedError
 from .experiments._tune import beyond_front, place_methods, plot_front, tune
 
@@ -47,6 +53,25 @@ def _methods(text: str) -> tuple[str, ...]:
     if not methods:
         raise argparse.ArgumentTypeError("give at least one method, e.g. mse,geometric")
     return methods
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name, e.g. shared-bottom,mmoe")
+    return names
+
+
+def _correlations(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(c) for c in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"correlations are comma-separated numbers: {error}"
+        ) from None
+    if any(not -1 <= c <= 1 for c in values):
+        raise argparse.ArgumentTypeError(f"correlations must lie in [-1, 1], got {text}")
+    return values
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -78,6 +103,8 @@ def _own_default(field: str, experiments: Sequence[str]) -> str:
     for name in experiments:
         if name in EXPERIMENTS:
             value = getattr(EXPERIMENTS[name](), field)
+        elif name in ARCHITECTURE_EXPERIMENTS:
+            value = getattr(ARCHITECTURE_EXPERIMENTS[name](), field)
         else:
             factory = STRUCTURED_EXPERIMENTS.get(name, ReviewsExperiment)
             value = inspect.signature(factory).parameters[field].default
@@ -108,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(commands, "list", "list the built-in experiments and every method")
     run = _subcommand(commands, "run", "run one experiment and write its report")
     _experiment_options(run, with_data=True)
+    run.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="folder where each fit saves its state every epoch (one subfolder per "
+        "model/method); running the same command again resumes there and does not retrain "
+        "finished fits (hetero, phase, census, relatedness; default: no checkpoints)",
+    )
     _common(run)
     compare = _subcommand(
         commands, "compare", "replicate an experiment over many seeds and compare methods"
@@ -193,7 +227,8 @@ def _experiment_options(
     parser: argparse.ArgumentParser, with_data: bool = False, replicable: bool = False
 ) -> None:
     data = sorted(STRUCTURED_EXPERIMENTS) if replicable else sorted(DATA_EXPERIMENTS)
-    experiments = sorted(EXPERIMENTS) + (data if with_data else [])
+    architectures = sorted(ARCHITECTURE_EXPERIMENTS)
+    experiments = sorted(EXPERIMENTS) + (data + architectures if with_data else [])
     parser.add_argument("experiment", choices=experiments)
     if with_data:
         parser.add_argument(
@@ -210,12 +245,31 @@ def _experiment_options(
         help="comma-separated, e.g. mse,geometric; see polytask list "
         "(default: the experiment's own)",
     )
-    parser.add_argument("--baseline", help="method the others are compared with (default: first)")
+    parser.add_argument(
+        "--baseline",
+        help="method the others are compared with; census, relatedness: a model/method label "
+        "or a model (default: first; census: single-task)",
+    )
+    if with_data:
+        parser.add_argument(
+            "--models",
+            type=_names,
+            help="architectures compared, each with every method, e.g. shared-bottom,mmoe,ple; "
+            "also single-task (one network per task) and, for census, logistic-regression, "
+            "hist-gradient-boosting (census, relatedness; default: the experiment's own)",
+        )
+        parser.add_argument(
+            "--correlations",
+            type=_correlations,
+            help="task correlations, e.g. 1,0.9,0.5 (relatedness; default: 1,0.9,0.5)",
+        )
     synthetic = sorted(EXPERIMENTS)
     parser.add_argument(
         "--n",
         type=_positive,
-        help=f"rows drawn, train/stop/test = 5/45/50%% ({_own_default('n', synthetic)})",
+        help=f"rows drawn, train/stop/test = 5/45/50%% ({_own_default('n', synthetic)}); "
+        "census: training rows kept (default: all), relatedness: training rows "
+        f"({_own_default('n_train', ['relatedness'])})",
     )
     parser.add_argument(
         "--tasks", type=_positive, help=f"number of tasks ({_own_default('n_tasks', synthetic)})"
@@ -241,6 +295,11 @@ def _cmd_list() -> int:
     print("Experiments:")
     for name, text in sorted({**DESCRIPTIONS, **DATA_EXPERIMENTS}.items()):
         print(f"  {name:18s} {text}")
+    print()
+    print("Architecture experiments (--models a,b; every model with every method):")
+    for name, text in sorted(ARCHITECTURE_DESCRIPTIONS.items()):
+        print(f"  {name:18s} {text}")
+    print(f"  models: {', '.join(ARCHITECTURE_EXPERIMENTS['census'].known_models)}")
     print()
     print("Methods (--methods a,b; a gradient method takes a path: NAME@exact, @repr or @naive):")
     for names, text in method_descriptions():
@@ -318,7 +377,55 @@ def _structured(args: argparse.Namespace) -> Any:
     )
 
 
+def _refuse_architecture_options(args: argparse.Namespace) -> None:
+    for option in ("models", "correlations"):
+        if getattr(args, option, None) is not None:
+            raise ValueError(
+                f"--{option} is for the architecture experiments "
+                f"({', '.join(sorted(ARCHITECTURE_EXPERIMENTS))}), not {args.experiment}"
+            )
+
+
+def _architectures(args: argparse.Namespace) -> Any:
+    """The census or relatedness experiment the options describe (files checked here)."""
+    name = args.experiment
+    census = name == "census"
+    if getattr(args, "weights", None) is not None:
+        raise ValueError(f"--weights is not an option of {name}")
+    if getattr(args, "tasks", None) is not None:
+        raise ValueError(f"--tasks is for the synthetic experiments, not {name}")
+    if census and getattr(args, "correlations", None) is not None:
+        raise ValueError("--correlations is for the relatedness experiment, not census")
+    if census and getattr(args, "data_dir", None) is None:
+        raise ValueError("the census experiment needs --data-dir (the folder of adult.data)")
+    if not census and getattr(args, "data_dir", None) is not None:
+        raise ValueError(f"{name} draws synthetic data: --data-dir is not an option")
+    changes = {
+        "models": getattr(args, "models", None),
+        "methods": args.methods,
+        "baseline": args.baseline,
+        "max_epochs": args.max_epochs,
+        "patience": args.patience,
+        "batch_size": args.batch_size,
+        "n_train": args.n,
+        "correlations": getattr(args, "correlations", None),
+    }
+    if census:
+        if not Path(args.data_dir).is_dir():
+            raise FileNotFoundError(f"--data-dir {args.data_dir} is not a folder")
+        changes["data_dir"] = str(args.data_dir)
+    experiment = ARCHITECTURE_EXPERIMENTS[name](
+        device=args.device, **{k: v for k, v in changes.items() if v is not None}
+    )
+    if census:
+        experiment.check_files()  # a malformed file is refused here, before any training
+    return experiment
+
+
 def _experiment(args: argparse.Namespace) -> Any:
+    if args.experiment in ARCHITECTURE_EXPERIMENTS:
+        return _architectures(args)
+    _refuse_architecture_options(args)
     if args.experiment in STRUCTURED_EXPERIMENTS:
         return _structured(args)
     experiment = EXPERIMENTS[args.experiment]()
@@ -396,14 +503,45 @@ def _cmd_run_structured(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint(args: argparse.Namespace) -> Path | None:
+    """The ``--checkpoint`` folder, created and checked writable before any training."""
+    if args.checkpoint is None:
+        return None
+    if args.experiment not in (*EXPERIMENTS, *ARCHITECTURE_EXPERIMENTS):
+        known = ", ".join([*sorted(EXPERIMENTS), *sorted(ARCHITECTURE_EXPERIMENTS)])
+        raise ValueError(f"--checkpoint is for {known}; not {args.experiment}")
+    return writable_folder(args.checkpoint, "--checkpoint")
+
+
+def _cmd_run_architectures(args: argparse.Namespace) -> int:
+    experiment = _architectures(args)
+    out = _out(args, experiment.name)
+    checkpoint = _checkpoint(args)
+    outcome = experiment.run(args.seed, quiet=args.quiet, checkpoint=checkpoint)
+    if experiment.name == "census":
+        table = write_census_report(outcome, experiment, out)
+        print(f"census, seed {args.seed}: test AUC on adult.test")
+    else:
+        table = write_relatedness_report(outcome, experiment, out)
+        print(f"relatedness, seed {args.seed}: test MSE against the noiseless targets")
+    print(markdown_table(table))
+    print(f"report written to {out}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.experiment in ARCHITECTURE_EXPERIMENTS:
+        return _cmd_run_architectures(args)
+    _checkpoint(args)  # refused here for the experiments without checkpoints
     if args.experiment in STRUCTURED_EXPERIMENTS:
+        _refuse_architecture_options(args)
         return _cmd_run_structured(args)
     if args.experiment in DATA_EXPERIMENTS:
+        _refuse_architecture_options(args)
         return _cmd_reviews(args)
     experiment = _experiment(args)
     out = _out(args, experiment.name)
-    result = experiment.run(args.seed, quiet=args.quiet)
+    result = experiment.run(args.seed, quiet=args.quiet, checkpoint=_checkpoint(args))
     files = write_run_report(result, out)
     print(f"{experiment.name}, seed {args.seed}: test MSE against the noiseless targets")
     print(markdown_table(results_table(result)))
@@ -428,6 +566,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     view = Store(store.path, read_only=True, first=args.replications)
     files = write_comparison_report(view, out, config_hash=key)
     print(files["markdown"].read_text().split("![")[0].rstrip())
+    if experiment.name == "relatedness":
+        print(_relatedness_section(view, key, files["markdown"]))
     stored = len(store.finished(key))
     if stored > args.replications:
         print(
@@ -442,8 +582,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     store = Store(args.store, read_only=True, first=args.replications)
     out = writable_folder(args.out or args.store.parent)
     files = write_comparison_report(store, out, config_hash=args.config, metric=args.metric)
+    key = _pick_config(store, args.config)
+    if store.config(key)["experiment"] == "relatedness":
+        _relatedness_section(store, key, files["markdown"], args.metric or "mse")
     print(f"report written to {files['markdown']} and {files['html']}")
     return 0
+
+
+def _relatedness_section(store: Store, key: str, markdown: Path, metric: str = "mse") -> str:
+    """Append the figure of test loss against task correlation to a comparison's report."""
+    table = write_relatedness_figure(store.frame(key), markdown.parent, metric)
+    pivot = table.pivot(index="correlation", columns="method", values="mean")
+    pivot = pivot.sort_index(ascending=False).reset_index()
+    section = "\n".join(
+        [
+            "",
+            "## Test loss against task correlation",
+            "",
+            f"Mean over replications of the two tasks' test {metric} (95% intervals in "
+            "relatedness.csv).",
+            "",
+            markdown_table(pivot),
+            "",
+            "![test loss against task correlation](relatedness.png)",
+            "",
+        ]
+    )
+    with open(markdown, "a") as file:
+        file.write(section)
+    return section
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

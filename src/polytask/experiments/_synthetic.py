@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +27,11 @@ def hash_config(config: dict[str, Any]) -> str:
     """A short stable hash of a JSON-able configuration."""
     text = json.dumps(config, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _file_name(text: str) -> str:
+    """``text`` with the characters that do not belong in a folder name replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9@.=+_-]", "-", text)
 
 
 GENERATORS: dict[str, Callable[..., MultiTargetData]] = {"hetero": make_hetero, "phase": make_phase}
@@ -141,8 +148,10 @@ class SyntheticExperiment:
         quiet: bool,
         callbacks: Sequence[Callback] = (),
         track_metrics: bool = False,
+        checkpoint: str | Path | None = None,
     ) -> tuple[MultiTaskModel, History]:
-        """One fit of ``method`` (a name or an objective) from the initial weights of ``seed``."""
+        """One fit of ``method`` (a name or an objective) from the initial weights of ``seed``;
+        with ``checkpoint`` (this fit's own folder) it saves every epoch and resumes from it."""
         model = self.build_model(seed)
         trainer = Trainer(
             make_objective(method) if isinstance(method, str) else method,
@@ -156,19 +165,30 @@ class SyntheticExperiment:
             quiet=quiet,
             callbacks=list(callbacks),
             track_metrics=track_metrics,
+            checkpoint=checkpoint,
         )
         label = f"{method if isinstance(method, str) else type(method).__name__}, seed {seed}"
         return model, fit_or_warn(trainer, model, self.tasks(), train, stop, label)
 
     def run(
-        self, seed: int = 0, *, methods: Sequence[str] | None = None, quiet: bool = False
+        self,
+        seed: int = 0,
+        *,
+        methods: Sequence[str] | None = None,
+        quiet: bool = False,
+        checkpoint: str | Path | None = None,
     ) -> RunResult:
-        """Fit every method on the same data drawn from ``seed``; test once at the end."""
+        """Fit every method on the same data drawn from ``seed``; test once at the end.
+
+        With ``checkpoint``, each method's fit saves its state every epoch in its own subfolder
+        (the method's name) and a second call resumes it; a finished fit is not trained again.
+        """
         train, stop, test = self.data(seed)
         tasks = self.tasks()
         result = RunResult(self, seed, train, test)
         for method in methods or self.methods:
-            model, history = self.fit(method, train, stop, seed, quiet)
+            where = None if checkpoint is None else Path(checkpoint) / _file_name(method)
+            model, history = self.fit(method, train, stop, seed, quiet, checkpoint=where)
             result.histories[method] = history
             result.metrics[method] = evaluate(model, tasks, test, against="clean")
             result.predictions[method] = predict(model, tasks, test.x)

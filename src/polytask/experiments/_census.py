@@ -1,0 +1,665 @@
+"""The MMoE paper's census-income setup on its small UCI stand-in (Adult): income > 50K and
+never married, every sharing architecture against single-task networks and two scikit-learn
+references; and the architecture builder the architecture experiments share."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data import MultiTargetData
+from ..evaluation import evaluate, task_metrics
+from ..models import CGC, PLE, CrossStitch, DSelectK, MMoE, SharedBottom
+from ..objectives import make_objective
+from ..tasks import Task
+from ..training import GateMonitor, History, Trainer
+from ._report import markdown_table
+from ._structured import ADULT_COLUMNS
+from ._synthetic import fit_or_warn, hash_config
+
+# --- architectures ---------------------------------------------------------------------------
+MULTI_TASK_MODELS = ("shared-bottom", "mmoe", "cgc", "ple", "cross-stitch", "dselect-k")
+"""The sharing architectures, as the CLI names them (``--models``)."""
+GATED = ("mmoe", "cgc", "ple", "dselect-k")
+SINGLE_TASK = "single-task"
+
+
+def build_architecture(
+    name: str,
+    in_features: int,
+    tasks: Mapping[str, int],
+    *,
+    n_experts: int = 8,
+    expert_units: int = 16,
+    tower_units: int = 8,
+    seed: int = 0,
+) -> nn.Module:
+    """One sharing architecture, sized so that every one has about the parameters of MMoE with
+    ``n_experts`` one-layer experts of ``expert_units`` units (towers of ``tower_units``).
+
+    - ``shared-bottom``: a bottom of ``n_experts * expert_units`` units (the experts' total);
+    - ``mmoe``: ``n_experts`` experts, one softmax gate per task (Ma et al., 2018);
+    - ``cgc``: half the experts shared, the other half split among the tasks (Tang et al.);
+    - ``ple``: two such levels (the second one reads ``expert_units``-wide inputs, so it adds
+      few parameters);
+    - ``cross-stitch``: one column per task of ``n_experts * expert_units / T`` units;
+    - ``dselect-k``: ``n_experts`` experts, DSelect-k gates with ``k = 2``;
+    - ``single-task``: one task's network, a bottom of ``n_experts * expert_units / T`` units
+      (the T networks together match the others).
+
+    Examples
+    --------
+    >>> model = build_architecture("mmoe", 10, {"a": 1, "b": 1}, n_experts=4, expert_units=8)
+    >>> type(model).__name__, model.n_experts
+    ('MMoE', 4)
+    >>> build_architecture("moe", 10, {"a": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown architecture 'moe'; known: shared-bottom, mmoe, cgc, ple, ...
+    """
+    total, t = n_experts * expert_units, len(tasks)
+    towers = [tower_units] if tower_units else []
+    if name in ("shared-bottom", SINGLE_TASK):
+        width = total if name == "shared-bottom" else max(1, total // max(t, 2))
+        return SharedBottom.build(
+            in_features, tasks, hidden=[width], tower_hidden=towers, seed=seed
+        )
+    if name == "mmoe":
+        return MMoE(
+            in_features,
+            tasks,
+            n_experts=n_experts,
+            expert_hidden=[expert_units],
+            tower_hidden=towers,
+            seed=seed,
+        )
+    if name in ("cgc", "ple"):
+        n_shared = max(1, n_experts // 2)
+        n_specific = max(1, (n_experts - n_shared) // t)
+        kwargs = {"n_shared": n_shared, "n_specific": n_specific, "expert_hidden": [expert_units]}
+        if name == "cgc":
+            return CGC(in_features, tasks, tower_hidden=towers, seed=seed, **kwargs)
+        return PLE(in_features, tasks, n_levels=2, tower_hidden=towers, seed=seed, **kwargs)
+    if name == "cross-stitch":
+        width = max(1, total // t)
+        return CrossStitch(in_features, tasks, hidden=[width], tower_hidden=towers, seed=seed)
+    if name == "dselect-k":
+        return DSelectK(
+            in_features,
+            tasks,
+            n_experts=n_experts,
+            k=min(2, n_experts),
+            expert_hidden=[expert_units],
+            tower_hidden=towers,
+            seed=seed,
+        )
+    known = ", ".join((*MULTI_TASK_MODELS, SINGLE_TASK))
+    raise ValueError(f"unknown architecture {name!r}; known: {known}")
+
+
+def n_parameters(model: nn.Module) -> int:
+    """Trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def compared_labels(
+    models: Sequence[str], methods: Sequence[str], references: Sequence[str] = ()
+) -> list[str]:
+    """What a comparison compares: ``model/method`` for every multi-task model and method,
+    ``single-task`` and each reference once.
+
+    Examples
+    --------
+    >>> compared_labels(["shared-bottom", "mmoe", "single-task"], ["mean", "uw"])
+    ['shared-bottom/mean', 'shared-bottom/uw', 'mmoe/mean', 'mmoe/uw', 'single-task']
+    """
+    labels = []
+    for model in models:
+        if model in MULTI_TASK_MODELS:
+            labels += [f"{model}/{method}" for method in methods]
+        else:
+            labels.append(model)
+    return labels
+
+
+def resolve_baseline(baseline: str, labels: Sequence[str], methods: Sequence[str]) -> str:
+    """The compared label a baseline names: a label itself, or a model name (its first method);
+    an empty ``baseline`` names ``single-task`` when it is compared, else the first label.
+
+    Examples
+    --------
+    >>> resolve_baseline("mmoe", ["mmoe/mean", "mmoe/uw"], ["mean", "uw"])
+    'mmoe/mean'
+    >>> resolve_baseline("", ["mmoe/mean", "single-task"], ["mean"])
+    'single-task'
+    """
+    if not baseline:
+        return SINGLE_TASK if SINGLE_TASK in labels else labels[0]
+    if baseline in labels:
+        return baseline
+    if baseline in MULTI_TASK_MODELS and f"{baseline}/{methods[0]}" in labels:
+        return f"{baseline}/{methods[0]}"
+    raise ValueError(f"the baseline {baseline!r} is not among the compared {list(labels)}")
+
+
+def _check_choices(owner: str, what: str, given: Sequence[str], known: Sequence[str]) -> None:
+    if not given:
+        raise ValueError(f"{owner}: give at least one {what[:-1]}")
+    unknown = [g for g in given if g not in known]
+    if unknown:
+        raise ValueError(f"{owner}: unknown {what} {unknown}; known: {list(known)}")
+    repeated = sorted({g for g in given if list(given).count(g) > 1})
+    if repeated:
+        raise ValueError(f"{owner}: {what} {repeated} named twice")
+
+
+def fit_folder(checkpoint: str | Path | None, *parts: str) -> Path | None:
+    """The checkpoint folder of one fit: ``checkpoint/<part>_<part>``, with characters that do
+    not belong in a file name (``/``, ``:``, spaces) replaced; ``None`` without a checkpoint.
+
+    Examples
+    --------
+    >>> fit_folder("ckpt", "mmoe", "weighted:1:2").as_posix()
+    'ckpt/mmoe_weighted-1-2'
+    >>> fit_folder(None, "mmoe", "mean") is None
+    True
+    """
+    if checkpoint is None:
+        return None
+    name = "_".join(re.sub(r"[^A-Za-z0-9@.=+_-]", "-", part) for part in parts)
+    return Path(checkpoint) / name
+
+
+# --- the Adult files ---------------------------------------------------------------------------
+INTEGER_COLUMNS = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss")
+INTEGER_COLUMNS += ("hours-per-week",)
+CATEGORICAL_INPUTS = (
+    "workclass",
+    "education",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "native-country",
+)
+"""The categorical inputs: every categorical column but marital status (task 2) and Y."""
+INCOME_LABELS = ("<=50K", ">50K")
+EXPECTED_ROWS = {"adult.data": 32561, "adult.test": 16281}
+"""Data rows of each file (``SOURCE.md`` of ``../shared/data/adult``)."""
+
+
+class CensusFormatError(ValueError):
+    """A census file that does not have the expected layout; the message names the file,
+    the line and the column."""
+
+
+def read_census(path: str | Path, expected_rows: int | None = None) -> pd.DataFrame:
+    """Read and validate one ``adult.data`` / ``adult.test`` file.
+
+    The header must name every column of :data:`ADULT_COLUMNS`; every row must have as many
+    fields as the header, integers in the numeric columns, a label ``<=50K`` or ``>50K``
+    (with or without the test file's final period) and no empty field; ``?`` is a missing
+    categorical value (NaN). Blank lines are skipped.
+
+    Parameters
+    ----------
+    path
+        The file.
+    expected_rows
+        Data rows the file must hold (:data:`EXPECTED_ROWS`); ``None`` checks nothing.
+
+    Raises
+    ------
+    CensusFormatError
+        Naming the file, the line (1 is the header) and the column of the first problem.
+    FileNotFoundError
+        When ``path`` is not a file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such census file")
+    stat = path.stat()
+    return _read_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, expected_rows).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: str, mtime: int, size: int, expected_rows: int | None) -> pd.DataFrame:
+    values: dict[str, list[Any]] = {c: [] for c in ADULT_COLUMNS}
+    with open(path, newline="") as file:
+        reader = csv.reader(file, skipinitialspace=True)
+        header = [h.strip() for h in next(reader, [])]
+        if not any(header):
+            raise CensusFormatError(f"{path}, line 1: empty file, expected a header line")
+        missing = [c for c in ADULT_COLUMNS if c not in header]
+        if missing:
+            raise CensusFormatError(
+                f"{path}, line 1 (header): columns {missing} are missing; the header has {header}"
+            )
+        where = {c: header.index(c) for c in ADULT_COLUMNS}
+        for fields in reader:
+            line = reader.line_num
+            if not fields or not "".join(fields).strip():
+                continue
+            if len(fields) != len(header):
+                raise CensusFormatError(
+                    f"{path}, line {line}: {len(fields)} fields, the header has {len(header)}"
+                )
+            for column, index in where.items():
+                value = fields[index].strip()
+                if not value:
+                    raise CensusFormatError(f"{path}, line {line}, column {column!r}: empty value")
+                if column in INTEGER_COLUMNS:
+                    try:
+                        values[column].append(int(value))
+                    except ValueError:
+                        raise CensusFormatError(
+                            f"{path}, line {line}, column {column!r}: {value!r} is not an integer"
+                        ) from None
+                elif column == "Y":
+                    label = value.rstrip(".")
+                    if label not in INCOME_LABELS:
+                        raise CensusFormatError(
+                            f"{path}, line {line}, column 'Y': {value!r} is not one of "
+                            f"{list(INCOME_LABELS)}"
+                        )
+                    values[column].append(label)
+                else:
+                    values[column].append(None if value == "?" else value)
+    frame = pd.DataFrame(values)
+    if expected_rows is not None and len(frame) != expected_rows:
+        raise CensusFormatError(
+            f"{path}: {len(frame)} data rows, expected {expected_rows} (a truncated or "
+            "altered copy?)"
+        )
+    return frame
+
+
+def census_targets(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Task 1: income > 50K; task 2: marital status is Never-married (both 0/1 float)."""
+    return {
+        "income": (frame["Y"] == ">50K").to_numpy(np.float32),
+        "never_married": (frame["marital-status"] == "Never-married").to_numpy(np.float32),
+    }
+
+
+def census_inputs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The input columns: marital status and the label removed; capital gain and loss on a
+    log scale (heavy-tailed); a missing category is its own level."""
+    inputs = frame[list(INTEGER_COLUMNS) + list(CATEGORICAL_INPUTS)].copy()
+    for column in ("capital-gain", "capital-loss"):
+        inputs[column] = np.log1p(inputs[column].astype(float))
+    inputs[list(CATEGORICAL_INPUTS)] = inputs[list(CATEGORICAL_INPUTS)].fillna("missing")
+    return inputs
+
+
+@dataclass
+class CensusSplits:
+    """The encoded train, stop and test sets, the fitted encoder and the raw frames."""
+
+    train: MultiTargetData
+    stop: MultiTargetData
+    test: MultiTargetData
+    encoder: Any
+    frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+
+
+@dataclass
+class ArchitectureOutcome:
+    """One replication: per compared label, the histories and the test metrics."""
+
+    seed: int
+    histories: dict[str, History] = field(default_factory=dict)
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+
+REFERENCES = ("logistic-regression", "hist-gradient-boosting")
+
+
+@dataclass(frozen=True)
+class CensusExperiment:
+    """Two binary tasks on the Adult census files: income > 50K and never married, with marital
+    status removed from the inputs (the MMoE paper's census-income setup, Ma et al. 2018, on
+    its small UCI stand-in).
+
+    ``adult.data`` is split at random (from the replication's seed) into train and stop rows
+    (``stop_fraction``); ``adult.test`` is the test set. Standardised numerics and one-hot
+    categoricals are fitted on the training rows only. Each multi-task model of ``models`` is
+    trained with each method of ``methods``, compared as ``model/method``; ``single-task``
+    trains one network per task; ``logistic-regression`` and ``hist-gradient-boosting`` fit
+    scikit-learn's models per task (the stop set is the boosting's early-stopping set). Test
+    AUC per task is the metric; gated models record their gates (:class:`GateMonitor`).
+
+    Examples
+    --------
+    >>> CensusExperiment(models=("mmoe", "single-task"), methods=("mean", "uw")).labels()
+    ['mmoe/mean', 'mmoe/uw', 'single-task']
+    """
+
+    data_dir: str | Path = ""
+    models: tuple[str, ...] = (*MULTI_TASK_MODELS, SINGLE_TASK, *REFERENCES)
+    methods: tuple[str, ...] = ("mean",)
+    baseline: str = ""
+    n_experts: int = 8
+    expert_units: int = 16
+    tower_units: int = 8
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 30
+    patience: int = 5
+    stop_fraction: float = 0.2
+    n_train: int | None = None
+    gate_rows: int = 512
+    device: str = field(default="auto", compare=False)
+
+    name: ClassVar[str] = "census"
+    metric: ClassVar[str] = "auc"
+    test_against: ClassVar[str] = "targets"
+    known_models: ClassVar[tuple[str, ...]] = (*MULTI_TASK_MODELS, SINGLE_TASK, *REFERENCES)
+
+    def __post_init__(self) -> None:
+        _check_choices(self.name, "models", self.models, self.known_models)
+        _check_choices(self.name, "methods", self.methods, self.methods)
+        for method in self.methods:
+            make_objective(method)  # an unknown name fails here, before any fit
+        object.__setattr__(
+            self, "baseline", resolve_baseline(self.baseline, self.labels(), self.methods)
+        )
+        if self.n_train is not None and self.n_train < 1:
+            raise ValueError(f"{self.name}: n_train must be positive, got {self.n_train}")
+        if not 0 < self.stop_fraction < 1:
+            raise ValueError(f"{self.name}: stop_fraction must be in (0, 1)")
+
+    def labels(self) -> list[str]:
+        """The compared labels, in order."""
+        return compared_labels(self.models, self.methods)
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the results (the device and data folder left out);
+        ``methods`` lists the compared labels, as the comparison report reads them."""
+        config = dataclasses.asdict(self)
+        config.pop("device")
+        config.pop("data_dir")
+        config["models"] = list(self.models)
+        config["objectives"] = list(self.methods)
+        config["methods"] = self.labels()
+        config["metric"] = self.metric
+        return config
+
+    def config_hash(self) -> str:
+        return hash_config({"experiment": self.name, **self.config()})
+
+    def tasks(self) -> list[Task]:
+        return [
+            Task("income", kind="binary", metrics=("auc", "accuracy")),
+            Task("never_married", kind="binary", metrics=("auc", "accuracy")),
+        ]
+
+    # -- data --------------------------------------------------------------------------------
+    def frames(self, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """The train, stop and test rows (validated files; train/stop drawn from ``seed``)."""
+        folder = Path(self.data_dir)
+        pool = read_census(folder / "adult.data", EXPECTED_ROWS["adult.data"])
+        test = read_census(folder / "adult.test", EXPECTED_ROWS["adult.test"])
+        order = np.random.default_rng(seed).permutation(len(pool))
+        n_stop = round(self.stop_fraction * len(pool))
+        train_rows = order[n_stop:] if self.n_train is None else order[n_stop:][: self.n_train]
+        return pool.iloc[train_rows], pool.iloc[order[:n_stop]], test
+
+    def prepare(self, seed: int) -> CensusSplits:
+        """Encode the three sets with scaling and one-hot codes fitted on the training rows."""
+        from sklearn.compose import ColumnTransformer
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        frames = self.frames(seed)
+        encoder = ColumnTransformer(
+            [
+                ("numeric", StandardScaler(), list(INTEGER_COLUMNS)),
+                ("categorical", OneHotEncoder(handle_unknown="ignore"), list(CATEGORICAL_INPUTS)),
+            ],
+            sparse_threshold=0.0,
+        )
+        encoder.fit(census_inputs(frames[0]))
+
+        def part(frame: pd.DataFrame) -> MultiTargetData:
+            x = encoder.transform(census_inputs(frame)).astype(np.float32)
+            return MultiTargetData(x, census_targets(frame))
+
+        train, stop, test = (part(f) for f in frames)
+        return CensusSplits(train, stop, test, encoder, frames)
+
+    def data(self, seed: int) -> tuple[MultiTargetData, MultiTargetData, MultiTargetData]:
+        splits = self.prepare(seed)
+        return splits.train, splits.stop, splits.test
+
+    # -- fits --------------------------------------------------------------------------------
+    def build(self, model: str, in_features: int, tasks: Sequence[Task], seed: int) -> nn.Module:
+        return build_architecture(
+            model,
+            in_features,
+            {t.name: t.size for t in tasks},
+            n_experts=self.n_experts,
+            expert_units=self.expert_units,
+            tower_units=self.tower_units,
+            seed=seed,
+        )
+
+    def trainer(
+        self,
+        method: str,
+        seed: int,
+        quiet: bool,
+        callbacks: Sequence[Any] = (),
+        checkpoint: str | Path | None = None,
+    ) -> Trainer:
+        return Trainer(
+            make_objective(method),
+            lr=self.lr,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            seed=seed,
+            device=self.device,
+            quiet=quiet,
+            callbacks=list(callbacks),
+            checkpoint=checkpoint,
+        )
+
+    def fit_model(
+        self,
+        model_name: str,
+        method: str,
+        tasks: Sequence[Task],
+        train: MultiTargetData,
+        stop: MultiTargetData,
+        seed: int,
+        quiet: bool = True,
+        checkpoint: str | Path | None = None,
+    ) -> tuple[nn.Module, History]:
+        """One fit of one architecture and method from the initial weights of ``seed``; gated
+        models record their gates on the first ``gate_rows`` stop rows. With ``checkpoint``
+        (a folder of this fit's own) the fit saves its state every epoch and resumes from it."""
+        model = self.build(model_name, train.x.shape[1], tasks, seed)
+        callbacks = [GateMonitor(stop.x[: self.gate_rows])] if model_name in GATED else []
+        trainer = self.trainer(method, seed, quiet, callbacks, checkpoint)
+        history = fit_or_warn(trainer, model, tasks, train, stop, f"{model_name}/{method}, {seed}")
+        return model, history
+
+    def check_files(self) -> None:
+        """Read and validate both files (:func:`read_census`): a malformed file is refused,
+        naming the file, line and column, before any training."""
+        folder = Path(self.data_dir)
+        for name, rows in EXPECTED_ROWS.items():
+            read_census(folder / name, rows)
+
+    def run(
+        self,
+        seed: int = 0,
+        *,
+        methods: Sequence[str] | None = None,
+        quiet: bool = False,
+        checkpoint: str | Path | None = None,
+    ) -> ArchitectureOutcome:
+        """Every compared label on the split drawn from ``seed``; test once at the end.
+
+        With ``checkpoint``, each neural fit saves its state every epoch in its own subfolder
+        (``<model>_<method>``, ``single-task_<task>``) and a second call resumes each fit where
+        it stopped; a finished fit is not trained again (the references are refitted: they are
+        deterministic)."""
+        del methods  # the labels come from the models and methods of the experiment
+        splits = self.prepare(seed)
+        tasks = self.tasks()
+        outcome = ArchitectureOutcome(seed)
+        for model_name in self.models:
+            if model_name in REFERENCES:
+                outcome.metrics[model_name] = self.reference(model_name, splits, seed)
+            elif model_name == SINGLE_TASK:
+                outcome.metrics[model_name] = {}
+                for task in tasks:
+                    where = fit_folder(checkpoint, model_name, task.name)
+                    model, history = self.fit_model(
+                        model_name, "mean", [task], splits.train, splits.stop, seed, quiet, where
+                    )
+                    outcome.histories[f"{model_name}:{task.name}"] = history
+                    outcome.metrics[model_name].update(evaluate(model, [task], splits.test))
+            else:
+                for method in self.methods:
+                    label = f"{model_name}/{method}"
+                    where = fit_folder(checkpoint, model_name, method)
+                    model, history = self.fit_model(
+                        model_name, method, tasks, splits.train, splits.stop, seed, quiet, where
+                    )
+                    outcome.histories[label] = history
+                    outcome.metrics[label] = evaluate(model, tasks, splits.test)
+        return outcome
+
+    def reference(self, name: str, splits: CensusSplits, seed: int) -> dict[str, dict[str, float]]:
+        """A scikit-learn model per task: logistic regression (L2, C=1) or histogram gradient
+        boosting (early-stopped on the stop set); test metrics from its decision function."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
+
+        x, x_stop, x_test = (s.x.numpy() for s in (splits.train, splits.stop, splits.test))
+        results = {}
+        with threadpool_limits(limits=torch.get_num_threads()):
+            for task in self.tasks():
+                y = splits.train.targets[task.name].numpy()
+                y_stop = splits.stop.targets[task.name].numpy()
+                if name == "logistic-regression":
+                    fitted = LogisticRegression(max_iter=2000).fit(x, y)
+                else:
+                    fitted = HistGradientBoostingClassifier(
+                        early_stopping=True, random_state=seed % 2**32
+                    ).fit(x, y, X_val=x_stop, y_val=y_stop)
+                score = fitted.decision_function(x_test)
+                results[task.name] = task_metrics(
+                    task, score, splits.test.targets[task.name].numpy()
+                )
+        return results
+
+
+# --- the report -----------------------------------------------------------------------------
+def delta_m_against(
+    metrics: Mapping[str, Mapping[str, Mapping[str, float]]], baseline: str, metric: str = "auc"
+) -> dict[str, float]:
+    """Delta_m% of every label against ``baseline`` on ``metric`` (higher is better, so a
+    lower-than-baseline value counts positive; lower Delta_m% is better).
+
+    Examples
+    --------
+    >>> m = {"st": {"a": {"auc": 0.8}}, "mt": {"a": {"auc": 0.88}}}
+    >>> round(delta_m_against(m, "st")["mt"], 6)
+    -10.0
+    """
+    base = metrics[baseline]
+    return {
+        label: 100.0
+        * float(np.mean([-(v[t][metric] - base[t][metric]) / base[t][metric] for t in base]))
+        for label, v in metrics.items()
+    }
+
+
+def outcome_table(outcome: ArchitectureOutcome, experiment: CensusExperiment) -> pd.DataFrame:
+    """One row per compared label: test AUC per task and Delta_m% against the baseline."""
+    deltas = delta_m_against(outcome.metrics, experiment.baseline, experiment.metric)
+    rows = []
+    for label, per_task in outcome.metrics.items():
+        row: dict[str, Any] = {"model/method": label}
+        for task, values in per_task.items():
+            row[f"test {experiment.metric} ({task})"] = values[experiment.metric]
+        row[f"Delta_m% vs {experiment.baseline}"] = deltas[label]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_census_report(
+    outcome: ArchitectureOutcome, experiment: CensusExperiment, out: str | Path
+) -> pd.DataFrame:
+    """``results.csv`` / ``results.md`` (test AUC per task, Delta_m%), each fit's history and
+    ``gates.png`` (the gated models' gates per epoch) into ``out``; returns the table."""
+    from ..evaluation._plots import plot_gate_weights
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = outcome_table(outcome, experiment)
+    table.to_csv(out / "results.csv", index=False)
+    lines = [
+        f"# census: seed {outcome.seed}",
+        "",
+        "Test AUC per task on adult.test; Delta_m% against "
+        f"{experiment.baseline} (lower is better).",
+        "",
+        markdown_table(table),
+        "",
+    ]
+    gated = {k: h for k, h in outcome.histories.items() if any("gate/" in c for c in h.records[0])}
+    if gated:
+        plot_gate_weights(gated, out / "gates.png", "Mean gate weight per expert (stop rows)")
+        lines += ["![gate weights per expert](gates.png)", ""]
+    (out / "results.md").write_text("\n".join(lines))
+    for label, history in outcome.histories.items():
+        name = label.replace("/", "_").replace(":", "_")
+        history.to_frame().to_csv(out / f"history_{name}.csv", index=False)
+    return table
+
+
+def census_parameter_counts(in_features: int = 105, **sizes: int) -> dict[str, int]:
+    """Trainable parameters of every architecture at the census sizes (two binary tasks).
+
+    Examples
+    --------
+    >>> counts = census_parameter_counts()
+    >>> 0.8 < counts["mmoe"] / counts["shared-bottom"] < 1.25
+    True
+    """
+    tasks = {"income": 1, "never_married": 1}
+    counts = {
+        name: n_parameters(build_architecture(name, in_features, tasks, **sizes))
+        for name in MULTI_TASK_MODELS
+    }
+    single = build_architecture(SINGLE_TASK, in_features, {"income": 1}, **sizes)
+    counts[SINGLE_TASK] = 2 * n_parameters(single)
+    return counts
+
+
+__all__ = [
+    "MULTI_TASK_MODELS",
+    "ArchitectureOutcome",
+    "CensusExperiment",
+    "CensusFormatError",
+    "build_architecture",
+    "compared_labels",
+    "read_census",
+    "write_census_report",
+]
