@@ -28,9 +28,12 @@ from torchjd import aggregation
 
 from .._features import TaskFeatures
 from ._base import Objective, Positions, Step, TaskGradients
+from ._solvers import cagrad_solve, fair_solve, gradvac_solve, solver_dtype
 
 Path = Literal["exact", "representation", "naive"]
 PATHS: tuple[str, ...] = ("exact", "representation", "naive")
+Solver = Literal["torch", "reference"]
+SOLVERS: tuple[str, ...] = ("torch", "reference")
 
 __all__ = ["PATHS", "GradientObjective", "TaskFeatures"]
 
@@ -83,6 +86,12 @@ class GradientObjective(Objective):
         """What the engine takes the gradients of: the losses themselves (DB-MTL: their
         logarithms)."""
         return losses
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        """Counters of the fit so far, as 0-dim tensors on the method's device (reading them is
+        the caller's host synchronisation, e.g. once per epoch): ``solver_unconverged`` for the
+        methods with an iterative solver (see :class:`NashMTL`). None here."""
+        return {}
 
     def step(self, losses: Tensor, positions: Positions, grads: TaskGradients) -> Step:
         """One update: weights from the Gramian, then ``sum_t w_t grad L_t`` into ``.grad``.
@@ -163,9 +172,13 @@ class _Shuffling(_Weighted):
         super()._on_bind()
         self.generator: torch.Generator | None = None  # fresh stream for every fit
 
-    def weights_from_gramian(self, gram: Tensor) -> Tensor:
+    def _generator(self) -> torch.Generator:
         if self.generator is None:
             self.generator = torch.Generator().manual_seed(shuffle_seed(torch.initial_seed()))
+        return self.generator
+
+    def weights_from_gramian(self, gram: Tensor) -> Tensor:
+        self._generator()
         # torchjd draws from the default CPU generator: lend it this method's state for the
         # call, take the advanced state back, and restore the global RNG as it was
         with torch.random.fork_rng(devices=[]):
@@ -173,6 +186,95 @@ class _Shuffling(_Weighted):
             weights = self.weighting(gram)
             self.generator.set_state(torch.random.default_generator.get_state())
         return weights
+
+
+class _Solved:
+    """Mixin of the methods whose weights come from an iterative solver (Nash-MTL, CAGrad,
+    FairGrad, GradVac).
+
+    ``solver="torch"`` (default) runs the solvers of :mod:`polytask.objectives._solvers` on the
+    Gramian's device and dtype (float32 at least), with an iteration cap, warm-started from the
+    previous step's solution and never waiting for the device: no host synchronisation in a
+    step. ``solver="reference"`` calls torchjd's implementation (cvxpy / scipy, on the host), the
+    oracle of the tests. A solve that does not meet its tolerance within the cap gives the best
+    iterate it found and adds one to the ``solver_unconverged`` counter of
+    :meth:`~GradientObjective.diagnostics`.
+
+    The warm starts and any per-task state are kept for all bound tasks and indexed by the
+    step's positions, so steps over changing subsets of the tasks keep each task's own state.
+    """
+
+    solver: str
+    _index: Callable[..., Tensor]
+
+    def _init_solver(self, solver: str) -> None:
+        if solver not in SOLVERS:
+            raise ValueError(
+                f"{type(self).__name__}: solver must be one of {SOLVERS}, got {solver!r}"
+            )
+        self.solver = solver
+
+    def _on_bind(self) -> None:
+        super()._on_bind()  # type: ignore[misc]
+        self._positions: Positions = None
+        self._state: dict[str, Tensor] = {}
+        self._unconverged: Tensor | None = None
+        self._calls = 0
+
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor] | None:
+        if self.solver == "reference":
+            return super().make_weighting(n_tasks)  # type: ignore[misc]
+        return None
+
+    def step(self, losses: Tensor, positions: Positions, grads: TaskGradients) -> Step:
+        self._positions = positions
+        try:
+            return super().step(losses, positions, grads)  # type: ignore[misc]
+        finally:
+            self._positions = None
+
+    def _options(self) -> dict[str, object]:
+        options = super()._options()  # type: ignore[misc]
+        if self.solver != "torch":
+            options["solver"] = self.solver
+        return options
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        count = self._unconverged
+        if count is None:
+            count = torch.zeros((), dtype=torch.long)
+        return {"solver_unconverged": count}
+
+    def _count(self, converged: Tensor) -> None:
+        """Count a solve that missed its tolerance (on the device, no synchronisation)."""
+        if self._unconverged is None or self._unconverged.device != converged.device:
+            self._unconverged = torch.zeros((), dtype=torch.long, device=converged.device)
+        self._unconverged += (~converged).long()
+
+    def _read(self, key: str, gram: Tensor, fill: float, square: bool = False) -> Tensor:
+        """The present tasks' part of a per-task state (created, filled, on first use)."""
+        n = len(self.task_names)
+        full = self._state.get(key)
+        if full is None or full.device != gram.device or full.dtype != gram.dtype:
+            shape = (n, n) if square else (n,)
+            full = self._state[key] = torch.full(shape, fill, dtype=gram.dtype, device=gram.device)
+        if self._positions is None or len(self._positions) == n:
+            return full
+        index = self._index(self._positions, gram.device)
+        part = full.index_select(0, index)
+        return part.index_select(1, index) if square else part
+
+    def _write(self, key: str, value: Tensor) -> None:
+        full = self._state[key]
+        value = value.detach().to(full.dtype)
+        if self._positions is None or len(self._positions) == len(self.task_names):
+            full.copy_(value)
+            return
+        index = self._index(self._positions, full.device)
+        if full.dim() == 2:
+            full[index[:, None], index[None, :]] = value
+        else:
+            full.index_copy_(0, index, value)
 
 
 class PCGrad(_Shuffling):
@@ -185,24 +287,132 @@ class PCGrad(_Shuffling):
     factory = aggregation.PCGradWeighting
 
 
-class GradVac(_Shuffling):
+class GradVac(_Solved, _Shuffling):
     """GradVac (Wang et al., ICLR 2021, "Gradient Vaccine"): like PCGrad, but aligns pairs of
-    gradients towards an EMA of their cosine similarity (torchjd's ``GradVacWeighting``). The
-    random order of the pairs draws from the method's own generator, seeded by the fit (see
-    :class:`_Shuffling`), never from the global RNG."""
+    gradients towards an EMA of their cosine similarity, as in LibMTL and torchjd's
+    ``GradVacWeighting``. For each task, the other tasks are visited in a random order; when
+    the cosine between the task's (adjusted) gradient and the other's is below its EMA target,
+    the other's gradient is added in the closed-form amount that reaches the target; the target
+    moves by ``beta`` towards the cosine seen.
 
-    factory = aggregation.GradVacWeighting
+    With ``solver="torch"`` (default) the adjustments run on the Gramian, every task's ``k``-th
+    partner at once (:func:`~polytask.objectives._solvers.gradvac_solve`: ``T - 1`` batched
+    steps, ``O(T^3)``, on the Gramian's device); the orders are the same ``torch.randperm``
+    draws torchjd makes, so both solvers give the same weights. The random order of the pairs
+    draws from the method's own generator, seeded by the fit (see :class:`_Shuffling`), never
+    from the global RNG. The EMA targets are kept for every pair of bound tasks.
+
+    Parameters
+    ----------
+    path
+        The gradient path (``"exact"`` by default).
+    beta
+        The EMA rate of the cosine targets (0.5, LibMTL's default).
+    solver
+        ``"torch"`` or ``"reference"`` (torchjd).
+
+    Examples
+    --------
+    >>> import torch
+    >>> method = GradVac()
+    >>> method.bind(["a", "b"])
+    >>> _ = torch.manual_seed(0)
+    >>> method.weights_from_gramian(torch.tensor([[1.0, -0.5], [-0.5, 1.0]]))
+    tensor([1.5000, 1.5000])
+    """
+
+    eps = 1e-8
+
+    def __init__(self, path: Path | None = None, beta: float = 0.5, solver: Solver = "torch"):
+        if not 0 <= beta <= 1:
+            raise ValueError(f"GradVac: beta must be in [0, 1], got {beta}")
+        super().__init__(path, beta=beta)
+        self._init_solver(solver)
+
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor] | None:
+        if self.solver == "reference":
+            return aggregation.GradVacWeighting(beta=self.options["beta"], eps=self.eps)
+        return None
+
+    def weights_from_gramian(self, gram: Tensor) -> Tensor:
+        if self.solver == "reference":
+            return super().weights_from_gramian(gram)
+        generator = self._generator()
+        n = gram.shape[0]
+        orders = torch.stack([torch.randperm(n - 1, generator=generator) for _ in range(n)])
+        partners = orders + (orders >= torch.arange(n)[:, None])
+        partners = partners.to(gram.device, non_blocking=True)
+        g = gram.detach().to(solver_dtype(gram.dtype))
+        targets = self._read("targets", g, 0.0, square=True)
+        weights, targets = gradvac_solve(g, targets, partners, self.options["beta"], self.eps)
+        self._write("targets", targets)
+        return weights.to(gram.dtype)
 
 
-class CAGrad(_Weighted):
+class CAGrad(_Solved, _Weighted):
     """CAGrad (Liu et al., NeurIPS 2021, "Conflict-Averse Gradient Descent"): the update that
-    maximises the worst task improvement within a ball around the average gradient (torchjd's
-    ``CAGradWeighting``, ``c=0.4`` as in the paper; needs the ``methods`` extra)."""
+    maximises the worst task improvement within a ball of radius ``c |g0|`` around the average
+    gradient ``g0`` (``c=0.4`` as in the paper).
+
+    With ``G`` normalised by its trace (as torchjd does), the dual over the simplex,
+    ``w* = argmin b^T w + c |g0| sqrt(w^T G w)`` with ``b = G 1 / T``, gives the weights
+    ``1 / T + c |g0| w* / |g_w*|`` (zeros when ``|g_w*| < 1e-4``: the gradients are then
+    nearly Pareto-stationary). ``solver="torch"`` (default) solves the dual by a primal-dual
+    interior-point method on the Gramian's device
+    (:func:`~polytask.objectives._solvers.cagrad_solve`, at most :attr:`max_iter` iterations,
+    KKT residual ``<= tol``, warm-started from the last step's ``w*``); ``"reference"`` calls
+    torchjd's ``CAGradWeighting`` (cvxpy with CLARABEL, on the host; needs the ``methods``
+    extra).
+
+    Parameters
+    ----------
+    path
+        The gradient path (``"exact"`` by default).
+    c
+        The radius of the ball, relative to ``|g0|`` (non-negative).
+    solver
+        ``"torch"`` or ``"reference"``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> method = CAGrad()
+    >>> method.bind(["a", "b"])
+    >>> method.weights_from_gramian(torch.tensor([[1.0, -0.5], [-0.5, 1.0]]))
+    tensor([0.7000, 0.7000])
+    """
 
     factory = aggregation.CAGradWeighting
+    max_iter = 20
+    """The iteration cap of the interior-point method."""
+    tol = 1e-8
+    """The tolerance on its relative KKT residual (raised to 64 ulps of float32 there)."""
+    norm_eps = 1e-4
+    """torchjd's threshold: the trace below which ``G`` counts as zero, and ``|g_w*|`` below
+    which the weights are zeros."""
 
-    def __init__(self, path: Path | None = None, c: float = 0.4) -> None:
+    def __init__(self, path: Path | None = None, c: float = 0.4, solver: Solver = "torch"):
+        if c < 0:
+            raise ValueError(f"CAGrad: c must be non-negative, got {c}")
         super().__init__(path, c=c)
+        self._init_solver(solver)
+
+    def weights_from_gramian(self, gram: Tensor) -> Tensor:
+        if self.solver == "reference":
+            return super().weights_from_gramian(gram)
+        g = gram.detach().to(solver_dtype(gram.dtype))
+        n = g.shape[0]
+        trace = g.diagonal().sum()
+        g = torch.where(trace < self.norm_eps, torch.zeros_like(g), g / trace)
+        start = self._read("start", g, 1.0 / len(self.task_names))
+        w, converged = cagrad_solve(g, self.options["c"], start, self.max_iter, self.tol)
+        self._write("start", w)
+        self._count(converged)
+        ones = torch.ones_like(w)
+        radius = self.options["c"] * (ones @ g @ ones).clamp_min(0).sqrt() / n
+        norm = (w @ g @ w).clamp_min(0).sqrt()
+        weights = ones / n + radius / norm.clamp_min(self.norm_eps) * w
+        return torch.where(norm >= self.norm_eps, weights, 0.0).to(gram.dtype)
 
 
 class IMTL(_Weighted):
@@ -228,22 +438,108 @@ class UPGrad(_Weighted):
     factory = aggregation.UPGradWeighting
 
 
-class FairGrad(_Weighted):
+class FairGrad(_Solved, _Weighted):
     """FairGrad (Ban and Ji, ICML 2024, "Fair Resource Allocation in Multi-Task Learning"):
-    weights from alpha-fair utility maximisation (torchjd's ``FairGradWeighting``, alpha=1)."""
+    weights from alpha-fair utility maximisation, the positive solution of
+    ``G w = w ** (-1 / alpha)`` (``alpha = 1``: proportional fairness, Nash-MTL's condition
+    without its normalisation; ``alpha = 0``: equal weights ``1 / T``).
+
+    ``solver="torch"`` (default) solves it by Newton's method on the Gramian's device
+    (:func:`~polytask.objectives._solvers.fair_solve`, at most :attr:`max_iter` iterations,
+    relative residual ``max_i |(G w)_i w_i ** (1 / alpha) - 1| <= tol``, warm-started from the
+    last step's solution); ``"reference"`` calls torchjd's ``FairGradWeighting`` (scipy's
+    ``least_squares`` on the host).
+
+    Parameters
+    ----------
+    path
+        The gradient path (``"exact"`` by default).
+    alpha
+        The fairness parameter (non-negative; 1 by default).
+    solver
+        ``"torch"`` or ``"reference"``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> method = FairGrad()
+    >>> method.bind(["a", "b"])
+    >>> gram = torch.tensor([[4.0, 0.0], [0.0, 1.0]])
+    >>> method.weights_from_gramian(gram)
+    tensor([0.5000, 1.0000])
+    """
 
     factory = aggregation.FairGradWeighting
+    max_iter = 20
+    """The iteration cap of Newton's method."""
+    tol = 1e-6
+    """The tolerance on the relative residual (raised to 64 ulps of float32 there)."""
 
-    def __init__(self, path: Path | None = None, alpha: float = 1.0) -> None:
+    def __init__(self, path: Path | None = None, alpha: float = 1.0, solver: Solver = "torch"):
+        if alpha < 0:
+            raise ValueError(f"FairGrad: alpha must be non-negative, got {alpha}")
         super().__init__(path, alpha=alpha)
+        self._init_solver(solver)
+
+    def weights_from_gramian(self, gram: Tensor) -> Tensor:
+        if self.solver == "reference":
+            return super().weights_from_gramian(gram)
+        n = gram.shape[0]
+        alpha = self.options["alpha"]
+        if alpha == 0:
+            return torch.full((n,), 1.0 / n, dtype=gram.dtype, device=gram.device)
+        g = gram.detach().to(solver_dtype(gram.dtype))
+        start = self._read("start", g, 1.0)
+        w, scaled, converged = fair_solve(g, 1 / alpha, start, self.max_iter, self.tol)
+        self._write("start", scaled)
+        self._count(converged)
+        return w.to(gram.dtype)
 
 
-class NashMTL(GradientObjective):
-    """Nash-MTL (Navon et al., ICML 2022, "Multi-Task Learning as a Bargaining Game"): the
-    Nash bargaining solution ``(G a) * a = 1`` (torchjd's implementation; needs the ``methods``
-    extra). torchjd's Nash weighting reads a Jacobian but depends on it only through ``J J^T``
-    and ``|J^T a|``, so it is given a T x T factor ``M`` with ``M M^T = G`` - the same weights
-    without the full Jacobian."""
+class NashMTL(_Solved, GradientObjective):
+    """Nash-MTL (Navon et al., ICML 2022, "Multi-Task Learning as a Bargaining Game"): the Nash
+    bargaining solution, the positive ``a`` with ``(G a)_t a_t = 1`` for every task (i.e.
+    ``G a = 1 / a``), scaled down so that the update's norm ``sqrt(a^T G a)`` is at most
+    ``max_norm`` (0: no clipping). As in the authors' code and torchjd, ``a`` solves the
+    condition on ``G`` itself (their normalisation of ``G`` cancels out), so with exact solves
+    ``a^T G a = T`` and the default ``max_norm=1`` scales ``a`` by ``1 / sqrt(T)``. The weights
+    are recomputed every ``update_weights_every`` steps (the last ``a`` is reused in between,
+    clipped on the step's ``G``).
+
+    ``solver="torch"`` (default) solves ``G a = 1 / a`` by Newton's method on the Gramian's
+    device (:func:`~polytask.objectives._solvers.fair_solve` with power 1: the minimiser of the
+    strictly convex ``0.5 a^T G a - sum_t log a_t``; at most ``optim_niter`` iterations,
+    relative residual ``max_t |(G a)_t a_t - 1| <= tol``, warm-started from the last step's
+    solution). ``"reference"`` runs torchjd's implementation (the paper's sequence of convex
+    approximations with cvxpy and ECOS on the host, ``optim_niter`` of them; needs the
+    ``methods`` extra). torchjd's Nash weighting reads a Jacobian but depends on it only
+    through ``J J^T`` and ``|J^T a|``, so it is given a T x T factor ``M`` with ``M M^T = G``.
+
+    Parameters
+    ----------
+    path
+        The gradient path (``"exact"`` by default).
+    max_norm
+        The largest norm of the update (0: none).
+    update_weights_every
+        Solve every this many steps.
+    optim_niter
+        The iteration cap of either solver.
+    solver
+        ``"torch"`` or ``"reference"``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> method = NashMTL(max_norm=0)
+    >>> method.bind(["a", "b"])
+    >>> method.weights_from_gramian(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
+    tensor([0.5000, 1.0000])
+    """
+
+    tol = 1e-6
+    """The tolerance of the torch solver on the relative residual (raised to 64 ulps of float32
+    there)."""
 
     def __init__(
         self,
@@ -251,21 +547,49 @@ class NashMTL(GradientObjective):
         max_norm: float = 1.0,
         update_weights_every: int = 1,
         optim_niter: int = 20,
+        solver: Solver = "torch",
     ) -> None:
         super().__init__(path)
+        if max_norm < 0:
+            raise ValueError(f"NashMTL: max_norm must be non-negative, got {max_norm}")
+        if update_weights_every < 1 or optim_niter < 1:
+            raise ValueError("NashMTL: update_weights_every and optim_niter must be positive")
         self.options = {
             "max_norm": max_norm,
             "update_weights_every": update_weights_every,
             "optim_niter": optim_niter,
         }
+        self._init_solver(solver)
 
-    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
-        return aggregation.NashMTL(n_tasks=n_tasks, **self.options).weighting
+    def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor] | None:
+        if self.solver == "reference":
+            return aggregation.NashMTL(n_tasks=n_tasks, **self.options).weighting
+        return None
 
     def weights_from_gramian(self, gram: Tensor) -> Tensor:
-        values, vectors = torch.linalg.eigh(gram.double())
-        factor = vectors * values.clamp_min(0).sqrt()
-        return self.weighting(factor.to(gram.dtype))
+        if self.solver == "reference":
+            values, vectors = torch.linalg.eigh(gram.double())
+            factor = vectors * values.clamp_min(0).sqrt()
+            return self.weighting(factor.to(gram.dtype))
+        g = gram.detach().to(solver_dtype(gram.dtype))
+        update = self._calls % self.options["update_weights_every"] == 0
+        self._calls += 1
+        if update:
+            start = self._read("start", g, 1.0)
+            alpha, scaled, converged = fair_solve(
+                g, 1.0, start, self.options["optim_niter"], self.tol
+            )
+            self._read("alpha", g, 1.0)
+            self._write("start", scaled)
+            self._write("alpha", alpha)
+            self._count(converged)
+        else:
+            alpha = self._read("alpha", g, 1.0)
+        max_norm = self.options["max_norm"]
+        if max_norm > 0:
+            norm = (alpha @ g @ alpha).clamp_min(0).sqrt()
+            alpha = torch.where(norm > max_norm, alpha * (max_norm / norm), alpha)
+        return alpha.to(gram.dtype)
 
 
 class GradNorm(GradientObjective):

@@ -1,0 +1,330 @@
+"""Solvers of the solver-bound gradient methods, written in torch on the Gramian's device.
+
+Nash-MTL, FairGrad, CAGrad and GradVac take their weights from a small optimisation problem on
+the ``T x T`` Gramian ``G`` of the task gradients. The reference implementations (torchjd, the
+papers' code) copy ``G`` to the host and call cvxpy or scipy every step. The solvers here run on
+``G``'s own device and dtype (float32 at least), batched over the ``T x T`` problem, with a fixed
+iteration cap and no data-dependent Python branch: a step never waits for the device (no
+``.item()``, ``.cpu()``, ``.tolist()``, no ``if`` on a tensor). Each solver returns, with its
+result, a 0-dim boolean tensor ``converged`` (the defining condition met within the documented
+tolerance); when it is False the result is the best iterate found within the cap.
+
+- :func:`fair_solve`: ``G w = w ** (-1 / alpha)`` on ``w > 0`` (FairGrad; ``alpha = 1`` is
+  Nash-MTL's bargaining condition ``G w = 1 / w``), as the minimiser of the strictly convex
+  ``0.5 w^T G w - sum_i h(w_i)`` with ``h' = w ** (-1 / alpha)``, by Newton's method.
+- :func:`cagrad_solve`: CAGrad's dual ``min_{w in simplex} b^T w + r sqrt(w^T G w)``, by a
+  primal-dual interior-point method (Mehrotra's predictor-corrector).
+- :func:`gradvac_solve`: GradVac's pairwise adjustments on the Gramian, every task's sequence
+  of partners processed side by side (``O(T^3)`` in all).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["cagrad_solve", "fair_solve", "gradvac_solve", "solver_dtype"]
+
+_STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0)
+"""The step lengths Newton's method tries at once (a backtracking line search done as one
+batched evaluation); 0 keeps the iterate, so the objective never increases."""
+
+
+def solver_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a solver works in: the Gramian's, at least float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def default_tol(dtype: torch.dtype, tol: float) -> float:
+    """``tol``, raised to what the dtype can resolve (64 ulps of 1)."""
+    return max(tol, 64 * torch.finfo(dtype).eps)
+
+
+def _solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """``matrix^-1 rhs`` for a symmetric positive definite matrix, Jacobi-scaled, through a
+    Cholesky factor that reports failure in a tensor (``cholesky_ex``) instead of raising (which
+    would wait for the device); a failed factor gives non-finite values the caller rejects."""
+    scale = matrix.diagonal().clamp_min(torch.finfo(matrix.dtype).tiny).rsqrt()
+    scaled = matrix * scale[:, None] * scale[None, :]
+    factor, _ = torch.linalg.cholesky_ex(scaled)
+    column = rhs if rhs.dim() == 2 else rhs[:, None]
+    out = torch.cholesky_solve(column * scale[:, None], factor) * scale[:, None]
+    return out if rhs.dim() == 2 else out[:, 0]
+
+
+def fair_solve(
+    gram: Tensor,
+    power: float = 1.0,
+    start: Tensor | None = None,
+    max_iter: int = 20,
+    tol: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Solve ``G w = w ** -power`` for ``w > 0``.
+
+    ``power = 1 / alpha`` gives FairGrad's weights; ``power = 1`` is Nash-MTL's bargaining
+    condition ``G w = 1 / w``. The solution minimises the strictly convex
+    ``f(w) = 0.5 w^T G w - sum_i h(w_i)`` with ``h'(w) = w ** -power``; it exists when no
+    non-zero ``d >= 0`` has ``G d = 0`` (no task gradient is zero and 0 is not a non-negative
+    combination of them).
+
+    The problem is solved for ``G / s``, ``s`` the mean of ``G``'s diagonal, and the solution
+    rescaled by ``s ** (-1 / (1 + power))`` (it is exact: ``w(s G) = s ** (-1 / (1 + power))
+    w(G)``). Newton's method (Hessian ``G / s + diag(power * w ** (-power - 1))``) starts from
+    ``start`` (a previous solution of the scaled problem, e.g. the last step's) or ones, first
+    rescaled to the best multiple along its ray; each iteration tries the steps ``1, 1/2, ...,
+    1/64, 0`` along the Newton direction at once and keeps the one of lowest ``f`` that stays
+    positive, so ``f`` never increases and the iterate is always the best so far. Converged
+    means ``max_i |(G w)_i w_i ** power - 1| <= tol`` (a relative residual); once it holds the
+    iterate is frozen.
+
+    Parameters
+    ----------
+    gram
+        The ``(T, T)`` Gramian.
+    power
+        The exponent (``1 / alpha``), positive.
+    start
+        A previous solution of the scaled problem (the second value returned), or None.
+    max_iter
+        The iteration cap.
+    tol
+        The tolerance on the relative residual (raised to 64 ulps of the dtype).
+
+    Returns
+    -------
+    tuple of Tensor
+        ``w`` (shape ``(T,)``), the solution of the scaled problem (the next ``start``) and the
+        0-dim boolean ``converged``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> gram = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    >>> w, _, converged = fair_solve(gram)
+    >>> torch.allclose(gram @ w, 1 / w), bool(converged)
+    (True, True)
+    """
+    dtype = solver_dtype(gram.dtype)
+    g = gram.detach().to(dtype)
+    n = g.shape[0]
+    tol = default_tol(dtype, tol)
+    tiny = torch.finfo(dtype).tiny
+    scale = g.diagonal().mean().clamp_min(tiny)
+    g = g / scale
+    steps = torch.tensor(_STEPS, dtype=dtype, device=g.device)[:, None]
+
+    def h(w: Tensor) -> Tensor:
+        if power == 1:
+            return torch.log(w)
+        return w.pow(1 - power) / (1 - power)
+
+    def objective(w: Tensor) -> Tensor:  # rows of w: candidate iterates
+        value = 0.5 * ((w @ g) * w).sum(-1) - h(w).sum(-1)
+        return torch.where((w > 0).all(-1) & value.isfinite(), value, math.inf)
+
+    def residual(w: Tensor) -> Tensor:
+        return ((g @ w) * w.pow(power) - 1).abs().max()
+
+    v = torch.ones(n, dtype=dtype, device=g.device) if start is None else start.to(g)
+    v = torch.where(v.isfinite() & (v > 0), v, 1.0)
+    # the best multiple c v: c^(1 + power) = sum_i v_i^(1 - power) / v^T G v
+    curvature = (v @ g @ v).clamp_min(tiny)
+    w = v * ((v.pow(1 - power).sum() / curvature) ** (1 / (1 + power)))
+    res = residual(w)
+    for _ in range(max_iter):
+        gw = g @ w
+        gradient = gw - w.pow(-power)
+        hessian = g + torch.diag(power * w.pow(-power - 1))
+        direction = -_solve_spd(hessian, gradient)
+        candidates = w + steps * direction
+        best = objective(candidates).argmin()
+        new = candidates[best]
+        new = torch.where(res <= tol, w, new)
+        w = torch.where(new.isfinite().all(), new, w)
+        res = residual(w)
+    converged = res <= tol
+    return w * scale.pow(-1 / (1 + power)), w, converged
+
+
+def cagrad_solve(
+    gram: Tensor,
+    c: float,
+    start: Tensor | None = None,
+    max_iter: int = 20,
+    tol: float = 1e-8,
+) -> tuple[Tensor, Tensor]:
+    """Solve CAGrad's dual over the simplex in Gramian terms.
+
+    ``min_{w >= 0, sum w = 1} b^T w + r sqrt(w^T G w)`` with ``b = G 1 / T`` (the task
+    gradients' products with the mean gradient ``g0``) and ``r = c |g0|``,
+    ``|g0|^2 = 1^T G 1 / T^2`` (Liu et al. 2021, eq. 7 and its dual). ``G`` should be
+    normalised (torchjd divides it by its trace).
+
+    A primal-dual interior-point method with Mehrotra's predictor-corrector: per iteration one
+    Cholesky factor of ``H + W^-1 Z`` (``H`` the Hessian of the objective, ``W``, ``Z`` the
+    primal variables and their bound multipliers) and four triangular solves, the equality
+    ``sum w = 1`` eliminated through a Schur complement; primal and dual take the same step,
+    99% of the way to the boundary at most. The square root is smoothed by ``1e-14`` inside.
+    ``start`` (a previous solution) is pulled 10% of the way to the centre of the simplex before
+    use. The iterate of smallest KKT residual (max of the dual residual, the primal residual and
+    the mean complementarity ``w^T z / T``, relative to ``1 + |b|_inf + r``) is returned;
+    converged means that residual ``<= tol``.
+
+    Returns
+    -------
+    tuple of Tensor
+        ``w`` on the simplex (shape ``(T,)``) and the 0-dim boolean ``converged``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> gram = torch.tensor([[1.0, -0.5], [-0.5, 1.0]], dtype=torch.float64)
+    >>> w, converged = cagrad_solve(gram / 2, c=0.4)
+    >>> [round(float(x), 6) for x in w], bool(converged)
+    ([0.5, 0.5], True)
+    """
+    dtype = solver_dtype(gram.dtype)
+    g = gram.detach().to(dtype)
+    n = g.shape[0]
+    tol = default_tol(dtype, tol)
+    ones = torch.ones(n, dtype=dtype, device=g.device)
+    b = g @ ones / n
+    r = c * (ones @ b / n).clamp_min(0).sqrt()
+    smooth = 1e-14 if dtype == torch.float64 else 1e-10
+    norm = 1 + b.abs().max() + r
+
+    if start is None:
+        w = ones / n
+    else:
+        w = 0.9 * start.to(g).clamp_min(0) + 0.1 / n
+        w = torch.where(w.isfinite().all(), w / w.sum(), ones / n)
+
+    def gradient(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        gw = g @ w
+        s = (w @ gw).clamp_min(0).add(smooth).sqrt()
+        return b + r * gw / s, gw, s
+
+    grad, gw, s = gradient(w)
+    # start the multipliers where the dual residual is smallest for a central point
+    nu = (grad - 1.0).min()
+    z = (grad - nu).clamp_min(1e-2)
+    best_w, best_res = w, torch.full((), math.inf, dtype=dtype, device=g.device)
+    for _ in range(max_iter + 1):
+        rd = grad - z - nu
+        rp = w.sum() - 1
+        mu = (w @ z) / n
+        res = torch.stack([rd.abs().max(), rp.abs(), mu]).max() / norm
+        better = res < best_res
+        best_w = torch.where(better, w, best_w)
+        best_res = torch.where(better, res, best_res)
+        hessian = r * (g / s - torch.outer(gw, gw) / s**3)
+        new_w, new_z, dnu = _interior_step(hessian, w, z, rd, rp, mu)
+        new_nu = nu + dnu
+        ok = new_w.isfinite().all() & new_z.isfinite().all() & new_nu.isfinite()
+        ok = ok & (new_w > 0).all() & (new_z > 0).all()
+        w = torch.where(ok, new_w, w)
+        z = torch.where(ok, new_z, z)
+        nu = torch.where(ok, new_nu, nu)
+        grad, gw, s = gradient(w)
+    best_w = best_w.clamp_min(0)
+    return best_w / best_w.sum(), best_res <= tol
+
+
+def _interior_step(
+    hessian: Tensor, w: Tensor, z: Tensor, rd: Tensor, rp: Tensor, mu: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One Mehrotra predictor-corrector step for ``min f(w)`` s.t. ``w >= 0``, ``sum w = 1``:
+    the new ``w``, ``z`` (bound multipliers) and ``nu`` (the equality's multiplier) increment."""
+    n = w.shape[0]
+    dtype = w.dtype
+    kkt = hessian + torch.diag(z / w)
+    scale = kkt.diagonal().clamp_min(torch.finfo(dtype).tiny).rsqrt()
+    factor, _ = torch.linalg.cholesky_ex(kkt * scale[:, None] * scale[None, :])
+    ones = torch.ones_like(w)
+    # the solve with the right-hand side 1 is shared by the predictor and the corrector
+    unit = torch.cholesky_solve((ones * scale)[:, None], factor)[:, 0] * scale
+
+    def direction(rc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # H dw - dz - dnu 1 = -rd;  sum dw = -rp;  z dw + w dz = rc
+        q = -rd + rc / w
+        u = torch.cholesky_solve((q * scale)[:, None], factor)[:, 0] * scale
+        dnu = (-rp - u.sum()) / unit.sum()
+        dw = u + dnu * unit
+        return dw, (rc - z * dw) / w, dnu
+
+    def longest(dw: Tensor, dz: Tensor) -> Tensor:
+        ratios = torch.cat([-w / dw, -z / dz])
+        ratios = torch.where(torch.cat([dw, dz]) < 0, ratios, math.inf)
+        return ratios.min().clamp(max=1.0)
+
+    dw, dz, _ = direction(-w * z)
+    step = longest(dw, dz)
+    mu_aff = ((w + step * dw) @ (z + step * dz)) / n
+    sigma = (mu_aff / mu.clamp_min(torch.finfo(dtype).tiny)).clamp(0, 1) ** 3
+    dw, dz, dnu = direction(-w * z - dw * dz + sigma * mu)
+    step = 0.99 * longest(dw, dz)
+    return w + step * dw, z + step * dz, step * dnu
+
+
+def gradvac_solve(
+    gram: Tensor, targets: Tensor, partners: Tensor, beta: float, eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
+    """GradVac's weights (Wang et al. 2021, as in LibMTL and torchjd) on the Gramian.
+
+    For each task ``i`` and its partners ``j = partners[i, 0], partners[i, 1], ...`` in that
+    order, the cosine ``phi`` between ``i``'s adjusted gradient and ``g_j`` is compared with
+    the EMA target ``targets[i, j]``; below it, ``g_j`` times the closed-form amount is added to
+    ``i``'s gradient; then ``targets[i, j] <- (1 - beta) targets[i, j] + beta phi``. The tasks
+    do not interact, so step ``k`` handles every task's ``k``-th partner at once. The adjusted
+    gradient of ``i`` is kept as a row ``C[i]`` of coefficients on the original gradients, so
+    every product comes from ``C G`` and ``C G C^T``: ``T - 1`` batched steps, ``O(T^3)``.
+
+    Parameters
+    ----------
+    gram
+        The ``(T, T)`` Gramian.
+    targets
+        The ``(T, T)`` EMA targets ``phi_hat`` (not modified).
+    partners
+        ``(T, T - 1)`` long: row ``i`` is the order in which task ``i`` visits the others.
+    beta
+        The EMA rate.
+    eps
+        Added to the denominators.
+
+    Returns
+    -------
+    tuple of Tensor
+        The weights ``C.sum(0)`` (shape ``(T,)``) and the updated targets.
+
+    Examples
+    --------
+    >>> import torch
+    >>> gram = torch.tensor([[1.0, -0.5], [-0.5, 1.0]])
+    >>> w, targets = gradvac_solve(gram, torch.zeros(2, 2), torch.tensor([[1], [0]]), 0.5)
+    >>> [round(float(x), 4) for x in w], [round(float(x), 4) for x in targets[0]]
+    ([1.5, 1.5], [0.0, -0.25])
+    """
+    g = gram.detach()
+    n = g.shape[0]
+    coefficients = torch.eye(n, dtype=g.dtype, device=g.device)
+    products = g.clone()  # C G: row i holds g_i^PC . g_j for every j
+    targets = targets.detach().to(g).clone()
+    norms = g.diagonal().clamp_min(0).sqrt()
+    for k in range(n - 1):
+        j = partners[:, k : k + 1]
+        dot = products.gather(1, j)[:, 0]
+        norm_i = (products * coefficients).sum(1).clamp_min(0).sqrt()
+        norm_j = norms[j[:, 0]]
+        phi = dot / (norm_i * norm_j + eps)
+        hat = targets.gather(1, j)[:, 0]
+        root_phi = (1 - phi * phi).clamp_min(0).sqrt()
+        root_hat = (1 - hat * hat).clamp_min(0).sqrt()
+        amount = norm_i * (hat * root_phi - phi * root_hat) / (norm_j * root_hat + eps)
+        amount = torch.where(phi < hat, amount, 0.0)
+        coefficients.scatter_add_(1, j, amount[:, None])
+        products = products + amount[:, None] * g[j[:, 0]]
+        targets.scatter_(1, j, ((1 - beta) * hat + beta * phi)[:, None])
+    return coefficients.sum(0), targets
