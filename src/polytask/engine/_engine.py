@@ -12,9 +12,29 @@ from torch import Tensor, nn
 from .._features import TaskFeatures
 from .._graph import nearest_parameters, reached_from
 from ..models import MultiTaskModule, UserModel, has_representation, splits_per_task
-from ..objectives import GradientObjective, LossObjective, Objective, Step, make_objective
+from ..objectives import (
+    GradientObjective,
+    LossObjective,
+    Mean,
+    Objective,
+    Step,
+    Sum,
+    Weighted,
+    make_objective,
+)
 from ..objectives._registry import PATH_ALIASES
 from ._gradients import FeatureGradients, LeafGradients, LossGradients, Owner
+from ._reduce import Reducer
+
+_CONSTANT_WEIGHTS = (Sum, Mean, Weighted)
+"""Loss-level methods whose weights never read the losses' values."""
+
+
+def _straight_through(values: Tensor, scale: Tensor) -> Tensor:
+    """``values`` itself, whose gradient is ``scale`` times theirs (a loss scale that a
+    method's state and weights never see)."""
+    detached = values.detach()
+    return detached + scale.to(values.dtype) * (values - detached)
 
 
 class LearnedWeightsWarning(UserWarning):
@@ -115,6 +135,50 @@ class GradientEngine:
         self._steps = 0
         self._learned: list[Tensor] = []
         self._learned_start: list[Tensor] | None = None
+        self.reducer: Reducer | None = None
+        self._ddp_reduces = False
+        self._plain_features = False
+
+    # --- data parallelism -------------------------------------------------------------------
+    def distribute(self, reducer: Reducer, *, ddp_reduces: bool) -> None:
+        """Run data-parallel: each process gives :meth:`backward` the losses of its own rows,
+        scaled so that the global losses are their mean over the processes (the trainer does
+        this; see :mod:`polytask.engine._reduce`).
+
+        The engine then all-reduces what the method needs: the per-task losses when the
+        method's state or weights read them (one ``T``-vector), the ``T x T`` Gramian on the
+        representation path, the ``T x P`` Jacobian on the exact and naive paths. With
+        ``ddp_reduces`` the model's gradients are averaged by DDP's hooks during an ordinary
+        backward (loss-level methods; the representation path, whose weighted backward is then
+        one ordinary backward from the losses); otherwise the engine averages them itself
+        after the step (the heads only when the shared update came from the common Jacobian).
+        """
+        self.reducer = reducer
+        self._ddp_reduces = ddp_reduces
+        self._plain_features = ddp_reduces and self.path == "representation"
+
+    def ordinary_backward(self, penalty: bool = False) -> bool:
+        """Whether a step's update is one ordinary backward pass through the whole model
+        (what DDP's gradient hooks need): loss-level methods, and the representation path when
+        the heads read the plain features (no structured term or model penalty, which the
+        engine backpropagates first)."""
+        if isinstance(self.method, LossObjective):
+            return True
+        return self.path == "representation" and not penalty and not self.has_terms
+
+    @property
+    def reads_losses(self) -> bool:
+        """Whether the method's weights or state read the losses' values (then a data-parallel
+        step all-reduces them: every process must see the global losses)."""
+        method = self.method
+        if isinstance(method, LossObjective):
+            return not isinstance(method, _CONSTANT_WEIGHTS)
+        kind = type(method)
+        return not (
+            kind.step is GradientObjective.step
+            and kind.values is GradientObjective.values
+            and kind.after_step is Objective.after_step
+        )
 
     # --- what the caller gives the optimizer ------------------------------------------------
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -162,7 +226,12 @@ class GradientEngine:
         """What the heads should read in a training step: one leaf of ``z`` per task when the
         method's path and the model allow it (one backward through the heads then separates
         every task's gradient), else ``z`` itself."""
-        if self.is_gradient_method and self.method.path != "naive" and splits_per_task(self.model):
+        if (
+            self.is_gradient_method
+            and self.method.path != "naive"
+            and not self._plain_features
+            and splits_per_task(self.model)
+        ):
             return TaskFeatures(z, self.task_names)
         return z
 
@@ -189,6 +258,7 @@ class GradientEngine:
         *,
         positions: tuple[int, ...] | None = None,
         terms: Tensor | None = None,
+        scale: Tensor | float | None = None,
     ) -> Step:
         """Accumulate the method's update into ``.grad`` and return the step's value and task
         weights.
@@ -203,6 +273,11 @@ class GradientEngine:
             the features of its own batch); by default what :meth:`forward` kept.
         terms
             The structured terms' values of the step (the trainer passes them).
+        scale
+            A gradient scaler's loss scale (float16 training): ``.grad`` gets the update times
+            ``scale``, for the scaler to unscale, while the method sees unscaled gradients,
+            Gramians and norms in float32 (a scale ``s`` would multiply a Gramian by ``s^2``
+            and change every method that is not homogeneous of degree 1 in the gradients).
         """
         if isinstance(losses, Mapping):
             unknown = [t for t in losses if t not in self.task_names]
@@ -220,29 +295,61 @@ class GradientEngine:
         self._pending = None
         self._watch_learned()
         penalty = None if terms is None else terms.sum()
+        if scale is not None and not isinstance(scale, Tensor):
+            scale = torch.tensor(float(scale), device=vector.device)
+        if self.reducer is not None and self.reads_losses:
+            if self.is_gradient_method:  # read the graph before the all-reduce joins it
+                self._resolve(self.method.stack(vector, positions))
+            vector = self.reducer.straight_through(vector)
         if isinstance(self.method, LossObjective):
-            return self.method.backward(vector, positions, penalty=penalty)
+            if scale is not None:
+                vector = _straight_through(vector, scale)
+                penalty = None if penalty is None else _straight_through(penalty, scale)
+            step = self.method.backward(vector, positions, penalty=penalty)
+            if scale is not None:
+                self._scale_own_grads(scale)
+            if self.reducer is not None and not self._ddp_reduces:
+                self.reducer.average_grads(self.model.parameters())
+            return step
         if not isinstance(self.method, GradientObjective):
             raise TypeError(
                 f"{type(self.method).__name__} is neither a loss-level nor a gradient method"
             )
         vector = self.method.stack(vector, positions)
         if penalty is not None:  # the terms' gradient first; the method's update adds to it
-            penalty.backward(retain_graph=True)
+            (penalty if scale is None else penalty * scale).backward(retain_graph=True)
             if isinstance(features, TaskFeatures):
                 # the heads read per-task leaves: the terms' gradient stopped there; send it on
                 seeds = [leaf.grad for leaf in features.values() if leaf.grad is not None]
                 if seeds:
                     torch.autograd.backward(features.z, sum(seeds), retain_graph=True)
-        view = self._view(vector, positions, features)
+        view = self._view(vector, positions, features, scale)
         step = self.method.step(vector, positions, view)
+        if scale is not None:
+            self._scale_own_grads(scale)
+        if self.reducer is not None and not self._ddp_reduces:
+            # the shared update from the processes' common Jacobian is already global
+            local = self._specific if view.global_shared and penalty is None else None
+            self.reducer.average_grads(self.model.parameters() if local is None else local)
         if penalty is not None:
             step = Step(step.value + penalty.detach(), step.weights)
         return step
 
+    def _scale_own_grads(self, scale: Tensor) -> None:
+        """The method's own parameters (uncertainty, GradNorm's weights) got their gradient
+        from unscaled quantities: scale it like the model's, for the scaler to unscale."""
+        for param in self.objective.parameters():
+            if param.grad is not None:
+                param.grad.mul_(scale.to(param.grad.dtype))
+
     def after_step(self, recompute: Callable[[], Tensor]) -> None:
-        """Pass the optimizer step on to a method that learns from it (FAMO)."""
-        self.objective.after_step(recompute)
+        """Pass the optimizer step on to a method that learns from it (FAMO); under data
+        parallelism it sees the global losses."""
+        reducer = self.reducer
+        if reducer is not None and self.reads_losses:
+            self.objective.after_step(lambda: reducer.mean([recompute()])[0])
+        else:
+            self.objective.after_step(recompute)
 
     def end_epoch(self) -> None:
         self.objective.end_epoch()
@@ -253,11 +360,28 @@ class GradientEngine:
         values: Tensor,
         positions: tuple[int, ...] | None,
         features: Tensor | Mapping[str, Tensor] | None,
+        scale: Tensor | None = None,
+    ):
+        view = self._make_view(values, positions, features, scale)
+        if scale is not None:
+            view.scale = scale
+        if self.reducer is not None:
+            view.reducer = self.reducer
+        return view
+
+    def _make_view(
+        self,
+        values: Tensor,
+        positions: tuple[int, ...] | None,
+        features: Tensor | Mapping[str, Tensor] | None,
+        scale: Tensor | None,
     ):
         method = self.method
         names = [self.task_names[i] for i in (positions or range(len(self.task_names)))]
         self._resolve(values)
         transformed = method.values(values)
+        if scale is not None:
+            transformed = transformed * scale.to(transformed.dtype)
         common = (
             transformed,
             self._shared,

@@ -29,6 +29,9 @@ Owner = int | Tensor
 """A head parameter's task position, or the task position of each of its output rows."""
 
 
+_LOW = (torch.float16, torch.bfloat16)
+
+
 def accumulate(param: Tensor, grad: Tensor) -> None:
     """``param.grad += grad`` (or set it)."""
     param.grad = grad if param.grad is None else param.grad + grad
@@ -43,7 +46,22 @@ def _row_scale(weights: Tensor, owner: Owner, grad: Tensor) -> Tensor:
 
 class _Gradients:
     """What every view shares: the parameters, the update of the shared ones from a cached
-    Jacobian, and the scatter of present-task weights."""
+    Jacobian, and the scatter of present-task weights.
+
+    Two attributes the engine sets when needed (class defaults: neither):
+
+    - ``scale``: the loss scale of a gradient scaler (float16). ``values`` are then the losses
+      times ``scale``; every Jacobian, Gramian and norm a method reads is unscaled, in float32,
+      and what lands in ``.grad`` is scaled (the scaler unscales it before the step).
+    - ``reducer``: a data-parallel fit's :class:`~polytask.engine._reduce.Reducer`: Jacobians
+      are averaged and representation Gramians summed over the processes (see its module).
+    """
+
+    scale: Tensor | None = None
+    reducer = None
+    global_shared = False
+    """Whether the shared parameters' update came from the processes' common Jacobian (then
+    only the heads' gradients are left to average)."""
 
     def __init__(
         self,
@@ -60,8 +78,33 @@ class _Gradients:
         self._jacobian: list[Tensor] | None = None
 
     def apply_shared(self, blocks: Sequence[Tensor], weights: Tensor) -> None:
+        weights = weights.to(blocks[0].dtype) if blocks else weights
+        if self.scale is not None:  # .grad holds scaled gradients, like the heads'
+            weights = weights * self.scale.to(weights.dtype)
         for param, block in zip(self.shared, blocks, strict=True):
-            accumulate(param, combine_rows(weights, block))
+            accumulate(param, combine_rows(weights, block).to(param.dtype))
+        self.global_shared = self.reducer is not None
+
+    def _unscaled(self, flat: Tensor) -> Tensor:
+        """Feature or parameter gradients as a method reads them: float32 at least (float16
+        and bfloat16 are widened) and divided by the loss scale."""
+        if flat.dtype in _LOW:
+            flat = flat.float()
+        if self.scale is not None:
+            flat = flat / self.scale.to(flat.dtype)
+        return flat
+
+    def _finish(self, blocks: list[Tensor]) -> list[Tensor]:
+        """Jacobian blocks unscaled and, under data parallelism, averaged over processes."""
+        if self.scale is not None or any(b.dtype in _LOW for b in blocks):
+            blocks = [self._unscaled(b) for b in blocks]
+        if self.reducer is not None:
+            blocks = self.reducer.mean(blocks)
+        return blocks
+
+    def _reduced_gramian(self, gram: Tensor) -> Tensor:
+        """A representation Gramian of this process's rows -> the global batch's."""
+        return gram if self.reducer is None else self.reducer.gramian(gram)
 
     def gramian(self) -> Tensor:
         return gramian(self.jacobian())
@@ -94,12 +137,12 @@ class LossGradients(_Gradients):
     def jacobian(self) -> list[Tensor]:
         if self._jacobian is None:
             path = "naive" if self.naive else "exact"
-            self._jacobian = task_jacobian(self.values, self.shared, path)
+            self._jacobian = self._finish(task_jacobian(self.values, self.shared, path))
         return self._jacobian
 
     def last_layer_norms(self) -> Tensor:
         blocks = task_jacobian(self.values, self._last_layer(), "naive" if self.naive else "exact")
-        return gramian(blocks).diagonal().clamp_min(0).sqrt()
+        return gramian(self._finish(blocks)).diagonal().clamp_min(0).sqrt()
 
     def apply_heads(self, weights: Tensor | None) -> None:
         if self.specific:  # a short backward that stops at the heads
@@ -128,18 +171,21 @@ class FeatureGradients(_Gradients):
             (jz,) = torch.autograd.grad(
                 values, self.features, eye, retain_graph=True, is_grads_batched=True
             )
-            flat = jz.reshape(k, -1)
-            return flat @ flat.T
+            flat = self._unscaled(jz.reshape(k, -1))
+            return self._reduced_gramian(flat @ flat.T)
         # per-task batches: task t's loss reads only its own z_t, so one backward of the sum
         # separates every dL_t/dz_t; tasks with different rows have orthogonal gradients
         zs = [self.features[name] for name in self.names]
         grads = torch.autograd.grad(values.sum(), zs, retain_graph=True, allow_unused=True)
-        gram = values.new_zeros(k, k)
+        grads = [None if g is None else self._unscaled(g) for g in grads]
+        gram = torch.zeros(
+            k, k, dtype=torch.promote_types(values.dtype, torch.float32), device=values.device
+        )
         for s in range(k):
             for t in range(s, k):
                 if zs[s] is zs[t] and grads[s] is not None and grads[t] is not None:
                     gram[s, t] = gram[t, s] = (grads[s] * grads[t]).sum()
-        return gram
+        return self._reduced_gramian(gram)
 
     def _send(self, weights: Tensor) -> None:
         (weights * self.values).sum().backward()
@@ -185,19 +231,20 @@ class LeafGradients(_Gradients):
 
     def jacobian(self) -> list[Tensor]:
         if self._jacobian is None:
-            self._jacobian = trunk_jacobian(self.features.z, self.shared, self._leaf_pass())
+            blocks = trunk_jacobian(self.features.z, self.shared, self._leaf_pass())
+            self._jacobian = self._finish(blocks)
         return self._jacobian
 
     def gramian(self) -> Tensor:
         if self.representation:
-            flat = self._leaf_pass().reshape(len(self.values), -1)
-            return flat @ flat.T
+            flat = self._unscaled(self._leaf_pass().reshape(len(self.values), -1))
+            return self._reduced_gramian(flat @ flat.T)
         return gramian(self.jacobian())
 
     def last_layer_norms(self) -> Tensor:
         # the trunk's graph stays for the update that follows
         blocks = trunk_jacobian(self.features.z, self._last_layer(), self._leaf_pass(), True)
-        return gramian(blocks).diagonal().clamp_min(0).sqrt()
+        return gramian(self._finish(blocks)).diagonal().clamp_min(0).sqrt()
 
     def apply_heads(self, weights: Tensor | None) -> None:
         self._leaf_pass()

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._distributed import is_main_process
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -252,6 +254,9 @@ class Checkpoint(Callback):
     def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
         if state.epoch % self.every:
             return
+        if not is_main_process():  # a data-parallel fit: rank 0 writes, for every process
+            self.saved_epochs.append(state.epoch)
+            return
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         payload = {
             "epoch": state.epoch,
@@ -272,6 +277,7 @@ class Checkpoint(Callback):
             },
             "stop_reason": state.stop_reason,
             "stop_is_error": state.stop_is_error,
+            "scaler": None if state.scaler is None else state.scaler.state_dict(),
         }
         handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(handle)

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..data import Schedule, csr_batch
 from ..data._loaders import LoaderLike, LoaderPass, as_loaders, mixed_steps
 from ..tasks import Task
-from ._sources import PerTaskBatch, TaskBatch
+from ._sources import PerTaskBatch, TaskBatch, shard_part
 
 PREFLIGHT_BATCH = 2
 """Rows a wrapped ``Dataset`` gives in :meth:`LoaderSource.preflight`."""
@@ -217,10 +217,14 @@ class LoaderSource:
         return not partial and schedule.kind == "round_robin" and schedule.size_mode != "max_size"
 
     # -- batches ------------------------------------------------------------------------------
-    def epoch(self, schedule: Schedule, batch_size: int, seed: int) -> Iterator[PerTaskBatch]:
+    def epoch(
+        self, schedule: Schedule, batch_size: int, seed: int, shard: Any = None
+    ) -> Iterator[PerTaskBatch]:
         """The steps of one epoch, the tasks' loaders mixed by ``schedule`` (counted in
         batches, ``len(loader)`` per pass); ``batch_size`` batches the wrapped datasets.
-        The same ``seed`` gives the same steps (see :func:`polytask.data.mix_loaders`)."""
+        The same ``seed`` gives the same steps (see :func:`polytask.data.mix_loaders`). With
+        ``shard`` (a data-parallel fit) every process draws the same batches and keeps its
+        slice of each: a loader's batch is the global batch."""
         loaders = as_loaders(self.loaders, batch_size, shuffle=True)
         positions = {t.name: i for i, t in enumerate(self.tasks)}
         served = dict.fromkeys(positions, 0)
@@ -230,7 +234,7 @@ class LoaderSource:
                 part = self._part(positions[name], batch, served[name])
                 served[name] += 1
                 if part is not None:
-                    parts.append(part)
+                    parts.append(part if shard is None else shard_part(part, shard))
             if parts:
                 yield PerTaskBatch(parts)
 

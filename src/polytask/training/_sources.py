@@ -28,7 +28,8 @@ class SharedBatch:
     y: dict[str, Tensor] | Tensor
     masks: dict[str, Tensor] | None
     positions: tuple[int, ...] | None  # tasks with at least one label; None = all
-    counts: list[int]  # labelled rows per present task
+    counts: list[int]  # labelled rows per present task (of the whole step when sharded)
+    share: float = 1.0  # this process's fraction of the step's rows (data-parallel fits)
 
 
 @dataclass
@@ -39,7 +40,25 @@ class TaskBatch:
     x: Tensor
     y: Tensor
     mask: Tensor | None
-    count: int
+    count: int  # labelled rows (of the whole step when sharded)
+    share: float = 1.0  # this process's fraction of the step's rows of the task
+
+
+def _slice(n: int, shard: Any) -> tuple[int, int, float]:
+    """This process's rows ``[lo, hi)`` of a step's ``n`` and its share of them. A process
+    left without a row (a step of fewer rows than processes) takes the first row at share 0,
+    so its losses stay finite and weigh nothing."""
+    lo, hi = shard.bounds(n)
+    return (lo, hi, (hi - lo) / n) if hi > lo else (0, 1, 0.0)
+
+
+def shard_part(part: TaskBatch, shard: Any) -> TaskBatch:
+    """This process's slice of one task's batch (rows of a dense or sparse CSR ``x``)."""
+    n = part.x.shape[0]
+    lo, hi, share = _slice(n, shard)
+    x = part.x.narrow(0, lo, hi - lo) if part.x.layout == torch.sparse_csr else part.x[lo:hi]
+    mask = None if part.mask is None else part.mask[lo:hi]
+    return TaskBatch(part.position, x, part.y[lo:hi], mask, part.count, share)
 
 
 @dataclass
@@ -124,12 +143,22 @@ class SharedSource:
         masks = {name: mask[index] for name, mask in self.masks.items()}
         return SharedBatch(self.x[index], y, masks, tuple(positions), counts)
 
-    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[SharedBatch]:
-        """Shuffled batches; the permutation is drawn on the CPU and copied once per epoch."""
+    def epoch(
+        self, generator: torch.Generator, batch_size: int, shard: Any = None
+    ) -> Iterator[SharedBatch]:
+        """Shuffled batches; the permutation is drawn on the CPU and copied once per epoch.
+        With ``shard`` (a data-parallel fit, data without missing labels) each batch is this
+        process's slice of the step's rows, its ``counts`` those of the whole step."""
         order = torch.randperm(len(self), generator=generator)
         on_device = order.to(self.x.device)
         for host, index in zip(order.split(batch_size), on_device.split(batch_size), strict=True):
-            batch = self._batch(host.numpy(), index)
+            if shard is None:
+                batch = self._batch(host.numpy(), index)
+            else:
+                n = len(host)
+                lo, hi, share = _slice(n, shard)
+                batch = self._batch(host[lo:hi].numpy(), index[lo:hi])
+                batch.counts, batch.share = [n] * len(self.tasks), share
             if batch is not None:
                 yield batch
 
@@ -225,10 +254,22 @@ class PerTaskSource:
         mask = None if part.mask is None else part.mask[index]
         return TaskBatch(position, x, part.y[index], mask, count)
 
-    def epoch(self, schedule: Schedule, batch_size: int, seed: int) -> Iterator[PerTaskBatch]:
+    def epoch(
+        self, schedule: Schedule, batch_size: int, seed: int, shard: Any = None
+    ) -> Iterator[PerTaskBatch]:
+        """The steps of one epoch; with ``shard``, this process's slice of each task's rows."""
         positions = {t.name: i for i, t in enumerate(self.tasks)}
         for step in schedule.epoch(self.sizes(), batch_size, seed):
-            parts = [self._part(positions[name], index) for name, index in step]
+            if shard is None:
+                parts = [self._part(positions[name], index) for name, index in step]
+            else:
+                parts = []
+                for name, index in step:
+                    lo, hi, share = _slice(len(index), shard)
+                    part = self._part(positions[name], index[lo:hi])
+                    if part is not None:
+                        part.count, part.share = len(index), share
+                    parts.append(part)
             parts = [p for p in parts if p is not None]
             if parts:
                 yield PerTaskBatch(parts)

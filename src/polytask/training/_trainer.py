@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
@@ -17,16 +18,20 @@ from torch import Tensor, nn
 from .._device import resolve_device
 from ..data import MultiTargetData, Schedule, TaskData
 from ..engine import GradientEngine
+from ..engine._reduce import Reducer
 from ..evaluation._metrics import task_metrics
 from ..objectives import Objective, make_objective
 from ..tasks import Task
 from ._callbacks import BestWeights, Callback, Checkpoint, EarlyStopping, NonFiniteCheck
+from ._distributed import Shard, setup
 from ._history import History
 from ._losses import LossPlan
 from ._progress import EpochProgress
-from ._sources import SharedBatch, SharedSource, Source, make_source
+from ._sources import PerTaskBatch, SharedBatch, SharedSource, Source, make_source
 
 Data = MultiTargetData | Mapping[str, TaskData]
+PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+"""Lightning's names for the precision of a fit -> the autocast dtype of its forward pass."""
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -74,6 +79,8 @@ class FitState:
     """The generator that shuffles the rows of a shared dataset (a checkpoint saves it)."""
     fingerprint: dict[str, Any] = field(default_factory=dict)
     """What a checkpoint must match to be resumed: the configuration, model, tasks and data."""
+    scaler: Any = None
+    """The gradient scaler of a float16 fit (``precision="16-mixed"``; a checkpoint saves it)."""
 
     @property
     def should_stop(self) -> bool:
@@ -96,10 +103,48 @@ def _qualified(factory: Any) -> str:
 
 
 def _resume_point(
-    callbacks: Sequence[Callback], fingerprint: dict[str, Any], device: torch.device
+    callbacks: Sequence[Callback],
+    fingerprint: dict[str, Any],
+    device: torch.device,
+    shard: Shard | None = None,
 ) -> dict[str, Any] | None:
     """The checkpoint a fit resumes from (None for a fresh fit); one of another configuration
-    is refused, naming what differs."""
+    is refused, naming what differs. In a data-parallel fit rank 0 reads it and sends it to
+    the others (the folder need not be shared between machines)."""
+    if shard is None:
+        return _read_resume_point(callbacks, fingerprint, device)
+    import torch.distributed as dist
+
+    message: list[Any] = [None]
+    if shard.rank == 0:
+        try:
+            message = [("ok", _read_resume_point(callbacks, fingerprint, torch.device("cpu")))]
+        except ValueError as error:
+            message = [("error", str(error))]
+    dist.broadcast_object_list(message, src=0)
+    kind, payload = message[0]
+    if kind == "error":
+        raise ValueError(payload)
+    if payload is not None and device.type != "cpu":
+        payload = _to_device(payload, device)
+    return payload
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, nn.Module):
+        return value.to(device)
+    return value
+
+
+def _read_resume_point(
+    callbacks: Sequence[Callback], fingerprint: dict[str, Any], device: torch.device
+) -> dict[str, Any] | None:
     saves = [c for c in callbacks if isinstance(c, Checkpoint)]
     if not saves or not saves[0].path.exists():
         return None
@@ -135,6 +180,8 @@ def _restore(saved: dict[str, Any], state: FitState) -> int:
     if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in saved["rng"]["cuda"]])
     state.shuffle.set_state(saved["rng"]["shuffle"].cpu())
+    if state.scaler is not None and saved.get("scaler") is not None:
+        state.scaler.load_state_dict(saved["scaler"])
     state.step = saved["step"]
     state.epoch = saved["epoch"]
     if saved["stop_reason"]:
@@ -170,17 +217,27 @@ def _check_tasks(model: nn.Module, tasks: Sequence[Task]) -> tuple[Task, ...]:
     return tuple(tasks)
 
 
-def _check_outputs(model: nn.Module, tasks: Sequence[Task], source: Source) -> None:
+def _check_outputs(
+    model: nn.Module, tasks: Sequence[Task], source: Source, precision: str = "32"
+) -> None:
     """One forward pass on a couple of rows, so a head of the wrong width or a trunk that cannot
     take the inputs fails before any step. It tracks gradients, so a wrapped module whose shared
-    part is not named has it read off the graph here."""
+    part is not named has it read off the graph here. It runs in the fit's precision, so an
+    operation that autocast cannot run (a sparse product in bfloat16) fails here too."""
     batch = next(source.chunks(2))
     x = batch.x if isinstance(batch, SharedBatch) else batch.parts[0].x
     was_training = model.training
     model.eval()
     try:
-        outputs = model(x)
+        with _autocast(precision, x.device):
+            outputs = model(x)
     except (RuntimeError, TypeError) as error:
+        if PRECISIONS[precision] is not None:
+            raise ValueError(
+                f"precision={precision!r}: the model cannot run its forward pass under "
+                f"autocast on these inputs ({error}); use precision='32'"
+                + (" or dense inputs (sparse_input=False)" if x.layout != torch.strided else "")
+            ) from error
         raise ValueError(
             f"the model cannot take the inputs of shape (n, {source.n_features[0]}): {error}"
         ) from error
@@ -194,6 +251,57 @@ def _check_outputs(model: nn.Module, tasks: Sequence[Task], source: Source) -> N
                 f"{len(x)} rows, expected ({len(x)}, {task.size}) for a {task.kind} task "
                 f"of size {task.size}"
             )
+
+
+def _autocast(precision: str, device: torch.device):
+    """Autocast of the forward pass in the fit's precision (nothing at 32 bits)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class _StepModule(nn.Module):
+    """A step's forward pass (batch -> task losses) as a module, so that DDP wraps it: its
+    hooks then all-reduce the gradients of the ordinary backward that follows."""
+
+    def __init__(self, model: nn.Module, plan: LossPlan) -> None:
+        super().__init__()
+        self.model = model
+        self.plan = plan
+
+    def forward(self, batch: Any):
+        return self.plan.losses(self.model, batch, training=True)
+
+
+@dataclass
+class _Parallel:
+    """A data-parallel fit's shard, its reducer and (when DDP reduces) the wrapped step."""
+
+    shard: Shard
+    reducer: Reducer
+    runner: nn.Module | None
+    """The DDP-wrapped forward of a step; None when the engine reduces the gradients."""
+    _factors: dict = field(default_factory=dict)
+
+    def factor(self, batch: SharedBatch | PerTaskBatch, device: torch.device):
+        """What this process's task losses are multiplied by so that the global loss is their
+        mean over the processes: ``W`` times its share of each task's rows (None when 1)."""
+        world = self.shard.world
+        if isinstance(batch, SharedBatch):
+            factor = world * batch.share
+            return None if abs(factor - 1.0) < 1e-12 else factor
+        factors = tuple(world * part.share for part in batch.parts)
+        if all(abs(f - 1.0) < 1e-12 for f in factors):
+            return None
+        if factors not in self._factors:
+            self._factors[factors] = torch.tensor(factors, device=device)
+        return self._factors[factors]
+
+    @staticmethod
+    def scalar(factor: float | Tensor | None) -> float | Tensor | None:
+        """The factor of a step-wide penalty (the mean of the tasks' factors)."""
+        return factor.mean() if isinstance(factor, Tensor) else factor
 
 
 class _EpochTotals:
@@ -213,6 +321,18 @@ class _EpochTotals:
         self.steps = 0
         self.bad: list[float] = []
         self.term_sum: Tensor | None = None  # structured terms, per term
+
+    def reduce(self, reducer: Reducer) -> None:
+        """Combine the processes' totals (their losses are shares of the global losses, whose
+        mean over the processes is the global loss); NaN steps: the most of any process."""
+        parts = [self.loss_sum, self.weight_sum, self.value_sum]
+        if self.term_sum is not None:
+            parts.append(self.term_sum)
+        means = reducer.mean(parts)
+        self.loss_sum, self.weight_sum, self.value_sum = means[:3]
+        if self.term_sum is not None:
+            self.term_sum = means[3]
+        self.bad_steps = reducer.maximum(self.bad_steps)
 
     def add(
         self,
@@ -333,6 +453,29 @@ class Trainer:
         configuration there resumes from it, finishing with the same weights and history as a
         fit that was never interrupted (bit for bit on the CPU). A checkpoint of another
         configuration is refused, naming what differs.
+    precision
+        ``"32"`` (default), ``"bf16-mixed"`` or ``"16-mixed"`` (Lightning's names): the
+        training forward pass runs under ``torch.autocast`` in bfloat16 or float16, the weights
+        and the optimizer stay float32; float16 adds a gradient scaler
+        (``torch.amp.GradScaler``, saved in the checkpoint). Gramians, solvers and task weights
+        are always computed in float32 from unscaled gradients, so no method's update depends
+        on the loss scale. The stop set is evaluated in float32. Refused before the first step:
+        a model that is not float32, bfloat16 on a GPU without it, and a forward pass autocast
+        cannot run (sparse inputs).
+
+    Data parallelism
+    ----------------
+    Started by ``torchrun`` (or in a script that initialised ``torch.distributed``), a fit runs
+    data-parallel with no change to the script (:mod:`polytask.training._distributed`):
+    ``batch_size`` is the global batch, each process keeps a contiguous slice of every step's
+    rows, and ``W`` processes make the update one process makes on the whole batch, for every
+    method: DDP all-reduces the gradients of loss-level methods and of the representation path
+    (which also all-reduces its ``T x T`` Gramian); the exact and naive paths all-reduce the
+    ``T x P`` Jacobian and then the heads' gradients; methods whose state reads the losses
+    (DWA, FAMO, uncertainty, IMTL-L, GradNorm, DB-MTL...) see the global losses. The stop set is
+    evaluated whole on every process; every process returns the same History, and only rank 0
+    writes the checkpoint (:func:`~polytask.training.is_main_process`). Refused before the
+    first step: data with missing labels, and RLW (see :meth:`fit`).
 
     Examples
     --------
@@ -370,8 +513,11 @@ class Trainer:
     scheduler: SchedulerFactory | None = None
     clip_grad_norm: float | None = None
     checkpoint: str | os.PathLike[str] | None = None
+    precision: str = "32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.eval_batch_size < 1:
             raise ValueError("batch_size, max_epochs and eval_batch_size must be positive")
         if self.patience is not None and self.patience < 1:
@@ -421,6 +567,7 @@ class Trainer:
         :class:`History`; the model ends with the weights of the best epoch.
         """
         device = resolve_device(self.device)
+        shard, device = setup(device)
         tasks = _check_tasks(model, tasks)
         train_source = make_source(train, "train", tasks, device, sparse_input=self.sparse_input)
         stop_source = make_source(stop, "stop", tasks, device, sparse_input=self.sparse_input)
@@ -443,7 +590,8 @@ class Trainer:
             per_task_batches=not isinstance(train_source, SharedSource),
             complete=train_source.complete_steps(self.schedule),
         )
-        _check_outputs(model, tasks, train_source)
+        self._check_precision(model, device)
+        _check_outputs(model, tasks, train_source, self.precision)
         plan = LossPlan(model, tasks, train_source, engine.split, objective.terms)
         for source in (train_source, stop_source):
             plan.adopt(source)
@@ -451,12 +599,88 @@ class Trainer:
             with torch.no_grad():
                 plan.losses(model, next(iter(train_source.chunks(2))))
         fingerprint = self._fingerprint(model, objective, tasks, train_source, stop_source)
+        parallel = None
+        if shard is not None:
+            parallel = self._parallel(shard, model, objective, engine, plan, train_source)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             return self._loop(
-                model, objective, engine, plan, train_source, stop_source, device, fingerprint
+                model,
+                objective,
+                engine,
+                plan,
+                train_source,
+                stop_source,
+                device,
+                fingerprint,
+                parallel,
             )
+
+    def _check_precision(self, model: nn.Module, device: torch.device) -> None:
+        """Refuse a precision that cannot work on this model and device, with the reason."""
+        if PRECISIONS[self.precision] is None:
+            return
+        kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        if kinds - {torch.float32}:
+            raise ValueError(
+                f"precision={self.precision!r} autocasts a float32 model; this one has "
+                f"parameters of {sorted(str(k) for k in kinds)}: convert it with model.float() "
+                "or use precision='32'"
+            )
+        if (
+            self.precision == "bf16-mixed"
+            and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise ValueError(
+                "precision='bf16-mixed': this GPU has no bfloat16 support; use '16-mixed'"
+            )
+
+    def _parallel(
+        self,
+        shard: Shard,
+        model: nn.Module,
+        objective: Objective,
+        engine: GradientEngine,
+        plan: LossPlan,
+        train: Source,
+    ) -> _Parallel:
+        """Refuse what cannot run data-parallel, then choose who all-reduces the gradients:
+        DDP (an ordinary backward) or the engine (the exact and naive paths)."""
+        masked = (
+            bool(train.host_masks)
+            if isinstance(train, SharedSource)
+            else not train.complete_steps(Schedule("round_robin"))
+        )
+        if masked:
+            raise ValueError(
+                "data-parallel training (torchrun) does not take data with missing labels yet: "
+                "a process's slice of a step may hold no label of a task that the others' "
+                "slices label; fill the labels or train on one process"
+            )
+        method = engine.method
+        if type(method).__name__ == "RLW":
+            raise ValueError(
+                "RLW draws its task weights from the global random generator, which the "
+                "processes' own draws (dropout on slices of different sizes) advance "
+                "differently, so the processes would weight the tasks differently; train it "
+                "on one process"
+            )
+        penalty = bool(objective.terms) or callable(getattr(model, "regularization", None))
+        ordinary = engine.ordinary_backward(penalty)
+        reducer = Reducer()
+        engine.distribute(reducer, ddp_reduces=ordinary)
+        if not ordinary:
+            reducer.broadcast(model.state_dict().values())
+            return _Parallel(shard, reducer, None)
+        from torch.nn.parallel import DistributedDataParallel
+
+        complete = train.complete_steps(self.schedule)
+        runner = DistributedDataParallel(
+            _StepModule(model, plan), find_unused_parameters=not complete
+        )
+        return _Parallel(shard, reducer, runner)
 
     def _fingerprint(
         self, model: nn.Module, objective: Objective, tasks: Sequence[Task], *sources: Source
@@ -485,6 +709,7 @@ class Trainer:
             tasks=repr([(t.name, t.kind, t.size) for t in tasks]),
             model=repr({k: tuple(v.shape) for k, v in model.state_dict().items()}),
             data=digest.hexdigest()[:16],
+            precision=self.precision,
         )
         return settings
 
@@ -503,10 +728,17 @@ class Trainer:
         fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
         return torch.optim.Adam(params, lr=self.lr, eps=self.eps, fused=fused or None)
 
-    def _batches(self, source: Source, shuffle: torch.Generator, epoch: int):
+    def _batches(
+        self, source: Source, shuffle: torch.Generator, epoch: int, shard: Shard | None = None
+    ):
+        if shard is None:  # the one-process call, unchanged
+            if isinstance(source, SharedSource):
+                return source.epoch(shuffle, self.batch_size)
+            return source.epoch(self.schedule, self.batch_size, seed=self.seed * 1_000_003 + epoch)
         if isinstance(source, SharedSource):
-            return source.epoch(shuffle, self.batch_size)
-        return source.epoch(self.schedule, self.batch_size, seed=self.seed * 1_000_003 + epoch)
+            return source.epoch(shuffle, self.batch_size, shard)
+        seed = self.seed * 1_000_003 + epoch
+        return source.epoch(self.schedule, self.batch_size, seed=seed, shard=shard)
 
     def _loop(
         self,
@@ -518,12 +750,15 @@ class Trainer:
         stop: Source,
         device: torch.device,
         fingerprint: dict[str, Any],
+        parallel: _Parallel | None = None,
     ) -> History:
         tasks = plan.tasks
         names = tuple(t.name for t in tasks)
         history = History(names)
         callbacks = self._callbacks()
-        saved = _resume_point(callbacks, fingerprint, device)
+        shard = None if parallel is None else parallel.shard
+        runner = None if parallel is None else parallel.runner
+        saved = _resume_point(callbacks, fingerprint, device, shard)
         if saved is not None:  # the method's whole state, before the optimizer takes its params
             model.load_state_dict(saved["model"])
             objective.__dict__.update(saved["objective"].__dict__)
@@ -535,6 +770,11 @@ class Trainer:
             model, objective, tasks, device, history, optimizer, scheduler, callbacks, engine
         )
         state.shuffle, state.fingerprint = shuffle, fingerprint
+        scaler = None
+        if self.precision == "16-mixed":
+            scaler = torch.amp.GradScaler(device.type)
+            scaler.scale(torch.ones((), device=device))  # creates the scale tensor
+            state.scaler = scaler
         learns_after_step = type(objective).after_step is not Objective.after_step
         step_tensors: dict = {}
         for callback in callbacks:
@@ -549,25 +789,50 @@ class Trainer:
                     started = time.perf_counter()
                     model.train()
                     totals = _EpochTotals(len(tasks), device, step_tensors)
-                    for batch in self._batches(train, shuffle, epoch):
-                        losses, positions, features, terms, penalty = plan.losses(
-                            model, batch, training=True
-                        )
+                    for batch in self._batches(train, shuffle, epoch, shard):
+                        with _autocast(self.precision, device):
+                            if runner is None:
+                                step_losses = plan.losses(model, batch, training=True)
+                            else:
+                                step_losses = runner(batch)
+                        losses, positions, features, terms, penalty = step_losses
+                        factor = None
+                        if parallel is not None:
+                            factor = parallel.factor(batch, device)
+                            if factor is not None:  # this process's share of the global loss
+                                losses = losses * factor
+                                whole = parallel.scalar(factor)
+                                terms = None if terms is None else terms * whole
+                                penalty = None if penalty is None else penalty * whole
                         state.features = features
                         for callback in callbacks:
                             callback.on_before_backward(state, losses, positions)
                         optimizer.zero_grad(set_to_none=True)
                         extra = terms if penalty is None else _with(terms, penalty)
-                        step = engine.backward(losses, features, positions=positions, terms=extra)
+                        step = engine.backward(
+                            losses,
+                            features,
+                            positions=positions,
+                            terms=extra,
+                            scale=None if scaler is None else scaler._scale,
+                        )
                         if terms is not None:
                             terms = terms.detach()
+                        if scaler is not None:
+                            scaler.unscale_(optimizer)
                         if self.clip_grad_norm is not None:
                             nn.utils.clip_grad_norm_(model_params, self.clip_grad_norm)
                         for callback in callbacks:
                             callback.on_before_optimizer_step(state)
-                        optimizer.step()
+                        if scaler is None:
+                            optimizer.step()
+                        else:  # skipped when a gradient overflowed; the scale then shrinks
+                            scaler.step(optimizer)
+                            scaler.update()
                         if learns_after_step:
-                            engine.after_step(lambda b=batch: plan.losses(model, b)[0])
+                            engine.after_step(
+                                lambda b=batch, f=factor: self._recompute(model, plan, b, f)
+                            )
                         totals.add(
                             losses.detach(),
                             positions,
@@ -585,12 +850,18 @@ class Trainer:
                     stop_losses, stop_terms = self._source_losses(model, plan, stop)
                     with torch.no_grad():
                         stop_value = objective.value(stop_losses)
+                    if parallel is not None:  # the same record, and decisions, everywhere
+                        totals.reduce(parallel.reducer)
+                        stop_losses, stop_value = parallel.reducer.mean([stop_losses, stop_value])
                     record = totals.record(epoch, names, stop_losses, stop_value)
                     totals.record_terms(record, [t.name for t in objective.terms], stop_terms)
                     if self.track_metrics:
                         record.update(self._stop_metrics(model, plan, stop))
                     record["lr"] = optimizer.param_groups[0]["lr"]
                     record["seconds"] = time.perf_counter() - started
+                    if parallel is not None:
+                        seconds = torch.tensor([record["seconds"]], dtype=torch.float64)
+                        record["seconds"] = float(parallel.reducer.maximum(seconds.to(device)))
                     history.records.append(record)
                     state.bad_steps = totals.bad
                     if scheduler is not None:  # before the callbacks: a checkpoint saves it
@@ -611,6 +882,12 @@ class Trainer:
             )
             raise NonFiniteLossError(history.stop_reason, history)
         return history
+
+    def _recompute(self, model: nn.Module, plan: LossPlan, batch: Any, factor: Any) -> Tensor:
+        """A step's losses again, after the optimizer step (FAMO), as the step saw them."""
+        with _autocast(self.precision, next(model.parameters()).device):
+            losses = plan.losses(model, batch)[0]
+        return losses if factor is None else losses * factor
 
     @staticmethod
     def _step_scheduler(scheduler: Any, stop_value: float) -> None:

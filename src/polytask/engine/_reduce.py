@@ -1,0 +1,104 @@
+"""The engine's link to a process group: what a gradient method needs reduced across the
+processes of a data-parallel fit, and nothing when there is one process.
+
+Every process holds its own rows of the step. The trainer scales each process's task losses
+so that the global mean loss of task t is the *mean over processes* of their losses
+(``L_t = (1/W) sum_r l_{r,t}``, with ``l_{r,t} = W * n_{r,t} / n_t * mean loss of its rows``;
+``l = L_local`` when the shards are equal). Then, with ``W`` processes:
+
+- the Jacobian of the global losses on any parameter is the mean of the processes' Jacobians
+  (the exact and naive paths all-reduce the ``T x P_shared`` Jacobian, or the last shared
+  layer's block for GradNorm);
+- the Gramian of the global losses' feature gradients is ``(1/W^2) sum_r G_r``: row ``i`` of
+  the global batch lives on one process only, so ``dL/dz`` has disjoint row blocks and the
+  cross terms between processes are zero (the representation path all-reduces ``T x T``);
+  the same sum is *wrong* for the Jacobian on the shared parameters, whose every entry sums
+  over all rows: there ``(mean_r J_r)(mean_r J_r)^T`` has cross terms ``J_r J_s^T``;
+- a gradient is the mean of the processes' gradients (DDP's all-reduce, or
+  :meth:`Reducer.average_grads` when the engine reduces itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+class Reducer:
+    """All-reduces over one process group, counting the bytes each step sends.
+
+    Parameters
+    ----------
+    group
+        The process group (``None``: the default group, which must be initialised).
+
+    Examples
+    --------
+    >>> import torch.distributed as dist
+    >>> dist.is_initialized() or Reducer.__name__ == "Reducer"
+    True
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        self.bytes = 0
+        """Bytes handed to all-reduce so far (each process's payload; the benchmark reads it)."""
+
+    def _all_reduce(self, flat: Tensor, op=dist.ReduceOp.SUM) -> Tensor:
+        self.bytes += flat.numel() * flat.element_size()
+        dist.all_reduce(flat, op=op, group=self.group)
+        return flat
+
+    def mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """Each tensor's mean over the processes, in one all-reduce (new tensors)."""
+        if len(tensors) == 1:
+            return [self._all_reduce(tensors[0].detach().clone()).div_(self.world)]
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        self._all_reduce(flat).div_(self.world)
+        out, start = [], 0
+        for t in tensors:
+            out.append(flat[start : start + t.numel()].view_as(t))
+            start += t.numel()
+        return out
+
+    def maximum(self, tensor: Tensor) -> Tensor:
+        """The elementwise maximum over the processes (a new tensor)."""
+        return self._all_reduce(tensor.detach().clone(), dist.ReduceOp.MAX)
+
+    def gramian(self, local: Tensor) -> Tensor:
+        """The Gramian of the global batch's feature gradients from this process's own:
+        ``(1/W^2) sum_r G_r`` (disjoint rows: no cross terms)."""
+        return self._all_reduce(local.detach().clone()).div_(self.world**2)
+
+    def straight_through(self, local: Tensor) -> Tensor:
+        """The global losses as values, this process's losses as the gradient: the mean of
+        ``local`` over the processes, differentiable as ``local`` itself. A loss-level method
+        then updates its state and weights from the global losses, identically everywhere,
+        and the gradient all-reduce averages the rest."""
+        detached = local.detach()
+        (mean,) = self.mean([detached])
+        return local + (mean - detached)
+
+    def average_grads(self, params: Iterable[Tensor]) -> None:
+        """Replace every ``.grad`` of ``params`` by its mean over the processes (one
+        all-reduce; parameters without a gradient are left out, and are the same ones on
+        every process, since every process runs the same tasks)."""
+        held = [p for p in params if p.grad is not None]
+        if not held:
+            return
+        means = self.mean([p.grad for p in held])
+        for param, mean in zip(held, means, strict=True):
+            param.grad = mean.to(param.grad.dtype)
+
+    def broadcast(self, tensors: Iterable[Tensor]) -> None:
+        """Rank 0's values into every process's tensors (the model's initial weights)."""
+        for tensor in tensors:
+            dist.broadcast(tensor.data, 0, group=self.group)
+
+
+__all__ = ["Reducer"]

@@ -1,0 +1,252 @@
+"""Data-parallel fits on real processes: ``torch.distributed.run`` with ``gloo`` on 2 CPU
+processes. Two processes on a global batch make the update one process makes on the whole
+batch, for loss-level methods with state and every gradient path; the processes stay
+identical; one report is written; a crash of one process ends the other."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import polytask as pt
+from polytask.engine import gramian, task_jacobian
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    from torch import nn
+    import polytask as pt
+    from polytask.training import is_main_process
+    from polytask.training._distributed import rank, world_size
+
+    # (name, method, global batch size, data): equal, uneven (13 = 7 + 6) and one-row slices
+    # (64 = 3 * 21 + 1), one dataset for every task and one per task
+    RUNS = [
+        ("mean", "mean", 16, "shared"),
+        ("dwa", "dwa", 16, "shared"),
+        ("uw", "uw", 13, "shared"),
+        ("upgrad@repr", "upgrad@repr", 16, "shared"),
+        ("mgda@repr", "mgda@repr", 21, "shared"),
+        ("pcgrad", "pcgrad", 13, "shared"),
+        ("upgrad@repr per task", "upgrad@repr", 10, "per_task"),
+        ("pcgrad per task", "pcgrad", 10, "per_task"),
+    ]
+
+    def data(kind):
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 5, generator=generator)
+        targets = {f"t{i}": (x @ torch.randn(5, generator=generator)) for i in range(3)}
+        if kind == "shared":
+            return pt.MultiTargetData(x, targets)
+        return {t: pt.TaskData(x[8 * i :], y[8 * i :]) for i, (t, y) in enumerate(targets.items())}
+
+    def build(seed=0):
+        heads = {f"t{i}": nn.Linear(8, 1) for i in range(3)}
+        return pt.MultiTaskModel(pt.mlp(5, 8, 2, seed=seed), heads)
+
+    def run(method, batch_size, kind):
+        torch.manual_seed(0)
+        model = build()
+        trainer = pt.Trainer(method, batch_size=batch_size, max_epochs=2, patience=None,
+                             quiet=True, device="cpu", lr=0.01)
+        history = trainer.fit(model, [pt.Task(f"t{i}") for i in range(3)], data(kind), data(kind))
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        return flat, history.records
+
+    if __name__ == "__main__":
+        out, mode = sys.argv[1], sys.argv[2]
+        if mode == "crash":
+            class Crash(pt.Callback):
+                def on_epoch_end(self, state, record):
+                    if rank() == 1 and state.epoch == 2:
+                        raise RuntimeError("rank 1 crashed on purpose")
+            model = build()
+            pt.Trainer("upgrad", max_epochs=50, patience=None, quiet=True, device="cpu",
+                       callbacks=[Crash()]).fit(model, [pt.Task(f"t{i}") for i in range(3)],
+                                               data("shared"), data("shared"))
+            sys.exit(0)
+        results = {name: run(method, b, kind) for name, method, b, kind in RUNS}
+        refused = {}
+        for method, kind in (("rlw", "shared"), ("mean", "masked")):
+            d = data("shared")
+            if kind == "masked":
+                y = d.targets["t0"].clone(); y[::2] = float("nan")
+                d = pt.MultiTargetData(d.x, {**d.targets, "t0": y})
+            try:
+                tasks = [pt.Task(f"t{i}", allow_missing=kind == "masked") for i in range(3)]
+                trainer = pt.Trainer(method, max_epochs=1, quiet=True, device="cpu")
+                trainer.fit(build(), tasks, d, d)
+            except ValueError as error:
+                refused[f"{method} {kind}"] = str(error)
+        torch.save({"results": results, "refused": refused, "world": world_size()},
+                   f"{out}/rank{rank()}.pt")
+        if is_main_process():
+            with open(f"{out}/report.jsonl", "a") as report:
+                report.write(json.dumps({"rank": rank()}) + "\\n")
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(script: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(script),
+        *args,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """One torchrun launch of every run; each rank's parameters and history."""
+    folder = tmp_path_factory.mktemp("ddp")
+    script = folder / "worker.py"
+    script.write_text(WORKER)
+    done = _torchrun(script, str(folder), "runs", timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return folder, ranks
+
+
+@pytest.fixture(scope="module")
+def worker():
+    namespace: dict = {"__name__": "worker"}
+    exec(compile(WORKER, "worker", "exec"), namespace)
+    return namespace
+
+
+RUN_NAMES = [
+    "mean",
+    "dwa",
+    "uw",
+    "upgrad@repr",
+    "mgda@repr",
+    "pcgrad",
+    "upgrad@repr per task",
+    "pcgrad per task",
+]
+
+
+@pytest.mark.parametrize("name", RUN_NAMES)
+def test_two_processes_make_the_update_of_one_on_the_whole_batch(launched, worker, name):
+    _, ranks = launched
+    assert ranks[0]["world"] == 2
+    method, batch_size, kind = next((m, b, k) for n, m, b, k in worker["RUNS"] if n == name)
+    alone, alone_history = worker["run"](method, batch_size, kind)
+    first, first_history = ranks[0]["results"][name]
+    second, second_history = ranks[1]["results"][name]
+    # the processes hold the very same weights and history ...
+    assert torch.equal(first, second)
+    assert first_history == second_history
+    # ... those of one process on the whole batch, to float summation order
+    torch.testing.assert_close(first, alone, rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(first_history, alone_history, strict=True):
+        for key in ("train_loss", "stop_loss", *[f"weight/t{i}" for i in range(3)]):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
+
+
+def test_one_report_is_written_by_rank_zero(launched):
+    folder, _ = launched
+    lines = (folder / "report.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"rank": 0}]
+
+
+def test_what_cannot_run_data_parallel_is_refused_with_the_reason(launched):
+    _, ranks = launched
+    refused = ranks[0]["refused"]
+    assert "global random generator" in refused["rlw shared"]
+    assert "missing labels" in refused["mean masked"]
+
+
+def test_a_crashed_process_ends_the_others_with_an_error(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    done = _torchrun(script, str(tmp_path), "crash", timeout=90)  # a hang fails the test
+    assert done.returncode != 0
+    assert "rank 1 crashed on purpose" in done.stderr + done.stdout
+
+
+def test_summing_the_processes_gramians_misses_the_cross_terms():
+    """On the shared parameters every Jacobian entry sums over all rows: the global Jacobian
+    is the mean of the processes' (what the exact path all-reduces), and the sum of their own
+    Gramians, which misses the cross terms J_1 J_2^T, is a different matrix with different
+    weights. On the features, whose rows are disjoint, the summed Gramian is exact."""
+    torch.manual_seed(0)
+    model = pt.MultiTaskModel(pt.mlp(4, 6, 2, seed=0), {t: torch.nn.Linear(6, 1) for t in "ab"})
+    x, y = torch.randn(8, 4), torch.randn(8, 2)
+    shared = list(model.shared_parameters())
+
+    def losses(rows):
+        outputs = model(x[rows])
+        return torch.stack(
+            [((outputs[t][:, 0] - y[rows, i]) ** 2).mean() for i, t in enumerate("ab")]
+        )
+
+    whole = gramian(task_jacobian(losses(slice(None)), shared))
+    halves = [task_jacobian(losses(rows), shared) for rows in (slice(0, 4), slice(4, 8))]
+    mean = [(a + b) / 2 for a, b in zip(*halves, strict=True)]
+    torch.testing.assert_close(gramian(mean), whole)
+    summed = (gramian(halves[0]) + gramian(halves[1])) / 4
+    assert not torch.allclose(summed, whole, rtol=1e-2)
+    weighting = pt.UPGrad().make_weighting(2)
+    assert not torch.allclose(weighting(summed), weighting(whole), rtol=1e-3)
+
+    def feature_gramian(rows):
+        z = model.features(x[rows])
+        outputs = model.heads_forward(z)
+        values = torch.stack(
+            [((outputs[t][:, 0] - y[rows, i]) ** 2).sum() / 8 for i, t in enumerate("ab")]
+        )
+        rows_grads = [torch.autograd.grad(v, z, retain_graph=True)[0].reshape(-1) for v in values]
+        flat = torch.stack(rows_grads)
+        return flat @ flat.T
+
+    parts = feature_gramian(slice(0, 4)) + feature_gramian(slice(4, 8))
+    torch.testing.assert_close(parts, feature_gramian(slice(None)))
+
+
+def test_shard_bounds_cover_every_row_once():
+    from polytask.training._distributed import shard_bounds
+
+    for n in range(1, 12):
+        for world in (1, 2, 3, 5):
+            bounds = [shard_bounds(n, r, world) for r in range(world)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+            sizes = [hi - lo for lo, hi in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_one_process_is_not_distributed():
+    from polytask.training import is_main_process
+    from polytask.training._distributed import is_distributed
+
+    assert is_main_process() and not is_distributed()
