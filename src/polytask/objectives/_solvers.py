@@ -42,23 +42,36 @@ def default_tol(dtype: torch.dtype, tol: float) -> float:
     return max(tol, 64 * torch.finfo(dtype).eps)
 
 
-def _solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """``matrix^-1 rhs`` for a symmetric positive definite matrix, Jacobi-scaled, through a
-    Cholesky factor that reports failure in a tensor (``cholesky_ex``) instead of raising (which
-    would wait for the device); a failed factor gives non-finite values the caller rejects."""
-    scale = matrix.diagonal().clamp_min(torch.finfo(matrix.dtype).tiny).rsqrt()
-    scaled = matrix * scale[:, None] * scale[None, :]
-    factor, _ = torch.linalg.cholesky_ex(scaled)
-    column = rhs if rhs.dim() == 2 else rhs[:, None]
-    out = torch.cholesky_solve(column * scale[:, None], factor) * scale[:, None]
-    return out if rhs.dim() == 2 else out[:, 0]
+class _Factor:
+    """A Jacobi-scaled LU factor of a symmetric positive definite matrix, from
+    ``lu_factor_ex``, which reports a failure in a tensor instead of raising (raising would wait
+    for the device); a failed factor gives non-finite values, which the callers reject. (LU
+    rather than Cholesky: on the CPU, LAPACK's Cholesky of a tiny matrix was measured 100 to
+    1000 times slower than its LU.)"""
+
+    def __init__(self, matrix: Tensor, scaled: bool = True) -> None:
+        self.scale = None
+        if scaled:
+            self.scale = matrix.diagonal().clamp_min(torch.finfo(matrix.dtype).tiny).rsqrt()
+            matrix = matrix * self.scale[:, None] * self.scale[None, :]
+        self.lu, self.pivots, _ = torch.linalg.lu_factor_ex(matrix)
+
+    def solve(self, rhs: Tensor) -> Tensor:
+        """``matrix^-1 rhs`` for a vector or the columns of a matrix."""
+        column = rhs if rhs.dim() == 2 else rhs[:, None]
+        if self.scale is not None:
+            column = column * self.scale[:, None]
+        out = torch.linalg.lu_solve(self.lu, self.pivots, column)
+        if self.scale is not None:
+            out = out * self.scale[:, None]
+        return out if rhs.dim() == 2 else out[:, 0]
 
 
 def fair_solve(
     gram: Tensor,
     power: float = 1.0,
     start: Tensor | None = None,
-    max_iter: int = 20,
+    max_iter: int = 10,
     tol: float = 1e-6,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Solve ``G w = w ** -power`` for ``w > 0``.
@@ -72,12 +85,12 @@ def fair_solve(
     The problem is solved for ``G / s``, ``s`` the mean of ``G``'s diagonal, and the solution
     rescaled by ``s ** (-1 / (1 + power))`` (it is exact: ``w(s G) = s ** (-1 / (1 + power))
     w(G)``). Newton's method (Hessian ``G / s + diag(power * w ** (-power - 1))``) starts from
-    ``start`` (a previous solution of the scaled problem, e.g. the last step's) or ones, first
-    rescaled to the best multiple along its ray; each iteration tries the steps ``1, 1/2, ...,
-    1/64, 0`` along the Newton direction at once and keeps the one of lowest ``f`` that stays
-    positive, so ``f`` never increases and the iterate is always the best so far. Converged
-    means ``max_i |(G w)_i w_i ** power - 1| <= tol`` (a relative residual); once it holds the
-    iterate is frozen.
+    ``start`` (a previous solution of the scaled problem, e.g. the last step's) or the solution
+    for orthogonal gradients (``w_i = G_ii ** (-1 / (1 + power))``), first rescaled to the best
+    multiple along its ray. Each iteration tries the steps ``1, 1/2, ..., 1/64, 0`` along the
+    Newton direction at once and keeps the one of lowest ``f`` that stays positive, so ``f``
+    never increases and the last iterate is the best so far. Converged means
+    ``max_i |(G w)_i w_i ** power - 1| <= tol`` (a relative residual) at the end.
 
     Parameters
     ----------
@@ -113,38 +126,43 @@ def fair_solve(
     tiny = torch.finfo(dtype).tiny
     scale = g.diagonal().mean().clamp_min(tiny)
     g = g / scale
-    steps = torch.tensor(_STEPS, dtype=dtype, device=g.device)[:, None]
+    steps = torch.tensor(_STEPS, dtype=dtype, device=g.device)
+    lower = -1 + 1e-12 if dtype == torch.float64 else -1 + 1e-6
+    shift = power * torch.eye(n, dtype=dtype, device=g.device)
 
-    def h(w: Tensor) -> Tensor:
-        if power == 1:
-            return torch.log(w)
-        return w.pow(1 - power) / (1 - power)
-
-    def objective(w: Tensor) -> Tensor:  # rows of w: candidate iterates
-        value = 0.5 * ((w @ g) * w).sum(-1) - h(w).sum(-1)
-        return torch.where((w > 0).all(-1) & value.isfinite(), value, math.inf)
-
-    def residual(w: Tensor) -> Tensor:
-        return ((g @ w) * w.pow(power) - 1).abs().max()
-
-    v = torch.ones(n, dtype=dtype, device=g.device) if start is None else start.to(g)
-    v = torch.where(v.isfinite() & (v > 0), v, 1.0)
+    # cold: the solution were the gradients orthogonal, G_ii w_i = w_i^-power
+    cold = g.diagonal().clamp_min(tiny).pow(-1 / (1 + power))
+    v = cold if start is None else start.to(g)
+    v = torch.where(v.isfinite() & (v > 0), v, cold)
     # the best multiple c v: c^(1 + power) = sum_i v_i^(1 - power) / v^T G v
     curvature = (v @ g @ v).clamp_min(tiny)
     w = v * ((v.pow(1 - power).sum() / curvature) ** (1 / (1 + power)))
-    res = residual(w)
     for _ in range(max_iter):
         gw = g @ w
-        gradient = gw - w.pow(-power)
-        hessian = g + torch.diag(power * w.pow(-power - 1))
-        direction = -_solve_spd(hessian, gradient)
-        candidates = w + steps * direction
-        best = objective(candidates).argmin()
-        new = candidates[best]
-        new = torch.where(res <= tol, w, new)
-        w = torch.where(new.isfinite().all(), new, w)
-        res = residual(w)
-    converged = res <= tol
+        # Newton's system (G + power diag(w^(-power-1))) d = w^-power - G w, scaled by
+        # sigma = w^((1 + power) / 2) on both sides: (sigma G sigma + power I) y = sigma (...)
+        sigma = w if power == 1 else w.pow((1 + power) / 2)
+        factor = _Factor(sigma[:, None] * g * sigma[None, :] + shift, scaled=False)
+        direction = sigma * factor.solve(sigma * (w.pow(-power) - gw))
+        # f(w + t d) - f(w) for every step length t at once: the quadratic part from two
+        # products; the barrier's change, with r = t d / w, is sum log1p(r) (power 1) or
+        # sum w^(1 - power) expm1((1 - power) log1p(r)) / (1 - power). (log1p and expm1 rather
+        # than log and pow: accurate for small steps, and torch runs them on one thread up to
+        # a few thousand elements, where log and pow start threads from 128.)
+        ratio = steps[:, None] * (direction / w)
+        growth = torch.log1p(ratio.clamp_min(lower))
+        if power == 1:
+            barrier = growth.sum(1)
+        else:
+            barrier = (w.pow(1 - power) * torch.expm1((1 - power) * growth)).sum(1)
+            barrier = barrier / (1 - power)
+        slope, bend = direction @ gw, direction @ g @ direction
+        change = steps * slope + 0.5 * steps * steps * bend - barrier
+        change = torch.where((ratio > lower).all(1) & change.isfinite(), change, math.inf)
+        new = w + steps[change.argmin()] * direction
+        w = torch.where(new.isfinite().all() & (new > 0).all(), new, w)
+    residual = ((g @ w) * w.pow(power) - 1).abs().max()
+    converged = residual <= tol
     return w * scale.pow(-1 / (1 + power)), w, converged
 
 
@@ -152,7 +170,7 @@ def cagrad_solve(
     gram: Tensor,
     c: float,
     start: Tensor | None = None,
-    max_iter: int = 20,
+    max_iter: int = 12,
     tol: float = 1e-8,
 ) -> tuple[Tensor, Tensor]:
     """Solve CAGrad's dual over the simplex in Gramian terms.
@@ -163,8 +181,8 @@ def cagrad_solve(
     normalised (torchjd divides it by its trace).
 
     A primal-dual interior-point method with Mehrotra's predictor-corrector: per iteration one
-    Cholesky factor of ``H + W^-1 Z`` (``H`` the Hessian of the objective, ``W``, ``Z`` the
-    primal variables and their bound multipliers) and four triangular solves, the equality
+    LU factor of ``H + W^-1 Z`` (``H`` the Hessian of the objective, ``W``, ``Z`` the
+    primal variables and their bound multipliers) and three solves, the equality
     ``sum w = 1`` eliminated through a Schur complement; primal and dual take the same step,
     99% of the way to the boundary at most. The square root is smoothed by ``1e-14`` inside.
     ``start`` (a previous solution) is pulled 10% of the way to the centre of the simplex before
@@ -201,12 +219,9 @@ def cagrad_solve(
         w = 0.9 * start.to(g).clamp_min(0) + 0.1 / n
         w = torch.where(w.isfinite().all(), w / w.sum(), ones / n)
 
-    def gradient(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        gw = g @ w
-        s = (w @ gw).clamp_min(0).add(smooth).sqrt()
-        return b + r * gw / s, gw, s
-
-    grad, gw, s = gradient(w)
+    gw = g @ w
+    s = (w @ gw + smooth).sqrt()
+    grad = b + (r / s) * gw
     # start the multipliers where the dual residual is smallest for a central point
     nu = (grad - 1.0).min()
     z = (grad - nu).clamp_min(1e-2)
@@ -214,58 +229,56 @@ def cagrad_solve(
     for _ in range(max_iter + 1):
         rd = grad - z - nu
         rp = w.sum() - 1
-        mu = (w @ z) / n
-        res = torch.stack([rd.abs().max(), rp.abs(), mu]).max() / norm
+        wz = w * z
+        mu = wz.mean()
+        res = (rd.abs().max() + rp.abs() + mu) / norm
         better = res < best_res
         best_w = torch.where(better, w, best_w)
-        best_res = torch.where(better, res, best_res)
-        hessian = r * (g / s - torch.outer(gw, gw) / s**3)
-        new_w, new_z, dnu = _interior_step(hessian, w, z, rd, rp, mu)
-        new_nu = nu + dnu
-        ok = new_w.isfinite().all() & new_z.isfinite().all() & new_nu.isfinite()
-        ok = ok & (new_w > 0).all() & (new_z > 0).all()
-        w = torch.where(ok, new_w, w)
-        z = torch.where(ok, new_z, z)
-        nu = torch.where(ok, new_nu, nu)
-        grad, gw, s = gradient(w)
+        best_res = torch.minimum(res, best_res)
+        # the Hessian of r sqrt(w^T G w), plus Z / W: the matrix of Newton's reduced system
+        kkt = (r / s) * g - torch.outer(gw, gw * (r / s**3))
+        kkt.diagonal().add_(z / w)
+        w, z, nu = _interior_step(kkt, w, z, nu, rd, rp, wz, mu)
+        gw = g @ w
+        s = (w @ gw + smooth).sqrt()
+        grad = b + (r / s) * gw
     best_w = best_w.clamp_min(0)
     return best_w / best_w.sum(), best_res <= tol
 
 
 def _interior_step(
-    hessian: Tensor, w: Tensor, z: Tensor, rd: Tensor, rp: Tensor, mu: Tensor
+    kkt: Tensor, w: Tensor, z: Tensor, nu: Tensor, rd: Tensor, rp: Tensor, wz: Tensor, mu: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One Mehrotra predictor-corrector step for ``min f(w)`` s.t. ``w >= 0``, ``sum w = 1``:
-    the new ``w``, ``z`` (bound multipliers) and ``nu`` (the equality's multiplier) increment."""
-    n = w.shape[0]
-    dtype = w.dtype
-    kkt = hessian + torch.diag(z / w)
-    scale = kkt.diagonal().clamp_min(torch.finfo(dtype).tiny).rsqrt()
-    factor, _ = torch.linalg.cholesky_ex(kkt * scale[:, None] * scale[None, :])
-    ones = torch.ones_like(w)
-    # the solve with the right-hand side 1 is shared by the predictor and the corrector
-    unit = torch.cholesky_solve((ones * scale)[:, None], factor)[:, 0] * scale
+    """One Mehrotra predictor-corrector step for ``min f(w)`` s.t. ``w >= 0``, ``sum w = 1``
+    (``kkt``: the Hessian of ``f`` plus ``Z / W``): the new ``w``, ``z`` (the bounds'
+    multipliers) and ``nu`` (the equality's); the old ones where the step is not finite."""
+    factor = _Factor(kkt)
+    # H dw - dz - dnu 1 = -rd;  sum dw = -rp;  z dw + w dz = rc. With dz eliminated,
+    # (H + Z/W) dw = q + dnu 1 for q = -rd + rc / w; dnu from sum dw = -rp. The predictor
+    # (rc = -w z, so q = -rd - z) and the solve with 1 share one call.
+    u, unit = factor.solve(torch.stack([-rd - z, torch.ones_like(w)], 1)).unbind(1)
+    total = unit.sum()
+    dw = u + ((-rp - u.sum()) / total) * unit
+    dz = -z - z * dw / w
+    step = _longest(w, z, dw, dz)
+    mu_aff = ((w + step * dw) @ (z + step * dz)) / w.shape[0]
+    sigma = (mu_aff / mu).clamp(0, 1) ** 3
+    rc = sigma * mu - wz - dw * dz
+    u = factor.solve(rc / w - rd)
+    dnu = (-rp - u.sum()) / total
+    dw = u + dnu * unit
+    dz = (rc - z * dw) / w
+    step = 0.99 * _longest(w, z, dw, dz)
+    new_w, new_z, new_nu = w + step * dw, z + step * dz, nu + step * dnu
+    ok = (new_w.sum() + new_z.sum() + new_nu).isfinite()
+    return torch.where(ok, new_w, w), torch.where(ok, new_z, z), torch.where(ok, new_nu, nu)
 
-    def direction(rc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # H dw - dz - dnu 1 = -rd;  sum dw = -rp;  z dw + w dz = rc
-        q = -rd + rc / w
-        u = torch.cholesky_solve((q * scale)[:, None], factor)[:, 0] * scale
-        dnu = (-rp - u.sum()) / unit.sum()
-        dw = u + dnu * unit
-        return dw, (rc - z * dw) / w, dnu
 
-    def longest(dw: Tensor, dz: Tensor) -> Tensor:
-        ratios = torch.cat([-w / dw, -z / dz])
-        ratios = torch.where(torch.cat([dw, dz]) < 0, ratios, math.inf)
-        return ratios.min().clamp(max=1.0)
-
-    dw, dz, _ = direction(-w * z)
-    step = longest(dw, dz)
-    mu_aff = ((w + step * dw) @ (z + step * dz)) / n
-    sigma = (mu_aff / mu.clamp_min(torch.finfo(dtype).tiny)).clamp(0, 1) ** 3
-    dw, dz, dnu = direction(-w * z - dw * dz + sigma * mu)
-    step = 0.99 * longest(dw, dz)
-    return w + step * dw, z + step * dz, step * dnu
+def _longest(w: Tensor, z: Tensor, dw: Tensor, dz: Tensor) -> Tensor:
+    """The longest step in ``[0, 1]`` that keeps ``w + t dw`` and ``z + t dz`` non-negative."""
+    to_w = torch.where(dw < 0, w / -dw, 1.0).min()
+    to_z = torch.where(dz < 0, z / -dz, 1.0).min()
+    return torch.minimum(to_w, to_z).clamp(max=1.0)
 
 
 def gradvac_solve(
