@@ -117,6 +117,18 @@ def test_structured_experiments_run_and_compare_from_the_cli(tmp_path, capsys):
     assert "macro_f1" in report and "hierarchical" in report
 
 
+def test_a_resumed_bayes_study_continues_the_search(tmp_path):
+    """Three trials, then the same command asked for six (as after a kill): the new trials
+    propose new weights instead of the first three's again."""
+    experiment = SyntheticExperiment("hetero", n=300, n_tasks=2, max_epochs=1, patience=None)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    tune(experiment, "bayes", 3, storage=storage, prune=False)
+    result = tune(experiment, "bayes", 6, storage=storage, prune=False)
+    weights = [tuple(t.user_attrs["weights"]) for t in result.study.trials]
+    assert len(weights) == 6
+    assert not set(weights[3:]) & set(weights[:3]), weights
+
+
 def test_tune_selects_on_the_stop_set_and_tests_once(tmp_path):
     experiment = small_adult(shared_data("adult"))
     storage = f"sqlite:///{tmp_path / 'study.db'}"

@@ -169,7 +169,7 @@ def tune(
         sampler: Any = optuna.samplers.GridSampler({"point": list(range(len(grid)))}, seed=seed)
         trials = min(trials, len(grid))
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed)
+        sampler = None  # seeded below, once the study says how many trials it already holds
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
     search = f"grid{resolution}" if method == "grid" else method  # a grid index means its step
     name = study_name or (
@@ -184,6 +184,12 @@ def tune(
         direction="maximize" if greater else "minimize",
         load_if_exists=True,
     )
+    if method == "bayes":
+        # A resumed study must continue the search: a sampler seeded as at the start would
+        # re-propose the points the first trials already tried.
+        resumed = len(study.get_trials(deepcopy=False))
+        sampler_seed = np.random.SeedSequence([seed, resumed]).generate_state(1)[0]
+        study.sampler = optuna.samplers.TPESampler(seed=int(sampler_seed))
 
     def weights_of(trial: Any) -> list[float]:
         if method == "grid":
