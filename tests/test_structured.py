@@ -117,6 +117,17 @@ def test_structured_experiments_run_and_compare_from_the_cli(tmp_path, capsys):
     assert "macro_f1" in report and "hierarchical" in report
 
 
+def test_an_empty_or_foreign_adult_file_is_named(tmp_path):
+    empty = tmp_path / "adult.data"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"adult\.data: the file is empty"):
+        read_adult(empty)
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"other\.csv: columns \['Y', 'age'"):
+        read_adult(other)
+
+
 def test_a_resumed_bayes_study_continues_the_search(tmp_path):
     """Three trials, then the same command asked for six (as after a kill): the new trials
     propose new weights instead of the first three's again."""

@@ -290,7 +290,12 @@ EDUCATION_TO_LEVEL |= {13: 3, 14: 3, 15: 3}
 
 def read_adult(path: str | Path) -> pd.DataFrame:
     """One ``adult.data`` / ``adult.test`` file (header line, ``?`` for missing values)."""
-    frame = pd.read_csv(path, skipinitialspace=True, na_values="?")
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True, na_values="?")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty (expected a header line and rows)") from None
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{path}: not a comma-separated adult file ({error})") from None
     frame.columns = [c.strip() for c in frame.columns]
     missing = sorted(set(ADULT_COLUMNS) - set(frame.columns))
     if missing:
