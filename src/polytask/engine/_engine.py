@@ -23,7 +23,7 @@ from ..objectives import (
     make_objective,
 )
 from ..objectives._registry import PATH_ALIASES
-from ._gradients import FeatureGradients, LeafGradients, LossGradients, Owner
+from ._gradients import FeatureGradients, GradientOverflow, LeafGradients, LossGradients, Owner
 from ._reduce import Reducer
 
 _CONSTANT_WEIGHTS = (Sum, Mean, Weighted)
@@ -324,9 +324,13 @@ class GradientEngine:
                 if seeds:
                     torch.autograd.backward(features.z, sum(seeds), retain_graph=True)
         view = self._view(vector, positions, features, scale)
-        step = self.method.step(vector, positions, view)
+        try:
+            step = self.method.step(vector, positions, view)
+        except GradientOverflow:
+            return self._skip(vector, positions, view)
         if scale is not None:
             self._scale_own_grads(scale)
+            self._last_weights = step.weights
         if self.reducer is not None and not self._ddp_reduces:
             # the shared update from the processes' common Jacobian is already global
             local = self._specific if view.global_shared and penalty is None else None
@@ -334,6 +338,24 @@ class GradientEngine:
         if penalty is not None:
             step = Step(step.value + penalty.detach(), step.weights)
         return step
+
+    def _skip(self, vector: Tensor, positions: tuple[int, ...] | None, view) -> Step:
+        """A float16 step whose gradients overflowed: the method saw nothing; an infinite
+        gradient makes the scaler skip the optimizer step (and lower the scale). The step
+        reports the last finite weights (uniform at first)."""
+        if self._ddp_reduces:  # DDP waits for one backward pass: give it a zero one
+            view._send(torch.zeros(len(vector), dtype=vector.dtype, device=vector.device))
+        for param in self.model.parameters():
+            if param.requires_grad:
+                param.grad = torch.full_like(param, float("inf"))
+                break
+        weights = getattr(self, "_last_weights", None)
+        if weights is None:
+            weights = self.method._scatter(
+                torch.full_like(vector.detach(), 1 / len(vector)), positions
+            )
+        present = weights if positions is None else weights[list(positions)]
+        return Step((present * vector.detach()).sum(), weights)
 
     def _scale_own_grads(self, scale: Tensor) -> None:
         """The method's own parameters (uncertainty, GradNorm's weights) got their gradient

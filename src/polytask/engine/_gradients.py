@@ -32,6 +32,11 @@ Owner = int | Tensor
 _LOW = (torch.float16, torch.bfloat16)
 
 
+class GradientOverflow(ArithmeticError):
+    """A scaled (float16) step's gradients overflowed: the gradient scaler skips the step and
+    lowers the scale; the method must not see them (its state would take the infinities)."""
+
+
 def accumulate(param: Tensor, grad: Tensor) -> None:
     """``param.grad += grad`` (or set it)."""
     param.grad = grad if param.grad is None else param.grad + grad
@@ -100,11 +105,23 @@ class _Gradients:
             blocks = [self._unscaled(b) for b in blocks]
         if self.reducer is not None:
             blocks = self.reducer.mean(blocks)
+        if self.scale is not None:
+            self._check_finite(torch.stack([b.sum() for b in blocks]))
         return blocks
 
     def _reduced_gramian(self, gram: Tensor) -> Tensor:
         """A representation Gramian of this process's rows -> the global batch's."""
-        return gram if self.reducer is None else self.reducer.gramian(gram)
+        gram = gram if self.reducer is None else self.reducer.gramian(gram)
+        if self.scale is not None:
+            self._check_finite(gram)
+        return gram
+
+    @staticmethod
+    def _check_finite(values: Tensor) -> None:
+        """Raise :class:`GradientOverflow` on an infinite or NaN value (scaled steps only: one
+        host sync, as the gradient scaler's own check makes one)."""
+        if not bool(torch.isfinite(values).all()):
+            raise GradientOverflow("the scaled gradients overflowed")
 
     def gramian(self) -> Tensor:
         return gramian(self.jacobian())
@@ -264,6 +281,10 @@ class LeafGradients(_Gradients):
 
     def _send(self, weights: Tensor) -> None:
         """``sum_t w_t dL_t/dz`` through the trunk in one ordinary backward, then the heads."""
-        seed = torch.tensordot(weights, self._leaf_pass(), dims=1)
+        jz = self._leaf_pass()
+        if jz.dtype == weights.dtype:
+            seed = torch.tensordot(weights, jz, dims=1)
+        else:  # autocast features: combine in the weights' precision, send in the features'
+            seed = torch.tensordot(weights, jz.to(weights.dtype), dims=1).to(jz.dtype)
         torch.autograd.backward(self.features.z, seed, inputs=self.shared)
         self.apply_heads(weights)
