@@ -100,6 +100,33 @@ def test_sentiment_domains_targets_agree():
         SentimentDomainsExperiment(str(data_dir), methods=("weighted", "magic"))
 
 
+def test_adult_education_has_single_task_and_scikit_learn_baselines():
+    """The single-task networks and the scikit-learn references run on the same split; a
+    reference's metrics are scikit-learn's own accuracy and macro F1 of its predictions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    methods = ("mean", "single-task", "logistic-regression")
+    experiment = small_adult(shared_data("adult"), methods=methods, max_epochs=1)
+    outcome = experiment.run(0, quiet=True)
+    assert set(outcome.metrics) == set(methods)
+    assert set(outcome.histories) == {"mean", "single-task-education", "single-task-level"}
+    for per_task in outcome.metrics.values():
+        assert set(per_task) == {"education", "level"}
+    train, _, test = experiment.data(0)
+    for task, size in (("education", 16), ("level", 4)):
+        fitted = LogisticRegression(max_iter=2000).fit(train.x.numpy(), train.targets[task])
+        predicted = fitted.predict(test.x.numpy())
+        got = outcome.metrics["logistic-regression"][task]
+        y = test.targets[task].numpy()
+        assert got["accuracy"] == pytest.approx(accuracy_score(y, predicted))
+        # macro over every class of the task (a class never predicted counts 0), as for nets
+        expected = f1_score(y, predicted, average="macro", labels=range(size), zero_division=0)
+        assert got["macro_f1"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="is a baseline"):
+        experiment.objective("single-task")
+
+
 def test_structured_experiments_run_and_compare_from_the_cli(tmp_path, capsys):
     adult = shared_data("adult")
     out = tmp_path / "run"

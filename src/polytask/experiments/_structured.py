@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data import MultiTargetData, read_labelled_sentences
 from ..evaluation import evaluate
+from ..evaluation._metrics import task_metrics
 from ..models import MultiTaskModel, init_linear, mlp
 from ..objectives import Consistency, Hierarchical, Objective, Weighted
 from ..tasks import Task
@@ -23,6 +24,8 @@ from ..training import Callback, History, Trainer
 from ._synthetic import fit_or_warn, hash_config, weighted_loss
 
 Splits = tuple[MultiTargetData, MultiTargetData, MultiTargetData]
+REFERENCES = ("logistic-regression", "hist-gradient-boosting")
+"""Non-neural references, one scikit-learn model per task."""
 
 
 @dataclass
@@ -105,10 +108,14 @@ class _DataExperiment:
         """The weighted loss with one weight per task (all 1 by default)."""
         return weighted_loss([t.name for t in self.tasks()], weights)
 
-    def build_model(self, n_features: int, seed: int) -> MultiTaskModel:
+    def build_model(
+        self, n_features: int, seed: int, tasks: Sequence[Task] | None = None
+    ) -> MultiTaskModel:
         trunk = mlp(n_features, self.hidden, 1, seed=seed)
         heads = {}
         for i, task in enumerate(self.tasks()):
+            if tasks is not None and task.name not in {t.name for t in tasks}:
+                continue
             with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
                 head = nn.Linear(self.hidden, task.size)
             init_linear(head, "glorot", torch.Generator().manual_seed(seed * 1000 + i))
@@ -124,9 +131,12 @@ class _DataExperiment:
         quiet: bool = True,
         callbacks: Sequence[Callback] = (),
         track_metrics: bool = False,
+        tasks: Sequence[Task] | None = None,
     ) -> tuple[MultiTaskModel, History]:
-        """One fit from the initial weights of ``seed``."""
-        model = self.build_model(train.x.shape[1], seed)
+        """One fit from the initial weights of ``seed`` (on ``tasks`` only, when given: a
+        single-task network has the same trunk and that task's head)."""
+        tasks = list(tasks) if tasks is not None else self.tasks()
+        model = self.build_model(train.x.shape[1], seed, tasks)
         trainer = Trainer(
             objective,
             lr=self.lr,
@@ -139,7 +149,7 @@ class _DataExperiment:
             callbacks=list(callbacks),
             track_metrics=track_metrics,
         )
-        return model, fit_or_warn(trainer, model, self.tasks(), train, stop, f"seed {seed}")
+        return model, fit_or_warn(trainer, model, tasks, train, stop, f"seed {seed}")
 
     def run(
         self, seed: int = 0, *, methods: Sequence[str] | None = None, quiet: bool = False
@@ -148,10 +158,59 @@ class _DataExperiment:
         train, stop, test = self.data(seed)
         outcome = Outcome(seed)
         for method in methods or self.methods:
+            if method in REFERENCES:
+                outcome.metrics[method] = self.reference(method, train, stop, test, seed)
+                continue
+            if method == "single-task":  # one network per task, the same trunk and head
+                outcome.metrics[method] = {}
+                for task in self.tasks():
+                    model, history = self.fit(
+                        Weighted([1.0]), train, stop, seed, quiet, tasks=[task]
+                    )
+                    outcome.histories[f"{method}-{task.name}"] = history
+                    outcome.metrics[method].update(evaluate(model, [task], test))
+                continue
             model, history = self.fit(self.objective(method), train, stop, seed, quiet)
             outcome.histories[method] = history
             outcome.metrics[method] = evaluate(model, self.tasks(), test)
         return outcome
+
+    def reference(
+        self,
+        name: str,
+        train: MultiTargetData,
+        stop: MultiTargetData,
+        test: MultiTargetData,
+        seed: int,
+    ) -> dict[str, dict[str, float]]:
+        """A scikit-learn model per task on the same split: ``logistic-regression`` (L2, C=1)
+        or ``hist-gradient-boosting`` (early-stopped on the stop rows); test metrics from its
+        log-probabilities, scored as a network's logits are."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
+
+        def numpy(data: MultiTargetData, task: str | None = None) -> np.ndarray:
+            value = data.x if task is None else data.targets[task]
+            return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+        results = {}
+        with threadpool_limits(limits=torch.get_num_threads()):
+            for task in self.tasks():
+                x, y = numpy(train), numpy(train, task.name)
+                if name == "logistic-regression":
+                    fitted = LogisticRegression(max_iter=2000).fit(x, y)
+                else:
+                    fitted = HistGradientBoostingClassifier(
+                        early_stopping=True, random_state=seed % 2**32
+                    ).fit(x, y, X_val=numpy(stop), y_val=numpy(stop, task.name))
+                # every class in the output, as a head has it: a class absent from the
+                # training rows gets probability 0
+                probabilities = np.zeros((len(test), task.size))
+                probabilities[:, fitted.classes_.astype(int)] = fitted.predict_proba(numpy(test))
+                scores = np.log(np.maximum(probabilities, 1e-12))
+                results[task.name] = task_metrics(task, scores, numpy(test, task.name))
+        return results
 
 
 def _split_rows(n: int, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
@@ -309,7 +368,9 @@ class AdultEducationExperiment(_DataExperiment):
     """Education on the UCI census data as a fine task (16 levels) and a coarse one (no degree
     / high school / college / graduate, by :data:`EDUCATION_TO_LEVEL`), with the education
     columns removed from the inputs. Methods: ``mean`` (each task weight 1) and
-    ``hierarchical`` (plus a :class:`Hierarchical` term, ``hierarchy`` weight)."""
+    ``hierarchical`` (plus a :class:`Hierarchical` term, ``hierarchy`` weight); baselines:
+    ``single-task`` (one network per task, same trunk and head) and the scikit-learn
+    references ``logistic-regression`` and ``hist-gradient-boosting``, one model per task."""
 
     n_train: int = 4000
     n_stop: int = 4000
@@ -319,7 +380,13 @@ class AdultEducationExperiment(_DataExperiment):
 
     name: ClassVar[str] = "adult-education"
     default_methods: ClassVar[tuple[str, ...]] = ("mean", "hierarchical")
-    known_methods: ClassVar[tuple[str, ...]] = ("mean", "tuned", "hierarchical")
+    known_methods: ClassVar[tuple[str, ...]] = (
+        "mean",
+        "tuned",
+        "hierarchical",
+        "single-task",
+        *REFERENCES,
+    )
 
     def tasks(self) -> list[Task]:
         metrics = ("macro_f1", "accuracy")
@@ -374,7 +441,9 @@ class AdultEducationExperiment(_DataExperiment):
             return self.weighted()
         if method == "tuned":
             return self.weighted(self.weights)
-        return self.weighted() + self.hierarchy_term()
+        if method == "hierarchical":
+            return self.weighted() + self.hierarchy_term()
+        raise ValueError(f"{self.name}: {method!r} is a baseline, not a loss of the shared model")
 
 
 STRUCTURED_EXPERIMENTS: dict[str, Callable[..., _DataExperiment]] = {
