@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import shared_data
 from polytask.cli import main
 from polytask.experiments import SyntheticExperiment
 
@@ -231,3 +232,170 @@ def test_resolve_device_raises_a_value_error_naming_the_choices():
     with pytest.raises(ValueError, match="unknown device 'cuda:x'"):
         resolve_device("cuda:x")
     assert resolve_device("cpu").type == "cpu"
+
+
+# --- architectures: census, relatedness, --models, --checkpoint -------------------------------
+TINY_RELATEDNESS = [
+    "relatedness",
+    "--n",
+    "128",
+    "--max-epochs",
+    "1",
+    "--correlations",
+    "1,0",
+    "--quiet",
+    "--device",
+    "cpu",
+]
+
+
+def test_compare_varies_the_architecture_against_one_baseline(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    models = "shared-bottom,mmoe,cgc"
+    args = ["compare", *TINY_RELATEDNESS, "--models", models, "--baseline", "shared-bottom"]
+    assert main([*args, "--replications", "2", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith(
+        "# relatedness: shared-bottom/mean, mmoe/mean, cgc/mean (2 replications)"
+    )
+    assert "- **baseline**: shared-bottom/mean" in report
+    overall = pd.read_csv(out / "statistics_overall.csv")
+    assert list(overall["method"]) == ["mmoe/mean", "cgc/mean"]
+    per_task = pd.read_csv(out / "statistics_per_task.csv")
+    assert set(per_task["task"]) == {"p=1:t1", "p=1:t2", "p=0:t1", "p=0:t2"}
+    assert (per_task["n"] == 2).all()
+    figure = pd.read_csv(out / "relatedness.csv")
+    assert sorted(figure["method"].unique()) == ["cgc/mean", "mmoe/mean", "shared-bottom/mean"]
+    assert sorted(figure["correlation"].unique()) == [0.0, 1.0] and (figure["n"] == 2).all()
+    assert (out / "relatedness.png").stat().st_size > 10_000
+    assert "## Test loss against task correlation" in report
+    assert "Test loss against task correlation" in capsys.readouterr().out
+    # the report command redraws the same figure from the store alone
+    again = tmp_path / "again"
+    assert main(["report", str(out / "results.sqlite"), "--out", str(again)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(again / "relatedness.csv"), figure)
+
+
+def test_architecture_options_are_checked_before_training(tmp_path, capsys, no_training):
+    assert main(["run", *TINY_RELATEDNESS, "--models", "shared-bottom,moe"]) == 2
+    assert "unknown models ['moe']" in _one_line(capsys.readouterr().err)
+    assert main([*TINY_RUN, "--models", "mmoe", "--out", str(tmp_path)]) == 2
+    assert "--models is for the architecture experiments" in _one_line(capsys.readouterr().err)
+    assert main(["run", "census", "--quiet", "--out", str(tmp_path)]) == 2
+    assert "census experiment needs --data-dir" in _one_line(capsys.readouterr().err)
+    assert main(["run", "adult-education", "--checkpoint", str(tmp_path), "--quiet"]) == 2
+    assert "--checkpoint is for hetero, phase, census, relatedness" in _one_line(
+        capsys.readouterr().err
+    )
+
+
+def test_a_malformed_census_file_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    from polytask.experiments import CensusExperiment
+
+    monkeypatch.setattr(CensusExperiment, "run", lambda *a, **k: pytest.fail("trained"))
+    header = "age, workclass, fnlwgt, education, education-num, marital-status, occupation, "
+    header += "relationship, race, sex, capital-gain, capital-loss, hours-per-week, "
+    header += "native-country, Y"
+    row = "39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, "
+    row += "White, Male, 2174, 0, 40, United-States, <=50K"
+    (tmp_path / "adult.data").write_text("\n".join([header, row, row.replace("77516", "7e4")]))
+    (tmp_path / "adult.test").write_text("\n".join([header, row]))
+    command = ["run", "census", "--data-dir", str(tmp_path), "--quiet", "--device", "cpu"]
+    assert main([*command, "--out", str(tmp_path / "out")]) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert f"{(tmp_path / 'adult.data').resolve()}, line 3, column 'fnlwgt'" in error
+    assert "'7e4' is not an integer" in error
+
+
+def test_run_relatedness_writes_its_table_and_figure(tmp_path, capsys):
+    out = tmp_path / "rel"
+    assert (
+        main(["run", *TINY_RELATEDNESS, "--models", "shared-bottom,mmoe", "--out", str(out)]) == 0
+    )
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(zip(table["correlation"], table["method"], strict=True)) == [
+        (0.0, "mmoe/mean"),
+        (0.0, "shared-bottom/mean"),
+        (1.0, "mmoe/mean"),
+        (1.0, "shared-bottom/mean"),
+    ]
+    assert (table["n"] == 1).all() and (table["mean"] > 0).all()
+    assert (out / "relatedness.png").stat().st_size > 10_000
+    assert (out / "history_mmoe_mean_p=0.csv").exists()
+    assert "| correlation | mmoe/mean | shared-bottom/mean |" in capsys.readouterr().out
+
+
+def test_run_census_with_a_checkpoint_resumes_and_gives_the_same_report(tmp_path, capsys):
+    """Run twice with --checkpoint: the second run trains nothing (every fit's checkpoint
+    is left untouched) and writes the same report; another seed is refused, naming why."""
+    adult = shared_data("adult")
+    checkpoint = tmp_path / "ckpt"
+    command = [
+        "run",
+        "census",
+        "--data-dir",
+        str(adult),
+        "--models",
+        "shared-bottom,mmoe,single-task",
+        "--n",
+        "600",
+        "--max-epochs",
+        "2",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        str(checkpoint),
+    ]
+    assert main([*command, "--out", str(tmp_path / "first")]) == 0
+    saved = sorted(checkpoint.glob("*/last.pt"))
+    assert [p.parent.name for p in saved] == [
+        "mmoe_mean",
+        "shared-bottom_mean",
+        "single-task_income",
+        "single-task_never_married",
+    ]
+    stamps = [p.stat().st_mtime_ns for p in saved]
+    first = pd.read_csv(tmp_path / "first" / "results.csv")
+    assert list(first["model/method"]) == ["shared-bottom/mean", "mmoe/mean", "single-task"]
+    assert first["test auc (income)"].between(0.5, 1.0).all()
+    assert (tmp_path / "first" / "gates.png").exists()
+    assert main([*command, "--out", str(tmp_path / "second")]) == 0
+    assert [p.stat().st_mtime_ns for p in saved] == stamps  # nothing trained again
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "second" / "results.csv"), first)
+    for name in ("history_mmoe_mean.csv", "history_single-task_income.csv"):
+        assert (tmp_path / "first" / name).read_text() == (tmp_path / "second" / name).read_text()
+    capsys.readouterr()
+    assert main([*command, "--seed", "1", "--out", str(tmp_path / "third")]) == 2
+    assert "is from another configuration" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_report(tmp_path):
+    """`polytask run hetero --checkpoint DIR` killed (SIGKILL) after its first checkpoint, then
+    run again: the report equals that of a run never interrupted."""
+    import signal
+    import time
+
+    command = [str(SCRIPT), "run", "hetero", "--n", "4000", "--tasks", "2", "--max-epochs"]
+    command += ["40", "--patience", "40", "--quiet", "--device", "cpu"]
+    checkpoint = tmp_path / "ckpt"
+    killed = subprocess.Popen([*command, "--checkpoint", str(checkpoint), "--out", str(tmp_path)])
+    deadline = time.monotonic() + 120
+    while not (checkpoint / "mse" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL  # killed mid-run, before its report
+    assert not (tmp_path / "results.csv").exists()
+    resumed = subprocess.run([*command, "--checkpoint", str(checkpoint), "--out", str(tmp_path)])
+    assert resumed.returncode == 0
+    fresh = tmp_path / "fresh"
+    assert main([*command[1:], "--out", str(fresh)]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "results.csv"), pd.read_csv(fresh / "results.csv")
+    )
+    for method in ("mse", "geometric"):
+        name = f"history_{method}.csv"
+        resumed_history = pd.read_csv(tmp_path / name).drop(columns="seconds", errors="ignore")
+        fresh_history = pd.read_csv(fresh / name).drop(columns="seconds", errors="ignore")
+        pd.testing.assert_frame_equal(resumed_history, fresh_history)

@@ -100,6 +100,15 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **code_identity(), "polytask_commit": git_commit()}
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. under ``taskset``), else
+    ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def replication_seed(base: int, replication: int) -> int:
     """Seed of replication ``replication``: child ``replication`` of ``SeedSequence(base)``.
 
@@ -253,8 +262,9 @@ def replicate(
     seed
         Base seed.
     jobs
-        Parallel workers; each limits torch to ``cores // jobs`` threads. A joblib worker ends
-        when this process does (:func:`watch_parent`), even after a ``kill -9``.
+        Parallel workers; each limits torch to ``cores // jobs`` threads (the cores this
+        process may use: under ``taskset -c 0`` one thread). A joblib worker ends when this
+        process does (:func:`watch_parent`), even after a ``kill -9``.
     backend
         ``"joblib"`` (local processes) or ``"ray"`` (Ray tasks; connects to ``RAY_ADDRESS``
         when set, else starts a local Ray).
@@ -296,7 +306,7 @@ def replicate(
         _warn_other_code(store, key, config)
         store.register(key, experiment.name, config)
         done = store.finished(key)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, available_cores() // jobs)
     calls = [
         (experiment, i, replication_seed(seed, i), threads)
         for i in range(replications)
