@@ -136,35 +136,50 @@ class GradientEngine:
         self._learned: list[Tensor] = []
         self._learned_start: list[Tensor] | None = None
         self.reducer: Reducer | None = None
+        self.parallel_mode = "none"
         self._ddp_reduces = False
         self._plain_features = False
 
     # --- data parallelism -------------------------------------------------------------------
-    def distribute(self, reducer: Reducer, *, ddp_reduces: bool) -> None:
+    def distribute(self, reducer: Reducer, mode: str) -> None:
         """Run data-parallel: each process gives :meth:`backward` the losses of its own rows,
         scaled so that the global losses are their mean over the processes (the trainer does
         this; see :mod:`polytask.engine._reduce`).
 
         The engine then all-reduces what the method needs: the per-task losses when the
         method's state or weights read them (one ``T``-vector), the ``T x T`` Gramian on the
-        representation path, the ``T x P`` Jacobian on the exact and naive paths. With
-        ``ddp_reduces`` the model's gradients are averaged by DDP's hooks during an ordinary
-        backward (loss-level methods; the representation path, whose weighted backward is then
-        one ordinary backward from the losses); otherwise the engine averages them itself
-        after the step (the heads only when the shared update came from the common Jacobian).
-        """
-        self.reducer = reducer
-        self._ddp_reduces = ddp_reduces
-        self._plain_features = ddp_reduces and self.path == "representation"
+        representation path, the ``T x P`` Jacobian on the exact and naive paths. ``mode``
+        (see :meth:`data_parallel_mode`) says who averages the model's gradients:
 
-    def ordinary_backward(self, penalty: bool = False) -> bool:
-        """Whether a step's update is one ordinary backward pass through the whole model
-        (what DDP's gradient hooks need): loss-level methods, and the representation path when
-        the heads read the plain features (no structured term or model penalty, which the
-        engine backpropagates first)."""
+        - ``"ddp"``: DDP's hooks, during one ordinary backward (loss-level methods; the
+          representation path when the heads read the plain features: its weighted backward
+          is then one ordinary backward from the losses);
+        - ``"ddp_shared"``: DDP's hooks for the shared parameters, during the weighted
+          backward through the trunk; the heads' gradients travel with the Gramian, in the
+          same all-reduce (the representation path with per-task leaves);
+        - ``"engine"``: the engine, after the step (the exact and naive paths: only the heads
+          when the shared update came from the processes' common Jacobian).
+        """
+        if mode not in ("ddp", "ddp_shared", "engine"):
+            raise ValueError(f"mode must be 'ddp', 'ddp_shared' or 'engine', got {mode!r}")
+        self.reducer = reducer
+        self.parallel_mode = mode
+        self._ddp_reduces = mode != "engine"
+        self._plain_features = mode == "ddp" and self.path == "representation"
+
+    def data_parallel_mode(self, *, penalty: bool = False, shared_batches: bool = True) -> str:
+        """Who averages a data-parallel step's gradients (see :meth:`distribute`): DDP when
+        the update ends in an ordinary backward pass (loss-level methods, the representation
+        path, neither with a structured term or a model penalty that the engine backpropagates
+        first), else the engine. ``shared_batches``: every task reads the same rows."""
         if isinstance(self.method, LossObjective):
-            return True
-        return self.path == "representation" and not penalty and not self.has_terms
+            return "ddp"
+        if self.path != "representation" or penalty or self.has_terms:
+            return "engine"
+        declares = callable(getattr(self.model, "shared_parameters", None))
+        if shared_batches and declares and splits_per_task(self.model):
+            return "ddp_shared"
+        return "ddp"
 
     @property
     def reads_losses(self) -> bool:
@@ -335,6 +350,8 @@ class GradientEngine:
             # the shared update from the processes' common Jacobian is already global
             local = self._specific if view.global_shared and penalty is None else None
             self.reducer.average_grads(self.model.parameters() if local is None else local)
+        elif self.parallel_mode == "ddp_shared" and not view.heads_reduced:
+            self.reducer.average_grads(self._specific)
         if penalty is not None:
             step = Step(step.value + penalty.detach(), step.weights)
         return step
@@ -389,6 +406,7 @@ class GradientEngine:
             view.scale = scale
         if self.reducer is not None:
             view.reducer = self.reducer
+            view.fuse_heads = self.parallel_mode == "ddp_shared"
         return view
 
     def _make_view(

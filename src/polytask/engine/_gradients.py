@@ -67,6 +67,10 @@ class _Gradients:
     global_shared = False
     """Whether the shared parameters' update came from the processes' common Jacobian (then
     only the heads' gradients are left to average)."""
+    fuse_heads = False
+    """Average the heads' gradients in the representation Gramian's all-reduce."""
+    heads_reduced = False
+    """Whether they were."""
 
     def __init__(
         self,
@@ -255,8 +259,26 @@ class LeafGradients(_Gradients):
     def gramian(self) -> Tensor:
         if self.representation:
             flat = self._unscaled(self._leaf_pass().reshape(len(self.values), -1))
-            return self._reduced_gramian(flat @ flat.T)
+            gram = flat @ flat.T
+            if self.fuse_heads and self.owners is not None:
+                return self._reduced_with_heads(gram)
+            return self._reduced_gramian(gram)
         return gramian(self.jacobian())
+
+    def _reduced_with_heads(self, gram: Tensor) -> Tensor:
+        """One all-reduce for the Gramian and the heads' own (unweighted) gradients: every
+        process derives the same weights, so averaging the heads' gradients before weighting
+        them is the same as after."""
+        grads = self._head_grads
+        held = [g for g in grads if g is not None]
+        means = self.reducer.mean([gram, *held])
+        gram = means[0] / self.reducer.world  # (1/W^2) sum_r G_r
+        rest = iter(means[1:])
+        self._head_grads = [None if g is None else next(rest) for g in grads]
+        self.heads_reduced = True
+        if self.scale is not None:
+            self._check_finite(gram)
+        return gram
 
     def last_layer_norms(self) -> Tensor:
         # the trunk's graph stays for the update that follows

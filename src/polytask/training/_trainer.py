@@ -668,18 +668,26 @@ class Trainer:
                 "on one process"
             )
         penalty = bool(objective.terms) or callable(getattr(model, "regularization", None))
-        ordinary = engine.ordinary_backward(penalty)
+        mode = engine.data_parallel_mode(
+            penalty=penalty, shared_batches=isinstance(train, SharedSource)
+        )
         reducer = Reducer()
-        engine.distribute(reducer, ddp_reduces=ordinary)
-        if not ordinary:
+        engine.distribute(reducer, mode)
+        if mode == "engine":
             reducer.broadcast(model.state_dict().values())
             return _Parallel(shard, reducer, None)
         from torch.nn.parallel import DistributedDataParallel
 
+        step = _StepModule(model, plan)
+        if mode == "ddp_shared":  # DDP reduces the trunk; the heads go with the Gramian
+            shared = {id(p) for p in model.shared_parameters()}
+            heads = [(n, p) for n, p in model.named_parameters() if id(p) not in shared]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                step, [f"model.{name}" for name, _ in heads]
+            )
+            reducer.broadcast([p for _, p in heads])
         complete = train.complete_steps(self.schedule)
-        runner = DistributedDataParallel(
-            _StepModule(model, plan), find_unused_parameters=not complete
-        )
+        runner = DistributedDataParallel(step, find_unused_parameters=not complete)
         return _Parallel(shard, reducer, runner)
 
     def _fingerprint(

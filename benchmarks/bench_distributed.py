@@ -1,0 +1,171 @@
+"""Milliseconds per data-parallel training step on 2 ``gloo`` processes, against equal weighting.
+
+Model: the shared MLP of ``bench_methods.py`` (input 64, 4 hidden layers of 256, ReLU) with
+T = 10 linear heads, global batch 256 (128 rows per process), MSE per task, fused Adam, through
+:class:`polytask.Trainer` started by ``torch.distributed.run`` (the script relaunches itself).
+Methods: equal weighting (``mean``: DDP's gradient all-reduce only), ``upgrad@repr`` (DDP's
+all-reduce plus one T x T Gramian all-reduce) and ``upgrad`` on the exact path (the T x P
+Jacobian all-reduce, then the heads' gradients).
+
+A step is timed from one ``on_step_end`` callback to the next (forward, the method's
+backward and its collectives, the optimizer step); the methods take turns in rounds, each fit
+one epoch of ``--steps`` steps (the first two of each are left out), and each method gets the
+median of its steps with the spread between rounds' medians (min-max). Bytes per step are
+those each process hands to all-reduce: the engine's collectives (counted) plus DDP's
+gradient all-reduce (the model's parameters, when DDP reduces).
+
+Usage: python benchmarks/bench_distributed.py [--steps 30] [--rounds 5] [--tasks 10]
+Last line: ``ddp_repr_T10_vs_equal: X`` (goal: at most 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+import polytask as pt
+from polytask.training import is_main_process
+
+METHODS = ["mean", "upgrad@repr", "upgrad"]
+
+
+class StepClock(pt.Callback):
+    """Seconds between consecutive steps' ends, and the bytes the engine all-reduced."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.engine_bytes = 0
+        self.steps = 0
+        self._last: float | None = None
+        self._start_bytes = 0
+        self.ddp_bytes = 0
+
+    def on_fit_start(self, state) -> None:
+        engine = state.engine
+        reducer = engine.reducer
+        self._start_bytes = 0 if reducer is None else reducer.bytes
+        # DDP all-reduces every parameter's gradient, or the shared ones' ("ddp_shared")
+        mode = engine.parallel_mode
+        params = list(state.model.parameters()) if mode == "ddp" else []
+        if mode == "ddp_shared":
+            params = list(state.model.shared_parameters())
+        self.ddp_bytes = sum(p.numel() * p.element_size() for p in params)
+
+    def on_step_end(self, state) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.times.append(now - self._last)
+        self._last = now
+        self.steps += 1
+        reducer = state.engine.reducer
+        if reducer is not None:
+            self.engine_bytes = reducer.bytes - self._start_bytes
+
+
+def build(n_tasks: int) -> pt.MultiTaskModel:
+    trunk = pt.mlp(64, 256, 4, seed=0)
+    return pt.MultiTaskModel(trunk, {f"t{i}": nn.Linear(256, 1) for i in range(n_tasks)})
+
+
+def data(n_tasks: int, rows: int) -> pt.MultiTargetData:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, 64, generator=generator)
+    return pt.MultiTargetData(
+        x, {f"t{i}": torch.randn(rows, generator=generator) for i in range(n_tasks)}
+    )
+
+
+def one_fit(method: str, n_tasks: int, steps: int) -> tuple[list[float], float]:
+    """Step times (s) of one epoch of ``steps`` steps, and bytes all-reduced per step."""
+    model = build(n_tasks)
+    tasks = [pt.Task(f"t{i}") for i in range(n_tasks)]
+    clock = StepClock()
+    trainer = pt.Trainer(
+        method,
+        batch_size=256,
+        max_epochs=1,
+        patience=None,
+        quiet=True,
+        device="cpu",
+        callbacks=[clock],
+        eval_batch_size=256,
+    )
+    trainer.fit(model, tasks, data(n_tasks, 256 * steps), data(n_tasks, 256))
+    return clock.times[1:], clock.engine_bytes / max(clock.steps, 1) + clock.ddp_bytes
+
+
+def worker(args: argparse.Namespace) -> None:
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    medians: dict[str, list[float]] = {m: [] for m in METHODS}
+    sent: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for method in METHODS:
+            steps, per_step = one_fit(method, args.tasks, args.steps)
+            times[method] += steps
+            medians[method].append(statistics.median(steps))
+            sent[method] = per_step
+    if not is_main_process():
+        return
+    print(
+        f"2 gloo processes, T={args.tasks}, global batch 256, {args.rounds} rounds x "
+        f"{args.steps} steps, {os.environ.get('OMP_NUM_THREADS', '?')} thread(s) each"
+    )
+    equal = statistics.median(times["mean"])
+    for method in METHODS:
+        median = statistics.median(times[method])
+        spread = f"{1e3 * min(medians[method]):.2f}-{1e3 * max(medians[method]):.2f}"
+        print(
+            f"{method:12s} {1e3 * median:8.2f} ms/step (round medians {spread})  "
+            f"x{median / equal:5.2f} of equal  {sent[method] / 1e6:7.3f} MB all-reduced/step"
+        )
+    exact = statistics.median(times["upgrad"]) / equal
+    print(
+        f"exact path: x{exact:.2f} of equal weighting, "
+        f"{sent['upgrad'] / 1e6:.3f} MB/step against {sent['mean'] / 1e6:.3f} MB/step"
+    )
+    ratio = statistics.median(times["upgrad@repr"]) / equal
+    print(f"ddp_repr_T{args.tasks}_vs_equal: {ratio:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=10)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        __file__,
+        "--worker",
+        f"--steps={args.steps}",
+        f"--rounds={args.rounds}",
+        f"--tasks={args.tasks}",
+    ]
+    sys.exit(subprocess.call(command))
+
+
+if __name__ == "__main__":
+    main()
