@@ -12,7 +12,13 @@ Model: a shared MLP trunk (input 64, 4 hidden layers of 256, ReLU) with T linear
   alone (equal weighting's step plus these);
 - the own-loop API on a user's module (``forward(x, task_id)`` wrapped by ``as_multitask``,
   ``engine.forward`` / ``engine.backward`` in a hand-written loop), for UPGrad on both paths:
-  printed as its ratio to the same method through the trainer's path (goal: within 5%).
+  printed as its ratio to the same method through the trainer's path (goal: within 5%);
+- the solver-bound methods (Nash-MTL, CAGrad, FairGrad, GradVac) on their torch solvers (the
+  default) and, named ``<method>:reference``, on torchjd's reference solvers (cvxpy / scipy /
+  a Python loop over the pairs): each printed as its ratio to UPGrad's step on the exact path at
+  T = 10 and T = 40 (goal: at most 1.15x), the median over the rounds of the per-round ratio
+  and its range. ``--methods nashmtl,nashmtl:reference,upgrad,mean`` times the before / after
+  alone.
 
 A step is the forward pass, the objective's backward and the optimizer step, timed with
 ``time.perf_counter``; the methods take turns in rounds and each gets the median of its steps.
@@ -21,7 +27,8 @@ Peak resident memory per method at the largest T is measured in a fresh process 
 
 Usage: python benchmarks/bench_methods.py [--tasks 2,5,10,40] [--steps 4] [--rounds 3] [--memory]
 Last lines: ``repr_T40_vs_equal``, ``exact_T10_vs_equal`` and ``repr_T10_vs_equal``, for UPGrad
-(its quadratic programs included); the cost of each path alone is printed just before.
+(its quadratic programs included), then ``nashmtl_T10_vs_upgrad`` (Nash-MTL's step on the torch
+solver over UPGrad's, exact path, T = 10); the cost of each path alone is printed just before.
 """
 
 from __future__ import annotations
@@ -55,7 +62,13 @@ METHODS = [
     "gradnorm",
     "upgrad@repr",
     "mgda@repr",
+    "nashmtl:reference",
+    "cagrad:reference",
+    "fairgrad:reference",
+    "gradvac:reference",
 ]
+SOLVER_BOUND = ["nashmtl", "cagrad", "fairgrad", "gradvac"]
+"""The methods whose weights come from an iterative solver: compared with UPGrad's step."""
 BASELINES = [
     "torchjd mtl_backward",
     "naive per-task backward",
@@ -185,6 +198,8 @@ def stepper(method: str, n_tasks: int):
         return step
     if method.startswith("path only@"):
         objective = PathOnly("representation" if method.endswith("repr") else "exact")
+    elif method.endswith(":reference"):  # the same method on torchjd's solver
+        objective = type(pt.make_objective(method.removesuffix(":reference")))(solver="reference")
     else:
         objective = pt.make_objective(method)
     engine = pt.GradientEngine(model, objective)
@@ -200,21 +215,27 @@ def stepper(method: str, n_tasks: int):
     return step
 
 
-def time_steps(methods: list[str], n_tasks: int, steps: int, rounds: int) -> dict[str, float]:
-    """Median ms per step of each method; the methods take turns, round after round, so that
-    the machine's drifts hit them alike."""
+def time_steps(
+    methods: list[str], n_tasks: int, steps: int, rounds: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Median ms per step of each method over all its steps, and its median in each round; the
+    methods take turns, round after round, so that the machine's drifts hit them alike."""
     steppers = {method: stepper(method, n_tasks) for method in methods}
     for step in steppers.values():
         step()
         step()
     times: dict[str, list[float]] = {method: [] for method in methods}
+    per_round: dict[str, list[float]] = {method: [] for method in methods}
     for _ in range(rounds):
         for method, step in steppers.items():
+            these = []
             for _ in range(steps):
                 started = time.perf_counter()
                 step()
-                times[method].append(time.perf_counter() - started)
-    return {method: statistics.median(t) * 1e3 for method, t in times.items()}
+                these.append(time.perf_counter() - started)
+            times[method] += these
+            per_round[method].append(statistics.median(these) * 1e3)
+    return {method: statistics.median(t) * 1e3 for method, t in times.items()}, per_round
 
 
 def _status(field: str) -> float:
@@ -266,9 +287,12 @@ def main() -> None:
         f"batch 256; ms per step (ratio to equal weighting)"
     )
     table: dict[str, dict[int, float]] = {method: {} for method in methods}
+    rounds: dict[str, dict[int, list[float]]] = {method: {} for method in methods}
     for n_tasks in task_counts:
-        for method, ms in time_steps(methods, n_tasks, args.steps, args.rounds).items():
+        medians, per_round = time_steps(methods, n_tasks, args.steps, args.rounds)
+        for method, ms in medians.items():
             table[method][n_tasks] = ms
+            rounds[method][n_tasks] = per_round[method]
     header = f"{'method':26s}" + "".join(f"{'T=' + str(t):>18s}" for t in task_counts)
     print(header)
     equal = table["mean"]
@@ -295,10 +319,32 @@ def main() -> None:
                 for t in task_counts
             )
             print(f"own loop on a user's module vs the trainer's path, {method}: {cells}")
+    compared = [t for t in (10, 40) if t in task_counts]
+    if "upgrad" in table and compared:
+        print(
+            "solver-bound methods vs UPGrad, exact path (median of the per-round ratios [range]):"
+        )
+        for base in SOLVER_BOUND:
+            for method in (base, f"{base}:reference"):
+                if method not in table:
+                    continue
+                cells = []
+                for t in compared:
+                    per = [
+                        m / u for m, u in zip(rounds[method][t], rounds["upgrad"][t], strict=True)
+                    ]
+                    cells.append(
+                        f"T={t}: {table[method][t]:.1f} ms vs {table['upgrad'][t]:.1f} ms, "
+                        f"{statistics.median(per):.2f}x [{min(per):.2f}-{max(per):.2f}]"
+                    )
+                print(f"  {method:20s} " + "; ".join(cells))
     if {"upgrad", "upgrad@repr"} <= set(ratio) and {10, 40} <= set(task_counts):
         print(f"repr_T40_vs_equal: {ratio['upgrad@repr'][40]:.2f}")
         print(f"exact_T10_vs_equal: {ratio['upgrad'][10]:.2f}")
         print(f"repr_T10_vs_equal: {ratio['upgrad@repr'][10]:.2f}")
+    if {"nashmtl", "upgrad"} <= set(table) and 10 in task_counts:
+        per = [m / u for m, u in zip(rounds["nashmtl"][10], rounds["upgrad"][10], strict=True)]
+        print(f"nashmtl_T10_vs_upgrad: {statistics.median(per):.2f}")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ from torch import Tensor
 
 __all__ = ["cagrad_solve", "fair_solve", "gradvac_solve", "solver_dtype"]
 
-_STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0)
-"""The step lengths Newton's method tries at once (a backtracking line search done as one
-batched evaluation); 0 keeps the iterate, so the objective never increases."""
+_STEPS = (1.0, 2.0, 4.0, 16.0, 0.5, 0.25, 0.125, 0.0625, 0.015625, 0.0)
+"""The step lengths Newton's method tries at once (a line search done as one batched
+evaluation; ties go to the first): below 1 to backtrack, above 1 to cross the barrier's far
+region in a few steps (where Newton's step on ``-log u`` only doubles ``u``), 0 to keep the
+iterate, so that the objective never increases."""
 
 
 def solver_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -82,14 +84,18 @@ def fair_solve(
     non-zero ``d >= 0`` has ``G d = 0`` (no task gradient is zero and 0 is not a non-negative
     combination of them).
 
-    The problem is solved for ``G / s``, ``s`` the mean of ``G``'s diagonal, and the solution
-    rescaled by ``s ** (-1 / (1 + power))`` (it is exact: ``w(s G) = s ** (-1 / (1 + power))
-    w(G)``). Newton's method (Hessian ``G / s + diag(power * w ** (-power - 1))``) starts from
-    ``start`` (a previous solution of the scaled problem, e.g. the last step's) or the solution
-    for orthogonal gradients (``w_i = G_ii ** (-1 / (1 + power))``), first rescaled to the best
-    multiple along its ray. Each iteration tries the steps ``1, 1/2, ..., 1/64, 0`` along the
-    Newton direction at once and keeps the one of lowest ``f`` that stays positive, so ``f``
-    never increases and the last iterate is the best so far. Converged means
+    The problem is solved on the scale of each task's gradient: with ``D = diag(G) ** -1/2``
+    and ``w = D u``, the condition reads ``(D G D u)_i = c_i u_i ** -power`` for
+    ``c = diag(D) ** (1 - power)`` (1 for Nash-MTL: its solution is invariant under this
+    scaling), where ``D G D`` has a unit diagonal, however different the gradients' norms.
+    Newton's method on ``0.5 u^T D G D u - sum_i c_i h(u_i)`` (its Hessian scaled to
+    ``sigma (D G D) sigma + power I`` by ``sigma = sqrt(u ** (power + 1) / c)``) starts from
+    ``start`` (the ``u`` of a previous solve, e.g. the last step's, held within a factor 1000
+    of the cold start) or the solution for orthogonal gradients
+    (``u_i = c_i ** (1 / (1 + power))``), first rescaled to the best multiple along its ray.
+    Each iteration tries the steps ``1, 2, 4, 16, 1/2, ..., 1/64, 0`` along the Newton
+    direction at once and keeps the one of lowest objective that stays positive, so the
+    objective never increases and the last iterate is the best so far. Converged means
     ``max_i |(G w)_i w_i ** power - 1| <= tol`` (a relative residual) at the end.
 
     Parameters
@@ -99,7 +105,7 @@ def fair_solve(
     power
         The exponent (``1 / alpha``), positive.
     start
-        A previous solution of the scaled problem (the second value returned), or None.
+        The ``u`` of a previous solve (the second value returned), or None.
     max_iter
         The iteration cap.
     tol
@@ -108,8 +114,8 @@ def fair_solve(
     Returns
     -------
     tuple of Tensor
-        ``w`` (shape ``(T,)``), the solution of the scaled problem (the next ``start``) and the
-        0-dim boolean ``converged``.
+        ``w`` (shape ``(T,)``), ``u`` (the next ``start``) and the 0-dim boolean
+        ``converged``.
 
     Examples
     --------
@@ -124,46 +130,48 @@ def fair_solve(
     n = g.shape[0]
     tol = default_tol(dtype, tol)
     tiny = torch.finfo(dtype).tiny
-    scale = g.diagonal().mean().clamp_min(tiny)
-    g = g / scale
+    d = g.diagonal().clamp_min(tiny).rsqrt()
+    original, g = g, d[:, None] * g * d[None, :]
+    c = torch.ones_like(d) if power == 1 else d.pow(1 - power)
     steps = torch.tensor(_STEPS, dtype=dtype, device=g.device)
     lower = -1 + 1e-12 if dtype == torch.float64 else -1 + 1e-6
     shift = power * torch.eye(n, dtype=dtype, device=g.device)
 
-    # cold: the solution were the gradients orthogonal, G_ii w_i = w_i^-power
-    cold = g.diagonal().clamp_min(tiny).pow(-1 / (1 + power))
+    cold = c.pow(1 / (1 + power))  # the solution were the gradients orthogonal
     v = cold if start is None else start.to(g)
-    v = torch.where(v.isfinite() & (v > 0), v, cold)
-    # the best multiple c v: c^(1 + power) = sum_i v_i^(1 - power) / v^T G v
+    # a start far off (an unconverged last step's) is held within 1000x of the cold one
+    v = torch.where(v.isfinite() & (v > 0), v, cold).clamp(cold * 1e-3, cold * 1e3)
+    # the best multiple k v: k^(1 + power) = sum_i c_i v_i^(1 - power) / v^T G v
     curvature = (v @ g @ v).clamp_min(tiny)
-    w = v * ((v.pow(1 - power).sum() / curvature) ** (1 / (1 + power)))
+    u = v * (((c * v.pow(1 - power)).sum() / curvature) ** (1 / (1 + power)))
     for _ in range(max_iter):
-        gw = g @ w
-        # Newton's system (G + power diag(w^(-power-1))) d = w^-power - G w, scaled by
-        # sigma = w^((1 + power) / 2) on both sides: (sigma G sigma + power I) y = sigma (...)
-        sigma = w if power == 1 else w.pow((1 + power) / 2)
+        gu = g @ u
+        # Newton's system (G + power diag(c u^(-power-1))) d = c u^-power - G u, scaled by
+        # sigma = sqrt(u^(power + 1) / c) on both sides: (sigma G sigma + power I) y = ...
+        sigma = u if power == 1 else (u.pow(power + 1) / c).sqrt()
         factor = _Factor(sigma[:, None] * g * sigma[None, :] + shift, scaled=False)
-        direction = sigma * factor.solve(sigma * (w.pow(-power) - gw))
-        # f(w + t d) - f(w) for every step length t at once: the quadratic part from two
-        # products; the barrier's change, with r = t d / w, is sum log1p(r) (power 1) or
-        # sum w^(1 - power) expm1((1 - power) log1p(r)) / (1 - power). (log1p and expm1 rather
-        # than log and pow: accurate for small steps, and torch runs them on one thread up to
-        # a few thousand elements, where log and pow start threads from 128.)
-        ratio = steps[:, None] * (direction / w)
+        direction = sigma * factor.solve(sigma * (c * u.pow(-power) - gu))
+        # the objective's change for every step length t at once: the quadratic part from two
+        # products; the barrier's, with r = t d / u, is sum c log1p(r) (power 1) or
+        # sum c u^(1 - power) expm1((1 - power) log1p(r)) / (1 - power). (log1p and expm1
+        # rather than log and pow: accurate for small steps, and torch runs them on one thread
+        # up to a few thousand elements, where log and pow start threads from 128.)
+        ratio = steps[:, None] * (direction / u)
         growth = torch.log1p(ratio.clamp_min(lower))
         if power == 1:
             barrier = growth.sum(1)
         else:
-            barrier = (w.pow(1 - power) * torch.expm1((1 - power) * growth)).sum(1)
+            barrier = (c * u.pow(1 - power) * torch.expm1((1 - power) * growth)).sum(1)
             barrier = barrier / (1 - power)
-        slope, bend = direction @ gw, direction @ g @ direction
+        slope, bend = direction @ gu, direction @ g @ direction
         change = steps * slope + 0.5 * steps * steps * bend - barrier
         change = torch.where((ratio > lower).all(1) & change.isfinite(), change, math.inf)
-        new = w + steps[change.argmin()] * direction
-        w = torch.where(new.isfinite().all() & (new > 0).all(), new, w)
-    residual = ((g @ w) * w.pow(power) - 1).abs().max()
-    converged = residual <= tol
-    return w * scale.pow(-1 / (1 + power)), w, converged
+        # index_select, not steps[i]: indexing by a 0-dim tensor reads it on the host
+        new = u + steps.index_select(0, change.argmin().view(1)) * direction
+        u = torch.where(new.isfinite().all() & (new > 0).all(), new, u)
+    w = d * u
+    residual = ((original @ w) * w.pow(power) - 1).abs().max()
+    return w, u, residual <= tol
 
 
 def cagrad_solve(
@@ -185,7 +193,7 @@ def cagrad_solve(
     primal variables and their bound multipliers) and three solves, the equality
     ``sum w = 1`` eliminated through a Schur complement; primal and dual take the same step,
     99% of the way to the boundary at most. The square root is smoothed by ``1e-14`` inside.
-    ``start`` (a previous solution) is pulled 10% of the way to the centre of the simplex before
+    ``start`` (a previous solution) is pulled halfway to the centre of the simplex before
     use. The iterate of smallest KKT residual (max of the dual residual, the primal residual and
     the mean complementarity ``w^T z / T``, relative to ``1 + |b|_inf + r``) is returned;
     converged means that residual ``<= tol``.
@@ -216,7 +224,7 @@ def cagrad_solve(
     if start is None:
         w = ones / n
     else:
-        w = 0.9 * start.to(g).clamp_min(0) + 0.1 / n
+        w = 0.5 * start.to(g).clamp_min(0) + 0.5 / n
         w = torch.where(w.isfinite().all(), w / w.sum(), ones / n)
 
     gw = g @ w

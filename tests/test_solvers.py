@@ -1,0 +1,354 @@
+"""The torch solvers of Nash-MTL, CAGrad, FairGrad and GradVac against the reference solvers
+(torchjd: cvxpy, scipy, a loop over the pairs) and against the conditions that define them."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import polytask as pt
+from polytask.objectives import CAGrad, FairGrad, GradVac, NashMTL
+from polytask.objectives._solvers import cagrad_solve, fair_solve, gradvac_solve
+
+warnings.filterwarnings("ignore", message=".*DPP.*")  # cvxpy's note on the reference's problem
+
+KINDS = ("well", "ill", "rank")
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def jacobian(seed: int, n: int, kind: str) -> torch.Tensor:
+    """Task gradients (rows) that share a direction (so that Nash-MTL's and FairGrad's
+    solutions exist): well-conditioned, ill-conditioned (norms over three decades and nearly
+    parallel rows) or of rank ``max(1, n // 3) < n``."""
+    gen = torch.Generator().manual_seed(seed)
+    width = 3 * n + 4
+    common = torch.randn(width, generator=gen, dtype=torch.float64)
+    if kind == "well":
+        return torch.randn(n, width, generator=gen, dtype=torch.float64) + 0.3 * common
+    if kind == "ill":
+        rows = common + 0.05 * torch.randn(n, width, generator=gen, dtype=torch.float64)
+        return rows * torch.logspace(0, 3, n, dtype=torch.float64)[:, None]
+    rank = max(1, n // 3)
+    basis = torch.randn(rank, width, generator=gen, dtype=torch.float64)
+    mix = 0.4 * torch.randn(n, rank, generator=gen, dtype=torch.float64)
+    mix[:, 0] += 1.0  # every row leans on basis[0]
+    return mix @ basis
+
+
+def gramians(max_tasks: int = 8):
+    return st.builds(
+        lambda seed, n, kind: jacobian(seed, n, kind),
+        st.integers(0, 2**31 - 1),
+        st.integers(2, max_tasks),
+        st.sampled_from(KINDS),
+    )
+
+
+def weights_of(method, gram: torch.Tensor) -> torch.Tensor:
+    method.bind([f"t{i}" for i in range(len(gram))])
+    return method.weights_from_gramian(gram)
+
+
+def close(ours: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> bool:
+    scale = reference.abs().max().clamp_min(1e-300)
+    return bool(((ours - reference).abs() <= rtol * scale).all())
+
+
+def fair_residual(gram: torch.Tensor, w: torch.Tensor, alpha: float) -> float:
+    """FairGrad's fixed point ``G w = w ** (-1 / alpha)`` as ``max |(G w)_i w_i^(1/alpha) - 1|``
+    (Nash-MTL's ``G w = 1 / w`` at alpha = 1); infinite off the positive orthant."""
+    if not (w > 0).all():
+        return math.inf
+    return float(((gram @ w) * w.pow(1 / alpha) - 1).abs().max())
+
+
+# --- Nash-MTL and FairGrad -------------------------------------------------------------------
+@SETTINGS
+@given(gramians())
+def test_nashmtl_matches_the_reference_or_meets_its_condition_better(J):
+    gram = J @ J.T
+    raw_ours = weights_of(NashMTL(max_norm=0), gram)
+    raw_reference = weights_of(NashMTL(max_norm=0, solver="reference"), gram)
+    if not close(raw_ours, raw_reference):
+        assert fair_residual(gram, raw_ours, 1) <= fair_residual(gram, raw_reference, 1) + 1e-12
+    assert fair_residual(gram, raw_ours, 1) <= 1e-6
+    # the default clips the update's norm to 1: a / sqrt(a^T G a)
+    clipped = weights_of(NashMTL(), gram)
+    norm = torch.sqrt(raw_ours @ gram @ raw_ours)
+    torch.testing.assert_close(clipped, raw_ours / norm.clamp_min(1), rtol=1e-9, atol=0)
+
+
+@SETTINGS
+@given(gramians(), st.sampled_from([0.5, 1.0, 2.0]))
+def test_fairgrad_matches_the_reference_or_meets_its_fixed_point_better(J, alpha):
+    gram = J @ J.T
+    ours = weights_of(FairGrad(alpha=alpha), gram)
+    reference = weights_of(FairGrad(alpha=alpha, solver="reference"), gram)
+    if not close(ours, reference):
+        assert fair_residual(gram, ours, alpha) <= fair_residual(gram, reference, alpha) + 1e-12
+    assert fair_residual(gram, ours, alpha) <= 1e-6
+
+
+def test_fairgrad_alpha_zero_is_equal_weighting():
+    gram = torch.eye(3, dtype=torch.float64) * 4
+    torch.testing.assert_close(
+        weights_of(FairGrad(alpha=0), gram), torch.full((3,), 1 / 3).double()
+    )
+
+
+# --- CAGrad ----------------------------------------------------------------------------------
+def cagrad_gap(gram: torch.Tensor, weights: torch.Tensor, c: float = 0.4) -> float:
+    """The Frank-Wolfe gap of CAGrad's dual at the ``w`` behind ``weights``
+    (``weights = 1 / T + k w`` with ``w`` on the simplex): ``grad^T w - min_i grad_i`` bounds
+    ``F(w) - min F`` from above and is 0 exactly at the optimum (the dual's optimality)."""
+    n = len(gram)
+    g = gram / gram.diagonal().sum()
+    w = weights - 1 / n
+    w = w / w.sum()
+    ones = torch.ones(n, dtype=g.dtype)
+    radius = c * torch.sqrt(ones @ g @ ones) / n
+    gradient = g @ ones / n + radius * (g @ w) / torch.sqrt(w @ g @ w)
+    return float(gradient @ w - gradient.min())
+
+
+@SETTINGS
+@given(gramians(10))
+def test_cagrad_matches_the_reference_or_is_closer_to_dual_optimality(J):
+    gram = J @ J.T
+    ours = weights_of(CAGrad(), gram)
+    reference = weights_of(CAGrad(solver="reference"), gram)
+    assume(bool(reference.abs().sum() > 0))  # not at a Pareto-stationary point
+    if not close(ours, reference):
+        assert cagrad_gap(gram, ours) <= cagrad_gap(gram, reference) + 1e-12
+    assert cagrad_gap(gram, ours) <= 1e-9
+
+
+def test_cagrad_gives_zeros_at_a_pareto_stationary_point():
+    gram = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(weights_of(CAGrad(), gram), torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(
+        weights_of(CAGrad(solver="reference"), gram), torch.zeros(2, dtype=torch.float64)
+    )
+
+
+# --- GradVac ---------------------------------------------------------------------------------
+def gradvac_by_hand(grads, targets, orders, beta, eps=1e-8):
+    """GradVac as LibMTL writes it, on explicit gradient vectors, one pair at a time; also
+    checks the defining condition: after an adjustment, the cosine of ``g_i^PC`` and ``g_j`` is
+    the target."""
+    pc = grads.clone()
+    targets = targets.clone()
+    for i, order in enumerate(orders):
+        for j in order:
+            gi, gj = pc[i], grads[j]
+            cos = gi @ gj / (gi.norm() * gj.norm() + eps)
+            target = targets[i, j]
+            if cos < target:
+                amount = (
+                    gi.norm()
+                    * (target * torch.sqrt(1 - cos**2) - cos * torch.sqrt(1 - target**2))
+                    / (gj.norm() * torch.sqrt(1 - target**2) + eps)
+                )
+                pc[i] = gi + amount * gj
+                reached = pc[i] @ gj / (pc[i].norm() * gj.norm())
+                assert abs(float(reached - target)) <= 1e-6
+            targets[i, j] = (1 - beta) * target + beta * cos
+    return pc.sum(0), targets
+
+
+@SETTINGS
+@given(gramians(), st.integers(0, 2**31 - 1), st.sampled_from([0.1, 0.5, 1.0]))
+def test_gradvac_on_the_gramian_equals_the_per_pair_algorithm_on_the_vectors(J, seed, beta):
+    n = len(J)
+    gen = torch.Generator().manual_seed(seed)
+    targets = torch.rand(n, n, generator=gen, dtype=torch.float64) * 1.6 - 0.8
+    orders = [[j for j in torch.randperm(n, generator=gen).tolist() if j != i] for i in range(n)]
+    weights, new_targets = gradvac_solve(J @ J.T, targets, torch.tensor(orders).view(n, -1), beta)
+    update, expected_targets = gradvac_by_hand(J, targets, orders, beta)
+    torch.testing.assert_close(weights @ J, update, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(new_targets, expected_targets, rtol=1e-8, atol=1e-10)
+
+
+@SETTINGS
+@given(gramians(), st.integers(0, 2**31 - 1))
+def test_gradvac_torch_solver_equals_the_reference_over_steps(J, seed):
+    """Both solvers draw the same orders from the method's generator and keep the same EMA
+    targets: the same weights, step after step."""
+    n = len(J)
+    names = [f"t{i}" for i in range(n)]
+    ours, reference = GradVac(), GradVac(solver="reference")
+    ours.bind(names)
+    reference.bind(names)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        torch.manual_seed(seed)  # both generators are seeded from the global seed
+        step = J + 0.3 * torch.randn(J.shape, generator=gen, dtype=J.dtype)
+        gram = step @ step.T
+        torch.testing.assert_close(
+            ours.weights_from_gramian(gram), reference.weights_from_gramian(gram), rtol=1e-9, atol=0
+        )
+
+
+def test_gradvac_keeps_each_pairs_target_when_tasks_are_missing():
+    """With positions (tasks 0 and 2 of 3), only those pairs' targets move."""
+    method = GradVac()
+    method.bind(["a", "b", "c"])
+    torch.manual_seed(0)
+    grads = FakeGradients(torch.tensor([[1.0, -0.8], [-0.8, 1.0]], dtype=torch.float64))
+    method.step(torch.ones(2, dtype=torch.float64), (0, 2), grads)
+    targets = method._state["targets"]
+    assert targets[0, 2] != 0 and targets[2, 0] != 0
+    assert targets[1].abs().sum() == 0 and targets[:, 1].abs().sum() == 0
+
+
+# --- warm starts, convergence, float32 -------------------------------------------------------
+@SETTINGS
+@given(st.data(), st.sampled_from([0.5, 1.0, 2.0]))
+def test_warm_starts_change_nothing_beyond_the_tolerance(data, alpha):
+    """Solved from the last step's solution (another Gramian's) or from scratch: the same
+    weights, for FairGrad / Nash-MTL's Newton method and CAGrad's interior-point method."""
+    n = data.draw(st.integers(2, 8))
+    seeds = st.integers(0, 2**31 - 1)
+    J = jacobian(data.draw(seeds), n, data.draw(st.sampled_from(KINDS)))
+    K = jacobian(data.draw(seeds), n, data.draw(st.sampled_from(KINDS)))
+    first, second = J @ J.T, K @ K.T
+    _, previous, _ = fair_solve(first, 1 / alpha)
+    cold, _, converged = fair_solve(second, 1 / alpha)
+    warm, _, warm_converged = fair_solve(second, 1 / alpha, start=previous)
+    assert bool(converged) and bool(warm_converged)
+    torch.testing.assert_close(warm, cold, rtol=1e-5, atol=0)
+    g1, g2 = first / first.trace(), second / second.trace()
+    previous, _ = cagrad_solve(g1, 0.4)
+    cold, converged = cagrad_solve(g2, 0.4)
+    warm, warm_converged = cagrad_solve(g2, 0.4, start=previous)
+    assert bool(converged) and bool(warm_converged)
+    torch.testing.assert_close(warm, cold, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["nashmtl", "cagrad", "fairgrad"])
+def test_a_method_warm_started_by_its_last_step_gives_a_fresh_methods_weights(name):
+    J, K = jacobian(1, 6, "well"), jacobian(2, 6, "ill")
+    names = [f"t{i}" for i in range(6)]
+    used, fresh = pt.make_objective(name), pt.make_objective(name)
+    used.bind(names)
+    fresh.bind(names)
+    used.weights_from_gramian(J @ J.T)
+    torch.testing.assert_close(
+        used.weights_from_gramian(K @ K.T), fresh.weights_from_gramian(K @ K.T), rtol=1e-5, atol=0
+    )
+    assert int(used.diagnostics()["solver_unconverged"]) == 0
+
+
+def test_unconverged_solves_are_counted_and_give_the_best_iterate():
+    """A task with a zero gradient: ``G w = 1 / w`` has no solution (the objective is unbounded
+    below); the step still gives finite positive weights and the counter says so."""
+    gram = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    method = NashMTL()
+    method.bind(["a", "b"])
+    assert int(method.diagnostics()["solver_unconverged"]) == 0
+    weights = method.weights_from_gramian(gram)
+    assert torch.isfinite(weights).all() and (weights > 0).all()
+    method.weights_from_gramian(torch.eye(2, dtype=torch.float64))  # this one converges
+    assert int(method.diagnostics()["solver_unconverged"]) == 1
+    capped = CAGrad()
+    capped.max_iter = 1
+    weights_of(capped, jacobian(3, 8, "ill") @ jacobian(3, 8, "ill").T)
+    assert int(capped.diagnostics()["solver_unconverged"]) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_gramians_are_solved_in_float32(kind):
+    J = jacobian(4, 6, kind)
+    for name in ("nashmtl", "cagrad", "fairgrad"):
+        single = weights_of(pt.make_objective(name), (J @ J.T).float())
+        double = weights_of(pt.make_objective(name), J @ J.T)
+        assert single.dtype == torch.float32
+        torch.testing.assert_close(single.double(), double, rtol=2e-3, atol=1e-6)
+
+
+def test_repr_shows_the_solver_when_not_the_default():
+    assert "solver" not in repr(NashMTL())
+    assert repr(NashMTL(solver="reference")) == (
+        "NashMTL(path='exact', max_norm=1.0, update_weights_every=1, optim_niter=20, "
+        "solver='reference')"
+    )
+    assert repr(GradVac(beta=0.2)) == "GradVac(path='exact', beta=0.2)"
+    assert "solver='reference'" in repr(CAGrad(solver="reference"))
+    assert "solver='reference'" in repr(FairGrad(alpha=2.0, solver="reference"))
+    with pytest.raises(ValueError, match="solver must be one of"):
+        CAGrad(solver="scipy")
+
+
+# --- no host synchronisation in a step -------------------------------------------------------
+class FakeGradients:
+    """A TaskGradients view with a given Gramian; ``apply`` keeps the weights."""
+
+    def __init__(self, gram: torch.Tensor) -> None:
+        self.gram = gram
+        self.applied: list[torch.Tensor] = []
+
+    def gramian(self) -> torch.Tensor:
+        return self.gram
+
+    def apply(self, weights: torch.Tensor) -> None:
+        self.applied.append(weights)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("host synchronisation inside a step")
+
+
+@pytest.mark.parametrize("name", ["nashmtl", "cagrad", "fairgrad", "gradvac"])
+def test_a_step_never_reads_a_tensor_on_the_host(name, monkeypatch):
+    """On the torch solver a step calls no ``.item()``, ``.cpu()``, ``.tolist()``,
+    ``.numpy()``, ``bool()``, ``float()`` or ``int()`` on a tensor: on an accelerator each would
+    wait for the device."""
+    n = 5
+    method = pt.make_objective(name)
+    method.bind([f"t{i}" for i in range(n)])
+    J = jacobian(5, n, "well").float()
+    losses = torch.rand(n)
+    for step in range(3):
+        positions = None if step != 1 else (0, 1, 3)  # a step with tasks missing too
+        rows = J[list(positions or range(n))] + 0.1 * step
+        grads = FakeGradients(rows @ rows.T)
+        with monkeypatch.context() as patch:
+            for attribute in ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__"):
+                patch.setattr(torch.Tensor, attribute, _refuse)
+            method.step(losses[: len(rows)], positions, grads)
+        assert torch.isfinite(grads.applied[-1]).all()
+
+
+# --- the methods in a fit: the new solvers against the reference ----------------------------
+@pytest.mark.slow
+def test_replicated_hetero_fits_give_the_same_test_mse_on_either_solver():
+    """``compare hetero`` in small: for each method, fits with the torch and the reference
+    solver on the same seeds give test MSEs whose mean paired difference is within the
+    replication noise (twice its standard error) or below 1% of the MSE."""
+    from polytask.evaluation import evaluate
+    from polytask.experiments import SyntheticExperiment
+
+    experiment = SyntheticExperiment(
+        "hetero", n=1500, n_tasks=3, depth=4, width=32, max_epochs=15, patience=5, device="cpu"
+    )
+    for name in ("nashmtl", "cagrad", "fairgrad", "gradvac"):
+        differences, levels = [], []
+        for seed in range(3):
+            train, stop, test = experiment.data(seed)
+            mse = {}
+            for solver in ("torch", "reference"):
+                method = type(pt.make_objective(name))(solver=solver)
+                model, _ = experiment.fit(method, train, stop, seed, quiet=True)
+                metrics = evaluate(model, experiment.tasks(), test, against="clean")
+                mse[solver] = np.mean([m["mse"] for m in metrics.values()])
+            differences.append(mse["torch"] - mse["reference"])
+            levels.append(mse["reference"])
+        mean = float(np.mean(differences))
+        noise = 2 * float(np.std(differences, ddof=1)) / math.sqrt(len(differences))
+        assert abs(mean) <= max(noise, 0.01 * float(np.mean(levels))), (name, differences)
