@@ -18,7 +18,9 @@ Model: a shared MLP trunk (input 64, 4 hidden layers of 256, ReLU) with T linear
   a Python loop over the pairs): each printed as its ratio to UPGrad's step on the exact path at
   T = 10 and T = 40 (goal: at most 1.15x), the median over the rounds of the per-round ratio
   and its range. ``--methods nashmtl,nashmtl:reference,upgrad,mean`` times the before / after
-  alone.
+  alone. The weighting alone (Gramian -> weights, on the model's exact Gramian) of each of
+  them and of UPGrad is timed as well (``--solver-calls``; min and median of the calls): on a
+  shared machine the minimum shows what the solver costs when nothing else runs.
 
 A step is the forward pass, the objective's backward and the optimizer step, timed with
 ``time.perf_counter``; the methods take turns in rounds and each gets the median of its steps.
@@ -26,6 +28,7 @@ Peak resident memory per method at the largest T is measured in a fresh process 
 (``--memory``).
 
 Usage: python benchmarks/bench_methods.py [--tasks 2,5,10,40] [--steps 4] [--rounds 3] [--memory]
+       [--methods upgrad,nashmtl,nashmtl:reference,...] [--solver-calls 20]
 Last lines: ``repr_T40_vs_equal``, ``exact_T10_vs_equal`` and ``repr_T10_vs_equal``, for UPGrad
 (its quadratic programs included), then ``nashmtl_T10_vs_upgrad`` (Nash-MTL's step on the torch
 solver over UPGrad's, exact path, T = 10); the cost of each path alone is printed just before.
@@ -238,6 +241,45 @@ def time_steps(
     return {method: statistics.median(t) * 1e3 for method, t in times.items()}, per_round
 
 
+def gramian_of(n_tasks: int) -> torch.Tensor:
+    """The exact path's Gramian of the benchmark's model at its initial weights."""
+    model, x, y = build(n_tasks)
+    losses, _ = task_losses(model, x, y)
+    shared = model.shared_parameters()
+    rows = [
+        torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+        for loss in losses
+    ]
+    jacobian = torch.stack(rows)
+    return (jacobian @ jacobian.T).detach()
+
+
+def solver_times(methods: list[str], n_tasks: int, calls: int) -> dict[str, tuple[float, float]]:
+    """The weighting alone (Gramian -> weights) of each gradient method: (min, median) ms over
+    ``calls`` calls on the model's Gramian, the methods taking turns. The minimum is what the
+    solver costs on a quiet machine; the step timings above include whatever else runs."""
+    gram = gramian_of(n_tasks)
+    names = [f"t{i}" for i in range(n_tasks)]
+    objectives = {}
+    for method in methods:
+        if method.endswith(":reference"):
+            objective = type(pt.make_objective(method.removesuffix(":reference")))(
+                solver="reference"
+            )
+        else:
+            objective = pt.make_objective(method)
+        objective.bind(names)
+        objective.weights_from_gramian(gram)  # first-call set-up (cvxpy's problem, state)
+        objectives[method] = objective
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    for _ in range(calls):
+        for method, objective in objectives.items():
+            started = time.perf_counter()
+            objective.weights_from_gramian(gram)
+            times[method].append((time.perf_counter() - started) * 1e3)
+    return {m: (min(t), statistics.median(t)) for m, t in times.items()}
+
+
 def _status(field: str) -> float:
     """A field of /proc/self/status in MiB (Linux)."""
     with open("/proc/self/status") as status:
@@ -278,6 +320,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS + BASELINES))
     parser.add_argument("--memory", action="store_true", help="peak memory at the largest T")
+    parser.add_argument(
+        "--solver-calls",
+        type=int,
+        default=20,
+        help="calls of each solver-bound method's weighting alone, on the model's Gramian "
+        "(0: skip)",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # solver chatter (cvxpy) is not a result
     task_counts = [int(t) for t in args.tasks.split(",")]
@@ -338,6 +387,16 @@ def main() -> None:
                         f"{statistics.median(per):.2f}x [{min(per):.2f}-{max(per):.2f}]"
                     )
                 print(f"  {method:20s} " + "; ".join(cells))
+    solvers = [m for m in methods if m.split(":")[0] in [*SOLVER_BOUND, "upgrad"]]
+    solvers = [m for m in solvers if "@" not in m]
+    if args.solver_calls and "upgrad" in solvers and compared:
+        print("the weighting alone on the model's exact Gramian, ms (min / median of calls):")
+        alone = {t: solver_times(solvers, t, args.solver_calls) for t in compared}
+        for method in solvers:
+            cells = "; ".join(
+                f"T={t}: {alone[t][method][0]:.2f} / {alone[t][method][1]:.2f}" for t in compared
+            )
+            print(f"  {method:20s} {cells}")
     if {"upgrad", "upgrad@repr"} <= set(ratio) and {10, 40} <= set(task_counts):
         print(f"repr_T40_vs_equal: {ratio['upgrad@repr'][40]:.2f}")
         print(f"exact_T10_vs_equal: {ratio['upgrad'][10]:.2f}")

@@ -89,8 +89,19 @@ class GradientObjective(Objective):
 
     def diagnostics(self) -> dict[str, Tensor]:
         """Counters of the fit so far, as 0-dim tensors on the method's device (reading them is
-        the caller's host synchronisation, e.g. once per epoch): ``solver_unconverged`` for the
-        methods with an iterative solver (see :class:`NashMTL`). None here."""
+        the caller's host synchronisation, e.g. once per epoch): ``solver_unconverged`` (the
+        steps whose solve missed its tolerance since the fit began) for the methods with an
+        iterative solver (Nash-MTL, CAGrad, FairGrad). None here.
+
+        Examples
+        --------
+        >>> import torch
+        >>> method = NashMTL()
+        >>> method.bind(["a", "b"])
+        >>> _ = method.weights_from_gramian(torch.eye(2))
+        >>> {name: int(count) for name, count in method.diagnostics().items()}
+        {'solver_unconverged': 0}
+        """
         return {}
 
     def step(self, losses: Tensor, positions: Positions, grads: TaskGradients) -> Step:
