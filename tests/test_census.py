@@ -224,3 +224,36 @@ def test_same_seed_same_results_with_or_without_a_checkpoint(adult, tmp_path):
     )
     saved = sorted(p.parent.name for p in tmp_path.glob("*/last.pt"))
     assert saved == ["mmoe_mean", "single-task_income", "single-task_never_married"]
+
+
+def test_the_comparison_section_pairs_every_model_with_shared_bottom(tmp_path):
+    import pandas as pd
+    from scipy import stats
+
+    from polytask.experiments._census import census_section, census_summary
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for replication in range(8):
+        for task in ("income", "never_married"):
+            base = 0.9 + rng.normal(0, 0.01)
+            rows.append((replication, "shared-bottom/mean", task, base))
+            rows.append((replication, "mmoe/mean", task, base + 0.002 + rng.normal(0, 0.001)))
+            rows.append((replication, "single-task", task, base - 0.01))
+    frame = pd.DataFrame(rows, columns=["replication", "method", "task", "auc"])
+    means, paired = census_summary(frame)
+    sb = frame[(frame["method"] == "shared-bottom/mean") & (frame["task"] == "income")]["auc"]
+    row = means[(means["method"] == "shared-bottom/mean") & (means["task"] == "income")].iloc[0]
+    half = stats.t.ppf(0.975, 7) * sb.std(ddof=1) / np.sqrt(8)
+    assert row["mean"] == pytest.approx(sb.mean()) and row["ci_high"] == pytest.approx(
+        sb.mean() + half
+    )
+    single = paired[(paired["method"] == "single-task") & (paired["task"] == "income")].iloc[0]
+    assert single["mean difference"] == pytest.approx(-0.01) and single["higher"] == "0 of 8"
+    mmoe = paired[(paired["method"] == "mmoe/mean") & (paired["task"] == "never_married")]
+    assert mmoe.iloc[0]["higher"] == "8 of 8" and mmoe.iloc[0]["wilcoxon_p"] < 0.01
+    text = census_section(frame, tmp_path)
+    assert "## Paired against shared-bottom/mean" in text
+    assert "| mmoe/mean | 0.00" in text and "8 of 8" in text
+    assert (tmp_path / "census_means.csv").exists()
+    assert len(pd.read_csv(tmp_path / "census_vs_shared_bottom.csv")) == 4

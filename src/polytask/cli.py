@@ -37,6 +37,7 @@ from .experiments import (
     write_run_report,
     write_structured_report,
 )
+from .experiments._census import census_section
 from .experiments._comparison_report import _pick_config
 from .experiments._replicate import CodeChangedError
 from .experiments._tune import beyond_front, place_methods, plot_front, tune
@@ -566,8 +567,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     view = Store(store.path, read_only=True, first=args.replications)
     files = write_comparison_report(view, out, config_hash=key)
     print(files["markdown"].read_text().split("![")[0].rstrip())
-    if experiment.name == "relatedness":
-        print(_relatedness_section(view, key, files["markdown"]))
+    section = _experiment_section(view, key, files["markdown"])
+    if section:
+        print(section)
     stored = len(store.finished(key))
     if stored > args.replications:
         print(
@@ -582,19 +584,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     store = Store(args.store, read_only=True, first=args.replications)
     out = writable_folder(args.out or args.store.parent)
     files = write_comparison_report(store, out, config_hash=args.config, metric=args.metric)
-    key = _pick_config(store, args.config)
-    if store.config(key)["experiment"] == "relatedness":
-        _relatedness_section(store, key, files["markdown"], args.metric or "mse")
+    _experiment_section(store, _pick_config(store, args.config), files["markdown"])
     print(f"report written to {files['markdown']} and {files['html']}")
     return 0
 
 
-def _relatedness_section(store: Store, key: str, markdown: Path, metric: str = "mse") -> str:
-    """Append the figure of test loss against task correlation to a comparison's report."""
-    table = write_relatedness_figure(store.frame(key), markdown.parent, metric)
+def _experiment_section(store: Store, key: str, markdown: Path) -> str:
+    """Append an architecture experiment's own section to a comparison's report: census, the
+    test AUC per task with intervals and the models paired against shared-bottom; relatedness,
+    the figure of test loss against task correlation. Nothing for the other experiments."""
+    config = store.config(key)
+    section = ""
+    if config["experiment"] == "census":
+        section = census_section(store.frame(key), markdown.parent, config["metric"])
+    elif config["experiment"] == "relatedness":
+        section = _relatedness_section(store.frame(key), markdown.parent, config["metric"])
+    if section:
+        with open(markdown, "a") as file:
+            file.write(section)
+    return section
+
+
+def _relatedness_section(frame: Any, folder: Path, metric: str) -> str:
+    """The figure of test loss against task correlation, and its table in Markdown."""
+    table = write_relatedness_figure(frame, folder, metric)
     pivot = table.pivot(index="correlation", columns="method", values="mean")
     pivot = pivot.sort_index(ascending=False).reset_index()
-    section = "\n".join(
+    return "\n".join(
         [
             "",
             "## Test loss against task correlation",
@@ -608,9 +624,6 @@ def _relatedness_section(store: Store, key: str, markdown: Path, metric: str = "
             "",
         ]
     )
-    with open(markdown, "a") as file:
-        file.write(section)
-    return section
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

@@ -634,6 +634,127 @@ def write_census_report(
     return table
 
 
+def _t_interval(values: np.ndarray) -> tuple[float, float]:
+    """Student-t 95% interval of the mean (NaN with fewer than two values)."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def census_summary(
+    frame: pd.DataFrame, metric: str = "auc", against: str = "shared-bottom/mean"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """From a replicated comparison's tidy results (``replication, method, task, <metric>``):
+
+    - per label and task, the mean test ``metric`` over replications with its Student-t 95%
+      interval;
+    - per label other than ``against`` and task, the paired difference ``label - against``
+      (mean, 95% interval, replications where the label is higher, Wilcoxon p), when
+      ``against`` is compared (else an empty table).
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"replication": [0, 0, 1, 1, 2, 2], "task": ["a"] * 6,
+    ...     "method": ["sb", "mmoe"] * 3, "auc": [0.80, 0.81, 0.82, 0.82, 0.78, 0.80]})
+    >>> means, paired = census_summary(frame, against="sb")
+    >>> means[["method", "n", "mean"]].round(4).to_dict("records")
+    [{'method': 'sb', 'n': 3, 'mean': 0.8}, {'method': 'mmoe', 'n': 3, 'mean': 0.81}]
+    >>> paired[["method", "mean difference", "higher"]].round(4).to_dict("records")
+    [{'method': 'mmoe', 'mean difference': 0.01, 'higher': '2 of 3'}]
+    """
+    from scipy import stats
+
+    rows = []
+    for (method, task), part in frame.groupby(["method", "task"], sort=False):
+        values = part[metric].to_numpy(dtype=float)
+        low, high = _t_interval(values)
+        rows.append(
+            {
+                "method": method,
+                "task": task,
+                "n": len(values),
+                "mean": float(values.mean()),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    means = pd.DataFrame(rows)
+    paired_rows = []
+    if against in set(frame["method"]):
+        wide = frame.pivot_table(index=["replication", "task"], columns="method", values=metric)
+        for method in [m for m in frame["method"].unique() if m != against]:
+            for task in frame["task"].unique():
+                both = wide.xs(task, level="task")[[method, against]].dropna()
+                diff = (both[method] - both[against]).to_numpy(dtype=float)
+                if len(diff) == 0:
+                    continue
+                low, high = _t_interval(diff)
+                nonzero = diff[diff != 0]
+                p = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) > 0 else 1.0
+                paired_rows.append(
+                    {
+                        "method": method,
+                        "task": task,
+                        "n": len(diff),
+                        "mean difference": float(diff.mean()),
+                        "ci_low": low,
+                        "ci_high": high,
+                        "higher": f"{int((diff > 0).sum())} of {len(diff)}",
+                        "wilcoxon_p": p,
+                    }
+                )
+    return means, pd.DataFrame(paired_rows)
+
+
+def census_section(frame: pd.DataFrame, out: str | Path, metric: str = "auc") -> str:
+    """The census part of a comparison's report: ``census_means.csv`` and
+    ``census_vs_shared_bottom.csv`` (:func:`census_summary`) into ``out``; returns Markdown
+    tables of both (one row per label, one column per task)."""
+    out = Path(out)
+    means, paired = census_summary(frame, metric)
+    means.to_csv(out / "census_means.csv", index=False)
+    paired.to_csv(out / "census_vs_shared_bottom.csv", index=False)
+
+    def cells(table: pd.DataFrame, value: str) -> pd.DataFrame:
+        text = table.assign(
+            cell=[
+                f"{v:.4f} [{a:.4f}, {b:.4f}]"
+                for v, a, b in zip(table[value], table["ci_low"], table["ci_high"], strict=True)
+            ]
+        )
+        wide = text.pivot(index="method", columns="task", values="cell")
+        order = list(dict.fromkeys(table["method"]))
+        return wide.loc[order].reset_index()
+
+    lines = [
+        "",
+        f"## Test {metric} per task: mean over replications [Student-t 95% CI]",
+        "",
+        markdown_table(cells(means, "mean")),
+        "",
+    ]
+    if not paired.empty:
+        wins = paired.pivot(index="method", columns="task", values="higher")
+        wins.columns = [f"higher ({t})" for t in wins.columns]
+        p_values = paired.pivot(index="method", columns="task", values="wilcoxon_p")
+        p_values.columns = [f"Wilcoxon p ({t})" for t in p_values.columns]
+        table = cells(paired, "mean difference").set_index("method")
+        table = table.join(wins).join(p_values).reset_index()
+        lines += [
+            f"## Paired against shared-bottom/mean: {metric} difference [95% CI]",
+            "",
+            "Positive: the model scored higher than shared-bottom on the same replication "
+            "(same split, seed and budget).",
+            "",
+            markdown_table(table),
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def census_parameter_counts(in_features: int = 105, **sizes: int) -> dict[str, int]:
     """Trainable parameters of every architecture at the census sizes (two binary tasks).
 
@@ -659,6 +780,8 @@ __all__ = [
     "CensusExperiment",
     "CensusFormatError",
     "build_architecture",
+    "census_section",
+    "census_summary",
     "compared_labels",
     "read_census",
     "write_census_report",
