@@ -596,7 +596,9 @@ def _experiment_section(store: Store, key: str, markdown: Path) -> str:
     config = store.config(key)
     section = ""
     if config["experiment"] == "census":
-        section = census_section(store.frame(key), markdown.parent, config["metric"])
+        first = min(store.replications(key), key=lambda r: r["replication"])
+        frame = store.frame(key)
+        section = census_section(frame, markdown.parent, config["metric"], first["histories"])
     elif config["experiment"] == "relatedness":
         section = _relatedness_section(store.frame(key), markdown.parent, config["metric"])
     if section:

@@ -709,10 +709,19 @@ def census_summary(
     return means, pd.DataFrame(paired_rows)
 
 
-def census_section(frame: pd.DataFrame, out: str | Path, metric: str = "auc") -> str:
+def census_section(
+    frame: pd.DataFrame,
+    out: str | Path,
+    metric: str = "auc",
+    histories: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
     """The census part of a comparison's report: ``census_means.csv`` and
-    ``census_vs_shared_bottom.csv`` (:func:`census_summary`) into ``out``; returns Markdown
-    tables of both (one row per label, one column per task)."""
+    ``census_vs_shared_bottom.csv`` (:func:`census_summary`) into ``out``, and with
+    ``histories`` (one replication's, as stored: label -> ``History.to_dict()``) ``gates.png``,
+    the gated models' mean gate weight per expert over the epochs; returns Markdown tables of
+    both summaries (one row per label, one column per task) and the figure's link."""
+    from ..evaluation._plots import plot_gate_weights
+
     out = Path(out)
     means, paired = census_summary(frame, metric)
     means.to_csv(out / "census_means.csv", index=False)
@@ -750,6 +759,19 @@ def census_section(frame: pd.DataFrame, out: str | Path, metric: str = "auc") ->
             "(same split, seed and budget).",
             "",
             markdown_table(table),
+            "",
+        ]
+    gated = {
+        label: History.from_dict(dict(h))
+        for label, h in (histories or {}).items()
+        if any(k.startswith("gate/") for r in h["records"] for k in r)
+    }
+    if gated:
+        plot_gate_weights(gated, out / "gates.png", "Mean gate weight per expert (stop rows)")
+        lines += [
+            "## Gates (first replication)",
+            "",
+            "![gate weights per expert, first replication](gates.png)",
             "",
         ]
     return "\n".join(lines)
