@@ -308,7 +308,8 @@ class GradientEngine:
         if features is None:
             features = self._pending
         self._pending = None
-        self._watch_learned()
+        if scale is None:  # a float16 fit's first steps overflow and are skipped: no warning
+            self._watch_learned()
         penalty = None if terms is None else terms.sum()
         if scale is not None and not isinstance(scale, Tensor):
             scale = torch.tensor(float(scale), device=vector.device)

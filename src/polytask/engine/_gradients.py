@@ -87,11 +87,13 @@ class _Gradients:
         self._jacobian: list[Tensor] | None = None
 
     def apply_shared(self, blocks: Sequence[Tensor], weights: Tensor) -> None:
-        weights = weights.to(blocks[0].dtype) if blocks else weights
+        if blocks and weights.dtype != blocks[0].dtype:
+            weights = weights.to(blocks[0].dtype)
         if self.scale is not None:  # .grad holds scaled gradients, like the heads'
             weights = weights * self.scale.to(weights.dtype)
         for param, block in zip(self.shared, blocks, strict=True):
-            accumulate(param, combine_rows(weights, block).to(param.dtype))
+            update = combine_rows(weights, block)
+            accumulate(param, update if update.dtype == param.dtype else update.to(param.dtype))
         self.global_shared = self.reducer is not None
 
     def _unscaled(self, flat: Tensor) -> Tensor:
