@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from polytask.experiments._relatedness import (
     RelatednessExperiment,
@@ -101,7 +102,7 @@ def test_table_means_and_intervals_over_replications(tmp_path):
                     value = 1.0 + (method == "b/mean") * (1 - p) + rng.normal(0, 0.1)
                     rows.append((replication, method, task_name(p, task), value))
     frame = pd.DataFrame(rows, columns=["replication", "method", "task", "mse"])
-    table = relatedness_table(frame)
+    table = relatedness_table(frame, baseline="a/mean")
     assert list(zip(table["correlation"], table["method"], strict=True)) == [
         (1.0, "a/mean"),
         (1.0, "b/mean"),
@@ -112,10 +113,20 @@ def test_table_means_and_intervals_over_replications(tmp_path):
     per_replication = part.groupby("replication")["mse"].mean().to_numpy()
     row = table[(table["method"] == "b/mean") & (table["correlation"] == 0.5)].iloc[0]
     assert row["n"] == 6 and row["mean"] == pytest.approx(per_replication.mean())
-    half = 1.96 * per_replication.std(ddof=1) / np.sqrt(6)
+    half = stats.t.ppf(0.975, 5) * per_replication.std(ddof=1) / np.sqrt(6)
     assert row["ci_high"] - row["mean"] == pytest.approx(half)
     assert row["median"] == pytest.approx(np.median(per_replication))
-    written = write_relatedness_figure(frame, tmp_path)
+    assert row["gmean"] == pytest.approx(np.exp(np.log(per_replication).mean()))
+    # paired with the baseline replication by replication: b is worse by about 1 + 0.5 at p=0.5
+    base = frame[(frame["method"] == "a/mean") & frame["task"].str.startswith("p=0.5:")]
+    base_means = base.groupby("replication")["mse"].mean().to_numpy()
+    logs = np.log(per_replication / base_means)
+    assert row["ratio"] == pytest.approx(np.exp(logs.mean()))
+    log_half = stats.t.ppf(0.975, 5) * logs.std(ddof=1) / np.sqrt(6)
+    assert row["ratio_high"] == pytest.approx(np.exp(logs.mean() + log_half))
+    assert 1.3 < row["ratio"] < 1.7
+    assert (table.loc[table["method"] == "a/mean", "ratio"] == 1.0).all()
+    written = write_relatedness_figure(frame, tmp_path, baseline="a/mean")
     pd.testing.assert_frame_equal(written, table)
     assert (tmp_path / "relatedness.png").stat().st_size > 10_000
     assert plot_relatedness(table, tmp_path / "again.png").exists()

@@ -600,18 +600,26 @@ def _experiment_section(store: Store, key: str, markdown: Path) -> str:
         frame = store.frame(key)
         section = census_section(frame, markdown.parent, config["metric"], first["histories"])
     elif config["experiment"] == "relatedness":
-        section = _relatedness_section(store.frame(key), markdown.parent, config["metric"])
+        section = _relatedness_section(
+            store.frame(key), markdown.parent, config["metric"], config["baseline"]
+        )
     if section:
         with open(markdown, "a") as file:
             file.write(section)
     return section
 
 
-def _relatedness_section(frame: Any, folder: Path, metric: str) -> str:
-    """The figure of test loss against task correlation, and its table in Markdown."""
-    table = write_relatedness_figure(frame, folder, metric)
+def _relatedness_section(frame: Any, folder: Path, metric: str, baseline: str) -> str:
+    """The figure of test loss against task correlation, and its tables in Markdown."""
+    table = write_relatedness_figure(frame, folder, metric, baseline)
     pivot = table.pivot(index="correlation", columns="method", values="mean")
     pivot = pivot.sort_index(ascending=False).reset_index()
+    cells = [
+        f"{r:.3f} [{a:.3f}, {b:.3f}]"
+        for r, a, b in zip(table["ratio"], table["ratio_low"], table["ratio_high"], strict=True)
+    ]
+    ratios = table.assign(cell=cells).pivot(index="correlation", columns="method", values="cell")
+    ratios = ratios.drop(columns=baseline).sort_index(ascending=False).reset_index()
     return "\n".join(
         [
             "",
@@ -621,6 +629,11 @@ def _relatedness_section(frame: Any, folder: Path, metric: str) -> str:
             "relatedness.csv).",
             "",
             markdown_table(pivot),
+            "",
+            f"Paired ratio of that mean to {baseline}'s on the same replication (geometric "
+            "mean [95% CI]; above 1: worse than the baseline):",
+            "",
+            markdown_table(ratios),
             "",
             "![test loss against task correlation](relatedness.png)",
             "",

@@ -273,17 +273,36 @@ class RelatednessExperiment:
         return outcome
 
 
-def relatedness_table(frame: pd.DataFrame, metric: str = "mse") -> pd.DataFrame:
+def _t_half(values: np.ndarray) -> float:
+    """Half-width of the Student-t 95% interval of the mean (NaN for one value)."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def relatedness_table(
+    frame: pd.DataFrame, metric: str = "mse", baseline: str | None = None
+) -> pd.DataFrame:
     """From tidy results (``replication, method, task, <metric>``; tasks ``p=..:t``): per
     correlation and label, the replications, the mean over both tasks of the test metric, its
-    95% interval over replications (normal approximation) and the median.
+    Student-t 95% interval over replications and the median, and its geometric mean with a
+    95% interval (t on the log scale: ``gmean``, ``gmean_low``, ``gmean_high``). With
+    ``baseline`` (a label of the
+    results), also the paired ``ratio`` label / baseline of that mean, per replication, as a
+    geometric mean with its 95% interval (``ratio_low``, ``ratio_high``; t on the log scale):
+    the gap between the architectures without the spread between replications' data.
 
     Examples
     --------
-    >>> frame = pd.DataFrame({"replication": [0, 0, 1, 1], "method": ["a"] * 4,
-    ...                       "task": ["p=1:t1", "p=1:t2"] * 2, "mse": [1.0, 3.0, 2.0, 2.0]})
-    >>> relatedness_table(frame)[["correlation", "method", "n", "mean"]].to_dict("records")
-    [{'correlation': 1.0, 'method': 'a', 'n': 2, 'mean': 2.0}]
+    >>> frame = pd.DataFrame({"replication": [0, 0, 1, 1] * 2, "method": ["a"] * 4 + ["b"] * 4,
+    ...                       "task": ["p=1:t1", "p=1:t2"] * 4,
+    ...                       "mse": [1.0, 3.0, 2.0, 2.0, 2.0, 6.0, 4.0, 4.0]})
+    >>> table = relatedness_table(frame, baseline="a")
+    >>> table[["correlation", "method", "n", "mean", "ratio"]].to_dict("records")
+    [{'correlation': 1.0, 'method': 'a', 'n': 2, 'mean': 2.0, 'ratio': 1.0}, \
+{'correlation': 1.0, 'method': 'b', 'n': 2, 'mean': 4.0, 'ratio': 2.0}]
     """
     parts = frame["task"].str.extract(r"^p=(?P<correlation>[^:]+):(?P<t>.+)$")
     if parts["correlation"].isna().any():
@@ -292,47 +311,81 @@ def relatedness_table(frame: pd.DataFrame, metric: str = "mse") -> pd.DataFrame:
     per_replication = tidy.groupby(["correlation", "method", "replication"], sort=False)[
         metric
     ].mean()
+    by_label = {
+        key: values.droplevel([0, 1])
+        for key, values in per_replication.groupby(level=[0, 1], sort=False)
+    }
     rows = []
     for (p, method), values in per_replication.groupby(level=[0, 1], sort=False):
         v = values.to_numpy(dtype=float)
-        half = 1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-        rows.append(
-            {
-                "correlation": p,
-                "method": method,
-                "n": len(v),
-                "mean": float(v.mean()),
-                "ci_low": float(v.mean() - half),
-                "ci_high": float(v.mean() + half),
-                "median": float(np.median(v)),
+        half = _t_half(v)
+        row = {
+            "correlation": p,
+            "method": method,
+            "n": len(v),
+            "mean": float(v.mean()),
+            "ci_low": float(v.mean() - half),
+            "ci_high": float(v.mean() + half),
+            "median": float(np.median(v)),
+        }
+        logs = np.log(v[v > 0])
+        half = _t_half(logs)
+        row |= {
+            "gmean": float(np.exp(logs.mean())),
+            "gmean_low": float(np.exp(logs.mean() - half)),
+            "gmean_high": float(np.exp(logs.mean() + half)),
+        }
+        if (p, baseline) in by_label:
+            ratios = values.droplevel([0, 1]) / by_label[(p, baseline)]
+            logs = np.log(ratios.dropna().to_numpy(dtype=float))
+            half = _t_half(logs)
+            row |= {
+                "ratio": float(np.exp(logs.mean())),
+                "ratio_low": float(np.exp(logs.mean() - half)),
+                "ratio_high": float(np.exp(logs.mean() + half)),
             }
-        )
+        rows.append(row)
     return pd.DataFrame(rows).sort_values(["correlation", "method"], ascending=[False, True])
 
 
-def plot_relatedness(table: pd.DataFrame, path: str | Path, metric: str = "mse") -> Path:
-    """Test ``metric`` (mean of the two tasks) against the task correlation, one line per
-    label, with the 95% interval over replications as error bars."""
+def plot_relatedness(
+    table: pd.DataFrame, path: str | Path, metric: str = "mse", baseline: str | None = None
+) -> Path:
+    """Test ``metric`` (mean of the two tasks; geometric mean over replications, log scale)
+    against the task correlation, one line per label, with the 95% interval over replications
+    as error bars; when the table has the paired ratios to ``baseline``
+    (:func:`relatedness_table`), a second panel shows them."""
     from ..evaluation._plots import _pyplot, _save
 
-    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
-    for method, part in table.groupby("method", sort=False):
-        part = part.sort_values("correlation")
-        err = np.vstack([part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]])
-        ax.errorbar(
-            part["correlation"],
-            part["mean"],
-            yerr=np.nan_to_num(err),
-            marker="o",
-            capsize=3,
-            label=method,
-        )
+    paired = bool("ratio" in table.columns and table["ratio"].notna().any())
+    fig, axes = _pyplot().subplots(1, 2 if paired else 1, figsize=(12 if paired else 6.4, 4.4))
+    axes = list(np.atleast_1d(axes))
+    columns = [("gmean", "gmean_low", "gmean_high")]
+    columns += [("ratio", "ratio_low", "ratio_high")] * paired
+    for ax, (value, low, high) in zip(axes, columns, strict=True):
+        for method, part in table.groupby("method", sort=False):
+            part = part.sort_values("correlation")
+            err = np.vstack([part[value] - part[low], part[high] - part[value]])
+            ax.errorbar(
+                part["correlation"],
+                part[value],
+                yerr=np.nan_to_num(err),
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        ax.set_xlabel("task correlation p (cosine of the task weight vectors)")
+        ax.invert_xaxis()  # less related tasks to the right
     n = int(table["n"].min())
-    ax.set_xlabel("task correlation p (cosine of the task weight vectors)")
-    ax.set_ylabel(f"test {metric} vs noiseless targets (mean of 2 tasks)")
-    ax.set_title(f"MMoE synthetic tasks: {n} replications per point, 95% CI")
-    ax.invert_xaxis()  # less related tasks to the right
-    ax.legend(fontsize="small")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel(f"test {metric} vs noiseless targets (mean of 2 tasks)")
+    axes[0].set_title(f"{n} replications per point: geometric mean, 95% CI")
+    axes[0].legend(fontsize="small")
+    if paired:
+        axes[1].axhline(1.0, color="grey", linewidth=0.8)
+        axes[1].set_ylabel(f"{metric} / {metric} of {baseline or 'the baseline'} (paired)")
+        axes[1].set_title("paired ratio to the baseline: geometric mean, 95% CI")
+    fig.suptitle("MMoE paper's synthetic two-task regression (section 4.1)")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -348,9 +401,9 @@ def write_relatedness_report(
     out.mkdir(parents=True, exist_ok=True)
     frame = tidy([{"replication": 0, "seed": outcome.seed, "metrics": outcome.metrics}])
     frame.to_csv(out / "replications.csv", index=False)
-    table = relatedness_table(frame, experiment.metric)
+    table = relatedness_table(frame, experiment.metric, experiment.baseline)
     table.to_csv(out / "results.csv", index=False)
-    plot_relatedness(table, out / "relatedness.png", experiment.metric)
+    plot_relatedness(table, out / "relatedness.png", experiment.metric, experiment.baseline)
     pivot = table.pivot(index="correlation", columns="method", values="mean")
     pivot = pivot.sort_index(ascending=False).reset_index()
     text = [
@@ -371,11 +424,12 @@ def write_relatedness_report(
 
 
 def write_relatedness_figure(
-    frame: pd.DataFrame, out: str | Path, metric: str = "mse"
+    frame: pd.DataFrame, out: str | Path, metric: str = "mse", baseline: str | None = None
 ) -> pd.DataFrame:
     """From a replicated comparison's tidy results: ``relatedness.csv`` (per correlation and
-    label, the mean of the two tasks' test ``metric`` over replications with its 95% interval)
-    and ``relatedness.png`` (:func:`plot_relatedness`) into ``out``; returns the table.
+    label, the mean of the two tasks' test ``metric`` over replications with its 95% interval,
+    and the paired ratio to ``baseline``) and ``relatedness.png`` (:func:`plot_relatedness`)
+    into ``out``; returns the table.
 
     Examples
     --------
@@ -389,9 +443,9 @@ def write_relatedness_figure(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = relatedness_table(frame, metric)
+    table = relatedness_table(frame, metric, baseline)
     table.to_csv(out / "relatedness.csv", index=False)
-    plot_relatedness(table, out / "relatedness.png", metric)
+    plot_relatedness(table, out / "relatedness.png", metric, baseline)
     return table
 
 
