@@ -11,8 +11,9 @@ A step is timed from one ``on_step_end`` callback to the next (forward, the meth
 backward and its collectives, the optimizer step); the methods take turns in rounds, each fit
 one epoch of ``--steps`` steps (the first two of each are left out), and each method gets the
 median of its steps with the spread between rounds' medians (min-max). Bytes per step are
-those each process hands to all-reduce: the engine's collectives (counted) plus DDP's
-gradient all-reduce (the model's parameters, when DDP reduces).
+those each process sends, counted as ring algorithms send them (an all-reduce of n bytes sends
+2 n (W - 1) / W; a reduce-scatter or all-gather of n bytes in all, n (W - 1) / W): the
+engine's collectives (counted by its reducer) plus DDP's gradient all-reduce.
 
 Usage: python benchmarks/bench_distributed.py [--steps 30] [--rounds 5] [--tasks 10]
 Last line: ``ddp_repr_T10_vs_equal: X`` (goal: at most 1.3).
@@ -57,7 +58,9 @@ class StepClock(pt.Callback):
         params = list(state.model.parameters()) if mode == "ddp" else []
         if mode == "ddp_shared":
             params = list(state.model.shared_parameters())
-        self.ddp_bytes = sum(p.numel() * p.element_size() for p in params)
+        world = engine.reducer.world
+        payload = sum(p.numel() * p.element_size() for p in params)
+        self.ddp_bytes = 2 * payload * (world - 1) // world  # a ring all-reduce sends this
 
     def on_step_end(self, state) -> None:
         now = time.perf_counter()
@@ -124,7 +127,7 @@ def worker(args: argparse.Namespace) -> None:
         spread = f"{1e3 * min(medians[method]):.2f}-{1e3 * max(medians[method]):.2f}"
         print(
             f"{method:12s} {1e3 * median:8.2f} ms/step (round medians {spread})  "
-            f"x{median / equal:5.2f} of equal  {sent[method] / 1e6:7.3f} MB all-reduced/step"
+            f"x{median / equal:5.2f} of equal  {sent[method] / 1e6:7.3f} MB sent/step"
         )
     exact = statistics.median(times["upgrad"]) / equal
     print(

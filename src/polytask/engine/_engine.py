@@ -148,7 +148,8 @@ class GradientEngine:
 
         The engine then all-reduces what the method needs: the per-task losses when the
         method's state or weights read them (one ``T``-vector), the ``T x T`` Gramian on the
-        representation path, the ``T x P`` Jacobian on the exact and naive paths. ``mode``
+        representation path, the ``T x P`` Jacobian (reduce-scattered) on the exact and naive
+        paths. ``mode``
         (see :meth:`data_parallel_mode`) says who averages the model's gradients:
 
         - ``"ddp"``: DDP's hooks, during one ordinary backward (loss-level methods; the
@@ -158,7 +159,8 @@ class GradientEngine:
           backward through the trunk; the heads' gradients travel with the Gramian, in the
           same all-reduce (the representation path with per-task leaves);
         - ``"engine"``: the engine, after the step (the exact and naive paths: only the heads
-          when the shared update came from the processes' common Jacobian).
+          when the shared update came from the processes' common Jacobian, which a
+          Gramian-only method reads in column shards: see :mod:`polytask.engine._reduce`).
         """
         if mode not in ("ddp", "ddp_shared", "engine"):
             raise ValueError(f"mode must be 'ddp', 'ddp_shared' or 'engine', got {mode!r}")
@@ -408,6 +410,7 @@ class GradientEngine:
         if self.reducer is not None:
             view.reducer = self.reducer
             view.fuse_heads = self.parallel_mode == "ddp_shared"
+            view.shard_jacobian = self.parallel_mode == "engine"
         return view
 
     def _make_view(

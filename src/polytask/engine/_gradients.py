@@ -71,6 +71,10 @@ class _Gradients:
     """Average the heads' gradients in the representation Gramian's all-reduce."""
     heads_reduced = False
     """Whether they were."""
+    shard_jacobian = False
+    """Data-parallel exact path: reduce-scatter the Jacobian for the Gramian and the update
+    (see :meth:`_sharded_gramian`) instead of all-reducing it whole."""
+    _shard: Tensor | None = None
 
     def __init__(
         self,
@@ -130,10 +134,60 @@ class _Gradients:
             raise GradientOverflow("the scaled gradients overflowed")
 
     def gramian(self) -> Tensor:
+        if self.shard_jacobian and self.reducer is not None and self._jacobian is None:
+            return self._sharded_gramian()
         return gramian(self.jacobian())
 
+    def _local_jacobian(self) -> list[Tensor]:
+        """This process's Jacobian blocks, as computed (scaled, in the compute dtype)."""
+        raise NotImplementedError
+
+    def _sharded_gramian(self) -> Tensor:
+        """The Gramian of the processes' mean Jacobian with each process holding a column
+        shard of it: a reduce-scatter of the ``T x P`` Jacobian (each process sends and keeps
+        ``P / W`` columns' worth), the shards' ``T x T`` Gramians summed by an all-reduce;
+        :meth:`apply` then all-gathers the ``P / W`` entries of each process's update shard.
+        Half the bytes of an all-reduce of the Jacobian, and ``1/W`` of the Gramian's work."""
+        reducer = self.reducer
+        blocks = self._local_jacobian()
+        if self.scale is not None or any(b.dtype in _LOW for b in blocks):
+            blocks = [self._unscaled(b) for b in blocks]
+        k = len(self.values)
+        columns = sum(b[0].numel() for b in blocks)
+        size = -(-columns // reducer.world)
+        # rows = parameters' entries, so that each process's shard is a contiguous block
+        stacked = blocks[0].new_zeros(size * reducer.world, k)
+        start = 0
+        for block in blocks:
+            n = block[0].numel()
+            stacked[start : start + n] = block.reshape(k, n).T
+            start += n
+        shard = reducer.reduce_scatter_mean(stacked)
+        self._shard = shard
+        gram = reducer.sum(shard.T @ shard)
+        if self.scale is not None:
+            self._check_finite(gram)
+        return gram
+
+    def _apply_sharded(self, weights: Tensor) -> None:
+        """The shared update from the column shards: each process's ``P / W`` entries of
+        ``sum_t w_t J_t``, all-gathered."""
+        combined = weights.to(self._shard.dtype)
+        if self.scale is not None:  # .grad holds scaled gradients, like the heads'
+            combined = combined * self.scale.to(combined.dtype)
+        update = self.reducer.all_gather(self._shard @ combined)
+        start = 0
+        for param in self.shared:
+            n = param.numel()
+            accumulate(param, update[start : start + n].view_as(param).to(param.dtype))
+            start += n
+        self.global_shared = True
+        self.apply_heads(weights)
+
     def apply(self, weights: Tensor) -> None:
-        if self._jacobian is not None:  # the exact update from the Jacobian at hand
+        if self._shard is not None:
+            self._apply_sharded(weights)
+        elif self._jacobian is not None:  # the exact update from the Jacobian at hand
             self.apply_shared(self._jacobian, weights)
             self.apply_heads(weights)
         else:
@@ -157,10 +211,12 @@ class LossGradients(_Gradients):
         super().__init__(*args)
         self.naive = naive
 
+    def _local_jacobian(self) -> list[Tensor]:
+        return task_jacobian(self.values, self.shared, "naive" if self.naive else "exact")
+
     def jacobian(self) -> list[Tensor]:
         if self._jacobian is None:
-            path = "naive" if self.naive else "exact"
-            self._jacobian = self._finish(task_jacobian(self.values, self.shared, path))
+            self._jacobian = self._finish(self._local_jacobian())
         return self._jacobian
 
     def last_layer_norms(self) -> Tensor:
@@ -252,10 +308,12 @@ class LeafGradients(_Gradients):
             self._head_grads = grads[len(leaves) :]
         return self._jz
 
+    def _local_jacobian(self) -> list[Tensor]:
+        return trunk_jacobian(self.features.z, self.shared, self._leaf_pass())
+
     def jacobian(self) -> list[Tensor]:
         if self._jacobian is None:
-            blocks = trunk_jacobian(self.features.z, self.shared, self._leaf_pass())
-            self._jacobian = self._finish(blocks)
+            self._jacobian = self._finish(self._local_jacobian())
         return self._jacobian
 
     def gramian(self) -> Tensor:
@@ -265,7 +323,7 @@ class LeafGradients(_Gradients):
             if self.fuse_heads and self.owners is not None:
                 return self._reduced_with_heads(gram)
             return self._reduced_gramian(gram)
-        return gramian(self.jacobian())
+        return super().gramian()
 
     def _reduced_with_heads(self, gram: Tensor) -> Tensor:
         """One all-reduce for the Gramian and the heads' own (unweighted) gradients: every

@@ -6,9 +6,15 @@ so that the global mean loss of task t is the *mean over processes* of their los
 (``L_t = (1/W) sum_r l_{r,t}``, with ``l_{r,t} = W * n_{r,t} / n_t * mean loss of its rows``;
 ``l = L_local`` when the shards are equal). Then, with ``W`` processes:
 
-- the Jacobian of the global losses on any parameter is the mean of the processes' Jacobians
-  (the exact and naive paths all-reduce the ``T x P_shared`` Jacobian, or the last shared
-  layer's block for GradNorm);
+- the Jacobian of the global losses on any parameter is the mean of the processes' Jacobians.
+  A method that reads only its Gramian (UPGrad, MGDA, PCGrad, CAGrad, Nash-MTL...) gets it
+  from column shards: a reduce-scatter of the ``T x P_shared`` Jacobian leaves each process
+  ``P_shared / W`` columns of the mean, a ``T x T`` all-reduce sums the shards' Gramians, and
+  an all-gather of the ``P_shared / W`` entries of each shard's update gives the update: each
+  process sends about ``(T + 1) P_shared (W - 1) / W`` values, half of an all-reduce of the
+  Jacobian, and computes ``1/W`` of the Gramian. A method that reads the Jacobian itself
+  (DB-MTL) all-reduces it whole (``2 T P_shared (W - 1) / W``), GradNorm the last shared
+  layer's block;
 - the Gramian of the global losses' feature gradients is ``(1/W^2) sum_r G_r``: row ``i`` of
   the global batch lives on one process only, so ``dL/dz`` has disjoint row blocks and the
   cross terms between processes are zero (the representation path all-reduces ``T x T``);
@@ -43,8 +49,8 @@ class Reducer:
     >>> store = tempfile.NamedTemporaryFile(delete=False).name
     >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     >>> reducer = Reducer()
-    >>> reducer.gramian(torch.eye(2)).tolist(), reducer.bytes
-    ([[1.0, 0.0], [0.0, 1.0]], 16)
+    >>> reducer.gramian(torch.eye(2)).tolist(), reducer.bytes  # one process sends nothing
+    ([[1.0, 0.0], [0.0, 1.0]], 0)
     >>> dist.destroy_process_group()
     """
 
@@ -53,12 +59,38 @@ class Reducer:
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.bytes = 0
-        """Bytes handed to all-reduce so far (each process's payload; the benchmark reads it)."""
+        """Bytes this process has sent so far, counted as ring algorithms send them (an
+        all-reduce of ``n`` bytes sends ``2 n (W - 1) / W``, a reduce-scatter or an all-gather
+        of ``n`` bytes in all ``n (W - 1) / W``); the benchmark reads it."""
+
+    def _count(self, tensor: Tensor, passes: int, copies: int = 1) -> None:
+        total = copies * tensor.numel() * tensor.element_size()
+        self.bytes += passes * total * (self.world - 1) // self.world
 
     def _all_reduce(self, flat: Tensor, op=dist.ReduceOp.SUM) -> Tensor:
-        self.bytes += flat.numel() * flat.element_size()
+        self._count(flat, 2)
         dist.all_reduce(flat, op=op, group=self.group)
         return flat
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """The sum over the processes (a new tensor)."""
+        return self._all_reduce(tensor.detach().clone())
+
+    def reduce_scatter_mean(self, stacked: Tensor) -> Tensor:
+        """This process's block of the processes' mean of ``stacked`` (``W`` equal blocks
+        along the first dimension)."""
+        self._count(stacked, 1)
+        blocks = list(stacked.chunk(self.world))
+        out = torch.empty_like(blocks[0])
+        dist.reduce_scatter(out, blocks, group=self.group)
+        return out.div_(self.world)
+
+    def all_gather(self, part: Tensor) -> Tensor:
+        """Every process's ``part``, concatenated in rank order."""
+        parts = [torch.empty_like(part) for _ in range(self.world)]
+        self._count(part, 1, copies=self.world)
+        dist.all_gather(parts, part.contiguous(), group=self.group)
+        return torch.cat(parts)
 
     def mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
         """Each tensor's mean over the processes, in one all-reduce (new tensors)."""

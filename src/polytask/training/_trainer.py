@@ -470,8 +470,11 @@ class Trainer:
     ``batch_size`` is the global batch, each process keeps a contiguous slice of every step's
     rows, and ``W`` processes make the update one process makes on the whole batch, for every
     method: DDP all-reduces the gradients of loss-level methods and of the representation path
-    (which also all-reduces its ``T x T`` Gramian); the exact and naive paths all-reduce the
-    ``T x P`` Jacobian and then the heads' gradients; methods whose state reads the losses
+    (which also all-reduces its ``T x T`` Gramian, the heads' gradients with it); the exact
+    and naive paths reduce-scatter the ``T x P`` Jacobian, all-reduce the shards' Gramians and
+    all-gather the update (DB-MTL all-reduces the Jacobian whole), then average the heads'
+    gradients, the forward pass skipping DDP as ``no_sync`` would; methods whose state reads
+    the losses
     (DWA, FAMO, uncertainty, IMTL-L, GradNorm, DB-MTL...) see the global losses. The stop set is
     evaluated whole on every process; every process returns the same History, and only rank 0
     writes the checkpoint (:func:`~polytask.training.is_main_process`). Refused before the
