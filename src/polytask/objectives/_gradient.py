@@ -394,8 +394,8 @@ class CAGrad(_Solved, _Weighted):
     """
 
     factory = aggregation.CAGradWeighting
-    max_iter = 12
-    """The iteration cap of the interior-point method (it converges in 8 to 12)."""
+    max_iter = 10
+    """The iteration cap of the interior-point method (it converges in 8 to 10)."""
     tol = 1e-8
     """The tolerance on its relative KKT residual (raised to 64 ulps of float32 there)."""
     norm_eps = 1e-4

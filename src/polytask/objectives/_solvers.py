@@ -54,18 +54,19 @@ class _Factor:
     def __init__(self, matrix: Tensor, scaled: bool = True) -> None:
         self.scale = None
         if scaled:
-            self.scale = matrix.diagonal().clamp_min(torch.finfo(matrix.dtype).tiny).rsqrt()
-            matrix = matrix * self.scale[:, None] * self.scale[None, :]
+            scale = matrix.diagonal().clamp_min(torch.finfo(matrix.dtype).tiny).rsqrt()
+            self.scale = scale[:, None]
+            matrix = matrix * self.scale * scale
         self.lu, self.pivots, _ = torch.linalg.lu_factor_ex(matrix)
 
     def solve(self, rhs: Tensor) -> Tensor:
         """``matrix^-1 rhs`` for a vector or the columns of a matrix."""
         column = rhs if rhs.dim() == 2 else rhs[:, None]
         if self.scale is not None:
-            column = column * self.scale[:, None]
+            column = column * self.scale
         out = torch.linalg.lu_solve(self.lu, self.pivots, column)
         if self.scale is not None:
-            out = out * self.scale[:, None]
+            out = out * self.scale
         return out if rhs.dim() == 2 else out[:, 0]
 
 
@@ -178,7 +179,7 @@ def cagrad_solve(
     gram: Tensor,
     c: float,
     start: Tensor | None = None,
-    max_iter: int = 12,
+    max_iter: int = 10,
     tol: float = 1e-8,
 ) -> tuple[Tensor, Tensor]:
     """Solve CAGrad's dual over the simplex in Gramian terms.
@@ -232,34 +233,39 @@ def cagrad_solve(
     grad = b + (r / s) * gw
     # start the multipliers where the dual residual is smallest for a central point
     nu = (grad - 1.0).min()
-    z = (grad - nu).clamp_min(1e-2)
+    state = torch.stack([w, (grad - nu).clamp_min(1e-2)])  # the rows: w and z
     best_w, best_res = w, torch.full((), math.inf, dtype=dtype, device=g.device)
-    for _ in range(max_iter + 1):
+    for k in range(max_iter + 1):
+        w, z = state
+        if k:
+            gw = g @ w
+            s = (w @ gw + smooth).sqrt()
+            grad = b + (r / s) * gw
         rd = grad - z - nu
         rp = w.sum() - 1
         wz = w * z
         mu = wz.mean()
         res = (rd.abs().max() + rp.abs() + mu) / norm
-        better = res < best_res
-        best_w = torch.where(better, w, best_w)
+        best_w = torch.where(res < best_res, w, best_w)
         best_res = torch.minimum(res, best_res)
+        if k == max_iter:
+            break
         # the Hessian of r sqrt(w^T G w), plus Z / W: the matrix of Newton's reduced system
-        kkt = (r / s) * g - torch.outer(gw, gw * (r / s**3))
+        kkt = (r / s) * g - torch.outer(gw, gw * (r / (s * s * s)))
         kkt.diagonal().add_(z / w)
-        w, z, nu = _interior_step(kkt, w, z, nu, rd, rp, wz, mu)
-        gw = g @ w
-        s = (w @ gw + smooth).sqrt()
-        grad = b + (r / s) * gw
+        state, nu = _interior_step(kkt, state, nu, rd, rp, wz, mu)
     best_w = best_w.clamp_min(0)
     return best_w / best_w.sum(), best_res <= tol
 
 
 def _interior_step(
-    kkt: Tensor, w: Tensor, z: Tensor, nu: Tensor, rd: Tensor, rp: Tensor, wz: Tensor, mu: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+    kkt: Tensor, state: Tensor, nu: Tensor, rd: Tensor, rp: Tensor, wz: Tensor, mu: Tensor
+) -> tuple[Tensor, Tensor]:
     """One Mehrotra predictor-corrector step for ``min f(w)`` s.t. ``w >= 0``, ``sum w = 1``
-    (``kkt``: the Hessian of ``f`` plus ``Z / W``): the new ``w``, ``z`` (the bounds'
-    multipliers) and ``nu`` (the equality's); the old ones where the step is not finite."""
+    (``kkt``: the Hessian of ``f`` plus ``Z / W``; ``state``: the rows ``w`` and ``z``, the
+    bounds' multipliers): the new ``state`` and ``nu`` (the equality's multiplier); the old
+    ones where the step is not finite."""
+    w, z = state
     factor = _Factor(kkt)
     # H dw - dz - dnu 1 = -rd;  sum dw = -rp;  z dw + w dz = rc. With dz eliminated,
     # (H + Z/W) dw = q + dnu 1 for q = -rd + rc / w; dnu from sum dw = -rp. The predictor
@@ -267,26 +273,24 @@ def _interior_step(
     u, unit = factor.solve(torch.stack([-rd - z, torch.ones_like(w)], 1)).unbind(1)
     total = unit.sum()
     dw = u + ((-rp - u.sum()) / total) * unit
-    dz = -z - z * dw / w
-    step = _longest(w, z, dw, dz)
-    mu_aff = ((w + step * dw) @ (z + step * dz)) / w.shape[0]
+    move = torch.stack([dw, -z - z * dw / w])
+    step = _longest(state, move)
+    mu_aff = (state + step * move).prod(0).mean()
     sigma = (mu_aff / mu).clamp(0, 1) ** 3
-    rc = sigma * mu - wz - dw * dz
+    rc = sigma * mu - wz - move.prod(0)
     u = factor.solve(rc / w - rd)
     dnu = (-rp - u.sum()) / total
     dw = u + dnu * unit
-    dz = (rc - z * dw) / w
-    step = 0.99 * _longest(w, z, dw, dz)
-    new_w, new_z, new_nu = w + step * dw, z + step * dz, nu + step * dnu
-    ok = (new_w.sum() + new_z.sum() + new_nu).isfinite()
-    return torch.where(ok, new_w, w), torch.where(ok, new_z, z), torch.where(ok, new_nu, nu)
+    move = torch.stack([dw, (rc - z * dw) / w])
+    step = 0.99 * _longest(state, move)
+    new, new_nu = state + step * move, nu + step * dnu
+    ok = (new.sum() + new_nu).isfinite()
+    return torch.where(ok, new, state), torch.where(ok, new_nu, nu)
 
 
-def _longest(w: Tensor, z: Tensor, dw: Tensor, dz: Tensor) -> Tensor:
-    """The longest step in ``[0, 1]`` that keeps ``w + t dw`` and ``z + t dz`` non-negative."""
-    to_w = torch.where(dw < 0, w / -dw, 1.0).min()
-    to_z = torch.where(dz < 0, z / -dz, 1.0).min()
-    return torch.minimum(to_w, to_z).clamp(max=1.0)
+def _longest(state: Tensor, move: Tensor) -> Tensor:
+    """The longest step in ``[0, 1]`` that keeps ``state + t move`` non-negative."""
+    return torch.where(move < 0, state / -move, 1.0).amin().clamp(max=1.0)
 
 
 def gradvac_solve(
