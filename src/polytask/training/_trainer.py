@@ -413,7 +413,8 @@ class Trainer:
     lr, eps
         The default optimizer's (Adam) learning rate and epsilon.
     batch_size
-        Rows per training step (per task, with one dataset per task).
+        Rows per training step (per task, with one dataset per task). Under ``torchrun`` it
+        is the global batch, summed over the processes (see "Data parallelism" below).
     max_epochs
         Upper bound on epochs.
     patience
