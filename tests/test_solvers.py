@@ -37,7 +37,8 @@ def jacobian(seed: int, n: int, kind: str) -> torch.Tensor:
     rank = max(1, n // 3)
     basis = torch.randn(rank, width, generator=gen, dtype=torch.float64)
     mix = 0.4 * torch.randn(n, rank, generator=gen, dtype=torch.float64)
-    mix[:, 0] += 1.0  # every row leans on basis[0]
+    # every row leans on basis[0]: no non-negative combination of the rows is 0
+    mix[:, 0] = 1 + 0.3 * torch.rand(n, generator=gen, dtype=torch.float64)
     return mix @ basis
 
 
@@ -126,7 +127,7 @@ def test_cagrad_matches_the_reference_or_is_closer_to_dual_optimality(J):
     assume(bool(reference.abs().sum() > 0))  # not at a Pareto-stationary point
     if not close(ours, reference):
         assert cagrad_gap(gram, ours) <= cagrad_gap(gram, reference) + 1e-12
-    assert cagrad_gap(gram, ours) <= 1e-9
+    assert cagrad_gap(gram, ours) <= 1e-7
 
 
 def test_cagrad_gives_zeros_at_a_pareto_stationary_point():
