@@ -35,6 +35,25 @@ def test_history_records_every_epoch_and_task(hetero_splits):
     assert pt.training.History.from_dict(history.to_dict()) == history
 
 
+@pytest.mark.parametrize("objective", ["dbmtl", "uw", "geometric"])
+def test_train_and_stop_loss_are_the_same_quantity(objective, hetero_splits):
+    """DB-MTL's step minimises a sum of log losses (negative here) while its stop criterion is
+    the mean task loss: both curves must be the criterion, the step's value its own column."""
+    train, stop, _ = hetero_splits
+    _, history, _ = fit(train, stop, objective=objective, max_epochs=2)
+    names = ("task0", "task1", "task2")
+    for record in history.records:
+        for split in ("train", "stop"):
+            per_task = np.array([record[f"{split}_loss/{t}"] for t in names])
+            expected = (
+                np.exp(np.mean(np.log(per_task))) if objective == "geometric" else per_task.mean()
+            )
+            assert record[f"{split}_loss"] == pytest.approx(expected, rel=1e-5)
+        assert np.isfinite(record["train_combined"])
+    if objective == "dbmtl":  # its combined value is on another scale
+        assert all(r["train_combined"] < 0 < r["train_loss"] for r in history.records)
+
+
 def test_early_stopping_restores_the_best_epoch(hetero_splits):
     train, stop, _ = hetero_splits
     # a high learning rate makes the stop loss bounce, so the last epoch is rarely the best
@@ -281,9 +300,9 @@ def test_a_stopping_callback_ends_the_fit_and_defaults_can_be_replaced(hetero_sp
     _, history, trainer = fit(train, stop, max_epochs=4, callbacks=[worst])
     assert history.best_epoch == int(np.argmax(history["stop_loss"])) + 1
     assert sum(isinstance(c, pt.BestWeights) for c in trainer._callbacks()) == 1
-    stopper = pt.EarlyStopping(patience=1, monitor="train_loss")
+    stopper = pt.EarlyStopping(patience=1, monitor="train_combined")
     _, history, _ = fit(train, stop, max_epochs=50, patience=5, callbacks=[stopper])
-    assert "train_loss" in history.stop_reason
+    assert "train_combined" in history.stop_reason
 
 
 def test_checkpoints_are_written_atomically_each_epoch(hetero_splits, tmp_path):

@@ -12,9 +12,13 @@ import pandas as pd
 class History:
     """What happened in each epoch of a fit.
 
-    Each epoch is one record (a flat dict) with ``epoch``, ``train_loss`` and ``stop_loss`` (the
-    objective's value), ``train_loss/<task>`` and ``stop_loss/<task>`` (each task's own loss),
-    ``weight/<task>`` (the mean effective weight the task got) and ``seconds``.
+    Each epoch is one record (a flat dict) with ``epoch``; ``train_loss`` and ``stop_loss``,
+    the same quantity on the two sets: the objective's stop criterion of the epoch's mean task
+    losses (the mean task loss for a learned or moving weighting, the combined loss for a fixed
+    form such as ``sum`` or ``geometric``); ``train_combined``, the mean over the epoch's steps
+    of what each step minimised (a learned weighting's own scale, e.g. negative for DB-MTL);
+    ``train_loss/<task>`` and ``stop_loss/<task>`` (each task's own loss), ``weight/<task>``
+    (the mean effective weight the task got) and ``seconds``.
 
     Examples
     --------

@@ -368,16 +368,35 @@ class _EpochTotals:
         self.steps += 1
 
     def record(
-        self, epoch: int, names: tuple[str, ...], stop_losses: Tensor, stop_value: Tensor
+        self,
+        epoch: int,
+        names: tuple[str, ...],
+        stop_losses: Tensor,
+        stop_value: Tensor,
+        criterion: Callable[[Tensor], Tensor],
     ) -> dict[str, float]:
+        """The epoch's record. ``train_loss`` and ``stop_loss`` are the same quantity, the
+        objective's stop criterion (``criterion``, i.e. ``objective.value``) of the epoch's
+        mean task losses on each set; ``train_combined`` is the mean over the steps of what
+        each step minimised (for a learned or moving weighting, a different scale)."""
         k, steps = len(names), max(self.steps, 1)
+        rows = torch.as_tensor(self.rows, dtype=self.loss_sum.dtype, device=self.device)
+        train_losses = self.loss_sum / rows
+        present = self.rows > 0
+        with torch.no_grad():
+            if present.all():
+                train_value = criterion(train_losses)
+            else:  # a task absent all epoch (sequential schedule): the tasks that trained
+                train_value = train_losses[torch.as_tensor(present, device=self.device)].mean()
         parts = [self.loss_sum, self.weight_sum / steps, stop_losses, self.bad_steps]
-        flat = torch.cat([*parts, (self.value_sum / steps)[None], stop_value[None]]).tolist()
+        ends = [(self.value_sum / steps)[None], stop_value[None], train_value.reshape(1)]
+        flat = torch.cat([*parts, *ends]).tolist()
         self.bad = flat[3 * k : 4 * k]
         record: dict[str, float] = {
             "epoch": epoch,
-            "train_loss": flat[4 * k],
+            "train_loss": flat[4 * k + 2],
             "stop_loss": flat[4 * k + 1],
+            "train_combined": flat[4 * k],
         }
         for i, name in enumerate(names):
             rows = self.rows[i]
@@ -865,7 +884,7 @@ class Trainer:
                     if parallel is not None:  # the same record, and decisions, everywhere
                         totals.reduce(parallel.reducer)
                         stop_losses, stop_value = parallel.reducer.mean([stop_losses, stop_value])
-                    record = totals.record(epoch, names, stop_losses, stop_value)
+                    record = totals.record(epoch, names, stop_losses, stop_value, objective.value)
                     totals.record_terms(record, [t.name for t in objective.terms], stop_terms)
                     if self.track_metrics:
                         record.update(self._stop_metrics(model, plan, stop))
