@@ -44,11 +44,13 @@ def predict(
     (3,)
     """
     sparse = sp.issparse(x)
+    tensors = [*model.parameters(), *model.buffers()]
+    kinds = {t.dtype for t in model.parameters() if t.is_floating_point()}
+    dtype = kinds.pop() if len(kinds) == 1 else torch.float32  # a float64 model reads float64
     if not sparse:
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = torch.as_tensor(x, dtype=dtype)
         if x.ndim == 1:
             x = x[:, None]
-    tensors = [*model.parameters(), *model.buffers()]
     home = {t.device for t in tensors}
     if device is None:
         target_device = tensors[0].device if tensors else torch.device("cpu")
@@ -71,7 +73,7 @@ def predict(
             for start in range(0, x.shape[0], batch_size):
                 rows = x[start : start + batch_size]
                 rows = csr_batch(sp.csr_matrix(rows, dtype=np.float32)) if sparse else rows
-                outputs = model(rows.to(target_device))
+                outputs = model(rows.to(target_device, dtype=dtype))
                 for task in tasks:
                     chunks[task.name].append(task.output(outputs[task.name]))
     finally:

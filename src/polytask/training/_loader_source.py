@@ -73,8 +73,9 @@ class LoaderSource:
         device: torch.device,
         *,
         sparse_input: bool = True,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.split, self.tasks, self.device = split, tuple(tasks), device
+        self.split, self.tasks, self.device, self.dtype = split, tuple(tasks), device, dtype
         self.sparse_input = sparse_input
         if not isinstance(loaders, Mapping):
             raise TypeError(
@@ -128,10 +129,11 @@ class LoaderSource:
         return f"task {self.tasks[position].name!r}, batch {index} of its {self.split} loader"
 
     def _inputs(self, x: Any, where: str) -> Tensor:
-        """A batch's inputs as a float32 tensor on the host side of the copy: dense, or sparse
-        CSR (a torch CSR tensor or a scipy sparse matrix) unless ``sparse_input`` is off."""
+        """A batch's inputs as a tensor of the model's dtype on the host side of the copy:
+        dense, or sparse CSR (a torch CSR tensor or a scipy sparse matrix) unless
+        ``sparse_input`` is off."""
         if sp.issparse(x):
-            rows = sp.csr_matrix(x, dtype=np.float32)
+            rows = sp.csr_matrix(x, dtype=torch.empty((), dtype=self.dtype).numpy().dtype)
             if not np.isfinite(rows.data).all():
                 raise ValueError(f"inputs x of {where}: non-finite value in the sparse matrix")
             return csr_batch(rows, sparse_tensor=self.sparse_input)
@@ -145,7 +147,7 @@ class LoaderSource:
         if x.layout == torch.sparse_csr:
             if not bool(torch.isfinite(x.values()).all()):
                 raise ValueError(f"inputs x of {where}: non-finite value in the sparse tensor")
-            x = x if x.dtype == torch.float32 else x.to(torch.float32)
+            x = x if x.dtype == self.dtype else x.to(self.dtype)
             return x if self.sparse_input else x.to_dense()
         if x.layout != torch.strided:
             raise ValueError(
@@ -155,7 +157,7 @@ class LoaderSource:
         if x.ndim == 0:
             raise ValueError(f"inputs x of {where}: got a scalar; expected shape (n, features)")
         x = x[:, None] if x.ndim == 1 else x
-        x = x if x.dtype == torch.float32 else x.to(torch.float32)
+        x = x if x.dtype == self.dtype else x.to(self.dtype)
         finite = torch.isfinite(x)
         if not bool(finite.all()):
             row = int((~finite).nonzero()[0, 0])
@@ -207,6 +209,8 @@ class LoaderSource:
         device = self.device
         mask = None if known is None else known.to(device, non_blocking=True)
         x = x.to(device, non_blocking=True)
+        if target.is_floating_point():  # real-valued targets in the model's dtype
+            target = target.to(self.dtype)
         return TaskBatch(position, x, target.to(device, non_blocking=True), mask, count)
 
     def complete_steps(self, schedule: Schedule) -> bool:

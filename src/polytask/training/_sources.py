@@ -86,17 +86,34 @@ def _check_inputs(x: Tensor, where: str) -> None:
         raise ValueError(f"inputs x of {where}: non-finite value (NaN or inf) at row {row}")
 
 
+def _on(target: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A prepared target on the device; real-valued targets in the model's dtype (class
+    indices stay integers)."""
+    return target.to(device, dtype=dtype) if target.is_floating_point() else target.to(device)
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of the model's parameters (float32 when it has none, or several)."""
+    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return kinds.pop() if len(kinds) == 1 else torch.float32
+
+
 class SharedSource:
     """A :class:`MultiTargetData` split on the device, targets validated and converted."""
 
     def __init__(
-        self, data: MultiTargetData, split: str, tasks: Sequence[Task], device: torch.device
+        self,
+        data: MultiTargetData,
+        split: str,
+        tasks: Sequence[Task],
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if len(data) == 0:
             raise ValueError(f"the {split} split is empty")
         _check_inputs(data.x, f"the {split} split")
         self.split, self.tasks = split, tuple(tasks)
-        self.x = data.x.to(device)
+        self.x = data.x.to(device, dtype=dtype)  # the model's floating dtype
         self.n_features = tuple(data.x.shape[1:])
         self.y: dict[str, Tensor] | Tensor = {}
         self.masks: dict[str, Tensor] = {}
@@ -109,7 +126,7 @@ class SharedSource:
                     f"its columns are {list(data.targets)}"
                 )
             target, known = task.prepare(data.targets[task.name], split, given.get(task.name))
-            self.y[task.name] = target.to(device)
+            self.y[task.name] = _on(target, device, dtype)
             if known is not None:
                 if not bool(known.any()):
                     raise ValueError(f"task {task.name!r}: no labelled row in the {split} split")
@@ -192,9 +209,10 @@ class PerTaskSource:
         device: torch.device,
         *,
         sparse_input: bool = True,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.split, self.tasks, self.device = split, tuple(tasks), device
-        self.sparse_input = sparse_input
+        self.sparse_input, self.dtype = sparse_input, dtype
         names = [t.name for t in tasks]
         unknown = [k for k in data if k not in names]
         if unknown:
@@ -221,8 +239,8 @@ class PerTaskSource:
                 raise ValueError(f"{where}: no labelled row")
             self.parts[task.name] = _TaskPart(
                 part,
-                None if part.sparse else part.x.to(device),
-                target.to(device),
+                None if part.sparse else part.x.to(device, dtype=dtype),
+                _on(target, device, dtype),
                 None if known is None else known.to(device),
                 None if known is None else known.numpy(),
             )
@@ -248,7 +266,7 @@ class PerTaskSource:
         index = torch.from_numpy(host_index).to(self.device)
         if part.x is None:
             x = csr_batch(part.data.x[host_index], sparse_tensor=self.sparse_input)
-            x = x.to(self.device, non_blocking=True)
+            x = x.to(self.device, dtype=self.dtype, non_blocking=True)
         else:
             x = part.x[index]
         mask = None if part.mask is None else part.mask[index]
@@ -290,17 +308,19 @@ def make_source(
     device: torch.device,
     *,
     sparse_input: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Source:
     """The trainer's view of one split: one dataset for every task, one ``TaskData`` per task,
-    or one ``DataLoader`` / ``Dataset`` per task."""
+    or one ``DataLoader`` / ``Dataset`` per task. Inputs and real-valued targets take
+    ``dtype``, the model's floating dtype."""
     if isinstance(data, MultiTargetData):
-        return SharedSource(data, split, tasks, device)
+        return SharedSource(data, split, tasks, device, dtype)
     if isinstance(data, Mapping) and all(isinstance(v, TaskData) for v in data.values()):
-        return PerTaskSource(data, split, tasks, device, sparse_input=sparse_input)
+        return PerTaskSource(data, split, tasks, device, sparse_input=sparse_input, dtype=dtype)
     if isinstance(data, Mapping):  # the user's own per-task DataLoaders or Datasets
         from ._loader_source import LoaderSource  # it builds on this module's batch types
 
-        return LoaderSource(data, split, tasks, device, sparse_input=sparse_input)
+        return LoaderSource(data, split, tasks, device, sparse_input=sparse_input, dtype=dtype)
     raise TypeError(
         f"the {split} data must be a MultiTargetData or a mapping task -> TaskData, "
         f"DataLoader or Dataset, got {type(data).__name__}"

@@ -27,7 +27,14 @@ from ._distributed import Shard, setup
 from ._history import History
 from ._losses import LossPlan
 from ._progress import EpochProgress
-from ._sources import PerTaskBatch, SharedBatch, SharedSource, Source, make_source
+from ._sources import (
+    PerTaskBatch,
+    SharedBatch,
+    SharedSource,
+    Source,
+    make_source,
+    model_dtype,
+)
 
 Data = MultiTargetData | Mapping[str, TaskData]
 PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -357,7 +364,7 @@ class _EpochTotals:
                 )
             index, rows = self._cache[key]
             self.rows[list(positions)] += counts
-            self.loss_sum.index_add_(0, index, losses * rows)
+            self.loss_sum.index_add_(0, index, (losses * rows).to(self.loss_sum.dtype))
             self.bad_steps.index_add_(0, index, broken.to(self.bad_steps.dtype))
         self.value_sum.add_(value)
         self.weight_sum.add_(weights)
@@ -592,8 +599,10 @@ class Trainer:
         device = resolve_device(self.device)
         shard, device = setup(device)
         tasks = _check_tasks(model, tasks)
-        train_source = make_source(train, "train", tasks, device, sparse_input=self.sparse_input)
-        stop_source = make_source(stop, "stop", tasks, device, sparse_input=self.sparse_input)
+        dtype = model_dtype(model)  # a float64 model gets float64 inputs and targets
+        options = {"sparse_input": self.sparse_input, "dtype": dtype}
+        train_source = make_source(train, "train", tasks, device, **options)
+        stop_source = make_source(stop, "stop", tasks, device, **options)
         if type(train_source) is not type(stop_source):
             raise ValueError("train and stop data must be of the same kind")
         if train_source.n_features != stop_source.n_features:
@@ -931,7 +940,14 @@ class Trainer:
         """Each task's mean loss over ``data`` (labelled rows only), without gradients."""
         tasks = _check_tasks(model, tasks)
         device = next(model.parameters()).device
-        source = make_source(data, "evaluation", tasks, device, sparse_input=self.sparse_input)
+        source = make_source(
+            data,
+            "evaluation",
+            tasks,
+            device,
+            sparse_input=self.sparse_input,
+            dtype=model_dtype(model),
+        )
         plan = LossPlan(model, tasks, source)
         plan.adopt(source)
         return self._source_losses(model, plan, source)[0]
@@ -957,7 +973,8 @@ class Trainer:
                     rows += n
                 positions = positions or tuple(range(k))
                 weights = torch.tensor(batch.counts, dtype=losses.dtype, device=device)
-                total.index_add_(0, torch.tensor(positions, device=device), losses * weights)
+                chunk = (losses * weights).to(total.dtype)  # float32 totals whatever the model
+                total.index_add_(0, torch.tensor(positions, device=device), chunk)
                 counts[list(positions)] += batch.counts
         model.train(was_training)
         means = total / torch.tensor(counts, dtype=total.dtype, device=device)
