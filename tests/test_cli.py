@@ -138,7 +138,10 @@ def test_list_shows_every_method_with_its_description(capsys):
     assert "Weighted:" in by_name["weighted:W1:W2:..."]
     for line in lines:  # one sentence each: nothing after the first full stop
         description = line.split(": ", 1)[1]
-        assert description and ". " not in description.replace("et al. ", ""), line
+        rest = description
+        for abbreviation in ("et al. ", "i.e. ", "e.g. "):  # not the end of a sentence
+            rest = rest.replace(abbreviation, "")
+        assert description and ". " not in rest, line
 
 
 def test_first_sentence_keeps_abbreviations():
@@ -147,6 +150,48 @@ def test_first_sentence_keeps_abbreviations():
     text = 'X (Chen et al., 2018, "A"): the ``a`` b. second one.\n\nmore'
     assert first_sentence(text) == 'X (Chen et al., 2018, "A"): the a b.'
     assert first_sentence(None) == "(no description)"
+    assert first_sentence("A (i.e. B) c. D.") == "A (i.e. B) c."
+
+
+def test_torchrun_writes_the_report_of_one_process_from_rank_zero(tmp_path):
+    """``torchrun --nproc-per-node 2 -m polytask run hetero`` trains data-parallel and writes
+    one report, equal (to float summation order) to a single process's."""
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    args = ["run", "hetero", "--rows", "600", "--tasks", "2", "--max-epochs", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    launcher += ["--master-addr", "127.0.0.1", "--master-port", port, "-m", "polytask"]
+    done = subprocess.run(
+        [*launcher, *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("report written to") == 1  # rank 0 only
+    one = pd.read_csv(tmp_path / "one" / "results.csv")
+    two = pd.read_csv(tmp_path / "two" / "results.csv")
+    assert list(one.columns) == list(two.columns) and len(one) == len(two) > 0
+    numeric = one.select_dtypes("number").columns
+    pd.testing.assert_frame_equal(one[numeric], two[numeric], rtol=1e-4)
+
+
+def test_precision_reaches_the_trainer_and_is_refused_where_unsupported(tmp_path, capsys):
+    out = tmp_path / "bf16"
+    args = ["run", "hetero", "--rows", "300", "--tasks", "2", "--max-epochs", "1", "--quiet"]
+    assert main([*args, "--precision", "bf16-mixed", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16-mixed"
+    code = main(["run", "relatedness", "--precision", "bf16-mixed", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "--precision is for hetero, phase; not relatedness" in capsys.readouterr().err
 
 
 @pytest.fixture

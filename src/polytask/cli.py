@@ -41,6 +41,9 @@ from .experiments._census import census_section
 from .experiments._comparison_report import _pick_config
 from .experiments._replicate import CodeChangedError
 from .experiments._tune import beyond_front, place_methods, plot_front, tune
+from .training import is_main_process
+
+PRECISION_CHOICES = ("32", "bf16-mixed", "16-mixed")  # Lightning's names, as Trainer takes
 
 DATA_EXPERIMENTS = {
     "reviews": "movie/restaurant/product sentiment + site of a sentence, one dataset per task "
@@ -142,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder where each fit saves its state every epoch (one subfolder per "
         "model/method); running the same command again resumes there and does not retrain "
         "finished fits (hetero, phase, census, relatedness; default: no checkpoints)",
+    )
+    run.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="32",
+        help="floating point of the training forward pass (hetero, phase): autocast to "
+        "bfloat16 or float16 with a gradient scaler; methods always read float32",
     )
     _common(run)
     compare = _subcommand(
@@ -267,6 +277,8 @@ def _experiment_options(
     synthetic = sorted(EXPERIMENTS)
     parser.add_argument(
         "--n",
+        "--rows",  # torchrun reads --n as an abbreviation of its own --nnodes
+        dest="n",
         type=_positive,
         help=f"rows drawn, train/stop/test = 5/45/50%% ({_own_default('n', synthetic)}); "
         "census: training rows kept (default: all), relatedness: training rows "
@@ -444,8 +456,10 @@ def _experiment(args: argparse.Namespace) -> Any:
 
 
 def _out(args: argparse.Namespace, name: str) -> Path:
-    """The report folder, created and checked writable before any training."""
-    return writable_folder(args.out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
+    """The report folder, created and checked writable before any training (by the main
+    process only, under torchrun: the others write nothing)."""
+    path = args.out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return writable_folder(path) if is_main_process() else path
 
 
 def writable_folder(path: Path, option: str = "--out") -> Path:
@@ -531,6 +545,10 @@ def _cmd_run_architectures(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.precision != "32" and args.experiment not in EXPERIMENTS:
+        raise ValueError(
+            f"--precision is for {', '.join(sorted(EXPERIMENTS))}; not {args.experiment}"
+        )
     if args.experiment in ARCHITECTURE_EXPERIMENTS:
         return _cmd_run_architectures(args)
     _checkpoint(args)  # refused here for the experiments without checkpoints
@@ -540,9 +558,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.experiment in DATA_EXPERIMENTS:
         _refuse_architecture_options(args)
         return _cmd_reviews(args)
-    experiment = _experiment(args)
+    experiment = dataclasses.replace(_experiment(args), precision=args.precision)
     out = _out(args, experiment.name)
-    result = experiment.run(args.seed, quiet=args.quiet, checkpoint=_checkpoint(args))
+    main_process = is_main_process()  # under torchrun, one report from rank 0
+    quiet = args.quiet or not main_process
+    result = experiment.run(args.seed, quiet=quiet, checkpoint=_checkpoint(args))
+    if not main_process:
+        return 0
     files = write_run_report(result, out)
     print(f"{experiment.name}, seed {args.seed}: test MSE against the noiseless targets")
     print(markdown_table(results_table(result)))

@@ -91,6 +91,7 @@ class SyntheticExperiment:
     fractions: tuple[float, float, float] = (0.05, 0.45, 0.5)
     methods: tuple[str, ...] = ("mse", "geometric")
     baseline: str = "mse"
+    precision: str = "32"
     device: str = field(default="auto", compare=False)
 
     def __post_init__(self) -> None:
@@ -166,6 +167,7 @@ class SyntheticExperiment:
             callbacks=list(callbacks),
             track_metrics=track_metrics,
             checkpoint=checkpoint,
+            precision=self.precision,
         )
         label = f"{method if isinstance(method, str) else type(method).__name__}, seed {seed}"
         return model, fit_or_warn(trainer, model, self.tasks(), train, stop, label)
