@@ -230,36 +230,45 @@ def cagrad_solve(
 
     gw = g @ w
     s = (w @ gw + smooth).sqrt()
-    grad = b + (r / s) * gw
+    ratio = r / s
+    grad = b + ratio * gw
     # start the multipliers where the dual residual is smallest for a central point
-    nu = (grad - 1.0).min()
-    state = torch.stack([w, (grad - nu).clamp_min(1e-2)])  # the rows: w and z
+    nu = grad.min() - (norm - 1)  # z = grad - nu: central, on the problem's scale
+    state = torch.stack([w, grad - nu])  # the rows: w and z
     best_w, best_res = w, torch.full((), math.inf, dtype=dtype, device=g.device)
     for k in range(max_iter + 1):
         w, z = state
         if k:
             gw = g @ w
             s = (w @ gw + smooth).sqrt()
-            grad = b + (r / s) * gw
+            ratio = r / s
+            grad = b + ratio * gw
         rd = grad - z - nu
         rp = w.sum() - 1
         wz = w * z
         mu = wz.mean()
-        res = (rd.abs().max() + rp.abs() + mu) / norm
+        res = rd.abs().max() + rp.abs() + mu  # relative to norm at the end
         best_w = torch.where(res < best_res, w, best_w)
         best_res = torch.minimum(res, best_res)
         if k == max_iter:
             break
         # the Hessian of r sqrt(w^T G w), plus Z / W: the matrix of Newton's reduced system
-        kkt = (r / s) * g - torch.outer(gw, gw * (r / (s * s * s)))
+        kkt = ratio * g - torch.outer(gw, gw * (ratio / (s * s)))
         kkt.diagonal().add_(z / w)
-        state, nu = _interior_step(kkt, state, nu, rd, rp, wz, mu)
+        state, nu = _interior_step(kkt, state, nu, rd, rp, wz, mu, ones)
     best_w = best_w.clamp_min(0)
-    return best_w / best_w.sum(), best_res <= tol
+    return best_w / best_w.sum(), best_res <= tol * norm
 
 
 def _interior_step(
-    kkt: Tensor, state: Tensor, nu: Tensor, rd: Tensor, rp: Tensor, wz: Tensor, mu: Tensor
+    kkt: Tensor,
+    state: Tensor,
+    nu: Tensor,
+    rd: Tensor,
+    rp: Tensor,
+    wz: Tensor,
+    mu: Tensor,
+    ones: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """One Mehrotra predictor-corrector step for ``min f(w)`` s.t. ``w >= 0``, ``sum w = 1``
     (``kkt``: the Hessian of ``f`` plus ``Z / W``; ``state``: the rows ``w`` and ``z``, the
@@ -270,7 +279,7 @@ def _interior_step(
     # H dw - dz - dnu 1 = -rd;  sum dw = -rp;  z dw + w dz = rc. With dz eliminated,
     # (H + Z/W) dw = q + dnu 1 for q = -rd + rc / w; dnu from sum dw = -rp. The predictor
     # (rc = -w z, so q = -rd - z) and the solve with 1 share one call.
-    u, unit = factor.solve(torch.stack([-rd - z, torch.ones_like(w)], 1)).unbind(1)
+    u, unit = factor.solve(torch.stack([-rd - z, ones], 1)).unbind(1)
     total = unit.sum()
     dw = u + ((-rp - u.sum()) / total) * unit
     move = torch.stack([dw, -z - z * dw / w])
