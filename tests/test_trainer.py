@@ -402,3 +402,16 @@ def test_a_models_own_regularization_joins_every_training_step(hetero_splits, me
 
     assert final_norm(True) < 0.5 * final_norm(False)
     assert len(calls) == -(-len(train) // 32)  # once per training step, never on the stop set
+
+
+def test_the_history_counts_solves_that_missed_their_tolerance(hetero_splits):
+    """A solver capped at one iteration cannot converge: the History says so, cumulatively;
+    with its default cap the count stays 0."""
+    train, stop, _ = hetero_splits
+    capped = pt.objectives.NashMTL()
+    capped.max_iter = 1  # the torch solver's iteration cap
+    _, history, _ = fit(train, stop, objective=capped, max_epochs=2)
+    counts = history["solver_unconverged"]
+    assert len(counts) == 2 and 0 < counts[0] < counts[1]
+    _, history, _ = fit(train, stop, objective="nashmtl", max_epochs=1)
+    assert history["solver_unconverged"] == [0.0]

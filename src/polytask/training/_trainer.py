@@ -895,6 +895,9 @@ class Trainer:
                         stop_losses, stop_value = parallel.reducer.mean([stop_losses, stop_value])
                     record = totals.record(epoch, names, stop_losses, stop_value, objective.value)
                     totals.record_terms(record, [t.name for t in objective.terms], stop_terms)
+                    method = getattr(objective, "base", objective)  # a WithTerms' own method
+                    if hasattr(method, "diagnostics"):  # e.g. solves that missed tolerance
+                        record.update({k: float(v) for k, v in method.diagnostics().items()})
                     if self.track_metrics:
                         record.update(self._stop_metrics(model, plan, stop))
                     record["lr"] = optimizer.param_groups[0]["lr"]
