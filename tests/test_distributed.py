@@ -81,7 +81,7 @@ WORKER = textwrap.dedent(
             sys.exit(0)
         results = {name: run(name, method, b, kind) for name, method, b, kind in RUNS}
         refused = {}
-        for method, kind in (("rlw", "shared"), ("mean", "masked")):
+        for method, kind in (("rlw", "shared"), ("mean", "masked"), ("pcgrad", "batchnorm")):
             d = data("shared")
             if kind == "masked":
                 y = d.targets["t0"].clone(); y[::2] = float("nan")
@@ -89,7 +89,11 @@ WORKER = textwrap.dedent(
             try:
                 tasks = [pt.Task(f"t{i}", allow_missing=kind == "masked") for i in range(3)]
                 trainer = pt.Trainer(method, max_epochs=1, quiet=True, device="cpu")
-                trainer.fit(build(), tasks, d, d)
+                model = build()
+                if kind == "batchnorm":  # running statistics outside DDP's broadcast
+                    trunk = nn.Sequential(model.trunk, nn.BatchNorm1d(8))
+                    model = pt.MultiTaskModel(trunk, dict(model.heads.items()))
+                trainer.fit(model, tasks, d, d)
             except ValueError as error:
                 refused[f"{method} {kind}"] = str(error)
         torch.save({"results": results, "refused": refused, "world": world_size()},
@@ -193,6 +197,7 @@ def test_what_cannot_run_data_parallel_is_refused_with_the_reason(launched):
     refused = ranks[0]["refused"]
     assert "global random generator" in refused["rlw shared"]
     assert "missing labels" in refused["mean masked"]
+    assert "buffers ['trunk.1.running_mean'" in refused["pcgrad batchnorm"]
 
 
 def test_a_crashed_process_ends_the_others_with_an_error(tmp_path):

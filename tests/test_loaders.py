@@ -465,3 +465,20 @@ def test_split_of_a_dict_names_the_task_with_an_empty_part():
         pt.split({"a": task_rows(50), "b": np.zeros((50, 2))})
     with pytest.raises(ValueError, match="empty mapping"):
         pt.split({})
+
+
+def test_a_distributed_sampler_is_refused_in_a_data_parallel_fit():
+    """polytask slices every batch between processes itself; a DistributedSampler would make
+    each process see 1/W of the rows twice over."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    from polytask.training._loader_source import _refuse_distributed_samplers
+
+    data = TensorDataset(torch.zeros(8, 2), torch.zeros(8))
+    sampler = DistributedSampler(data, num_replicas=2, rank=0)
+    with pytest.raises(ValueError, match="task 'b': its DataLoader has a DistributedSampler"):
+        _refuse_distributed_samplers(
+            {"a": DataLoader(data), "b": DataLoader(data, sampler=sampler)}
+        )
+    _refuse_distributed_samplers({"a": DataLoader(data, shuffle=True)})  # a plain one is fine

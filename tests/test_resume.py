@@ -21,7 +21,15 @@ def records(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history.records]
 
 
-@pytest.mark.parametrize("method", ["uw", "dwa", "dbmtl", "pcgrad", "upgrad@repr"])
+def _with_term(method):
+    """The method plus a structured term: the checkpoint restores the container and the
+    method inside it, which the engine must then run."""
+    return pt.make_objective(method) + pt.objectives.Consistency([("task0", "task1")], weight=0.1)
+
+
+@pytest.mark.parametrize(
+    "method", ["uw", "dwa", "dbmtl", "pcgrad", "upgrad@repr", "uw+term", "nashmtl+term"]
+)
 def test_an_extended_fit_equals_one_that_ran_straight_through(method, hetero_splits, tmp_path):
     """Two epochs with a checkpoint, then the same fit to five epochs, give the weights and
     history of five epochs in one go, bit for bit (the optimizer's moments, the method's own
@@ -31,8 +39,9 @@ def test_an_extended_fit_equals_one_that_ran_straight_through(method, hetero_spl
     def run(max_epochs, checkpoint):
         model = nn.Sequential()  # placeholder, replaced below
         model = small_model()
+        objective = _with_term(method.removesuffix("+term")) if "+term" in method else method
         trainer = pt.Trainer(
-            method,
+            objective,
             max_epochs=max_epochs,
             patience=3,
             quiet=True,

@@ -499,7 +499,9 @@ def _cmd_reviews(args: argparse.Namespace) -> int:
         **{k: v for k, v in changes.items() if v is not None},
     )
     out = _out(args, experiment.name)
-    result = experiment.run(quiet=args.quiet)
+    result = experiment.run(quiet=args.quiet or not is_main_process())
+    if not is_main_process():  # under torchrun, one report from rank 0
+        return 0
     report = write_reviews_report(result, experiment, out)
     print(markdown_table(result["table"]))
     print(f"Delta_m% multi-task vs single-task: {result['delta_m']:.2f} (lower is better)")
@@ -510,7 +512,9 @@ def _cmd_reviews(args: argparse.Namespace) -> int:
 def _cmd_run_structured(args: argparse.Namespace) -> int:
     experiment = _structured(args)
     out = _out(args, experiment.name)
-    outcome = experiment.run(args.seed, quiet=args.quiet)
+    outcome = experiment.run(args.seed, quiet=args.quiet or not is_main_process())
+    if not is_main_process():  # under torchrun, one report from rank 0
+        return 0
     table = write_structured_report(outcome, experiment, out)
     print(f"{experiment.name}, seed {args.seed}: test metrics")
     print(markdown_table(table))
@@ -532,7 +536,10 @@ def _cmd_run_architectures(args: argparse.Namespace) -> int:
     experiment = _architectures(args)
     out = _out(args, experiment.name)
     checkpoint = _checkpoint(args)
-    outcome = experiment.run(args.seed, quiet=args.quiet, checkpoint=checkpoint)
+    quiet = args.quiet or not is_main_process()
+    outcome = experiment.run(args.seed, quiet=quiet, checkpoint=checkpoint)
+    if not is_main_process():  # under torchrun, one report from rank 0
+        return 0
     if experiment.name == "census":
         table = write_census_report(outcome, experiment, out)
         print(f"census, seed {args.seed}: test AUC on adult.test")

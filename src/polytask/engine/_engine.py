@@ -183,6 +183,15 @@ class GradientEngine:
             return "ddp_shared"
         return "ddp"
 
+    def follow_objective(self) -> None:
+        """Run the method the objective holds now: after its state was replaced wholesale
+        (a checkpoint restored into it), the method of a structured-terms container is a new
+        object."""
+        path = getattr(self.method, "path", None)
+        self.method, self.has_terms = _unwrap(self.objective)
+        if path is not None and isinstance(self.method, GradientObjective):
+            self.method.path = path
+
     @property
     def reads_losses(self) -> bool:
         """Whether the method's weights or state read the losses' values (then a data-parallel
@@ -192,7 +201,7 @@ class GradientEngine:
             return not isinstance(method, _CONSTANT_WEIGHTS)
         kind = type(method)
         return not (
-            kind.step is GradientObjective.step
+            (kind.step is GradientObjective.step or getattr(kind, "gramian_only_step", False))
             and kind.values is GradientObjective.values
             and kind.after_step is Objective.after_step
         )

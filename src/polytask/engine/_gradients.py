@@ -334,7 +334,8 @@ class LeafGradients(_Gradients):
         means = self.reducer.mean([gram, *held])
         gram = means[0] / self.reducer.world  # (1/W^2) sum_r G_r
         rest = iter(means[1:])
-        self._head_grads = [None if g is None else next(rest) for g in grads]
+        # the concatenated buffer took the widest dtype: each gradient back to its own
+        self._head_grads = [None if g is None else next(rest).to(g.dtype) for g in grads]
         self.heads_reduced = True
         if self.scale is not None:
             self._check_finite(gram)

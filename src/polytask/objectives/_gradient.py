@@ -217,6 +217,9 @@ class _Solved:
 
     solver: str
     _index: Callable[..., Tensor]
+    gramian_only_step = True
+    """Its ``step`` only notes the positions around the Gramian-only step: the weights read no
+    loss value (a data-parallel step need not all-reduce the losses)."""
 
     def _init_solver(self, solver: str) -> None:
         if solver not in SOLVERS:

@@ -230,6 +230,8 @@ class LoaderSource:
         ``shard`` (a data-parallel fit) every process draws the same batches and keeps its
         slice of each: a loader's batch is the global batch."""
         loaders = as_loaders(self.loaders, batch_size, shuffle=True)
+        if shard is not None:
+            _refuse_distributed_samplers(loaders)
         positions = {t.name: i for i, t in enumerate(self.tasks)}
         served = dict.fromkeys(positions, 0)
         for step in mixed_steps(loaders, schedule, (seed,)):
@@ -251,3 +253,19 @@ class LoaderSource:
                 part = self._part(position, batch, index)
                 if part is not None:
                     yield PerTaskBatch([part])
+
+
+def _refuse_distributed_samplers(loaders: Mapping[str, Any]) -> None:
+    """A ``DistributedSampler`` already splits the rows between processes; polytask slices
+    every batch again, so an epoch would see 1/W of the data: refuse it, saying why."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    for name, loader in loaders.items():
+        samplers = [getattr(loader, "sampler", None)]
+        samplers.append(getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+        if any(isinstance(s, DistributedSampler) for s in samplers):
+            raise ValueError(
+                f"task {name!r}: its DataLoader has a DistributedSampler; in a data-parallel "
+                "fit polytask gives each process its slice of every batch itself (batch_size "
+                "and a loader's batches are global): pass the loader without it"
+            )

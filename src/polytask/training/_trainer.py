@@ -20,7 +20,7 @@ from ..data import MultiTargetData, Schedule, TaskData
 from ..engine import GradientEngine
 from ..engine._reduce import Reducer
 from ..evaluation._metrics import task_metrics
-from ..objectives import Objective, make_objective
+from ..objectives import RLW, Objective, make_objective
 from ..tasks import Task
 from ._callbacks import BestWeights, Callback, Checkpoint, EarlyStopping, NonFiniteCheck
 from ._distributed import Shard, setup
@@ -128,6 +128,8 @@ def _resume_point(
             message = [("ok", _read_resume_point(callbacks, fingerprint, torch.device("cpu")))]
         except ValueError as error:
             message = [("error", str(error))]
+        except Exception as error:  # any failure must reach the waiting ranks
+            message = [("error", f"the checkpoint cannot be read: {type(error).__name__}: {error}")]
     dist.broadcast_object_list(message, src=0)
     kind, payload = message[0]
     if kind == "error":
@@ -692,7 +694,7 @@ class Trainer:
                 "slices label; fill the labels or train on one process"
             )
         method = engine.method
-        if type(method).__name__ == "RLW":
+        if isinstance(method, RLW):
             raise ValueError(
                 "RLW draws its task weights from the global random generator, which the "
                 "processes' own draws (dropout on slices of different sizes) advance "
@@ -706,12 +708,29 @@ class Trainer:
         reducer = Reducer()
         engine.distribute(reducer, mode)
         if mode == "engine":
+            moving = [n for n, b in model.named_buffers() if b.is_floating_point()]
+            if moving:  # DDP would re-broadcast them each step; the engine's path bypasses it
+                raise ValueError(
+                    f"{type(method).__name__} on the {engine.path or 'loss-level'} path runs "
+                    f"data-parallel outside DDP, which would let the model's buffers {moving[:3]} "
+                    "(e.g. BatchNorm statistics) drift apart between processes; use the "
+                    "representation path (@repr), a loss-level method, or a model without them"
+                )
             reducer.broadcast(model.state_dict().values())
             return _Parallel(shard, reducer, None)
         from torch.nn.parallel import DistributedDataParallel
 
         step = _StepModule(model, plan)
         if mode == "ddp_shared":  # DDP reduces the trunk; the heads go with the Gramian
+            # a user's module learns what its features read (layers before the named trunk)
+            # from a tracked forward: run one, in eval mode so no buffer moves, before asking
+            first = next(iter(train.chunks(2)))
+            was_training = model.training
+            model.eval()
+            try:
+                model.features(first.x)
+            finally:
+                model.train(was_training)
             shared = {id(p) for p in model.shared_parameters()}
             heads = [(n, p) for n, p in model.named_parameters() if id(p) not in shared]
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -802,6 +821,7 @@ class Trainer:
         if saved is not None:  # the method's whole state, before the optimizer takes its params
             model.load_state_dict(saved["model"])
             objective.__dict__.update(saved["objective"].__dict__)
+            engine.follow_objective()  # a WithTerms' method is a new object now
         model_params = list(model.parameters())
         optimizer = self._make_optimizer([*model_params, *engine.parameters()], device)
         scheduler = None if self.scheduler is None else self.scheduler(optimizer)
