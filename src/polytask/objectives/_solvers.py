@@ -139,12 +139,25 @@ def fair_solve(
     shift = power * torch.eye(n, dtype=dtype, device=g.device)
 
     cold = c.pow(1 / (1 + power))  # the solution were the gradients orthogonal
-    v = cold if start is None else start.to(g)
-    # a start far off (an unconverged last step's) is held within 1000x of the cold one
-    v = torch.where(v.isfinite() & (v > 0), v, cold).clamp(cold * 1e-3, cold * 1e3)
-    # the best multiple k v: k^(1 + power) = sum_i c_i v_i^(1 - power) / v^T G v
-    curvature = (v @ g @ v).clamp_min(tiny)
-    u = v * (((c * v.pow(1 - power)).sum() / curvature) ** (1 / (1 + power)))
+
+    def scaled(v: Tensor) -> Tensor:
+        # the best multiple k v: k^(1 + power) = sum_i c_i v_i^(1 - power) / v^T G v
+        curvature = (v @ g @ v).clamp_min(tiny)
+        return v * (((c * v.pow(1 - power)).sum() / curvature) ** (1 / (1 + power)))
+
+    u = scaled(cold)
+    if start is not None:
+        # a start far off (an unconverged last step's) is held within 1000x of the cold one,
+        # and taken only where it is closer to the solution than the cold start: a warm start
+        # from a very different Gramian can lie where Newton's steps are short
+        v = start.to(g)
+        v = torch.where(v.isfinite() & (v > 0), v, cold).clamp(cold * 1e-3, cold * 1e3)
+        warm = scaled(v)
+
+        def residual(x: Tensor) -> Tensor:
+            return ((g @ x) * x.pow(power) / c - 1).abs().max()
+
+        u = torch.where(residual(warm) <= residual(u), warm, u)
     for _ in range(max_iter):
         gu = g @ u
         # Newton's system (G + power diag(c u^(-power-1))) d = c u^-power - G u, scaled by
@@ -179,7 +192,7 @@ def cagrad_solve(
     gram: Tensor,
     c: float,
     start: Tensor | None = None,
-    max_iter: int = 10,
+    max_iter: int = 14,
     tol: float = 1e-8,
 ) -> tuple[Tensor, Tensor]:
     """Solve CAGrad's dual over the simplex in Gramian terms.
