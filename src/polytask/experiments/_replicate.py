@@ -188,12 +188,15 @@ def watch_parent(parent: int, interval: float = 0.5) -> None:
     A worker left behind by a killed ``polytask compare --jobs N`` would otherwise run its
     replication to the end (and then idle for minutes), holding its memory. A daemon thread polls
     ``os.getppid()`` every ``interval`` seconds and exits the process when it no longer names
-    ``parent`` (an orphan is adopted by another process). Nothing happens in ``parent`` itself
-    (``jobs=1`` runs there) or when this process was not started by ``parent``; one thread per
-    process at most.
+    ``parent`` (an orphan is adopted by another process); a worker whose parent is already
+    gone when it gets its first task (killed during the worker's start-up) exits at once.
+    Nothing happens in ``parent`` itself (``jobs=1`` runs there); one thread per process at
+    most.
     """
-    if parent == os.getpid() or parent != os.getppid() or parent in _watched:
+    if parent == os.getpid() or parent in _watched:
         return
+    if parent != os.getppid():  # the parent died while this worker was still starting up
+        os._exit(1)
     _watched.add(parent)
     threading.Thread(
         target=_watchdog, args=(parent, interval), name="polytask-watch-parent", daemon=True
