@@ -145,3 +145,16 @@ def test_a_fit_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert np.isfinite([r["stop_loss"] for r in a["records"]]).all()
+
+
+def test_resuming_with_other_callbacks_is_refused_naming_them(hetero_splits, tmp_path):
+    train, stop, _ = hetero_splits
+    pt.Trainer("mean", max_epochs=1, quiet=True, device="cpu", checkpoint=tmp_path).fit(
+        small_model(), TASKS, train, stop
+    )
+    monitor = pt.training.GradientMonitor(every=5)
+    trainer = pt.Trainer(
+        "mean", max_epochs=2, quiet=True, device="cpu", checkpoint=tmp_path, callbacks=[monitor]
+    )
+    with pytest.raises(ValueError, match=r"3 callbacks, this fit has 4 .*'GradientMonitor'"):
+        trainer.fit(small_model(), TASKS, train, stop)

@@ -214,6 +214,8 @@ class GradientEngine:
 
     @property
     def is_gradient_method(self) -> bool:
+        """Whether the method works on task gradients (a Gramian or Jacobian view) rather than
+        on the losses alone."""
         return isinstance(self.method, GradientObjective)
 
     @property
@@ -403,6 +405,8 @@ class GradientEngine:
             self.objective.after_step(recompute)
 
     def end_epoch(self) -> None:
+        """Tell the method an epoch ended (DWA and IMTL-L update their per-epoch state); call it
+        once per epoch in your own loop, as the trainer does."""
         self.objective.end_epoch()
 
     # --- internals --------------------------------------------------------------------------

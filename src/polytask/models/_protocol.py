@@ -151,10 +151,14 @@ class UserModel(nn.Module):
 
     @property
     def exposes_representation(self) -> bool:
+        """Whether a shared submodule was named, so the representation path can read its
+        output (captured, or substituted per task, during the module's own forward)."""
         return self._trunk is not None
 
     @property
     def splits_per_task(self) -> bool:
+        """Whether each task's head can read its own copy of the representation: a named
+        shared submodule and a task-routed forward (one forward per task)."""
         return self._trunk is not None and self.route is not None
 
     # --- forward ----------------------------------------------------------------------------

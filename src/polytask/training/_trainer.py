@@ -183,6 +183,11 @@ def _restore(saved: dict[str, Any], state: FitState) -> int:
     state.history.records[:] = restored.records
     state.history.best_epoch = restored.best_epoch
     others = [c for c in state.callbacks if not isinstance(c, Checkpoint)]
+    if len(others) != len(saved["callbacks"]):
+        raise ValueError(
+            f"the checkpoint holds the state of {len(saved['callbacks'])} callbacks, this fit has "
+            f"{len(others)} ({[type(c).__name__ for c in others]}): resume with the same callbacks"
+        )
     for callback, callback_state in zip(others, saved["callbacks"], strict=True):
         callback.load_state_dict(callback_state)
     torch.set_rng_state(saved["rng"]["torch"].cpu())
