@@ -194,6 +194,13 @@ class _Gradients:
             self._send(weights)
 
     def jacobian(self) -> list[Tensor]:
+        """The task Jacobian on the shared parameters, computed once per step (all-reduced and
+        unscaled by :meth:`_finish`)."""
+        if self._jacobian is None:
+            self._jacobian = self._finish(self._local_jacobian())
+        return self._jacobian
+
+    def _local_jacobian(self) -> list[Tensor]:
         raise NotImplementedError
 
     def apply_heads(self, weights: Tensor | None) -> None:
@@ -213,11 +220,6 @@ class LossGradients(_Gradients):
 
     def _local_jacobian(self) -> list[Tensor]:
         return task_jacobian(self.values, self.shared, "naive" if self.naive else "exact")
-
-    def jacobian(self) -> list[Tensor]:
-        if self._jacobian is None:
-            self._jacobian = self._finish(self._local_jacobian())
-        return self._jacobian
 
     def last_layer_norms(self) -> Tensor:
         blocks = task_jacobian(self.values, self._last_layer(), "naive" if self.naive else "exact")
@@ -310,11 +312,6 @@ class LeafGradients(_Gradients):
 
     def _local_jacobian(self) -> list[Tensor]:
         return trunk_jacobian(self.features.z, self.shared, self._leaf_pass())
-
-    def jacobian(self) -> list[Tensor]:
-        if self._jacobian is None:
-            self._jacobian = self._finish(self._local_jacobian())
-        return self._jacobian
 
     def gramian(self) -> Tensor:
         if self.representation:
