@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -189,6 +190,11 @@ def test_precision_reaches_the_trainer_and_is_refused_where_unsupported(tmp_path
     args = ["run", "hetero", "--rows", "300", "--tasks", "2", "--max-epochs", "1", "--quiet"]
     assert main([*args, "--precision", "bf16-mixed", "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["precision"] == "bf16-mixed"
+    assert main([*args, "--out", str(tmp_path / "fp32")]) == 0
+    # the same seed in float32 trains otherwise: the precision reached the trainer
+    bf16 = pd.read_csv(out / "history_mse.csv")["train_loss"]
+    fp32 = pd.read_csv(tmp_path / "fp32" / "history_mse.csv")["train_loss"]
+    assert not np.allclose(bf16, fp32, rtol=1e-6, atol=0)
     code = main(["run", "relatedness", "--precision", "bf16-mixed", "--out", str(tmp_path / "r")])
     assert code == 2
     assert "--precision is for hetero, phase; not relatedness" in capsys.readouterr().err

@@ -482,3 +482,8 @@ def test_a_distributed_sampler_is_refused_in_a_data_parallel_fit():
             {"a": DataLoader(data), "b": DataLoader(data, sampler=sampler)}
         )
     _refuse_distributed_samplers({"a": DataLoader(data, shuffle=True)})  # a plain one is fine
+    # the trainer asks the source before a data-parallel fit starts
+    loaders = {"a": DataLoader(data), "b": DataLoader(data, sampler=sampler)}
+    source = LoaderSource(loaders, "train", [pt.Task("a"), pt.Task("b")], torch.device("cpu"))
+    with pytest.raises(ValueError, match="DistributedSampler"):
+        source.check_shardable()

@@ -12,6 +12,7 @@ import torch
 from .._device import resolve_device
 from ..data import MultiTargetData, TaskData, csr_batch
 from ..models import MultiTaskModel
+from ..models._protocol import model_dtype
 from ..tasks import Task
 from ._metrics import task_metrics
 
@@ -45,8 +46,7 @@ def predict(
     """
     sparse = sp.issparse(x)
     tensors = [*model.parameters(), *model.buffers()]
-    kinds = {t.dtype for t in model.parameters() if t.is_floating_point()}
-    dtype = kinds.pop() if len(kinds) == 1 else torch.float32  # a float64 model reads float64
+    dtype = model_dtype(model)  # a float64 model reads float64
     if not sparse:
         x = torch.as_tensor(x, dtype=dtype)
         if x.ndim == 1:

@@ -26,7 +26,7 @@ from ..tasks import Task
 from ..training import GateMonitor, History, Trainer
 from ._report import markdown_table
 from ._structured import ADULT_COLUMNS
-from ._synthetic import fit_or_warn, hash_config
+from ._synthetic import experiment_trainer, fit_or_warn, hash_config
 
 # --- architectures ---------------------------------------------------------------------------
 MULTI_TASK_MODELS = ("shared-bottom", "mmoe", "cgc", "ple", "cross-stitch", "dselect-k")
@@ -131,6 +131,16 @@ def compared_labels(
         else:
             labels.append(model)
     return labels
+
+
+def with_labels(config: dict[str, Any], experiment: Any) -> dict[str, Any]:
+    """An architecture experiment's ``config`` with what a comparison reads: the models, the
+    objectives, the compared ``model/method`` labels (as ``methods``) and the metric."""
+    config["models"] = list(experiment.models)
+    config["objectives"] = list(experiment.methods)
+    config["methods"] = experiment.labels()
+    config["metric"] = experiment.metric
+    return config
 
 
 def resolve_baseline(baseline: str, labels: Sequence[str], methods: Sequence[str]) -> str:
@@ -390,11 +400,7 @@ class CensusExperiment:
         config = dataclasses.asdict(self)
         config.pop("device")
         config.pop("data_dir")
-        config["models"] = list(self.models)
-        config["objectives"] = list(self.methods)
-        config["methods"] = self.labels()
-        config["metric"] = self.metric
-        return config
+        return with_labels(config, self)
 
     def config_hash(self) -> str:
         return hash_config({"experiment": self.name, **self.config()})
@@ -462,17 +468,8 @@ class CensusExperiment:
         callbacks: Sequence[Any] = (),
         checkpoint: str | Path | None = None,
     ) -> Trainer:
-        return Trainer(
-            make_objective(method),
-            lr=self.lr,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-            seed=seed,
-            device=self.device,
-            quiet=quiet,
-            callbacks=list(callbacks),
-            checkpoint=checkpoint,
+        return experiment_trainer(
+            self, method, seed, quiet, callbacks=list(callbacks), checkpoint=checkpoint
         )
 
     def fit_model(

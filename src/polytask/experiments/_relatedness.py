@@ -27,9 +27,10 @@ from ._census import (
     compared_labels,
     fit_folder,
     resolve_baseline,
+    with_labels,
 )
 from ._report import markdown_table
-from ._synthetic import fit_or_warn, hash_config
+from ._synthetic import experiment_trainer, fit_or_warn, hash_config
 
 TASKS = ("t1", "t2")
 
@@ -171,11 +172,7 @@ class RelatednessExperiment:
         config.pop("device")
         config["generator"] = "mmoe-relatedness"
         config["correlations"] = list(self.correlations)
-        config["models"] = list(self.models)
-        config["objectives"] = list(self.methods)
-        config["methods"] = self.labels()
-        config["metric"] = self.metric
-        return config
+        return with_labels(config, self)
 
     def config_hash(self) -> str:
         return hash_config({"experiment": self.name, **self.config()})
@@ -207,8 +204,7 @@ class RelatednessExperiment:
         quiet: bool,
         checkpoint: Path | None = None,
     ) -> tuple[Any, History]:
-        from ..objectives import make_objective
-        from ..training import GateMonitor, Trainer
+        from ..training import GateMonitor
 
         model = build_architecture(
             model_name,
@@ -220,17 +216,8 @@ class RelatednessExperiment:
             seed=seed,
         )
         callbacks = [GateMonitor(stop.x[:256])] if model_name in GATED else []
-        trainer = Trainer(
-            make_objective(method),
-            lr=self.lr,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-            seed=seed,
-            device=self.device,
-            quiet=quiet,
-            callbacks=callbacks,
-            checkpoint=checkpoint,
+        trainer = experiment_trainer(
+            self, method, seed, quiet, callbacks=callbacks, checkpoint=checkpoint
         )
         label = f"{model_name}/{method}, seed {seed}"
         return model, fit_or_warn(trainer, model, tasks, train, stop, label)

@@ -20,8 +20,8 @@ from ..evaluation._metrics import task_metrics
 from ..models import MultiTaskModel, init_linear, mlp
 from ..objectives import Consistency, Hierarchical, Objective, Weighted
 from ..tasks import Task
-from ..training import Callback, History, Trainer
-from ._synthetic import fit_or_warn, hash_config, weighted_loss
+from ..training import Callback, History
+from ._synthetic import experiment_trainer, fit_or_warn, hash_config, weighted_loss
 
 Splits = tuple[MultiTargetData, MultiTargetData, MultiTargetData]
 REFERENCES = ("logistic-regression", "hist-gradient-boosting")
@@ -137,17 +137,8 @@ class _DataExperiment:
         single-task network has the same trunk and that task's head)."""
         tasks = list(tasks) if tasks is not None else self.tasks()
         model = self.build_model(train.x.shape[1], seed, tasks)
-        trainer = Trainer(
-            objective,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-            seed=seed,
-            device=self.device,
-            quiet=quiet,
-            callbacks=list(callbacks),
-            track_metrics=track_metrics,
+        trainer = experiment_trainer(
+            self, objective, seed, quiet, callbacks=list(callbacks), track_metrics=track_metrics
         )
         return model, fit_or_warn(trainer, model, tasks, train, stop, f"seed {seed}")
 

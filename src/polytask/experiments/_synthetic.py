@@ -42,6 +42,25 @@ def weighted_loss(names: Sequence[str], weights: Sequence[float] | None = None) 
     return Weighted(dict(zip(names, weights or [1.0] * len(names), strict=True)))
 
 
+def experiment_trainer(
+    experiment: Any, objective: str | Objective, seed: int, quiet: bool, **options: Any
+) -> Trainer:
+    """A :class:`Trainer` with an experiment's own settings (its ``lr``, ``batch_size``,
+    ``max_epochs``, ``patience`` and ``device``) for one fit from ``seed``; ``options`` are the
+    Trainer's other arguments (callbacks, checkpoint, ...)."""
+    return Trainer(
+        make_objective(objective) if isinstance(objective, str) else objective,
+        lr=experiment.lr,
+        batch_size=experiment.batch_size,
+        max_epochs=experiment.max_epochs,
+        patience=experiment.patience,
+        seed=seed,
+        device=experiment.device,
+        quiet=quiet,
+        **options,
+    )
+
+
 def fit_or_warn(
     trainer: Trainer,
     model: MultiTaskModel,
@@ -154,16 +173,12 @@ class SyntheticExperiment:
         """One fit of ``method`` (a name or an objective) from the initial weights of ``seed``;
         with ``checkpoint`` (this fit's own folder) it saves every epoch and resumes from it."""
         model = self.build_model(seed)
-        trainer = Trainer(
-            make_objective(method) if isinstance(method, str) else method,
-            lr=self.lr,
+        trainer = experiment_trainer(
+            self,
+            method,
+            seed,
+            quiet,
             eps=self.eps,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-            seed=seed,
-            device=self.device,
-            quiet=quiet,
             callbacks=list(callbacks),
             track_metrics=track_metrics,
             checkpoint=checkpoint,

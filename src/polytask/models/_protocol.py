@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from .._features import TaskFeatures
@@ -54,6 +55,13 @@ def has_representation(model: nn.Module) -> bool:
     ):
         return False
     return bool(getattr(model, "exposes_representation", True))
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's parameters, which its inputs and real-valued targets
+    take (float32 when it has none, or several)."""
+    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return kinds.pop() if len(kinds) == 1 else torch.float32
 
 
 def splits_per_task(model: nn.Module) -> bool:

@@ -76,6 +76,7 @@ class LoaderSource:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.split, self.tasks, self.device, self.dtype = split, tuple(tasks), device, dtype
+        self._numpy_dtype = torch.empty((), dtype=dtype).numpy().dtype  # for scipy batches
         self.sparse_input = sparse_input
         if not isinstance(loaders, Mapping):
             raise TypeError(
@@ -133,7 +134,7 @@ class LoaderSource:
         dense, or sparse CSR (a torch CSR tensor or a scipy sparse matrix) unless
         ``sparse_input`` is off."""
         if sp.issparse(x):
-            rows = sp.csr_matrix(x, dtype=torch.empty((), dtype=self.dtype).numpy().dtype)
+            rows = sp.csr_matrix(x, dtype=self._numpy_dtype)
             if not np.isfinite(rows.data).all():
                 raise ValueError(f"inputs x of {where}: non-finite value in the sparse matrix")
             return csr_batch(rows, sparse_tensor=self.sparse_input)
@@ -213,6 +214,11 @@ class LoaderSource:
             target = target.to(self.dtype)
         return TaskBatch(position, x, target.to(device, non_blocking=True), mask, count)
 
+    def check_shardable(self) -> None:
+        """Refuse, before a data-parallel fit starts, loaders that already split their rows
+        between processes (see :func:`_refuse_distributed_samplers`)."""
+        _refuse_distributed_samplers(self.loaders)
+
     def complete_steps(self, schedule: Schedule) -> bool:
         """Whether every step of ``schedule`` holds every task (what methods with per-task
         state need): round robin that does not let tasks end (``max_size``), and no task whose
@@ -230,8 +236,6 @@ class LoaderSource:
         ``shard`` (a data-parallel fit) every process draws the same batches and keeps its
         slice of each: a loader's batch is the global batch."""
         loaders = as_loaders(self.loaders, batch_size, shuffle=True)
-        if shard is not None:
-            _refuse_distributed_samplers(loaders)
         positions = {t.name: i for i, t in enumerate(self.tasks)}
         served = dict.fromkeys(positions, 0)
         for step in mixed_steps(loaders, schedule, (seed,)):

@@ -92,12 +92,6 @@ def _on(target: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     return target.to(device, dtype=dtype) if target.is_floating_point() else target.to(device)
 
 
-def model_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The floating dtype of the model's parameters (float32 when it has none, or several)."""
-    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    return kinds.pop() if len(kinds) == 1 else torch.float32
-
-
 class SharedSource:
     """A :class:`MultiTargetData` split on the device, targets validated and converted."""
 

@@ -20,6 +20,7 @@ from ..data import MultiTargetData, Schedule, TaskData
 from ..engine import GradientEngine
 from ..engine._reduce import Reducer
 from ..evaluation._metrics import task_metrics
+from ..models._protocol import model_dtype
 from ..objectives import RLW, Objective, make_objective
 from ..tasks import Task
 from ._callbacks import BestWeights, Callback, Checkpoint, EarlyStopping, NonFiniteCheck
@@ -33,7 +34,6 @@ from ._sources import (
     SharedSource,
     Source,
     make_source,
-    model_dtype,
 )
 
 Data = MultiTargetData | Mapping[str, TaskData]
@@ -123,16 +123,23 @@ def _resume_point(
     import torch.distributed as dist
 
     message: list[Any] = [None]
+    failure: Exception | None = None
     if shard.rank == 0:
         try:
             message = [("ok", _read_resume_point(callbacks, fingerprint, torch.device("cpu")))]
-        except ValueError as error:
-            message = [("error", str(error))]
-        except Exception as error:  # any failure must reach the waiting ranks
-            message = [("error", f"the checkpoint cannot be read: {type(error).__name__}: {error}")]
+        except Exception as error:  # any failure must reach the ranks waiting for the state
+            failure = error
+            text = (
+                str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            )
+            message = [("error", text)]
     dist.broadcast_object_list(message, src=0)
     kind, payload = message[0]
     if kind == "error":
+        if failure is not None and not isinstance(failure, ValueError):
+            raise ValueError(f"the checkpoint cannot be read: {payload}") from failure
+        if failure is not None:
+            raise failure
         raise ValueError(payload)
     if payload is not None and device.type != "cpu":
         payload = _to_device(payload, device)
@@ -698,6 +705,8 @@ class Trainer:
                 "a process's slice of a step may hold no label of a task that the others' "
                 "slices label; fill the labels or train on one process"
             )
+        if hasattr(train, "check_shardable"):  # a user's own loaders
+            train.check_shardable()
         method = engine.method
         if isinstance(method, RLW):
             raise ValueError(
