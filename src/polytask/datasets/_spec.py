@@ -1,0 +1,118 @@
+"""The declarative description of a benchmark data set: where its files are, how they are read
+and split, its tasks, its default model and how long to train it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..data import MultiTargetData, TaskData
+from ..tasks import Task
+
+Part = MultiTargetData | Mapping[str, TaskData]
+"""One split of a data set: one dataset with a target column per task, or one per task."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The train, stop and test parts of one replication (preprocessing fitted on ``train``).
+
+    Regression targets are standardised with the training rows' mean and standard deviation
+    (so equal weights mean equal scale); ``target_scale`` keeps each regression target's
+    training standard deviation, so an error can be reported in the file's units.
+    """
+
+    train: Part
+    stop: Part
+    test: Part
+    target_scale: Mapping[str, float] | None = None
+
+
+class DataFormatError(ValueError):
+    """A data file that does not have its documented layout; the message names the file, the
+    line (1-based, the header included) and the column of the first problem."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A benchmark data set, described once; adding a data set is one short module.
+
+    Parameters
+    ----------
+    name
+        The name experiments and the CLI use (``energy``).
+    folder
+        Its folder under the shared data directory (``energy_efficiency``).
+    description
+        One line: the tasks and the source.
+    tasks
+        The tasks, in order.
+    check
+        ``check(folder)`` reads and validates every file the data set needs, and raises
+        :class:`DataFormatError` (file, line, column) or ``FileNotFoundError``; called before
+        any training.
+    load
+        ``load(folder, seed)`` gives the :class:`Splits` of the replication drawn from ``seed``
+        (the same seed gives the same splits).
+    model
+        ``model(input_shape, tasks, seed)``: the default network for ``tasks`` (all of them for
+        a multi-task model, one for a single-task network), from the initial weights of
+        ``seed``; ``input_shape`` is one row's shape (``(n_features,)`` for a table).
+    metric
+        The metric compared across methods (a name of ``polytask.evaluation.METRICS``), the
+        same for every task.
+    lr, batch_size, max_epochs, patience
+        Adam's learning rate, the batch size and the early-stopping budget of every fit.
+    vector_inputs
+        Whether rows are feature vectors (tables, bags of words): the sharing architectures
+        of ``polytask.models`` and scikit-learn's references apply. ``False`` for images.
+    """
+
+    name: str
+    folder: str
+    description: str
+    tasks: tuple[Task, ...]
+    check: Callable[[Path], None]
+    load: Callable[[Path, int], Splits]
+    model: Callable[[tuple[int, ...], Sequence[Task], int], nn.Module]
+    metric: str
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 100
+    patience: int = 10
+    vector_inputs: bool = True
+
+    @property
+    def regression(self) -> bool:
+        """Whether every task is a regression (relative RMSE applies)."""
+        return all(t.kind == "regression" for t in self.tasks)
+
+
+def shared_bottom(
+    hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (16,)
+) -> Callable[[tuple[int, ...], Sequence[Task], int], nn.Module]:
+    """A :class:`DatasetSpec` ``model``: a shared-bottom MLP over feature vectors.
+
+    Examples
+    --------
+    >>> build = shared_bottom((8,), (4,))
+    >>> model = build((5,), [Task("a"), Task("b")], 0)
+    >>> sorted(model.task_names)
+    ['a', 'b']
+    """
+    from ..models import SharedBottom
+
+    def build(input_shape: tuple[int, ...], tasks: Sequence[Task], seed: int) -> nn.Module:
+        (in_features,) = input_shape
+        return SharedBottom.build(
+            in_features,
+            {t.name: t.size for t in tasks},
+            hidden=list(hidden),
+            tower_hidden=list(tower_hidden),
+            seed=seed,
+        )
+
+    return build
