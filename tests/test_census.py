@@ -7,19 +7,21 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from polytask.experiments._census import (
+from polytask.datasets._census import (
     ADULT_COLUMNS,
     EXPECTED_ROWS,
+    CensusFormatError,
+    census_inputs,
+    census_targets,
+    read_census,
+)
+from polytask.experiments._census import (
     MULTI_TASK_MODELS,
     CensusExperiment,
-    CensusFormatError,
     build_architecture,
-    census_inputs,
     census_parameter_counts,
-    census_targets,
     compared_labels,
     fit_folder,
-    read_census,
 )
 
 HEADER = ", ".join(ADULT_COLUMNS)

@@ -4,9 +4,7 @@ references; and the architecture builder the architecture experiments share."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +17,20 @@ import torch
 from torch import nn
 
 from ..data import MultiTargetData
+from ..datasets._census import (
+    CENSUS_TASKS,
+    CensusFormatError,
+    census_encode,
+    census_frames,
+    check_census,
+    read_census,
+)
 from ..evaluation import evaluate, task_metrics
 from ..models import CGC, PLE, CrossStitch, DSelectK, MMoE, SharedBottom
 from ..objectives import make_objective
 from ..tasks import Task
 from ..training import GateMonitor, History, Trainer
 from ._report import markdown_table
-from ._structured import ADULT_COLUMNS
 from ._synthetic import experiment_trainer, fit_or_warn, hash_config
 
 # --- architectures ---------------------------------------------------------------------------
@@ -191,128 +196,6 @@ def fit_folder(checkpoint: str | Path | None, *parts: str) -> Path | None:
     return Path(checkpoint) / name
 
 
-# --- the Adult files ---------------------------------------------------------------------------
-INTEGER_COLUMNS = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss")
-INTEGER_COLUMNS += ("hours-per-week",)
-CATEGORICAL_INPUTS = (
-    "workclass",
-    "education",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "native-country",
-)
-"""The categorical inputs: every categorical column but marital status (task 2) and Y."""
-INCOME_LABELS = ("<=50K", ">50K")
-EXPECTED_ROWS = {"adult.data": 32561, "adult.test": 16281}
-"""Data rows of each file (``SOURCE.md`` of ``../shared/data/adult``)."""
-
-
-class CensusFormatError(ValueError):
-    """A census file that does not have the expected layout; the message names the file,
-    the line and the column."""
-
-
-def read_census(path: str | Path, expected_rows: int | None = None) -> pd.DataFrame:
-    """Read and validate one ``adult.data`` / ``adult.test`` file.
-
-    The header must name every column of :data:`ADULT_COLUMNS`; every row must have as many
-    fields as the header, integers in the numeric columns, a label ``<=50K`` or ``>50K``
-    (with or without the test file's final period) and no empty field; ``?`` is a missing
-    categorical value (NaN). Blank lines are skipped.
-
-    Parameters
-    ----------
-    path
-        The file.
-    expected_rows
-        Data rows the file must hold (:data:`EXPECTED_ROWS`); ``None`` checks nothing.
-
-    Raises
-    ------
-    CensusFormatError
-        Naming the file, the line (1 is the header) and the column of the first problem.
-    FileNotFoundError
-        When ``path`` is not a file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such census file")
-    stat = path.stat()
-    return _read_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, expected_rows).copy()
-
-
-@functools.lru_cache(maxsize=8)
-def _read_cached(path: str, mtime: int, size: int, expected_rows: int | None) -> pd.DataFrame:
-    values: dict[str, list[Any]] = {c: [] for c in ADULT_COLUMNS}
-    with open(path, newline="") as file:
-        reader = csv.reader(file, skipinitialspace=True)
-        header = [h.strip() for h in next(reader, [])]
-        if not any(header):
-            raise CensusFormatError(f"{path}, line 1: empty file, expected a header line")
-        missing = [c for c in ADULT_COLUMNS if c not in header]
-        if missing:
-            raise CensusFormatError(
-                f"{path}, line 1 (header): columns {missing} are missing; the header has {header}"
-            )
-        where = {c: header.index(c) for c in ADULT_COLUMNS}
-        for fields in reader:
-            line = reader.line_num
-            if not fields or not "".join(fields).strip():
-                continue
-            if len(fields) != len(header):
-                raise CensusFormatError(
-                    f"{path}, line {line}: {len(fields)} fields, the header has {len(header)}"
-                )
-            for column, index in where.items():
-                value = fields[index].strip()
-                if not value:
-                    raise CensusFormatError(f"{path}, line {line}, column {column!r}: empty value")
-                if column in INTEGER_COLUMNS:
-                    try:
-                        values[column].append(int(value))
-                    except ValueError:
-                        raise CensusFormatError(
-                            f"{path}, line {line}, column {column!r}: {value!r} is not an integer"
-                        ) from None
-                elif column == "Y":
-                    label = value.rstrip(".")
-                    if label not in INCOME_LABELS:
-                        raise CensusFormatError(
-                            f"{path}, line {line}, column 'Y': {value!r} is not one of "
-                            f"{list(INCOME_LABELS)}"
-                        )
-                    values[column].append(label)
-                else:
-                    values[column].append(None if value == "?" else value)
-    frame = pd.DataFrame(values)
-    if expected_rows is not None and len(frame) != expected_rows:
-        raise CensusFormatError(
-            f"{path}: {len(frame)} data rows, expected {expected_rows} (a truncated or "
-            "altered copy?)"
-        )
-    return frame
-
-
-def census_targets(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Task 1: income > 50K; task 2: marital status is Never-married (both 0/1 float)."""
-    return {
-        "income": (frame["Y"] == ">50K").to_numpy(np.float32),
-        "never_married": (frame["marital-status"] == "Never-married").to_numpy(np.float32),
-    }
-
-
-def census_inputs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The input columns: marital status and the label removed; capital gain and loss on a
-    log scale (heavy-tailed); a missing category is its own level."""
-    inputs = frame[list(INTEGER_COLUMNS) + list(CATEGORICAL_INPUTS)].copy()
-    for column in ("capital-gain", "capital-loss"):
-        inputs[column] = np.log1p(inputs[column].astype(float))
-    inputs[list(CATEGORICAL_INPUTS)] = inputs[list(CATEGORICAL_INPUTS)].fillna("missing")
-    return inputs
-
-
 @dataclass
 class CensusSplits:
     """The encoded train, stop and test sets, the fitted encoder and the raw frames."""
@@ -406,42 +289,17 @@ class CensusExperiment:
         return hash_config({"experiment": self.name, **self.config()})
 
     def tasks(self) -> list[Task]:
-        return [
-            Task("income", kind="binary", metrics=("auc", "accuracy")),
-            Task("never_married", kind="binary", metrics=("auc", "accuracy")),
-        ]
+        return list(CENSUS_TASKS)
 
     # -- data --------------------------------------------------------------------------------
     def frames(self, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """The train, stop and test rows (validated files; train/stop drawn from ``seed``)."""
-        folder = Path(self.data_dir)
-        pool = read_census(folder / "adult.data", EXPECTED_ROWS["adult.data"])
-        test = read_census(folder / "adult.test", EXPECTED_ROWS["adult.test"])
-        order = np.random.default_rng(seed).permutation(len(pool))
-        n_stop = round(self.stop_fraction * len(pool))
-        train_rows = order[n_stop:] if self.n_train is None else order[n_stop:][: self.n_train]
-        return pool.iloc[train_rows], pool.iloc[order[:n_stop]], test
+        return census_frames(self.data_dir, seed, self.stop_fraction, self.n_train)
 
     def prepare(self, seed: int) -> CensusSplits:
         """Encode the three sets with scaling and one-hot codes fitted on the training rows."""
-        from sklearn.compose import ColumnTransformer
-        from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
         frames = self.frames(seed)
-        encoder = ColumnTransformer(
-            [
-                ("numeric", StandardScaler(), list(INTEGER_COLUMNS)),
-                ("categorical", OneHotEncoder(handle_unknown="ignore"), list(CATEGORICAL_INPUTS)),
-            ],
-            sparse_threshold=0.0,
-        )
-        encoder.fit(census_inputs(frames[0]))
-
-        def part(frame: pd.DataFrame) -> MultiTargetData:
-            x = encoder.transform(census_inputs(frame)).astype(np.float32)
-            return MultiTargetData(x, census_targets(frame))
-
-        train, stop, test = (part(f) for f in frames)
+        (train, stop, test), encoder = census_encode(frames)
         return CensusSplits(train, stop, test, encoder, frames)
 
     def data(self, seed: int) -> tuple[MultiTargetData, MultiTargetData, MultiTargetData]:
@@ -495,9 +353,7 @@ class CensusExperiment:
     def check_files(self) -> None:
         """Read and validate both files (:func:`read_census`): a malformed file is refused,
         naming the file, line and column, before any training."""
-        folder = Path(self.data_dir)
-        for name, rows in EXPECTED_ROWS.items():
-            read_census(folder / name, rows)
+        check_census(Path(self.data_dir))
 
     def run(
         self,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data import MultiTargetData, read_labelled_sentences
+from ..datasets._census import ADULT_COLUMNS
 from ..evaluation import evaluate
 from ..evaluation._metrics import task_metrics
 from ..models import MultiTaskModel, init_linear, mlp
@@ -304,23 +305,6 @@ class SentimentDomainsExperiment(_DataExperiment):
         return self.weighted() + self.consistency_term()
 
 
-ADULT_COLUMNS = [
-    "age",
-    "workclass",
-    "fnlwgt",
-    "education",
-    "education-num",
-    "marital-status",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "capital-gain",
-    "capital-loss",
-    "hours-per-week",
-    "native-country",
-    "Y",
-]
 NUMERIC = ["age", "fnlwgt", "capital-gain", "capital-loss", "hours-per-week"]
 CATEGORICAL = [
     "workclass",
