@@ -12,6 +12,7 @@ import polytask as pt
 from conftest import shared_data
 from polytask.datasets import DataFormatError, dataset
 from polytask.datasets import _multimnist as mm
+from polytask.datasets import _sentiment as st
 from polytask.evaluation import evaluate
 
 
@@ -162,3 +163,136 @@ def test_multimnist_quick_fit_beats_chance(mnist_splits, one_thread):
     assert history["stop_loss"][-1] < history["stop_loss"][0]
     scores = evaluate(model, tasks, mnist_splits.test)
     assert all(scores[t.name]["accuracy"] > 0.3 for t in tasks)  # chance is 0.1
+
+
+# -- four-domain sentiment ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_folder():
+    shared_data("rt_polarity")
+    return shared_data("sentiment_labelled_sentences")
+
+
+@pytest.fixture(scope="module")
+def text_splits(text_folder):
+    return st.SPEC.load(text_folder, 0)
+
+
+def test_sentiment_registered_with_four_binary_tasks(text_folder):
+    spec = dataset("sentiment")
+    assert spec is st.SPEC and spec.vector_inputs and spec.metric == "accuracy"
+    assert [t.name for t in spec.tasks] == ["movie", "restaurant", "product", "rt"]
+    assert all(t.kind == "binary" for t in spec.tasks)
+    spec.check(text_folder)
+
+
+def test_sentiment_sparse_parts_of_each_domain(text_splits):
+    sizes = {"movie": 1000, "restaurant": 1000, "product": 1000, "rt": 2000}
+    widths = set()
+    for name, fraction in zip(("train", "stop", "test"), (0.6, 0.2, 0.2), strict=True):
+        part = getattr(text_splits, name)
+        assert list(part) == list(sizes)
+        for task, data in part.items():
+            assert data.sparse and len(data) == round(sizes[task] * fraction)
+            assert set(np.unique(data.x.data)) == {1.0}  # a binary bag of words
+            widths.add(data.n_features)
+    assert len(widths) == 1
+
+
+def test_sentiment_vocabulary_from_training_sentences_only(text_folder, text_splits):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    train, _, test = st.split_sentences(text_folder, 0)
+    words = CountVectorizer().build_analyzer()
+    train_words = {w for sentences, _ in train.values() for s in sentences for w in words(s)}
+    test_words = {w for sentences, _ in test.values() for s in sentences for w in words(s)}
+    assert test_words - train_words  # words seen only in test sentences exist ...
+    assert text_splits.train["movie"].n_features == len(train_words)  # ... and are left out
+    # a test sentence with a test-only word: only its training words are counted
+    sentences, _ = test["movie"]
+    row = next(i for i, s in enumerate(sentences) if set(words(s)) - train_words)
+    known = set(words(sentences[row])) & train_words
+    assert text_splits.test["movie"].x[row].sum() == len(known)
+
+
+def test_sentiment_rt_subsample_balanced_and_seeded(text_folder):
+    parts = st.split_sentences(text_folder, 0)
+    labels = np.concatenate([part["rt"][1] for part in parts])
+    assert np.bincount(labels).tolist() == [1000, 1000]
+    rt = {s for part in parts for s in part["rt"][0]}
+    again = {s for part in st.split_sentences(text_folder, 0) for s in part["rt"][0]}
+    other = {s for part in st.split_sentences(text_folder, 1) for s in part["rt"][0]}
+    assert rt == again and rt != other
+    # drawn from the cp1252 files: a snippet with a curly quote or dash decodes as such
+    everything = st.read_rt(text_folder.parent / "rt_polarity" / "rt-polarity.pos")
+    assert len(everything) == 5331 and any("\u2014" in s or "\u2019" in s for s in everything)
+
+
+def _text_copy(tmp_path, text_folder, lines=20):
+    """A small copy of both folders: the first lines of every file."""
+    uci, rt = tmp_path / "sentiment_labelled_sentences", tmp_path / "rt_polarity"
+    uci.mkdir()
+    rt.mkdir()
+    for name in st.SITES.values():
+        head = (text_folder / name).read_bytes().split(b"\n")[:lines]
+        (uci / name).write_bytes(b"\n".join(head) + b"\n")
+    for name in st.RT_FILES.values():
+        head = (text_folder.parent / "rt_polarity" / name).read_bytes().split(b"\n")[:lines]
+        (rt / name).write_bytes(b"\n".join(head) + b"\n")
+    return uci, rt
+
+
+def _replace_line(path, number, new):
+    lines = path.read_bytes().split(b"\n")
+    lines[number - 1] = new
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_sentiment_check_names_file_line_and_column(tmp_path, text_folder):
+    uci, rt = _text_copy(tmp_path, text_folder)
+    st.check(uci)
+    imdb = uci / "imdb_labelled.txt"
+    _replace_line(imdb, 3, b"a fine film\t2")
+    with pytest.raises(DataFormatError, match=r"imdb_labelled\.txt, line 3, column label"):
+        st.check(uci)
+    _replace_line(imdb, 3, b"a fine film 1")  # no TAB
+    with pytest.raises(DataFormatError, match=r"imdb_labelled\.txt, line 3, column label"):
+        st.check(uci)
+    _replace_line(imdb, 3, b" \t1")
+    with pytest.raises(DataFormatError, match=r"imdb_labelled\.txt, line 3, column sentence"):
+        st.check(uci)
+    _replace_line(imdb, 3, b"a fine film\t1")
+    _replace_line(uci / "yelp_labelled.txt", 7, b"caf\xe9 au lait\t1")  # Latin-1, not UTF-8
+    with pytest.raises(DataFormatError, match=r"yelp_labelled\.txt, line 7, column sentence"):
+        st.check(uci)
+    _replace_line(uci / "yelp_labelled.txt", 7, b"cafe au lait\t1")
+    st.check(uci)
+    _replace_line(rt / "rt-polarity.neg", 4, b"dull \x81 .")  # 0x81 is undefined in cp1252
+    with pytest.raises(DataFormatError, match=r"rt-polarity\.neg, line 4, column sentence"):
+        st.check(uci)
+    _replace_line(rt / "rt-polarity.neg", 4, b"   ")
+    with pytest.raises(DataFormatError, match=r"rt-polarity\.neg, line 4, column sentence"):
+        st.check(uci)
+    (rt / "rt-polarity.neg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"rt-polarity\.neg"):
+        st.check(uci)
+
+
+def test_sentiment_model_seeded_without_global_rng():
+    state = torch.random.get_rng_state()
+    a = st.model((30,), st.TASKS, seed=2)
+    assert torch.equal(state, torch.random.get_rng_state())
+    b, c = st.model((30,), st.TASKS, seed=2), st.model((30,), st.TASKS, seed=3)
+    pa, pb, pc = (list(m.parameters()) for m in (a, b, c))
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb, strict=True))
+    assert not torch.equal(pa[0], pc[0])
+
+
+def test_sentiment_quick_fit_learns(text_splits, one_thread):
+    tasks = list(st.SPEC.tasks)
+    width = text_splits.train["movie"].n_features
+    model = st.SPEC.model((width,), tasks, 0)
+    trainer = pt.Trainer(max_epochs=2, quiet=True, device="cpu")
+    history = trainer.fit(model, tasks, text_splits.train, text_splits.stop)
+    assert history["stop_loss"][-1] < history["stop_loss"][0]
