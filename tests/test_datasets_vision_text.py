@@ -125,7 +125,7 @@ def test_multimnist_check_names_file_line_and_column(tmp_path, mnist_lines):
 
     short = lines[4].rsplit(",", 1)[0]  # 784 fields at line 5
     _write_gz(tmp_path / mm.FILE, [*lines[:4], short, *lines[5:]])
-    with pytest.raises(DataFormatError, match=r"mnist_5k\.csv\.gz, line 5, .*got 784"):
+    with pytest.raises(DataFormatError, match=r"mnist_5k\.csv\.gz, line 5, column 785: .*got 784"):
         mm.check(tmp_path)
 
     pixel = lines[1].replace(",", ",300,", 1).split(",")  # pixel 300 at column 2 ...

@@ -66,7 +66,8 @@ def _read_cached(path: Path, mtime_ns: int, size: int) -> tuple[np.ndarray, np.n
                     raise _fail(
                         path,
                         number,
-                        _column(min(len(fields), FIELDS) - 1 if fields else 0),
+                        # the first missing field, or the first one too many
+                        str(min(len(fields), FIELDS) + 1),
                         f"expected {FIELDS} comma-separated fields (784 pixels, then the "
                         f"label), got {len(fields)}",
                     )
