@@ -7,11 +7,14 @@ import hashlib
 import json
 import os
 import platform
+import secrets
+import socket
 import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -241,6 +244,8 @@ def replicate(
     backend: Backend = "joblib",
     store: str | Path | Store | None = None,
     quiet: bool = False,
+    lease: float = 60.0,
+    wait: float | None = None,
 ) -> pd.DataFrame:
     """Run ``replications`` replications of ``experiment``; return tidy test metrics.
 
@@ -248,7 +253,10 @@ def replicate(
     :func:`replication_seed` ``(seed, i)`` (child ``i`` of ``numpy.random.SeedSequence(seed)``)
     and fits every method of the experiment on the same data and split. With a ``store``, each
     finished replication is committed at once; calling again with the same experiment and seed
-    runs only the missing replications.
+    runs only the missing replications. Several processes (on several machines with a
+    PostgreSQL store) may fill one store at once: each claims a few missing replications at a
+    time (:meth:`Store.claim`), so no two compute the same one, and waits at the end for the
+    ones the others are still running.
 
     The store keys replications by :func:`config_hash`, which covers the code
     (:func:`code_identity`: the polytask, torch, torchjd and numpy versions and a hash of the
@@ -272,9 +280,17 @@ def replicate(
         ``"joblib"`` (local processes) or ``"ray"`` (Ray tasks; connects to ``RAY_ADDRESS``
         when set, else starts a local Ray).
     store
-        A :class:`Store` or the path of its SQLite file; ``None`` keeps results in memory only.
+        A :class:`Store`, the path of its SQLite file or its database URL; ``None`` keeps
+        results in memory only.
     quiet
         No progress bar.
+    lease
+        Seconds that this process's claims on replications last: a thread renews them every
+        ``lease / 3`` seconds while they run, so the replications of a process killed
+        meanwhile are taken over by another process after at most ``lease`` seconds.
+    wait
+        Seconds to wait, with nothing left to claim, for the replications other processes
+        hold (``None``: as long as they keep their claims alive).
 
     Returns
     -------
@@ -287,6 +303,9 @@ def replicate(
     ------
     CodeChangedError
         A worker ran other code than this process (the source was edited during the run).
+    TimeoutError
+        Replications still held by other processes after ``wait`` seconds (the finished ones
+        are stored; calling again collects the others).
 
     Examples
     --------
@@ -297,6 +316,8 @@ def replicate(
     """
     if replications < 1 or jobs < 1:
         raise ValueError(f"replications and jobs must be positive, got {replications}, {jobs}")
+    if lease <= 0 or (wait is not None and wait < 0):
+        raise ValueError(f"lease must be positive and wait non-negative, got {lease}, {wait}")
     if backend not in ("joblib", "ray"):
         raise ValueError(f"backend must be 'joblib' or 'ray', got {backend!r}")
     if store is not None and not isinstance(store, Store):
@@ -310,33 +331,144 @@ def replicate(
         store.register(key, experiment.name, config)
         done = store.finished(key)
     threads = max(1, available_cores() // jobs)
-    calls = [
-        (experiment, i, replication_seed(seed, i), threads)
-        for i in range(replications)
-        if i not in done
-    ]
-    if calls:
-        execute = _joblib if backend == "joblib" else _ray
+    execute = _joblib if backend == "joblib" else _ray
+
+    def run(numbers: list[int]) -> Iterator[dict[str, Any]]:
+        calls = [(experiment, i, replication_seed(seed, i), threads) for i in numbers]
+        for result in execute(jobs, calls):
+            _check_same_code(result, config["code"])
+            yield result
+
+    missing = [i for i in range(replications) if i not in done]
+    if missing:
         outer_threads = torch.get_num_threads()
         try:
             with _progress(quiet) as progress:
                 bar = progress.add_task(
                     f"{experiment.name} x{len(experiment.methods)} methods",
                     total=replications,
-                    completed=replications - len(calls),
+                    completed=replications - len(missing),
                 )
-                for result in execute(jobs, calls):
-                    _check_same_code(result, config["code"])
-                    if store is not None:
-                        store.add(key, result)
-                    results.append(result)
-                    progress.advance(bar)
+                if store is None:
+                    for result in run(missing):
+                        results.append(result)
+                        progress.advance(bar)
+                else:
+                    _fill(
+                        store,
+                        key,
+                        replications,
+                        run,
+                        batch=jobs,
+                        lease=lease,
+                        wait=wait,
+                        done=lambda count: progress.update(bar, completed=count),
+                    )
         finally:
             torch.set_num_threads(outer_threads)  # jobs=1 runs in this process
     if store is not None:
         results = [r for r in store.replications(key) if r["replication"] < replications]
     results.sort(key=lambda r: r["replication"])
     return tidy(results)
+
+
+def _owner() -> str:
+    """A claim owner unique to this process (and to this call: two calls in one process
+    never take each other's claims for their own)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _fill(
+    store: Store,
+    key: str,
+    replications: int,
+    run: Callable[[list[int]], Iterator[dict[str, Any]]],
+    *,
+    batch: int,
+    lease: float,
+    wait: float | None,
+    done: Callable[[int], Any],
+) -> None:
+    """Run and store the missing replications ``0 .. replications - 1`` of ``key``, ``batch``
+    claimed at a time, alongside any other process that fills the same store."""
+    owner = _owner()
+    poll = min(5.0, lease / 4)
+    waiting_since: float | None = None
+    while True:
+        finished = store.finished(key)
+        missing = [i for i in range(replications) if i not in finished]
+        done(replications - len(missing))
+        if not missing:
+            return
+        mine = store.claim(key, missing, owner, lease, limit=batch)
+        if mine:
+            waiting_since = None
+            with _renewing(store, key, owner, lease):
+                try:
+                    for result in run(mine):
+                        store.add(key, result)  # ends its claim in the same transaction
+                        finished.add(result["replication"])
+                        done(len(finished & set(range(replications))))
+                finally:
+                    store.release(key, owner)  # the claims of a batch that failed
+            continue
+        if _release_dead(store, key):
+            continue
+        # everything missing is held by other live processes: wait for them to finish or die
+        waiting_since = waiting_since or time.monotonic()
+        if wait is not None and time.monotonic() - waiting_since > wait:
+            held = store.claimed(key)
+            others = ", ".join(f"{i} ({held.get(i, 'expired')})" for i in missing)
+            raise TimeoutError(
+                f"replications still running in other processes after {wait:g} s: {others}; "
+                "the finished ones are stored, call again to collect the others"
+            )
+        time.sleep(poll)
+
+
+def _release_dead(store: Store, key: str) -> bool:
+    """End the claims of processes of this machine that are gone (killed), rather than wait
+    for their leases to expire; True when there were some. A pid that was reused since looks
+    alive: its claims then expire with their lease."""
+    host = socket.gethostname()
+    dead = set()
+    for owner in set(store.claimed(key).values()):
+        name, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if name == host and pid.isdigit() and not _alive(int(pid)):
+            dead.add(owner)
+    for owner in sorted(dead):
+        store.release(key, owner)
+    return bool(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextmanager
+def _renewing(store: Store, key: str, owner: str, lease: float) -> Iterator[None]:
+    """Renew ``owner``'s claims every ``lease / 3`` seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease / 3):
+            with suppress(Exception):  # a passing database error: the next beat retries
+                store.renew(key, owner, lease)
+
+    thread = threading.Thread(target=beat, name="polytask-renew-claims", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
