@@ -10,7 +10,9 @@ score.
 
 The split is by subject, never by row (a subject's recordings are near duplicates): the
 subjects are drawn 60/20/20 from the seed (25 / 8 / 9 subjects, about 3,500 / 1,100 / 1,250
-recordings), and every recording of a subject lands in the subject's part.
+recordings), and every recording of a subject lands in the subject's part. Predicting a new
+subject's score from voice is hard: early stopping usually keeps one of the first few epochs,
+and the test error varies a lot with which subjects are drawn.
 """
 
 from __future__ import annotations
