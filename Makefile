@@ -14,7 +14,7 @@ $(VENV)/.core: pyproject.toml constraints.txt | $(PY)
 	touch $@
 
 $(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
-	$(PIP) -e '.[dev,keras,ray,methods,tune,lightning]'
+	$(PIP) -e '.[dev,keras,ray,methods,tune,lightning,postgres]'
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core
