@@ -1,4 +1,5 @@
-"""The ``polytask`` command line: ``list``, ``run``, ``compare``, ``report`` and ``tune``."""
+"""The ``polytask`` command line: ``list``, ``run``, ``compare``, ``report``, ``tune`` and
+``suite``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._device import DEVICE_CHOICES, resolve_device
+from ._suite_cli import add_suite_parser, cmd_suite
 from .evaluation._metrics import greater_is_better
 from .experiments import (
     ARCHITECTURE_DESCRIPTIONS,
@@ -181,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="report the first N replications only (default: all stored)",
     )
     _tune_parser(_subcommand(commands, "tune", "search the task weights of a weighted loss"))
+    suite = _subcommand(
+        commands,
+        "suite",
+        "run the benchmark suite (real data sets x methods x replications, resumable) and "
+        "write its leaderboard",
+    )
+    add_suite_parser(suite, _positive, _common)
     return parser
 
 
@@ -748,6 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compare": _cmd_compare,
                 "report": _cmd_report,
                 "tune": _cmd_tune,
+                "suite": lambda a: cmd_suite(a, _out(a, "suite")),
             }
             return commands[args.command](args)
         except (ValueError, FileNotFoundError, ImportError, CodeChangedError) as error:

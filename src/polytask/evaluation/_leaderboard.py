@@ -1,0 +1,215 @@
+"""Statistics of a benchmark suite: per data set, each method's Delta_m% against a baseline with
+its bootstrap interval and Holm-adjusted paired test; across data sets, mean ranks with
+bootstrap intervals and counts of significant wins and losses; relative RMSE per target."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._statistics import _bootstrap_ci, _wilcoxon, delta_m, holm
+
+ALPHA = 0.05
+
+
+def delta_table(
+    frame: pd.DataFrame, baseline: str, metric: str, exclude: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Delta_m% (lower is better) per replication (rows) and label (columns) against
+    ``baseline``, whose column is 0; only replications where every label has every task.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"replication": [0, 0, 1, 1], "task": ["a"] * 4,
+    ...                       "method": ["base", "new"] * 2, "mse": [2.0, 1.0, 4.0, 2.0]})
+    >>> delta_table(frame, "base", "mse").to_dict("list")
+    {'base': [0.0, 0.0], 'new': [-50.0, -50.0]}
+    """
+    kept = frame[~frame["method"].isin(exclude)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # incomplete replications are dropped below, counted
+        long = delta_m(kept, baseline, metric)
+    wide = long.pivot(index="replication", columns="method", values="delta_m")
+    labels = [m for m in dict.fromkeys(kept["method"]) if m != baseline]
+    wide = wide.reindex(columns=labels)
+    wide.insert(0, baseline, 0.0)
+    return wide.dropna()
+
+
+def dataset_board(
+    frame: pd.DataFrame,
+    baseline: str,
+    metric: str,
+    *,
+    exclude: Sequence[str] = (),
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per label of one data set: Delta_m% against ``baseline`` (mean over
+    replications, percentile-bootstrap interval), the geometric-mean ratio, the two-sided
+    Wilcoxon signed-rank test of the per-replication Delta_m% against 0 (paired: each
+    replication's Delta_m% is measured against the baseline on the same split), its Holm
+    adjustment across the labels of the data set, and ``verdict``: ``better`` / ``worse`` than
+    the baseline when the Holm-adjusted p is below 0.05, else empty.
+
+    Examples
+    --------
+    >>> rows = [{"replication": r, "task": "a", "method": m, "mse": v}
+    ...         for r in range(8) for m, v in (("base", 2.0 + r), ("new", 1.0 + r))]
+    >>> board = dataset_board(pd.DataFrame(rows), "base", "mse", n_resamples=99)
+    >>> board.loc[1, "method"], int(board.loc[1, "n"]), board.loc[1, "verdict"]
+    ('new', 8, 'better')
+    """
+    kept = frame[~frame["method"].isin(exclude)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        long = delta_m(kept, baseline, metric)
+    rows = [
+        {
+            "method": baseline,
+            "n": int(kept.loc[kept["method"] == baseline, "replication"].nunique()),
+            "delta_m": 0.0,
+            "ci_low": 0.0,
+            "ci_high": 0.0,
+            "gmean_ratio": 1.0,
+            "wilcoxon_p": np.nan,
+        }
+    ]
+    for method, group in long.groupby("method", sort=False):
+        d = group["delta_m"].to_numpy()
+        low, high = _bootstrap_ci(d, np.mean, confidence, n_resamples, seed)
+        with np.errstate(invalid="ignore"):
+            gmean = float(np.exp(group["log_ratio"].mean()))
+        rows.append(
+            {
+                "method": method,
+                "n": len(d),
+                "delta_m": float(d.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "gmean_ratio": gmean,
+                "wilcoxon_p": _wilcoxon(d),
+            }
+        )
+    board = pd.DataFrame(rows)
+    tested = board["wilcoxon_p"].notna()
+    board["holm_p"] = np.nan
+    board.loc[tested, "holm_p"] = holm(board.loc[tested, "wilcoxon_p"].to_numpy())
+    significant = board["holm_p"] < ALPHA
+    board["verdict"] = np.where(significant, np.where(board["delta_m"] < 0, "better", "worse"), "")
+    return board
+
+
+def mean_ranks(
+    deltas: Mapping[str, pd.DataFrame],
+    boards: Mapping[str, pd.DataFrame] | None = None,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Each label's mean rank across data sets (1 = lowest mean Delta_m%, ties averaged), with
+    a percentile-bootstrap interval that resamples each data set's replications, and with
+    ``boards`` (:func:`dataset_board` per data set) the number of data sets on which the label
+    is significantly better or worse than the baseline.
+
+    ``deltas`` maps a data set to its :func:`delta_table`; labels missing from a data set are
+    ranked over the labels every data set has (the others are left out, with a warning).
+
+    Examples
+    --------
+    >>> a = pd.DataFrame({"base": [0.0, 0.0], "new": [-5.0, -3.0]})
+    >>> b = pd.DataFrame({"base": [0.0, 0.0, 0.0], "new": [2.0, 4.0, 3.0]})
+    >>> mean_ranks({"a": a, "b": b}, n_resamples=99)["mean_rank"].tolist()
+    [1.5, 1.5]
+    """
+    names = list(deltas)
+    common = [c for c in deltas[names[0]].columns if all(c in deltas[n].columns for n in names)]
+    left_out = sorted({c for n in names for c in deltas[n].columns} - set(common))
+    if left_out:
+        warnings.warn(
+            f"{left_out} are not on every data set and are left out of the ranks",
+            UserWarning,
+            stacklevel=2,
+        )
+    rng = np.random.default_rng(seed)
+    point = np.zeros(len(common))
+    resampled = np.zeros((n_resamples, len(common)))
+    for name in names:
+        values = deltas[name][common].to_numpy(dtype=float)
+        point += stats.rankdata(values.mean(axis=0))
+        rows = rng.integers(0, len(values), size=(n_resamples, len(values)))
+        resampled += stats.rankdata(values[rows].mean(axis=1), axis=1)
+    point /= len(names)
+    resampled /= len(names)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(resampled, [tail, 1 - tail], axis=0)
+    table = pd.DataFrame(
+        {
+            "method": common,
+            "mean_rank": point,
+            "ci_low": low,
+            "ci_high": high,
+            "datasets": len(names),
+        }
+    )
+    if boards is not None:
+        for verdict in ("better", "worse"):
+            table[verdict] = [
+                sum(
+                    bool(((b["method"] == m) & (b["verdict"] == verdict)).any())
+                    for b in boards.values()
+                )
+                for m in common
+            ]
+    return table.sort_values("mean_rank", kind="stable").reset_index(drop=True)
+
+
+def relative_rmse(
+    frame: pd.DataFrame,
+    reference: str,
+    *,
+    exclude: Sequence[str] = (),
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per label and task, the relative RMSE ``sqrt(MSE / MSE_reference)`` (the reference is
+    predicting the training mean) averaged over replications, with a bootstrap interval:
+    below 1 the label explains part of the variance, as in the multi-target regression
+    literature's aRRMSE.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"replication": [0, 0], "task": ["a", "a"],
+    ...                       "method": ["mean-pred", "net"], "mse": [4.0, 1.0]})
+    >>> relative_rmse(frame, "mean-pred")[["method", "task", "rrmse"]].values.tolist()
+    [['net', 'a', 0.5]]
+    """
+    wide = frame.pivot(index=["replication", "task"], columns="method", values="mse")
+    if reference not in wide.columns:
+        raise ValueError(f"relative RMSE: no {reference!r} rows among {list(wide.columns)}")
+    rows = []
+    for method in wide.columns:
+        if method == reference or method in exclude:
+            continue
+        ratio = np.sqrt(wide[method] / wide[reference]).dropna()
+        for task, values in ratio.groupby(level="task", sort=False):
+            v = values.to_numpy()
+            low, high = _bootstrap_ci(v, np.mean, confidence, n_resamples, seed)
+            rows.append(
+                {
+                    "method": method,
+                    "task": task,
+                    "n": len(v),
+                    "rrmse": float(v.mean()),
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,195 @@
+"""The leaderboard of a benchmark suite, in Markdown and self-contained HTML."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation._leaderboard import dataset_board, delta_table, mean_ranks, relative_rmse
+from ._report import markdown_table
+from ._suite import TRAIN_MEAN, DatasetExperiment
+
+CONVENTIONS = (
+    "Delta_m%: mean over tasks of the relative change of each task's metric against equal "
+    "weighting (`mean`), signed so that lower is better for every metric; negative means "
+    "better than equal weighting. Intervals: 95% percentile bootstrap over replications. "
+    "Test: two-sided Wilcoxon signed-rank of the per-replication Delta_m% (paired: same "
+    "split, seed and initial weights), Holm-adjusted across the methods of a data set; "
+    "**bold**: adjusted p < 0.05. Mean rank: 1 is best (lowest mean Delta_m%), averaged over "
+    "data sets; its interval resamples each data set's replications. Relative RMSE: "
+    "sqrt(MSE / MSE of predicting the training mean), below 1 is better."
+)
+
+
+@dataclass
+class Leaderboard:
+    """The suite's tables: per data set (:func:`dataset_board`), across data sets
+    (:func:`mean_ranks`) and the relative RMSE of the regression sets."""
+
+    boards: dict[str, pd.DataFrame]
+    ranks: pd.DataFrame
+    rrmse: pd.DataFrame
+
+    def delta_cells(self) -> pd.DataFrame:
+        """Methods x data sets: ``mean [low, high]``, bold when significant."""
+        columns = {}
+        for name, board in self.boards.items():
+            cells = {}
+            for row in board.itertuples():
+                text = f"{row.delta_m:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+                cells[row.method] = f"**{text}**" if row.verdict else text
+            columns[name] = cells
+        table = pd.DataFrame(columns)
+        table.index.name = "method"
+        return table.fillna("").reset_index()
+
+
+def leaderboard(
+    frames: Mapping[str, pd.DataFrame],
+    experiments: Mapping[str, DatasetExperiment],
+    *,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> Leaderboard:
+    """The suite's statistics from each data set's tidy test metrics (``replicate``'s frame).
+
+    Examples
+    --------
+    >>> rows = [{"replication": r, "task": t, "method": m, "mse": v + r}
+    ...         for r in range(6) for t in ("heating", "cooling")
+    ...         for m, v in (("mean", 2.0), ("uw", 1.0), ("train-mean", 4.0))]
+    >>> experiment = DatasetExperiment("energy", methods=("mean", "uw"), references=())
+    >>> board = leaderboard({"energy": pd.DataFrame(rows)}, {"energy": experiment}, n_resamples=99)
+    >>> board.boards["energy"]["method"].tolist(), board.ranks["method"].tolist()
+    (['mean', 'uw'], ['uw', 'mean'])
+    """
+    boards, deltas, rrmse = {}, {}, []
+    for name, frame in frames.items():
+        experiment = experiments[name]
+        boards[name] = dataset_board(
+            frame,
+            experiment.baseline,
+            experiment.metric,
+            exclude=(TRAIN_MEAN,),
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+        deltas[name] = delta_table(frame, experiment.baseline, experiment.metric, (TRAIN_MEAN,))
+        if experiment.spec.regression:
+            part = relative_rmse(frame, TRAIN_MEAN, n_resamples=n_resamples, seed=seed)
+            rrmse.append(part.assign(dataset=name))
+    ranks = mean_ranks(deltas, boards, n_resamples=min(n_resamples, 2000), seed=seed)
+    table = pd.concat(rrmse, ignore_index=True) if rrmse else pd.DataFrame()
+    return Leaderboard(boards, ranks, table)
+
+
+def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) -> list:
+    """(title, paragraph, table) triples, rendered as Markdown and as HTML alike."""
+    n_sets = len(board.boards)
+    ranks = board.ranks.assign(
+        **{
+            "mean rank [95% CI]": [
+                f"{r.mean_rank:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+                for r in board.ranks.itertuples()
+            ]
+        }
+    )[["method", "mean rank [95% CI]", "better", "worse"]]
+    ranks = ranks.rename(
+        columns={
+            "better": f"better than mean (of {n_sets})",
+            "worse": f"worse than mean (of {n_sets})",
+        }
+    )
+    sections = [
+        ("Mean rank across data sets", "", ranks),
+        ("Delta_m% against equal weighting [95% CI]", "", board.delta_cells()),
+    ]
+    for name, table in board.boards.items():
+        experiment = experiments[name]
+
+        def p_text(p: float) -> str:
+            return "" if np.isnan(p) else f"{p:.2g}"
+
+        intervals = zip(table["ci_low"], table["ci_high"], strict=True)
+        shown = pd.DataFrame(
+            {
+                "method": table["method"],
+                "n": table["n"],
+                "Delta_m%": table["delta_m"].round(2),
+                "95% CI": [f"[{a:+.2f}, {b:+.2f}]" for a, b in intervals],
+                "geo-mean ratio": table["gmean_ratio"].round(3),
+                "Wilcoxon p": table["wilcoxon_p"].map(p_text),
+                "Holm p": table["holm_p"].map(p_text),
+                "verdict": table["verdict"],
+            }
+        )
+        tasks = ", ".join(t.name for t in experiment.tasks())
+        text = f"{experiment.spec.description}. Tasks: {tasks}; metric: test {experiment.metric}."
+        sections.append((f"{name}", text, shown))
+    if not board.rrmse.empty:
+        cells = board.rrmse.assign(
+            column=board.rrmse["dataset"] + "/" + board.rrmse["task"],
+            cell=[
+                f"{v:.3f} [{a:.3f}, {b:.3f}]"
+                for v, a, b in zip(
+                    board.rrmse.rrmse, board.rrmse.ci_low, board.rrmse.ci_high, strict=True
+                )
+            ],
+        )
+        order = list(dict.fromkeys(cells["method"]))
+        wide = cells.pivot(index="method", columns="column", values="cell").loc[order]
+        sections.append(("Relative RMSE per target (regression sets)", "", wide.reset_index()))
+    return sections
+
+
+def write_leaderboard(
+    board: Leaderboard,
+    experiments: Mapping[str, DatasetExperiment],
+    out: str | Path,
+    *,
+    command: str = "",
+    notes: Sequence[str] = (),
+) -> dict[str, Path]:
+    """``leaderboard.md``, ``leaderboard.html`` (self-contained: no external file or script)
+    and the tables as CSV into ``out``; returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = _sections(board, experiments)
+    lines = ["# Benchmark suite leaderboard", ""]
+    if command:
+        lines += ["```bash", command, "```", ""]
+    lines += [*notes, "", CONVENTIONS, ""] if notes else [CONVENTIONS, ""]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>polytask suite leaderboard"
+        "</title><style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;"
+        "padding:.2em .5em;text-align:left}th{background:#eee}</style></head><body>",
+        "<h1>Benchmark suite leaderboard</h1>",
+    ]
+    if command:
+        parts.append(f"<pre>{html.escape(command)}</pre>")
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    parts.append(f"<p>{html.escape(CONVENTIONS).replace('**bold**', '<b>bold</b>')}</p>")
+    for title, text, table in sections:
+        lines += [f"## {title}", ""] + ([text, ""] if text else []) + [markdown_table(table), ""]
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if text:
+            parts.append(f"<p>{html.escape(text)}</p>")
+        rendered = table.to_html(index=False, escape=True, na_rep="")
+        parts.append(rendered.replace("**", ""))  # bold in Markdown only; HTML marks below
+    parts.append("</body></html>")
+    paths = {"markdown": out / "leaderboard.md", "html": out / "leaderboard.html"}
+    paths["markdown"].write_text("\n".join(lines))
+    paths["html"].write_text("\n".join(parts))
+    board.ranks.to_csv(out / "ranks.csv", index=False)
+    pd.concat([b.assign(dataset=n) for n, b in board.boards.items()]).to_csv(
+        out / "datasets.csv", index=False
+    )
+    if not board.rrmse.empty:
+        board.rrmse.to_csv(out / "relative_rmse.csv", index=False)
+    return paths
