@@ -518,3 +518,34 @@ def test_docstring_examples_run(module):
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
     result = doctest.testmod(importlib.import_module(module), optionflags=flags, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- the fast paths --------------------------------------------------------------------------
+def test_batched_experts_load_a_state_dict_of_the_old_layout():
+    """Version 1 stored each layer's weight (n_experts, in, out); such a checkpoint still loads
+    (square layers included, told apart by the state dict's version, not by the shape)."""
+    experts = BatchedExperts(3, 4, [4, 2], seed=1)
+    state = experts.state_dict()
+    old = {k: v.transpose(1, 2) if k.endswith("weight") else v for k, v in state.items()}
+    old = type(state)(old)
+    old._metadata = {k: {**v, "version": 1} for k, v in state._metadata.items()}
+    fresh = BatchedExperts(3, 4, [4, 2], seed=2)
+    fresh.load_state_dict(old)
+    x = torch.randn(5, 4)
+    assert torch.equal(fresh(x), experts(x))
+    for current in (experts.state_dict(), dict(experts.state_dict())):  # a plain copy too
+        fresh = BatchedExperts(3, 4, [4, 2], seed=2)
+        fresh.load_state_dict(current)
+        assert torch.equal(fresh(x), experts(x))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gate_is_the_softmax_of_the_linear(bias):
+    from polytask.models._gated import gate, mix
+
+    linear = nn.Linear(5, 4, bias=bias)
+    x = torch.randn(7, 5)
+    assert torch.allclose(gate(linear, x), torch.softmax(linear(x), dim=-1), atol=1e-6)
+    experts = torch.randn(7, 4, 3)
+    weights = gate(linear, x)
+    assert torch.allclose(mix(weights, experts), torch.einsum("be,bed->bd", weights, experts))

@@ -3,8 +3,9 @@
 A mixture of experts evaluates ``E`` small networks on the same rows. Written as a Python loop
 over ``E`` modules that is ``E`` small matrix products per layer, each too small to keep the
 processor busy; :class:`BatchedExperts` stores each layer's weights of every expert stacked,
-``(E, in, out)``, and runs a layer for all experts at once: one matrix product for the first
-layer (every expert reads the same rows), one batched matrix product (``bmm``) for the others.
+``(E, out, in)`` (``nn.Linear``'s layout, per expert), and runs a layer for all experts at
+once: one ``F.linear`` for the first layer (every expert reads the same rows), one batched
+matrix product (``baddbmm``) for the others.
 :class:`ExpertList` wraps expert modules of any kind (run one after the other) for experts that
 cannot be stacked, and refuses two entries that share weights.
 """
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ._mlp import _ACTIVATIONS, Init
 
@@ -25,27 +28,40 @@ def _generator(seed: int | None) -> torch.Generator | None:
 
 
 class StackedLinear(nn.Module):
-    """One layer of every expert: ``weight`` ``(n_experts, in, out)``, ``bias``
-    ``(n_experts, out)`` (zeros until :class:`BatchedExperts` draws them)."""
+    """One layer of every expert: ``weight`` ``(n_experts, out, in)`` (each expert's
+    ``nn.Linear`` weight), ``bias`` ``(n_experts, out)`` (zeros until
+    :class:`BatchedExperts` draws them)."""
+
+    _version = 2  # version 1 stored the weight (n_experts, in, out)
 
     def __init__(self, n_experts: int, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(n_experts, in_features, out_features))
+        self.weight = nn.Parameter(torch.zeros(n_experts, out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(n_experts, out_features))
 
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], *args: Any
+    ) -> None:
+        # a state dict saved by version 1 holds (n_experts, in, out); one without a version (a
+        # plain dict copy, as BestWeights keeps) is taken as the current layout
+        key = prefix + "weight"
+        if local_metadata.get("version") == 1 and isinstance(state_dict.get(key), Tensor):
+            state_dict[key] = state_dict[key].transpose(1, 2)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
     def extra_repr(self) -> str:
-        e, i, o = self.weight.shape
+        e, o, i = self.weight.shape
         return f"n_experts={e}, in_features={i}, out_features={o}"
 
 
 class BatchedExperts(nn.Module):
     """``n_experts`` independent MLPs on the same input, as one batched product per layer.
 
-    Every layer is ``activation(x @ W_e + b_e)`` for each expert ``e``; the weights of all the
-    experts are one tensor ``(n_experts, in, out)`` (and the biases ``(n_experts, out)``), so
-    a layer is one matrix product (the first) or one batched product (``bmm``) whatever the
-    number of experts. Each expert's weights are drawn
-    independently (no two experts start equal).
+    Every layer is ``activation(x @ W_e.T + b_e)`` for each expert ``e``; the weights of all the
+    experts are one tensor ``(n_experts, out, in)`` (and the biases ``(n_experts, out)``), so
+    a layer is one matrix product (the first) or one batched product (``baddbmm``) whatever
+    the number of experts. Each expert's weights are drawn independently (no two experts
+    start equal).
 
     Parameters
     ----------
@@ -79,7 +95,7 @@ class BatchedExperts(nn.Module):
     >>> tuple(experts(torch.zeros(3, 5)).shape)
     (3, 8, 4)
     >>> [tuple(w.shape) for w in experts.weights]
-    [(8, 5, 16), (8, 16, 4)]
+    [(8, 16, 5), (8, 4, 16)]
     """
 
     def __init__(
@@ -116,21 +132,24 @@ class BatchedExperts(nn.Module):
         fan_in = in_features
         for width in widths:
             layer = StackedLinear(n_experts, fan_in, width)
+            # drawn (E, in, out), the order of earlier versions: a seed gives the same experts
+            drawn = torch.empty(n_experts, fan_in, width)
             with torch.no_grad():
                 if init == "glorot":
                     bound = math.sqrt(6.0 / (fan_in + width))
-                    layer.weight.uniform_(-bound, bound, generator=gen)
+                    drawn.uniform_(-bound, bound, generator=gen)
                 else:  # nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
                     bound = 1.0 / math.sqrt(fan_in)
-                    layer.weight.uniform_(-bound, bound, generator=gen)
+                    drawn.uniform_(-bound, bound, generator=gen)
                     layer.bias.uniform_(-bound, bound, generator=gen)
+                layer.weight.copy_(drawn.transpose(1, 2))
             layers.append(layer)
             fan_in = width
         self.layers = nn.ModuleList(layers)
 
     @property
     def weights(self) -> list[nn.Parameter]:
-        """Each layer's stacked weights, ``(n_experts, in, out)``."""
+        """Each layer's stacked weights, ``(n_experts, out, in)``."""
         return [layer.weight for layer in self.layers]
 
     @property
@@ -149,18 +168,22 @@ class BatchedExperts(nn.Module):
             raise ValueError(
                 f"BatchedExperts: expected inputs (batch, {self.in_features}), got {tuple(x.shape)}"
             )
-        # first layer: every expert reads the same rows, so all of them are one matrix product
-        # (batch, in) @ (in, E * out); then each expert reads its own activations: one batched
-        # product over the experts, (E, batch, in) @ (E, in, out)
-        weight, bias = self.weights[0], self.biases[0]
-        e, fan_in, width = weight.shape
-        h = (x @ weight.transpose(0, 1).reshape(fan_in, e * width)).view(len(x), e, width)
-        h = self.activation(h + bias)
-        if len(self.weights) == 1:
+        # first layer: every expert reads the same rows, so all of them are one nn.Linear of
+        # E * out units: (E, out, in) views as (E * out, in) without a copy, and the bias is
+        # added inside the product (addmm), not by a separate op
+        first, *rest = self.layers
+        e, width, fan_in = first.weight.shape
+        h = F.linear(x, first.weight.view(e * width, fan_in), first.bias.view(e * width))
+        h = self.activation(h).view(len(x), e, width)
+        if not rest:
             return h
+        # then each expert reads its own activations: one batched product over the experts,
+        # (E, batch, in) @ (E, in, out)
         h = h.transpose(0, 1)
-        for weight, bias in zip(self.weights[1:], self.biases[1:], strict=True):
-            h = self.activation(torch.baddbmm(bias.unsqueeze(1), h, weight))
+        for layer in rest:
+            h = self.activation(
+                torch.baddbmm(layer.bias.unsqueeze(1), h, layer.weight.transpose(1, 2))
+            )
         return h.transpose(0, 1)
 
     def unbatched(self) -> ExpertList:
@@ -171,8 +194,8 @@ class BatchedExperts(nn.Module):
             for e in range(self.n_experts):
                 layers: list[nn.Module] = []
                 for weight, bias in zip(self.weights, self.biases, strict=True):
-                    linear = nn.Linear(weight.shape[1], weight.shape[2])
-                    linear.weight.copy_(weight[e].T)
+                    linear = nn.Linear(weight.shape[2], weight.shape[1])
+                    linear.weight.copy_(weight[e])
                     linear.bias.copy_(bias[e])
                     layers += [linear, _ACTIVATIONS[self.activation_name]()]
                 modules.append(nn.Sequential(*layers))

@@ -113,9 +113,9 @@ def dense(
 def linear_gate(in_features: int, n_choices: int, generator: torch.Generator) -> nn.Linear:
     """A gate's logits ``W x`` (no bias, as the papers' ``softmax(W_g x)``), Glorot-uniform."""
     with torch.random.fork_rng(devices=[]):
-        gate = nn.Linear(in_features, n_choices, bias=False)
-    init_linear(gate, "glorot", generator)
-    return gate
+        linear = nn.Linear(in_features, n_choices, bias=False)
+    init_linear(linear, "glorot", generator)
+    return linear
 
 
 def build_towers(
@@ -199,7 +199,22 @@ def check_count(owner: str, name: str, value: int, least: int = 1) -> None:
 def mix(weights: Tensor, experts: Tensor) -> Tensor:
     """``sum_e weights[b, e] * experts[b, e, :]``: ``(batch, E)``, ``(batch, E, d)`` ->
     ``(batch, d)``."""
-    return torch.einsum("be,bed->bd", weights, experts)
+    # a broadcast multiply and a sum: einsum makes this a bmm of `batch` 1 x E products, which
+    # the CPU runs several times slower (forward and backward) than these two elementwise ops
+    return (weights.unsqueeze(-1) * experts).sum(dim=-2)
+
+
+def gate(linear: nn.Module, x: Tensor) -> Tensor:
+    """``softmax(linear(x), dim=-1)``: a gate's weights over its choices, ``(batch, n)``."""
+    if type(linear) is not nn.Linear or x.ndim != 2:
+        return F.softmax(linear(x), dim=-1)
+    # computed transposed, (n, batch), and returned as a view: the CPU's softmax over a short
+    # last dimension (a few experts) runs row by row, several times slower (forward and
+    # backward) than over the first dimension, which it vectorises along the batch
+    logits = linear.weight @ x.T
+    if linear.bias is not None:
+        logits = logits + linear.bias.unsqueeze(1)
+    return F.softmax(logits, dim=0).T
 
 
 def params(*modules: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
@@ -462,11 +477,11 @@ class MMoE(_Routed):
         return self.experts(x)
 
     def _head(self, task: str, z: Tensor, x: Tensor) -> Tensor:
-        return self.towers[task](mix(F.softmax(self.gates[task](x), dim=-1), z))
+        return self.towers[task](mix(gate(self.gates[task], x), z))
 
     def gate_weights(self, x: Tensor) -> dict[str, Tensor]:
         """Each task's gate, ``{task: (batch, n_experts)}``: every row a distribution."""
-        return {t: F.softmax(self.gates[t](x), dim=-1) for t in self.task_names}
+        return {t: gate(self.gates[t], x) for t in self.task_names}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The experts' parameters: every task's gate reads every expert."""
@@ -624,13 +639,13 @@ class PLE(_Routed):
         own = {t: self.task_experts[level][t](task_in[t]) for t in self.task_names}
         outputs = {
             t: mix(
-                F.softmax(self.task_gates[level][t](task_in[t]), dim=-1),
+                gate(self.task_gates[level][t], task_in[t]),
                 torch.cat([own[t], shared], dim=1),
             )
             for t in self.task_names
         }
         every = torch.cat([*(own[t] for t in self.task_names), shared], dim=1)
-        shared_out = mix(F.softmax(self.shared_gates[level](shared_in), dim=-1), every)
+        shared_out = mix(gate(self.shared_gates[level], shared_in), every)
         return shared_out, outputs
 
     def _below_last(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -660,8 +675,8 @@ class PLE(_Routed):
     def _head(self, task: str, z: Tensor, x: Tensor) -> Tensor:
         shared, task_in = self._last_inputs(task, z, x)
         own = self.task_experts[-1][task](task_in)
-        gate = F.softmax(self.task_gates[-1][task](task_in), dim=-1)
-        return self.towers[task](mix(gate, torch.cat([own, shared], dim=1)))
+        weights = gate(self.task_gates[-1][task], task_in)
+        return self.towers[task](mix(weights, torch.cat([own, shared], dim=1)))
 
     def gate_weights(self, x: Tensor) -> dict[str, Tensor]:
         """Each task's gate on the last level, ``{task: (batch, n_specific + n_shared)}``
@@ -670,7 +685,7 @@ class PLE(_Routed):
         out = {}
         for t in self.task_names:
             _, task_in = self._last_inputs(t, z, x)
-            out[t] = F.softmax(self.task_gates[-1][t](task_in), dim=-1)
+            out[t] = gate(self.task_gates[-1][t], task_in)
         return out
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -827,7 +842,7 @@ class DSelectGate(nn.Module):
         b = len(x)
         if self.per_example:
             logits = self.z(x).reshape(b, self.k, self.m)
-            a = F.softmax(self.w(x), dim=-1)
+            a = gate(self.w, x)
         else:
             logits = self.z_logits.expand(b, self.k, self.m)
             a = F.softmax(self.w_logits, dim=-1).expand(b, self.k)
@@ -838,7 +853,7 @@ class DSelectGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The expert weights, ``(batch, n_experts)``."""
         r, a = self.selectors(x)
-        return torch.einsum("bk,bkn->bn", a, r)
+        return mix(a, r)  # sum_i a[:, i] r[:, i, :]
 
     def penalty(self, x: Tensor, entropy_reg: float) -> Tensor:
         """The paper's regularisers for the batch ``x``: ``entropy_reg`` times the entropy of
