@@ -334,6 +334,9 @@ def test_two_processes_share_one_optuna_study_on_postgres(url, tmp_path):
     script = tmp_path / "tuner.py"
     script.write_text(TUNER)
     trials = 5
+    # Optuna's schema is created once beforehand: two processes creating it at once on a new
+    # database collide in PostgreSQL (optuna/optuna#1092; the maintainers' advice)
+    optuna.storages.RDBStorage(url).engine.dispose()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     processes = [
         subprocess.Popen(
