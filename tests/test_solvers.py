@@ -138,6 +138,41 @@ def test_cagrad_gives_zeros_at_a_pareto_stationary_point():
     )
 
 
+@SETTINGS
+@given(gramians(40), gramians(40), st.sampled_from([torch.float64, torch.float32]))
+def test_cagrad_solver_converges_within_its_cap_cold_and_from_a_far_off_start(J, K, dtype):
+    """The semismooth Newton method meets its tolerance within ``CAGrad.max_iter`` on up to 40
+    tasks, from the simplex's centre and from another Gramian's solution (the slowest start:
+    its zeros are a wrong inactive set), in float64 and float32 (at 64 ulps there)."""
+    n = min(len(J), len(K))
+    g1, g2 = J[:n] @ J[:n].T, K[:n] @ K[:n].T
+    g1, g2 = (g1 / g1.trace()).to(dtype), (g2 / g2.trace()).to(dtype)
+    previous, _ = cagrad_solve(g1, 0.4, max_iter=CAGrad.max_iter)
+    for start in (None, previous):
+        w, converged = cagrad_solve(g2, 0.4, start, max_iter=CAGrad.max_iter)
+        assert bool(converged)
+        assert w.dtype == dtype and bool((w >= 0).all()) and float(w.sum()) == pytest.approx(1)
+        if dtype == torch.float64:
+            assert cagrad_gap(g2, 1 / n + w) <= 1e-9
+
+
+def test_cagrad_with_c_zero_is_equal_weighting_and_its_state_stays_finite():
+    """c = 0: the weights are 1 / T (no solve); a Pareto-stationary step (r = 0, so y = 0)
+    keeps a finite warm start, and the next step converges from it."""
+    J = jacobian(6, 4, "well")
+    torch.testing.assert_close(
+        weights_of(CAGrad(c=0), J @ J.T), torch.full((4,), 0.25, dtype=torch.float64)
+    )
+    method = CAGrad()
+    method.bind(["a", "b"])
+    stationary = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    method.weights_from_gramian(stationary)
+    assert bool(method._state["start"].isfinite().all())
+    method.weights_from_gramian(torch.tensor([[1.0, 0.2], [0.2, 2.0]], dtype=torch.float64))
+    # at the stationary point b = 0 and r = 0: every w is optimal, the centre included
+    assert int(method.diagnostics()["solver_unconverged"]) == 0
+
+
 # --- GradVac ---------------------------------------------------------------------------------
 def gradvac_by_hand(grads, targets, orders, beta, eps=1e-8):
     """GradVac as LibMTL writes it, on explicit gradient vectors, one pair at a time; also

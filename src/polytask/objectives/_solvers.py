@@ -13,16 +13,18 @@ tolerance); when it is False the result is the best iterate found within the cap
   Nash-MTL's bargaining condition ``G w = 1 / w``), as the minimiser of the strictly convex
   ``0.5 w^T G w - sum_i h(w_i)`` with ``h' = w ** (-1 / alpha)``, by Newton's method.
 - :func:`cagrad_solve`: CAGrad's dual ``min_{w in simplex} b^T w + r sqrt(w^T G w)``, by a
-  primal-dual interior-point method (Mehrotra's predictor-corrector).
+  semismooth Newton (primal-dual active-set) method on its complementarity conditions.
 - :func:`gradvac_solve`: GradVac's pairwise adjustments on the Gramian, every task's sequence
   of partners processed side by side (``O(T^3)`` in all).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["cagrad_solve", "fair_solve", "gradvac_solve", "solver_dtype"]
@@ -192,7 +194,7 @@ def cagrad_solve(
     gram: Tensor,
     c: float,
     start: Tensor | None = None,
-    max_iter: int = 14,
+    max_iter: int = 12,
     tol: float = 1e-8,
 ) -> tuple[Tensor, Tensor]:
     """Solve CAGrad's dual over the simplex in Gramian terms.
@@ -202,15 +204,22 @@ def cagrad_solve(
     ``|g0|^2 = 1^T G 1 / T^2`` (Liu et al. 2021, eq. 7 and its dual). ``G`` should be
     normalised (torchjd divides it by its trace).
 
-    A primal-dual interior-point method with Mehrotra's predictor-corrector: per iteration one
-    LU factor of ``H + W^-1 Z`` (``H`` the Hessian of the objective, ``W``, ``Z`` the
-    primal variables and their bound multipliers) and two solves (three right-hand sides), the
-    equality ``sum w = 1`` eliminated through a Schur complement; primal and dual take the same
-    step, 99% of the way to the boundary at most. The square root is smoothed by ``1e-14``
-    inside (``1e-10`` in float32). ``start`` (a previous solution) is pulled halfway to the
-    centre of the simplex before use. The iterate of smallest KKT residual (the dual residual's
-    largest entry plus the primal residual plus the mean complementarity ``w^T z / T``,
-    relative to ``1 + |b|_inf + r``) is returned; converged means that residual ``<= tol``.
+    The objective is positively homogeneous, so with ``y = r w / |g_w|`` its optimality
+    conditions read ``G y + b - nu 1 = z``, ``y, z >= 0``, ``y^T z = 0``, ``sqrt(y^T G y) = r``
+    (and ``w = y / sum y``): a complementarity problem with a constant Hessian. With
+    ``y = max(x, 0)`` and ``z = max(-x, 0)`` complementarity holds by construction, which
+    leaves ``T + 1`` piecewise-smooth equations in ``(x, nu)``, solved by a semismooth Newton
+    method (a primal-dual active-set method, the active set being ``x > 0``): one bordered
+    ``(T + 1)``-square solve per iteration, on the Jacobi scaling ``D G D``
+    (``D = diag(G)^-1/2``), and about 20 small ops, against the ~100 of an interior-point
+    iteration. The Newton step gives ``nu`` outright (the equations are linear in it), so a start
+    is only a ``w``: ``start`` (a previous solution; its zeros are the first inactive set) or
+    the centre of the simplex. A rank-deficient ``G`` makes the active block singular: its
+    diagonal gets the Levenberg-Marquardt ridge ``|residual|_inf + 1e-12`` (``1e-6`` in
+    float32), which bounds the steps far from the solution and vanishes at it. The iterate of
+    smallest residual is returned; converged means that its Frank-Wolfe gap
+    ``grad^T w - min_i grad_i`` (an upper bound on ``F(w) - min F``) is
+    ``<= tol (1 + |b|_inf + r)``.
 
     Returns
     -------
@@ -227,92 +236,76 @@ def cagrad_solve(
     """
     dtype = solver_dtype(gram.dtype)
     g = gram.detach().to(dtype)
-    n = g.shape[0]
+    n, device = g.shape[0], g.device
     tol = default_tol(dtype, tol)
-    ones = torch.ones(n, dtype=dtype, device=g.device)
-    b = g @ ones / n
-    r = c * (ones @ b / n).clamp_min(0).sqrt()
-    smooth = 1e-14 if dtype == torch.float64 else 1e-10
-    norm = 1 + b.abs().max() + r
+    tiny = torch.finfo(dtype).tiny
+    centre = torch.full((n,), 1.0 / n, dtype=dtype, device=device)
+    if c == 0:  # the weights are 1 / T whatever w is
+        return centre, torch.ones((), dtype=torch.bool, device=device)
+    b = g.mean(1)
+    r = c * b.mean().clamp_min(0).sqrt()
+    d = g.diagonal().clamp_min(tiny).rsqrt()
+    # the state v = (x / d, nu) and the iteration's matrices on its T + 1 entries (entry T:
+    # nu), so that an iteration is ~20 ops on whole tensors
+    eye, last, ridge_on, lo = _cagrad_constants(n, dtype, device)
+    gs = F.pad(d[:, None] * g * d, (0, 1, 0, 1))  # [[D G D, 0], [0, 0]]
+    jacobian_at_active = torch.addr(gs, F.pad(-d, (0, 1)), last)  # nu's column: -d
+    shift = jacobian_at_active - eye  # F(v) = shift max(v, lo) + v + offset + e_T |y|_DGD
+    offset = torch.addcmul(F.pad(d * b, (0, 1)), last, r, value=-1)
+    # the ridge's floor (a rank-deficient G), on the active diagonal only (the inactive
+    # columns are I's: the where below takes them from eye)
+    jacobian_at_active.add_(ridge_on, alpha=1e-12 if dtype == torch.float64 else 1e-6)
 
-    if start is None:
-        w = ones / n
-    else:
-        w = 0.5 * start.to(g).clamp_min(0) + 0.5 / n
-        w = torch.where(w.isfinite().all(), w / w.sum(), ones / n)
-
-    gw = g @ w
-    s = (w @ gw + smooth).sqrt()
-    ratio = r / s
-    grad = b + ratio * gw
-    # start the multipliers where the dual residual is smallest for a central point
-    nu = grad.min() - (norm - 1)  # z = grad - nu: central, on the problem's scale
-    state = torch.stack([w, grad - nu])  # the rows: w and z
-    best_w, best_res = w, torch.full((), math.inf, dtype=dtype, device=g.device)
+    w = centre
+    if start is not None:
+        w = start.to(g).clamp_min(0)
+        total = w.sum()
+        w = torch.where((total > 0) & (total < math.inf), w, centre)  # NaN: centre too
+    # y = r w / |g_w| on the scaling (u = y / d); nu = 0: the first step sets it
+    u = w / d * (r / (w @ g @ w).clamp_min(tiny).sqrt())
+    v = F.pad(u, (0, 1))
+    best_v, best_res = v, v.new_full((), math.inf)
     for k in range(max_iter + 1):
-        w, z = state
-        if k:
-            gw = g @ w
-            s = (w @ gw + smooth).sqrt()
-            ratio = r / s
-            grad = b + ratio * gw
-        rd = grad - z - nu
-        rp = w.sum() - 1
-        wz = w * z
-        mu = wz.mean()
-        res = rd.abs().max() + rp.abs() + mu  # relative to norm at the end
-        best_w = torch.where(res < best_res, w, best_w)
-        best_res = torch.minimum(res, best_res)
+        ya = v.clamp(min=lo)  # (y, nu)
+        gy = gs @ ya
+        norm = (ya @ gy).clamp_min(tiny).sqrt()
+        f = torch.addmv(v + offset, shift, ya).addcmul_(last, norm)
+        res = f.abs().amax()
+        if k == 0:
+            best_res = res
+        else:
+            better = res < best_res
+            best_v = torch.where(better, v, best_v)
+            best_res = torch.minimum(res, best_res)
         if k == max_iter:
             break
-        # the Hessian of r sqrt(w^T G w), plus Z / W: the matrix of Newton's reduced system
-        kkt = ratio * g - torch.outer(gw, gw * (ratio / (s * s)))
-        kkt.diagonal().add_(z / w)
-        state, nu = _interior_step(kkt, state, nu, rd, rp, wz, mu, ones)
-    best_w = best_w.clamp_min(0)
-    return best_w / best_w.sum(), best_res <= tol * norm
+        # the Jacobian: the columns of D G D (and the last row d norm / du) for the active
+        # entries, those of I for the others; the Levenberg-Marquardt ridge |F| on the active
+        # diagonal (nu's entry is always "active": max(nu, -inf) = nu)
+        jacobian = torch.addr(jacobian_at_active, last, gy / norm).addcmul_(ridge_on, res)
+        jacobian = torch.where(v > lo, jacobian, eye)
+        v = v - torch.linalg.solve_ex(jacobian, f).result
+    w = best_v[:n].clamp_min(0) * d
+    total = w.sum()
+    w = torch.where(total > 0, w / total, centre)  # 0: G 1 = 0, Pareto-stationary
+    gw = g @ w
+    grad = torch.addcmul(b, r / (w @ gw).clamp_min(tiny).sqrt(), gw)
+    return w, grad @ w - grad.min() <= tol * (1 + b.abs().max() + r)
 
 
-def _interior_step(
-    kkt: Tensor,
-    state: Tensor,
-    nu: Tensor,
-    rd: Tensor,
-    rp: Tensor,
-    wz: Tensor,
-    mu: Tensor,
-    ones: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """One Mehrotra predictor-corrector step for ``min f(w)`` s.t. ``w >= 0``, ``sum w = 1``
-    (``kkt``: the Hessian of ``f`` plus ``Z / W``; ``state``: the rows ``w`` and ``z``, the
-    bounds' multipliers): the new ``state`` and ``nu`` (the equality's multiplier); the old
-    ones where the step is not finite."""
-    w, z = state
-    factor = _Factor(kkt)
-    # H dw - dz - dnu 1 = -rd;  sum dw = -rp;  z dw + w dz = rc. With dz eliminated,
-    # (H + Z/W) dw = q + dnu 1 for q = -rd + rc / w; dnu from sum dw = -rp. The predictor
-    # (rc = -w z, so q = -rd - z) and the solve with 1 share one call.
-    u, unit = factor.solve(torch.stack([-rd - z, ones], 1)).unbind(1)
-    total = unit.sum()
-    dw = u + ((-rp - u.sum()) / total) * unit
-    move = torch.stack([dw, -z - z * dw / w])
-    step = _longest(state, move)
-    mu_aff = (state + step * move).prod(0).mean()
-    sigma = (mu_aff / mu).clamp(0, 1) ** 3
-    rc = sigma * mu - wz - move.prod(0)
-    u = factor.solve(rc / w - rd)
-    dnu = (-rp - u.sum()) / total
-    dw = u + dnu * unit
-    move = torch.stack([dw, (rc - z * dw) / w])
-    step = 0.99 * _longest(state, move)
-    new, new_nu = state + step * move, nu + step * dnu
-    ok = (new.sum() + new_nu).isfinite()
-    return torch.where(ok, new, state), torch.where(ok, new_nu, nu)
-
-
-def _longest(state: Tensor, move: Tensor) -> Tensor:
-    """The longest step in ``[0, 1]`` that keeps ``state + t move`` non-negative."""
-    return torch.where(move < 0, state / -move, 1.0).amin().clamp(max=1.0)
+@functools.lru_cache(maxsize=32)
+def _cagrad_constants(
+    n: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The constants of :func:`cagrad_solve` on ``T + 1`` entries (made once per size: a few
+    ops less per step): ``I``, ``e_T``, ``I`` but on ``nu``'s entry (where the ridge goes) and
+    the lower bounds ``(0, ..., 0, -inf)`` of ``max(v, lo) = (y, nu)`` (read-only)."""
+    eye = torch.eye(n + 1, dtype=dtype, device=device)
+    ridge_on = eye.clone()
+    ridge_on[n, n] = 0
+    lo = torch.zeros(n + 1, dtype=dtype, device=device)
+    lo[n] = -math.inf
+    return eye, eye[n].clone(), ridge_on, lo
 
 
 def gradvac_solve(
