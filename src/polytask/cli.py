@@ -170,10 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--backend", choices=("joblib", "ray"), default="joblib", help="how workers are run"
     )
-    compare.add_argument("--store", type=Path, help="SQLite store (default: <out>/results.sqlite)")
+    compare.add_argument(
+        "--store",
+        help="the results store: an SQLite file or an SQLAlchemy URL such as "
+        "postgresql+psycopg2://user@host/db, shared by processes on several machines "
+        "(default: <out>/results.sqlite)",
+    )
     _common(compare)
     report = _subcommand(commands, "report", "write the report of a stored comparison")
-    report.add_argument("store", type=Path, help="the SQLite store of a compare run (read only)")
+    report.add_argument(
+        "store", help="the store of a compare run: SQLite file or SQLAlchemy URL (read only)"
+    )
     report.add_argument("--config", help="configuration hash (prefix) to report (default: latest)")
     report.add_argument("--out", type=Path, help="report folder (default: beside the store)")
     report.add_argument("--metric", help="metric compared (default: the experiment's own)")
@@ -602,7 +609,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     key = config_hash(experiment, args.seed)
-    view = Store(store.path, read_only=True, first=args.replications)
+    view = Store(store.url or store.path, read_only=True, first=args.replications)
     files = write_comparison_report(view, out, config_hash=key)
     print(files["markdown"].read_text().split("![")[0].rstrip())
     section = _experiment_section(view, key, files["markdown"])
@@ -620,7 +627,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     store = Store(args.store, read_only=True, first=args.replications)
-    out = writable_folder(args.out or args.store.parent)
+    if args.out is None and store.url is not None:
+        raise ValueError("a report of a database store needs --out (the report folder)")
+    out = writable_folder(args.out or Path(store.path).parent)
     files = write_comparison_report(store, out, config_hash=args.config, metric=args.metric)
     _experiment_section(store, _pick_config(store, args.config), files["markdown"])
     print(f"report written to {files['markdown']} and {files['html']}")

@@ -5,6 +5,7 @@ weightings that any other method can be placed against (Xin et al. 2022)."""
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,9 +93,14 @@ def study_frame(study: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+class _SurplusTrial(Exception):
+    """A trial started after the study already holds its trials (others ran them)."""
+
+
 def _storage(url: str, heartbeat: int | None) -> Any:
     import optuna
 
+    _create_schema(url)
     if heartbeat is None:
         return url
     # a trial killed with its process stops beating; after the grace period the next run
@@ -109,6 +115,23 @@ def _storage(url: str, heartbeat: int | None) -> Any:
         return storages.RDBStorage(
             url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **retry
         )
+
+
+def _create_schema(url: str, attempts: int = 5) -> None:
+    """Create Optuna's tables once: processes that create them at the same moment on a new
+    PostgreSQL database collide (optuna/optuna#1092); the one that loses tries again and
+    finds them made."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            optuna.storages.RDBStorage(url).engine.dispose()
+            return
+        except (IntegrityError, OperationalError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def tune(
@@ -198,6 +221,12 @@ def tune(
         return [len(tasks) * r / sum(raw) for r in raw]
 
     def objective(trial: Any) -> float:
+        # another process sharing the study may have started the last trials meanwhile:
+        # MaxTrialsCallback counts finished trials only, so stop here rather than overshoot
+        taken = (*done, optuna.trial.TrialState.RUNNING)
+        if len(study.get_trials(deepcopy=False, states=taken)) > trials:
+            study.stop()
+            raise _SurplusTrial(f"{trials} trials are finished or running")
         weights = weights_of(trial)
         report = _ReportStopMetric(trial, tasks, experiment.metric, combine)
         callbacks = [report] if prune else []
@@ -215,13 +244,23 @@ def tune(
         )
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    finished = len(study.get_trials(deepcopy=False, states=done))
-    if finished < trials:
+
+    def count(*states: Any) -> int:
+        return len(study.get_trials(deepcopy=False, states=states))
+
+    while (finished := count(*done)) < trials:
         study.optimize(
             objective,
             n_trials=trials - finished,
             callbacks=[optuna.study.MaxTrialsCallback(trials, states=done)],
+            catch=(_SurplusTrial,),  # recorded as failed: never counted, never selected
         )
+        running = count(optuna.trial.TrialState.RUNNING)
+        if count(*done) >= trials or not running or heartbeat is None:
+            break  # without a heartbeat a killed process's trial would never be freed
+        # trials still running elsewhere: wait for them to finish, or (a killed process's)
+        # to be failed by the heartbeat and queued again, then take what is left
+        time.sleep(1.0 if heartbeat is None else min(5.0, heartbeat / 2))
     best = study.best_trial
     weights = dict(zip(tasks, best.user_attrs["weights"], strict=True))
     model, _ = experiment.fit(experiment.weighted(list(weights.values())), train, stop, seed, quiet)
