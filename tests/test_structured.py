@@ -94,8 +94,8 @@ def test_sentiment_domains_targets_agree():
     site, sentiment, joint = (train.targets[t].numpy() for t in ("site", "sentiment", "joint"))
     assert np.array_equal(joint, 2 * site + sentiment)
     assert len(train) == 1800 and set(np.unique(site)) == {0, 1, 2}
-    with pytest.raises(ValueError, match="'tuned' method needs weights"):
-        SentimentDomainsExperiment(str(data_dir), methods=("weighted", "tuned"))
+    with pytest.raises(ValueError, match="a weight search needs at least 2 trials"):
+        SentimentDomainsExperiment(str(data_dir), methods=("weighted", "tuned"), tune_trials=1)
     with pytest.raises(ValueError, match="unknown methods"):
         SentimentDomainsExperiment(str(data_dir), methods=("weighted", "magic"))
 
@@ -263,3 +263,18 @@ def test_tune_command_writes_the_front_and_places_methods(tmp_path, capsys):
     printed = capsys.readouterr().out
     weights = [float(w) for w in printed.split("--weights ")[1].split()[0].split(",")]
     assert sum(weights) == pytest.approx(2.0)
+
+
+def test_tuned_without_weights_searches_each_replications_own_stop_set():
+    """The nested search: the tuned method's test scores are those of tune_on_stop_set on the
+    same replication's split (that it never reads test rows to choose: tests/test_suite.py)."""
+    from polytask.experiments._tune import tune_on_stop_set
+
+    data_dir = shared_data("sentiment_labelled_sentences")
+    experiment = SentimentDomainsExperiment(
+        str(data_dir), methods=("weighted", "tuned"), max_epochs=2, tune_trials=3, device="cpu"
+    )
+    outcome = experiment.run(seed=4, quiet=True)
+    search = tune_on_stop_set(experiment, seed=4, trials=3)
+    assert outcome.metrics["tuned"] == search.test_metrics
+    assert len(search.study.trials) == 3  # the finest grid of at most 3 points: the corners

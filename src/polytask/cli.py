@@ -264,7 +264,8 @@ def _experiment_options(
         parser.add_argument(
             "--weights",
             type=_weights,
-            help="task weights of the 'tuned' method, e.g. 1,0.5,2 (default: none)",
+            help="task weights of the 'tuned' method, e.g. 1,0.5,2 (default: searched on each "
+            "replication's own stop set)",
         )
     parser.add_argument(
         "--methods",

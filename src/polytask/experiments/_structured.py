@@ -51,7 +51,9 @@ class _DataExperiment:
     patience: int = 8
     methods: tuple[str, ...] = ()
     baseline: str = ""
-    weights: tuple[float, ...] | None = None  # the "tuned" method's task weights
+    # the "tuned" method's task weights; None: searched on each replication's own stop set
+    weights: tuple[float, ...] | None = None
+    tune_trials: int = 10  # fits of that search
     device: str = field(default="auto", compare=False)
 
     name: ClassVar[str] = ""
@@ -70,8 +72,8 @@ class _DataExperiment:
             )
         if self.baseline not in self.methods:
             raise ValueError(f"the baseline {self.baseline!r} is not among {list(self.methods)}")
-        if "tuned" in self.methods and self.weights is None:
-            raise ValueError(f"{self.name}: the 'tuned' method needs weights (--weights)")
+        if "tuned" in self.methods and self.weights is None and self.tune_trials < 2:
+            raise ValueError(f"{self.name}: a weight search needs at least 2 trials")
         if self.weights is not None and len(self.weights) != len(self.tasks()):
             raise ValueError(
                 f"{self.name}: {len(self.weights)} weights for the tasks "
@@ -152,6 +154,13 @@ class _DataExperiment:
         for method in methods or self.methods:
             if method in REFERENCES:
                 outcome.metrics[method] = self.reference(method, train, stop, test, seed)
+                continue
+            if method == "tuned" and self.weights is None:
+                # chosen on this replication's stop set: no replication's test rows enter it
+                from ._tune import tune_on_stop_set
+
+                result = tune_on_stop_set(self, seed, self.tune_trials)
+                outcome.metrics[method] = result.test_metrics
                 continue
             if method == "single-task":  # one network per task, the same trunk and head
                 outcome.metrics[method] = {}
@@ -236,9 +245,11 @@ class SentimentDomainsExperiment(_DataExperiment):
     three heads: the site (3 classes), the sentiment (binary), and their joint (6 classes,
     ``2 * site + sentiment``).
 
-    Methods: ``weighted`` (every task weight 1), ``tuned`` (the weights of a ``polytask tune``
-    study, ``weights``), and ``consistency`` (weights 1 plus a :class:`Consistency` term that
-    ties the joint head's marginals to the site and sentiment heads, ``consistency`` weight).
+    Methods: ``weighted`` (every task weight 1), ``tuned`` (given ``weights``, e.g. those of a
+    ``polytask tune`` study; without them, static weights searched on each replication's own
+    stop set, :func:`~polytask.experiments._tune.tune_on_stop_set`), and ``consistency``
+    (weights 1 plus a :class:`Consistency` term that ties the joint head's marginals to the
+    site and sentiment heads, ``consistency`` weight).
     """
 
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)

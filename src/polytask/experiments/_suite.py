@@ -284,21 +284,9 @@ class DatasetExperiment:
 
     def tuned(self, seed: int) -> dict[str, dict[str, float]]:
         """Test metrics of the static weights chosen on this replication's stop set."""
-        from ._tune import simplex_grid, tune
+        from ._tune import tune_on_stop_set
 
-        n_tasks = len(self.spec.tasks)
-        if n_tasks <= 3:
-            # the finest grid with at most tune_trials points (equal weights among them when
-            # the resolution is a multiple of T)
-            resolution = max(
-                r
-                for r in range(1, 13)
-                if len(simplex_grid(n_tasks, r)) <= max(self.tune_trials, n_tasks + 1)
-            )
-            result = tune(self, "grid", self.tune_trials, seed=seed, resolution=resolution)
-        else:
-            result = tune(self, "bayes", self.tune_trials, seed=seed)
-        return result.test_metrics
+        return tune_on_stop_set(self, seed, self.tune_trials).test_metrics
 
     def reference(
         self, name: str, train: Part, stop: Part, test: Part, seed: int

@@ -268,6 +268,28 @@ def tune(
     return TuneResult(study, weights, float(best.value), test_metrics)
 
 
+def tune_on_stop_set(experiment: Any, seed: int, trials: int = 10) -> TuneResult:
+    """The weights search of one replication, as a comparison's ``tuned`` method runs it:
+    on the stop set of the split drawn from ``seed`` only (its test rows are read once, by the
+    final fit), a grid over the simplex for 2 or 3 tasks (the finest with at most ``trials``
+    points) and TPE with ``trials`` fits above; Optuna's median pruning on the per-epoch stop
+    metric; an in-memory study.
+
+    Examples
+    --------
+    >>> from polytask.experiments import SyntheticExperiment
+    >>> experiment = SyntheticExperiment("hetero", n=400, n_tasks=2, max_epochs=2, device="cpu")
+    >>> sorted(tune_on_stop_set(experiment, seed=0, trials=3).weights)
+    ['task0', 'task1']
+    """
+    n_tasks = len(experiment.tasks())
+    if n_tasks > 3:
+        return tune(experiment, "bayes", trials, seed=seed)
+    fits = max(trials, n_tasks + 1)
+    resolution = max(r for r in range(1, 13) if len(simplex_grid(n_tasks, r)) <= fits)
+    return tune(experiment, "grid", trials, seed=seed, resolution=resolution)
+
+
 def place_methods(
     experiment: Any, methods: Sequence[str], seed: int = 0, quiet: bool = True
 ) -> dict[str, dict[str, float]]:
