@@ -359,7 +359,9 @@ def replicate(
                         key,
                         replications,
                         run,
-                        batch=jobs,
+                        # a batch ends when its slowest replication does: several per worker
+                        # keep the workers busy, a few leave work for other processes
+                        batch=4 * jobs,
                         lease=lease,
                         wait=wait,
                         done=lambda count: progress.update(bar, completed=count),
