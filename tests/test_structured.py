@@ -277,4 +277,4 @@ def test_tuned_without_weights_searches_each_replications_own_stop_set():
     outcome = experiment.run(seed=4, quiet=True)
     search = tune_on_stop_set(experiment, seed=4, trials=3)
     assert outcome.metrics["tuned"] == search.test_metrics
-    assert len(search.study.trials) == 3  # the finest grid of at most 3 points: the corners
+    assert len(search.study.trials) == 3  # tune_trials=3 fits of the grid

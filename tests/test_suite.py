@@ -18,6 +18,7 @@ from scipy import stats
 from conftest import shared_data
 from polytask.cli import main
 from polytask.datasets import dataset
+from polytask.evaluation import holm
 from polytask.evaluation._leaderboard import dataset_board, delta_table, mean_ranks, relative_rmse
 from polytask.experiments._replicate import config_hash
 from polytask.experiments._store import Store
@@ -93,6 +94,30 @@ def test_dataset_board_matches_delta_m_wilcoxon_and_holm_by_hand(two_datasets):
         assert verdicts == {"mean": "", "good": "better", "same": "", "bad": "worse"}
 
 
+def test_references_do_not_change_the_methods_holm_adjustment(two_datasets):
+    first, _ = two_datasets
+    alone = dataset_board(_frame(first), "mean", "mse", n_resamples=99).set_index("method")
+    rng = np.random.default_rng(9)
+    with_references = {
+        **first,
+        "linear": first["mean"] * rng.uniform(1.5, 2.0, size=first["mean"].shape),
+        "single-task": first["mean"] * rng.uniform(0.5, 0.7, size=first["mean"].shape),
+    }
+    board = dataset_board(
+        _frame(with_references),
+        "mean",
+        "mse",
+        references=("linear", "single-task"),
+        n_resamples=99,
+    ).set_index("method")
+    for method in ("good", "same", "bad"):
+        assert board.loc[method, "holm_p"] == pytest.approx(alone.loc[method, "holm_p"])
+    raw = board.loc[["linear", "single-task"], "wilcoxon_p"].to_numpy()
+    assert board.loc[["linear", "single-task"], "holm_p"].tolist() == pytest.approx(
+        holm(raw).tolist()
+    )
+
+
 def test_mean_ranks_by_hand_and_counts_of_significant_wins(two_datasets):
     first, second = two_datasets
     frames = {
@@ -153,6 +178,8 @@ def test_leaderboard_files_are_self_contained_and_agree_with_the_tables(tmp_path
     markdown = files["markdown"].read_text()
     good = board.boards["energy"].set_index("method").loc["good"]
     assert f"**{good.delta_m:+.2f} [{good.ci_low:+.2f}, {good.ci_high:+.2f}]**" in markdown
+    assert f"<b>{good.delta_m:+.2f} [{good.ci_low:+.2f}, {good.ci_high:+.2f}]</b>" in html
+    assert "**" not in html
     assert "Relative RMSE" in markdown and "energy/heating" in markdown
     assert (tmp_path / "ranks.csv").exists() and (tmp_path / "datasets.csv").exists()
 
@@ -298,3 +325,21 @@ def test_a_killed_suite_resumes_without_repeating_finished_replications(tmp_path
     )
     assert sorted(Store(store).finished(config_hash(experiment, 0))) == list(range(6))
     assert (out / "leaderboard.md").exists() and (out / "leaderboard.html").exists()
+
+
+def test_sentiment_domains_as_a_data_set_keeps_its_experiment_data():
+    """The sentiment-domains experiment reads the data set of the suite: same split, same
+    vocabulary, joint = 2 * site + sentiment, a word seen only in held-out rows not a column."""
+    from polytask.experiments import SentimentDomainsExperiment
+
+    folder = shared_data("sentiment_labelled_sentences")
+    splits = dataset("sentiment-domains").load(folder, 5)
+    train, stop, test = SentimentDomainsExperiment(str(folder)).data(5)
+    assert np.array_equal(train.x.numpy(), splits.train.x.numpy())
+    assert np.array_equal(test.targets["joint"].numpy(), splits.test.targets["joint"].numpy())
+    site, sentiment, joint = (
+        splits.train.targets[t].numpy() for t in ("site", "sentiment", "joint")
+    )
+    assert np.array_equal(joint, 2 * site + sentiment)
+    assert len(train) + len(stop) + len(test) == 3000
+    assert (train.x.numpy().sum(axis=0) >= 2).all()  # min_df=2 on the training sentences

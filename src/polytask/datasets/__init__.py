@@ -13,6 +13,7 @@ _MODULES = {
     "student": "_student",
     "census": "_census",
     "sentiment": "_sentiment",
+    "sentiment-domains": "_sentiment_domains",
     "multimnist": "_multimnist",
 }
 """Data set name -> the module (of this package) that defines its ``SPEC``."""

@@ -22,7 +22,7 @@ class Splits:
 
     Regression targets are standardised with the training rows' mean and standard deviation
     (so equal weights mean equal scale); ``target_scale`` keeps each regression target's
-    training standard deviation, so an error can be reported in the file's units.
+    training standard deviation (an RMSE times it is in the file's units).
     """
 
     train: Part
@@ -67,8 +67,9 @@ class DatasetSpec:
     lr, batch_size, max_epochs, patience
         Adam's learning rate, the batch size and the early-stopping budget of every fit.
     vector_inputs
-        Whether rows are feature vectors (tables, bags of words): the sharing architectures
-        of ``polytask.models`` and scikit-learn's references apply. ``False`` for images.
+        Whether rows are feature vectors (tables, bags of words), which the sharing
+        architectures of ``polytask.models`` read. ``False`` for images (scikit-learn's
+        references then read the flattened pixels).
     """
 
     name: str

@@ -46,6 +46,7 @@ def dataset_board(
     metric: str,
     *,
     exclude: Sequence[str] = (),
+    references: Sequence[str] = (),
     confidence: float = 0.95,
     n_resamples: int = 9999,
     seed: int = 0,
@@ -54,8 +55,10 @@ def dataset_board(
     replications, percentile-bootstrap interval), the geometric-mean ratio, the two-sided
     Wilcoxon signed-rank test of the per-replication Delta_m% against 0 (paired: each
     replication's Delta_m% is measured against the baseline on the same split), its Holm
-    adjustment across the labels of the data set, and ``verdict``: ``better`` / ``worse`` than
-    the baseline when the Holm-adjusted p is below 0.05, else empty.
+    adjustment, and ``verdict``: ``better`` / ``worse`` than the baseline when the
+    Holm-adjusted p is below 0.05, else empty. Holm's family is the methods (every label but
+    the ``references``); the references form a family of their own, so which references ran
+    never changes a method's adjusted p.
 
     Examples
     --------
@@ -97,9 +100,12 @@ def dataset_board(
             }
         )
     board = pd.DataFrame(rows)
-    tested = board["wilcoxon_p"].notna()
     board["holm_p"] = np.nan
-    board.loc[tested, "holm_p"] = holm(board.loc[tested, "wilcoxon_p"].to_numpy())
+    is_reference = board["method"].isin(references)
+    for family in (~is_reference, is_reference):
+        tested = family & board["wilcoxon_p"].notna()
+        if tested.any():
+            board.loc[tested, "holm_p"] = holm(board.loc[tested, "wilcoxon_p"].to_numpy())
     significant = board["holm_p"] < ALPHA
     board["verdict"] = np.where(significant, np.where(board["delta_m"] < 0, "better", "worse"), "")
     return board

@@ -14,8 +14,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..data import MultiTargetData, read_labelled_sentences
+from ..data import MultiTargetData
 from ..datasets._census import ADULT_COLUMNS
+from ..datasets._sentiment_domains import domain_splits
 from ..evaluation import evaluate
 from ..evaluation._metrics import task_metrics
 from ..models import MultiTaskModel, init_linear, mlp
@@ -214,20 +215,6 @@ class _DataExperiment:
         return results
 
 
-def _split_rows(n: int, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
-    order = rng.permutation(n)
-    first = round(n * fractions[0])
-    second = first + round(n * fractions[1])
-    return [order[:first], order[first:second], order[second:]]
-
-
-SITE_FILES = {
-    "movie": "imdb_labelled.txt",
-    "restaurant": "yelp_labelled.txt",
-    "product": "amazon_cells_labelled.txt",
-}
-
-
 def _positive_marginal(raw: torch.Tensor) -> torch.Tensor:
     """P(positive) of the joint (site x sentiment) head: its odd classes."""
     return torch.softmax(raw, dim=1)[:, 1::2].sum(dim=1, keepdim=True)
@@ -268,35 +255,11 @@ class SentimentDomainsExperiment(_DataExperiment):
             Task("joint", kind="multiclass", size=6, metrics=metrics),
         ]
 
-    def sentences(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """All sentences with their site index and sentiment label."""
-        texts, sites, labels = [], [], []
-        for index, filename in enumerate(SITE_FILES.values()):
-            sentences, sentiment = read_labelled_sentences(Path(self.data_dir) / filename)
-            texts += sentences
-            sites += [index] * len(sentences)
-            labels.append(np.asarray(sentiment))
-        return texts, np.asarray(sites), np.concatenate(labels)
-
     def data(self, seed: int) -> Splits:
-        """A fresh split from ``seed``; the vocabulary comes from the training sentences."""
-        from sklearn.feature_extraction.text import CountVectorizer
-
-        texts, sites, labels = self.sentences()
-        parts = _split_rows(len(texts), self.fractions, np.random.default_rng(seed))
-        vectorizer = CountVectorizer(min_df=self.min_df, binary=True)
-        vectorizer.fit([texts[i] for i in parts[0]])
-
-        def part(rows: np.ndarray) -> MultiTargetData:
-            x = vectorizer.transform([texts[i] for i in rows]).toarray().astype(np.float32)
-            targets = {
-                "site": sites[rows],
-                "sentiment": labels[rows].astype(np.float32),
-                "joint": 2 * sites[rows] + labels[rows],
-            }
-            return MultiTargetData(x, targets)
-
-        return part(parts[0]), part(parts[1]), part(parts[2])
+        """A fresh split from ``seed`` (the ``sentiment-domains`` data set of
+        :mod:`polytask.datasets`); the vocabulary comes from the training sentences."""
+        splits = domain_splits(Path(self.data_dir), seed, self.fractions, self.min_df)
+        return splits.train, splits.stop, splits.test
 
     def consistency_term(self) -> Consistency:
         """The joint head's marginals must agree with the site and sentiment heads."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,18 +13,22 @@ import pandas as pd
 
 from ..evaluation._leaderboard import dataset_board, delta_table, mean_ranks, relative_rmse
 from ._report import markdown_table
-from ._suite import TRAIN_MEAN, DatasetExperiment
+from ._suite import REFERENCES, TRAIN_MEAN, DatasetExperiment
 
-CONVENTIONS = (
-    "Delta_m%: mean over tasks of the relative change of each task's metric against equal "
-    "weighting (`mean`), signed so that lower is better for every metric; negative means "
-    "better than equal weighting. Intervals: 95% percentile bootstrap over replications. "
-    "Test: two-sided Wilcoxon signed-rank of the per-replication Delta_m% (paired: same "
-    "split, seed and initial weights), Holm-adjusted across the methods of a data set; "
-    "**bold**: adjusted p < 0.05. Mean rank: 1 is best (lowest mean Delta_m%), averaged over "
-    "data sets; its interval resamples each data set's replications. Relative RMSE: "
-    "sqrt(MSE / MSE of predicting the training mean), below 1 is better."
-)
+
+def conventions(baseline: str) -> str:
+    """How to read the leaderboard, for its baseline."""
+    return (
+        "Delta_m%: mean over tasks of the relative change of each task's metric against "
+        f"`{baseline}`, signed so that lower is better for every metric; negative means better "
+        f"than `{baseline}`. Intervals: 95% percentile bootstrap over replications. Test: "
+        "two-sided Wilcoxon signed-rank of the per-replication Delta_m% (paired: same split, "
+        "seed and initial weights), Holm-adjusted across the methods of a data set (the "
+        "single-task references form their own family); **bold**: adjusted p < 0.05. Mean "
+        "rank: 1 is best (lowest mean Delta_m%), averaged over data sets; its interval "
+        "resamples each data set's replications. Relative RMSE: sqrt(MSE / MSE of predicting "
+        "the training mean), below 1 is better."
+    )
 
 
 @dataclass
@@ -76,6 +81,7 @@ def leaderboard(
             experiment.baseline,
             experiment.metric,
             exclude=(TRAIN_MEAN,),
+            references=REFERENCES,
             n_resamples=n_resamples,
             seed=seed,
         )
@@ -99,15 +105,16 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
             ]
         }
     )[["method", "mean rank [95% CI]", "better", "worse"]]
+    baseline = next(iter(experiments.values())).baseline
     ranks = ranks.rename(
         columns={
-            "better": f"better than mean (of {n_sets})",
-            "worse": f"worse than mean (of {n_sets})",
+            "better": f"better than {baseline} (of {n_sets})",
+            "worse": f"worse than {baseline} (of {n_sets})",
         }
     )
     sections = [
         ("Mean rank across data sets", "", ranks),
-        ("Delta_m% against equal weighting [95% CI]", "", board.delta_cells()),
+        (f"Delta_m% against {baseline} [95% CI]", "", board.delta_cells()),
     ]
     for name, table in board.boards.items():
         experiment = experiments[name]
@@ -147,6 +154,11 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
     return sections
 
 
+def _bold(text: str) -> str:
+    """Markdown's ``**x**`` as HTML's ``<b>x</b>`` (in text already escaped)."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+
+
 def write_leaderboard(
     board: Leaderboard,
     experiments: Mapping[str, DatasetExperiment],
@@ -163,7 +175,8 @@ def write_leaderboard(
     lines = ["# Benchmark suite leaderboard", ""]
     if command:
         lines += ["```bash", command, "```", ""]
-    lines += [*notes, "", CONVENTIONS, ""] if notes else [CONVENTIONS, ""]
+    text = conventions(next(iter(experiments.values())).baseline)
+    lines += [*notes, "", text, ""] if notes else [text, ""]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>polytask suite leaderboard"
         "</title><style>body{font-family:sans-serif;max-width:70em;margin:2em auto}"
@@ -174,14 +187,13 @@ def write_leaderboard(
     if command:
         parts.append(f"<pre>{html.escape(command)}</pre>")
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
-    parts.append(f"<p>{html.escape(CONVENTIONS).replace('**bold**', '<b>bold</b>')}</p>")
+    parts.append(f"<p>{_bold(html.escape(text))}</p>")
     for title, text, table in sections:
         lines += [f"## {title}", ""] + ([text, ""] if text else []) + [markdown_table(table), ""]
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if text:
             parts.append(f"<p>{html.escape(text)}</p>")
-        rendered = table.to_html(index=False, escape=True, na_rep="")
-        parts.append(rendered.replace("**", ""))  # bold in Markdown only; HTML marks below
+        parts.append(_bold(table.to_html(index=False, escape=True, na_rep="")))
     parts.append("</body></html>")
     paths = {"markdown": out / "leaderboard.md", "html": out / "leaderboard.html"}
     paths["markdown"].write_text("\n".join(lines))

@@ -147,6 +147,7 @@ def tune(
     heartbeat: int | None = 60,
     combine: Combine = "mean",
     quiet: bool = True,
+    score_test: bool = True,
 ) -> TuneResult:
     """Search the task weights of ``experiment``'s weighted loss on its stop set.
 
@@ -159,8 +160,9 @@ def tune(
     (normalised to sum to T). Trials are pruned by Optuna's median rule on the per-epoch stop
     metric. The study lives in ``storage`` (any SQLAlchemy URL; an existing study of the same
     name resumes, with its finished trials kept). The best weights are then fitted once more
-    and evaluated once on the test set; the test metrics recorded per trial serve the front
-    plot only, never the selection.
+    and evaluated once on the test set; with ``score_test`` each trial's test metrics are
+    recorded too, for the front plot only, never for the selection (``False``: the test rows
+    are read by the final fit only).
 
     Examples
     --------
@@ -212,7 +214,9 @@ def tune(
         # re-propose the points the first trials already tried.
         resumed = len(study.get_trials(deepcopy=False))
         sampler_seed = np.random.SeedSequence([seed, resumed]).generate_state(1)[0]
-        study.sampler = optuna.samplers.TPESampler(seed=int(sampler_seed))
+        # TPE draws its first n_startup_trials at random (10 by default): half the budget
+        startup = max(1, min(10, trials // 2))
+        study.sampler = optuna.samplers.TPESampler(seed=int(sampler_seed), n_startup_trials=startup)
 
     def weights_of(trial: Any) -> list[float]:
         if method == "grid":
@@ -234,11 +238,13 @@ def tune(
             experiment.weighted(weights), train, stop, seed, quiet, callbacks, track_metrics=prune
         )
         stop_metrics = evaluate(model, experiment.tasks(), stop)
-        test_metrics = evaluate(model, experiment.tasks(), test, against=against)
         trial.set_user_attr("weights", weights)
         for t in tasks:
             trial.set_user_attr(f"stop/{t}", stop_metrics[t][experiment.metric])
-            trial.set_user_attr(f"test/{t}", test_metrics[t][experiment.metric])
+        if score_test:  # for the front plot only, never for the selection
+            test_metrics = evaluate(model, experiment.tasks(), test, against=against)
+            for t in tasks:
+                trial.set_user_attr(f"test/{t}", test_metrics[t][experiment.metric])
         return combine_metrics(
             [stop_metrics[t][experiment.metric] for t in tasks], combine, greater
         )
@@ -284,10 +290,25 @@ def tune_on_stop_set(experiment: Any, seed: int, trials: int = 10) -> TuneResult
     """
     n_tasks = len(experiment.tasks())
     if n_tasks > 3:
-        return tune(experiment, "bayes", trials, seed=seed)
-    fits = max(trials, n_tasks + 1)
-    resolution = max(r for r in range(1, 13) if len(simplex_grid(n_tasks, r)) <= fits)
-    return tune(experiment, "grid", trials, seed=seed, resolution=resolution)
+        return tune(experiment, "bayes", trials, seed=seed, score_test=False)
+    resolution = search_resolution(n_tasks, trials)
+    return tune(experiment, "grid", trials, seed=seed, resolution=resolution, score_test=False)
+
+
+def search_resolution(n_tasks: int, trials: int) -> int:
+    """The finest grid step ``1 / r`` with at most ``trials`` points (at least the grid of
+    step ``1 / T``) whose points include equal weights (``r`` a multiple of T), so a search
+    can always keep them.
+
+    Examples
+    --------
+    >>> search_resolution(2, 10), search_resolution(3, 10)
+    (8, 3)
+    >>> (1.0, 1.0) in simplex_grid(2, search_resolution(2, 10))
+    True
+    """
+    fits = max(trials, len(simplex_grid(n_tasks, n_tasks)))
+    return max(r for r in range(n_tasks, 13, n_tasks) if len(simplex_grid(n_tasks, r)) <= fits)
 
 
 def place_methods(
