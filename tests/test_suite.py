@@ -325,6 +325,11 @@ def test_a_killed_suite_resumes_without_repeating_finished_replications(tmp_path
     )
     assert sorted(Store(store).finished(config_hash(experiment, 0))) == list(range(6))
     assert (out / "leaderboard.md").exists() and (out / "leaderboard.html").exists()
+    # the leaderboard redrawn from the store alone equals the one the run wrote
+    assert main(["report", str(store), "--suite", "--out", str(tmp_path / "again")]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "again" / "datasets.csv"), pd.read_csv(out / "datasets.csv")
+    )
 
 
 def test_sentiment_domains_as_a_data_set_keeps_its_experiment_data():

@@ -42,6 +42,7 @@ from .experiments import (
 from .experiments._census import census_section
 from .experiments._comparison_report import _pick_config
 from .experiments._replicate import CodeChangedError
+from .experiments._run_suite import write_suite_report
 from .experiments._tune import beyond_front, place_methods, plot_front, tune
 from .training import is_main_process
 
@@ -184,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--config", help="configuration hash (prefix) to report (default: latest)")
     report.add_argument("--out", type=Path, help="report folder (default: beside the store)")
     report.add_argument("--metric", help="metric compared (default: the experiment's own)")
+    report.add_argument(
+        "--suite",
+        action="store_true",
+        help="the leaderboard of a 'polytask suite' store (each data set's latest stored run)",
+    )
     report.add_argument(
         "--replications",
         type=_positive,
@@ -631,6 +637,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.out is None and store.url is not None:
         raise ValueError("a report of a database store needs --out (the report folder)")
     out = writable_folder(args.out or Path(store.path).parent)
+    if args.suite:
+        files = write_suite_report(store, out)
+        print(f"leaderboard written to {files['markdown']} and {files['html']}")
+        return 0
     files = write_comparison_report(store, out, config_hash=args.config, metric=args.metric)
     _experiment_section(store, _pick_config(store, args.config), files["markdown"])
     print(f"report written to {files['markdown']} and {files['html']}")

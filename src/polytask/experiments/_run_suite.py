@@ -3,6 +3,7 @@ leaderboard."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,3 +81,40 @@ def run_suite(
         ],
     )
     return SuiteResult(frames, board, files, seconds)
+
+
+def stored_suite(store: Store) -> tuple[dict[str, pd.DataFrame], dict[str, DatasetExperiment]]:
+    """Each data set's latest stored suite configuration (its experiment rebuilt from the
+    stored configuration) and its tidy test metrics: a leaderboard redrawn from the store
+    alone, without training and whatever code made it."""
+    frames, experiments = {}, {}
+    for row in store.configs().itertuples():  # oldest first: a later one replaces it
+        config = json.loads(row.config)
+        if "dataset" not in config or row.replications == 0:
+            continue
+        experiment = DatasetExperiment(
+            config["dataset"],
+            methods=tuple(config["objectives"]),
+            references=tuple(config["references"]),
+            baseline=config["baseline"],
+            budget=config["budget"],
+            tune_trials=config["tune_trials"],
+        )
+        experiments[experiment.name] = experiment
+        frames[experiment.name] = store.frame(row.config_hash)
+    if not frames:
+        raise ValueError(f"{store.path} holds no finished replication of a suite")
+    return frames, experiments
+
+
+def write_suite_report(
+    store: Store, out: str | Path, *, command: str = "", n_resamples: int = 9999
+) -> dict[str, Path]:
+    """The leaderboard of the suite stored in ``store`` (:func:`stored_suite`) into ``out``."""
+    frames, experiments = stored_suite(store)
+    counts = sorted({int(f["replication"].nunique()) for f in frames.values()})
+    board = leaderboard(frames, experiments, n_resamples=n_resamples)
+    notes = [f"Replications per data set: {', '.join(map(str, counts))}."]
+    if counts[0] < MIN_TESTABLE_N:
+        notes.append(f"Caution: {FEW_REPLICATIONS_NOTE}.")
+    return write_leaderboard(board, experiments, out, command=command, notes=notes)

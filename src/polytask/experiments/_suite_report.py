@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..evaluation._leaderboard import dataset_board, delta_table, mean_ranks, relative_rmse
 from ._report import markdown_table
-from ._suite import REFERENCES, TRAIN_MEAN, DatasetExperiment
+from ._suite import REFERENCES, TRAIN_MEAN, TUNED, DatasetExperiment
 
 
 def conventions(baseline: str) -> str:
@@ -39,11 +39,13 @@ class Leaderboard:
     boards: dict[str, pd.DataFrame]
     ranks: pd.DataFrame
     rrmse: pd.DataFrame
+    against_tuned: dict[str, pd.DataFrame] = field(default_factory=dict)
 
-    def delta_cells(self) -> pd.DataFrame:
-        """Methods x data sets: ``mean [low, high]``, bold when significant."""
+    def delta_cells(self, against_tuned: bool = False) -> pd.DataFrame:
+        """Methods x data sets: ``mean [low, high]``, bold when significant (against the
+        baseline, or against the tuned static weighting)."""
         columns = {}
-        for name, board in self.boards.items():
+        for name, board in (self.against_tuned if against_tuned else self.boards).items():
             cells = {}
             for row in board.itertuples():
                 text = f"{row.delta_m:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
@@ -73,9 +75,20 @@ def leaderboard(
     >>> board.boards["energy"]["method"].tolist(), board.ranks["method"].tolist()
     (['mean', 'uw'], ['uw', 'mean'])
     """
-    boards, deltas, rrmse = {}, {}, []
+    boards, deltas, rrmse, against_tuned = {}, {}, [], {}
     for name, frame in frames.items():
         experiment = experiments[name]
+        if TUNED in experiment.methods and experiment.baseline != TUNED:
+            # Xin et al. 2022, Kurin et al. 2022: is a method better than tuned static weights?
+            against_tuned[name] = dataset_board(
+                frame,
+                TUNED,
+                experiment.metric,
+                exclude=(TRAIN_MEAN,),
+                references=REFERENCES,
+                n_resamples=n_resamples,
+                seed=seed,
+            )
         boards[name] = dataset_board(
             frame,
             experiment.baseline,
@@ -91,7 +104,7 @@ def leaderboard(
             rrmse.append(part.assign(dataset=name))
     ranks = mean_ranks(deltas, boards, n_resamples=min(n_resamples, 2000), seed=seed)
     table = pd.concat(rrmse, ignore_index=True) if rrmse else pd.DataFrame()
-    return Leaderboard(boards, ranks, table)
+    return Leaderboard(boards, ranks, table, against_tuned)
 
 
 def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) -> list:
@@ -116,6 +129,34 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
         ("Mean rank across data sets", "", ranks),
         (f"Delta_m% against {baseline} [95% CI]", "", board.delta_cells()),
     ]
+    if board.against_tuned:
+        counts = pd.DataFrame(
+            [
+                {
+                    "method": method,
+                    "better than tuned": sum(
+                        bool(((b["method"] == method) & (b["verdict"] == "better")).any())
+                        for b in board.against_tuned.values()
+                    ),
+                    "worse than tuned": sum(
+                        bool(((b["method"] == method) & (b["verdict"] == "worse")).any())
+                        for b in board.against_tuned.values()
+                    ),
+                }
+                for method in board.delta_cells(against_tuned=True)["method"]
+            ]
+        )
+        cells = board.delta_cells(against_tuned=True).merge(counts, on="method")
+        sections.append(
+            (
+                f"Delta_m% against the tuned static weighting (`{TUNED}`) [95% CI]",
+                "The same statistics with `tuned` as the baseline: negative means better than "
+                "static weights tuned on the replication's stop set; bold: Holm-adjusted "
+                "p < 0.05. The counts are data sets (of "
+                f"{len(board.against_tuned)}).",
+                cells,
+            )
+        )
     for name, table in board.boards.items():
         experiment = experiments[name]
 
