@@ -26,21 +26,20 @@ def add_suite_parser(parser: argparse.ArgumentParser, positive: Any, common: Any
     parser.add_argument(
         "--datasets",
         type=_names,
-        default=DATASET_NAMES,
-        help=f"comma-separated data sets (default: all of {', '.join(DATASET_NAMES)})",
+        default=", ".join(DATASET_NAMES),
+        help="comma-separated data sets",
     )
     parser.add_argument(
         "--methods",
         type=_names,
-        default=(*SUITE_METHODS, TUNED),
-        help="comma-separated methods; the first is the baseline of Delta_m%% (default: "
-        f"{','.join((*SUITE_METHODS, TUNED))})",
+        default=", ".join((*SUITE_METHODS, TUNED)),
+        help="comma-separated methods; the first is the baseline of Delta_m%%",
     )
     parser.add_argument(
         "--references",
         type=_names,
-        default=REFERENCES,
-        help=f"single-task references (default: {','.join(REFERENCES)}; '' for none)",
+        default=", ".join(REFERENCES),
+        help="single-task references ('' for none)",
     )
     parser.add_argument(
         "--data-dir",
@@ -54,7 +53,9 @@ def add_suite_parser(parser: argparse.ArgumentParser, positive: Any, common: Any
         "--backend", choices=("joblib", "ray"), default="joblib", help="how workers are run"
     )
     parser.add_argument(
-        "--budget", type=positive, help="at most this many epochs per fit (a quick pass)"
+        "--budget",
+        type=positive,
+        help="at most this many epochs per fit, for a quick pass (default: each data set's own)",
     )
     parser.add_argument(
         "--tune-trials", type=positive, default=10, help="fits of the 'tuned' weight search"

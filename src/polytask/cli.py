@@ -9,6 +9,7 @@ import inspect
 import re
 import sys
 import tempfile
+import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -97,6 +98,12 @@ def _positive(text: str) -> int:
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in its help: ``(default: X)``, or its help says what ``None`` is."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # names such as sentiment-domains stay whole (argparse breaks lines on hyphens)
+        return textwrap.wrap(
+            " ".join(text.split()), width, break_on_hyphens=False, break_long_words=False
+        )
 
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default is None or action.default is False:
