@@ -168,7 +168,7 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
             {
                 "method": table["method"],
                 "n": table["n"],
-                "Delta_m%": table["delta_m"].round(2),
+                "Delta_m%": table["delta_m"].map(lambda v: f"{v:+.2f}"),
                 "95% CI": [f"[{a:+.2f}, {b:+.2f}]" for a, b in intervals],
                 "geo-mean ratio": table["gmean_ratio"].round(3),
                 "Wilcoxon p": table["wilcoxon_p"].map(p_text),
