@@ -16,8 +16,24 @@ from ._statistics import _bootstrap_ci, _wilcoxon, delta_m, holm
 ALPHA = 0.05
 
 
-def delta_table(
+def delta_long(
     frame: pd.DataFrame, baseline: str, metric: str, exclude: Sequence[str] = ()
+) -> pd.DataFrame:
+    """:func:`delta_m` of every label but ``exclude`` (``replication, method, delta_m,
+    log_ratio``); replications lacking a task for a label are left out of its rows."""
+    kept = frame[~frame["method"].isin(exclude)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # incomplete replications are dropped, never averaged
+        return delta_m(kept, baseline, metric)
+
+
+def delta_table(
+    frame: pd.DataFrame,
+    baseline: str,
+    metric: str,
+    exclude: Sequence[str] = (),
+    *,
+    long: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Delta_m% (lower is better) per replication (rows) and label (columns) against
     ``baseline``, whose column is 0; only replications where every label has every task.
@@ -30,9 +46,8 @@ def delta_table(
     {'base': [0.0, 0.0], 'new': [-50.0, -50.0]}
     """
     kept = frame[~frame["method"].isin(exclude)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # incomplete replications are dropped below, counted
-        long = delta_m(kept, baseline, metric)
+    if long is None:
+        long = delta_long(frame, baseline, metric, exclude)
     wide = long.pivot(index="replication", columns="method", values="delta_m")
     labels = [m for m in dict.fromkeys(kept["method"]) if m != baseline]
     wide = wide.reindex(columns=labels)
@@ -50,6 +65,7 @@ def dataset_board(
     confidence: float = 0.95,
     n_resamples: int = 9999,
     seed: int = 0,
+    long: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per label of one data set: Delta_m% against ``baseline`` (mean over
     replications, percentile-bootstrap interval), the geometric-mean ratio, the two-sided
@@ -69,9 +85,8 @@ def dataset_board(
     ('new', 8, 'better')
     """
     kept = frame[~frame["method"].isin(exclude)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        long = delta_m(kept, baseline, metric)
+    if long is None:  # (a caller that also needs delta_table computes it once)
+        long = delta_long(frame, baseline, metric, exclude)
     rows = [
         {
             "method": baseline,
@@ -83,9 +98,13 @@ def dataset_board(
             "wilcoxon_p": np.nan,
         }
     ]
-    for method, group in long.groupby("method", sort=False):
+    groups = dict(list(long.groupby("method", sort=False)))
+    intervals = _intervals(
+        {m: g["delta_m"].to_numpy() for m, g in groups.items()}, confidence, n_resamples, seed
+    )
+    for method, group in groups.items():
         d = group["delta_m"].to_numpy()
-        low, high = _bootstrap_ci(d, np.mean, confidence, n_resamples, seed)
+        low, high = intervals[method]
         with np.errstate(invalid="ignore"):
             gmean = float(np.exp(group["log_ratio"].mean()))
         rows.append(
@@ -176,6 +195,35 @@ def mean_ranks(
     return table.sort_values("mean_rank", kind="stable").reset_index(drop=True)
 
 
+def _intervals(
+    groups: Mapping[str, np.ndarray], confidence: float, n_resamples: int, seed: int
+) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals of the mean of each group: one vectorised
+    ``scipy.stats.bootstrap`` call when the groups have the same size (the usual case: each
+    task has every replication), else one call per group."""
+    sizes = {len(v) for v in groups.values()}
+    values = np.stack(list(groups.values())) if len(sizes) == 1 and groups else None
+    if values is None or values.shape[1] < 2 or not np.isfinite(values).all():
+        return {
+            k: _bootstrap_ci(v, np.mean, confidence, n_resamples, seed) for k, v in groups.items()
+        }
+    result = stats.bootstrap(
+        (values,),
+        np.mean,
+        axis=-1,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = result.confidence_interval
+    # a constant group has no spread: its interval is the point (as _bootstrap_ci gives)
+    flat = np.ptp(values, axis=1) == 0
+    low = np.where(flat, values[:, 0], low)
+    high = np.where(flat, values[:, 0], high)
+    return {k: (float(a), float(b)) for k, a, b in zip(groups, low, high, strict=True)}
+
+
 def relative_rmse(
     frame: pd.DataFrame,
     reference: str,
@@ -205,9 +253,10 @@ def relative_rmse(
         if method == reference or method in exclude:
             continue
         ratio = np.sqrt(wide[method] / wide[reference]).dropna()
-        for task, values in ratio.groupby(level="task", sort=False):
-            v = values.to_numpy()
-            low, high = _bootstrap_ci(v, np.mean, confidence, n_resamples, seed)
+        groups = {t: v.to_numpy() for t, v in ratio.groupby(level="task", sort=False)}
+        intervals = _intervals(groups, confidence, n_resamples, seed)
+        for task, v in groups.items():
+            low, high = intervals[task]
             rows.append(
                 {
                     "method": method,

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation._leaderboard import dataset_board, delta_table, mean_ranks, relative_rmse
+from ..evaluation._leaderboard import (
+    dataset_board,
+    delta_long,
+    delta_table,
+    mean_ranks,
+    relative_rmse,
+)
 from ._report import markdown_table
 from ._suite import REFERENCES, TRAIN_MEAN, TUNED, DatasetExperiment
 
@@ -89,6 +95,7 @@ def leaderboard(
                 n_resamples=n_resamples,
                 seed=seed,
             )
+        long = delta_long(frame, experiment.baseline, experiment.metric, (TRAIN_MEAN,))
         boards[name] = dataset_board(
             frame,
             experiment.baseline,
@@ -97,8 +104,11 @@ def leaderboard(
             references=REFERENCES,
             n_resamples=n_resamples,
             seed=seed,
+            long=long,
         )
-        deltas[name] = delta_table(frame, experiment.baseline, experiment.metric, (TRAIN_MEAN,))
+        deltas[name] = delta_table(
+            frame, experiment.baseline, experiment.metric, (TRAIN_MEAN,), long=long
+        )
         if experiment.spec.regression:
             part = relative_rmse(frame, TRAIN_MEAN, n_resamples=n_resamples, seed=seed)
             rrmse.append(part.assign(dataset=name))
