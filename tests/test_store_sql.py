@@ -412,3 +412,25 @@ def test_compare_and_report_take_a_database_url(url, tmp_path, capsys):
     assert "needs --out" in capsys.readouterr().err
     assert main(["report", url, "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "report.md").exists()
+
+
+def test_a_failing_lease_renewal_is_said_once(tmp_path):
+    """Renewals that keep failing warn once (the claims may lapse), instead of passing unseen."""
+    import warnings
+
+    from polytask.experiments._replicate import _renewing
+
+    class Failing:
+        calls = 0
+
+        def renew(self, *args):
+            Failing.calls += 1
+            raise OSError("database gone")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _renewing(Failing(), "abc", "me", lease=0.03):
+            time.sleep(0.3)
+    said = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert Failing.calls >= 3
+    assert len(said) == 1 and "cannot renew the claims" in str(said[0].message)

@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -456,13 +456,27 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def _renewing(store: Store, key: str, owner: str, lease: float) -> Iterator[None]:
-    """Renew ``owner``'s claims every ``lease / 3`` seconds while the block runs."""
+    """Renew ``owner``'s claims every ``lease / 3`` seconds while the block runs; a renewal
+    that fails twice in a row (the lease may then lapse, and another process may compute the
+    same replications: stored once all the same) is said once, in a ``RuntimeWarning``."""
     stop = threading.Event()
 
     def beat() -> None:
+        failures, said = 0, False
         while not stop.wait(lease / 3):
-            with suppress(Exception):  # a passing database error: the next beat retries
+            try:
                 store.renew(key, owner, lease)
+                failures = 0
+            except Exception as error:  # a passing database error: the next beat retries
+                failures += 1
+                if failures >= 2 and not said:
+                    said = True
+                    warnings.warn(
+                        f"cannot renew the claims on replications of {key} ({error}); another "
+                        "process may take them over and compute them too (each is stored once)",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
 
     thread = threading.Thread(target=beat, name="polytask-renew-claims", daemon=True)
     thread.start()
