@@ -52,3 +52,17 @@ def shared_data(name: str) -> Path:
             pytest.fail(f"{path} is missing, and CI always has the shared data")
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+def stored_replications(store) -> int:
+    """Replications committed to an SQLite store so far (0 while it is being created), read
+    while another process writes to it."""
+    import sqlite3
+
+    if not os.path.exists(store):
+        return 0
+    try:
+        with sqlite3.connect(store, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM replications").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import polytask as pt
+from conftest import stored_replications
 from polytask.cli import main
 from polytask.experiments import Store, SyntheticExperiment, _replicate, config_hash, replicate
 
@@ -101,26 +102,16 @@ COMMAND = [
 ]
 
 
-def _count(store):
-    if not os.path.exists(store):
-        return 0
-    try:
-        with sqlite3.connect(store, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM replications").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_a_killed_compare_resumes_to_exactly_n_replications(tmp_path):
     store = tmp_path / "killed" / "results.sqlite"
     args = [*COMMAND, "--out", str(tmp_path / "killed")]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while _count(store) < 2 and time.monotonic() < deadline and process.poll() is None:
+    while stored_replications(store) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = _count(store)
+    interrupted_at = stored_replications(store)
     assert 2 <= interrupted_at < 8, "the kill should land mid-run"
     subprocess.run(args, check=True, capture_output=True)
     with sqlite3.connect(store) as db:

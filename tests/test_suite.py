@@ -3,9 +3,7 @@ recomputed by hand, and a killed suite that resumes without repeating finished w
 
 from __future__ import annotations
 
-import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,19 +13,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import shared_data
+from conftest import shared_data, stored_replications
 from polytask.cli import main
 from polytask.datasets import dataset
 from polytask.evaluation import holm
 from polytask.evaluation._leaderboard import dataset_board, delta_table, mean_ranks, relative_rmse
+from polytask.experiments._references import TRAIN_MEAN, _reference_output
 from polytask.experiments._replicate import config_hash
 from polytask.experiments._store import Store
-from polytask.experiments._suite import (
-    TRAIN_MEAN,
-    DatasetExperiment,
-    _reference_output,
-    suite_experiments,
-)
+from polytask.experiments._suite import DatasetExperiment, suite_experiments
 from polytask.experiments._suite_report import leaderboard, write_leaderboard
 from polytask.tasks import Task
 
@@ -200,6 +194,18 @@ def test_dataset_experiment_refuses_bad_configurations_before_any_fit():
         suite_experiments(["energy", "energy"], "unused")
 
 
+def test_a_reference_that_cannot_fit_a_task_is_refused_before_any_fit(monkeypatch):
+    import dataclasses
+
+    from polytask.experiments import _suite
+
+    spec = dataclasses.replace(dataset("energy"), tasks=(Task("tags", kind="multilabel", size=3),))
+    monkeypatch.setattr(_suite, "dataset", lambda name: spec)
+    with pytest.raises(ValueError, match=r"no scikit-learn reference for tasks \['tags'\]"):
+        DatasetExperiment("energy", methods=("mean",), references=("linear",))
+    DatasetExperiment("energy", methods=("mean",), references=("single-task",))  # accepted
+
+
 def test_a_missing_data_folder_is_refused_before_any_fit(tmp_path):
     with pytest.raises(FileNotFoundError):
         suite_experiments(["energy"], tmp_path)
@@ -266,16 +272,6 @@ def test_the_tuned_weights_do_not_depend_on_the_test_rows(monkeypatch):
 
 
 # -- the command, killed and resumed ------------------------------------------------------------
-def _count(store) -> int:
-    if not os.path.exists(store):
-        return 0
-    try:
-        with sqlite3.connect(store, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM replications").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_a_killed_suite_resumes_without_repeating_finished_replications(tmp_path, monkeypatch):
     data = shared_data("energy_efficiency").parent
     out = tmp_path / "suite"
@@ -304,11 +300,11 @@ def test_a_killed_suite_resumes_without_repeating_finished_replications(tmp_path
     )
     store = out / "results.sqlite"
     deadline = time.monotonic() + 180
-    while _count(store) < 2 and time.monotonic() < deadline and process.poll() is None:
+    while stored_replications(store) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = _count(store)
+    interrupted_at = stored_replications(store)
     assert 2 <= interrupted_at < 6, "the kill should land mid-run"
     calls = []
     real_run = DatasetExperiment.run

@@ -7,13 +7,9 @@ The row-number column ``No`` is dropped (an id, not a property of the mix); rows
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
-
 from ..tasks import Task
-from ._files import read_table, regression_splits, split_rows
-from ._spec import DatasetSpec, Splits, shared_bottom
+from ._files import RandomSplitTable
+from ._spec import DatasetSpec, shared_bottom
 
 FILE = "slump_test.data"
 ROWS = 103
@@ -27,29 +23,15 @@ TARGETS = {
 """Task name -> its column."""
 
 
-def _read(folder: Path) -> pd.DataFrame:
-    return read_table(Path(folder) / FILE, [ID, *INPUTS, *TARGETS.values()], rows=ROWS)
-
-
-def check(folder: Path) -> None:
-    """Validate ``slump_test.data`` (header, 103 rows of 11 numbers)."""
-    _read(folder)
-
-
-def load(folder: Path, seed: int) -> Splits:
-    """The 60/20/20 random split of ``seed``, standardised with the training rows."""
-    frame = _read(folder)
-    targets = {task: frame[column].to_numpy() for task, column in TARGETS.items()}
-    return regression_splits(frame[list(INPUTS)].to_numpy(), targets, split_rows(ROWS, seed))
-
+TABLE = RandomSplitTable(FILE, (ID, *INPUTS, *TARGETS.values()), INPUTS, TARGETS, ROWS)
 
 SPEC = DatasetSpec(
     name="concrete",
     folder="concrete_slump",
     description="slump, flow and 28-day strength of 103 concrete mixes (UCI Concrete Slump Test)",
     tasks=tuple(Task(name, "regression", metrics=("mse", "mae")) for name in TARGETS),
-    check=check,
-    load=load,
+    check=TABLE.check,
+    load=TABLE.load,
     model=shared_bottom(hidden=(32,), tower_hidden=(16,)),
     metric="mse",
     lr=3e-3,

@@ -7,13 +7,9 @@ standardised like the rest); rows are split 60/20/20 at random from the seed.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
-
 from ..tasks import Task
-from ._files import read_table, regression_splits, split_rows
-from ._spec import DatasetSpec, Splits, shared_bottom
+from ._files import RandomSplitTable
+from ._spec import DatasetSpec, shared_bottom
 
 FILE = "ENB2012_data.csv"
 ROWS = 768
@@ -22,29 +18,15 @@ TARGETS = {"heating": "Y1", "cooling": "Y2"}
 """Task name -> its column."""
 
 
-def _read(folder: Path) -> pd.DataFrame:
-    return read_table(Path(folder) / FILE, [*INPUTS, *TARGETS.values()], rows=ROWS)
-
-
-def check(folder: Path) -> None:
-    """Validate ``ENB2012_data.csv`` (header, 768 rows of 10 numbers)."""
-    _read(folder)
-
-
-def load(folder: Path, seed: int) -> Splits:
-    """The 60/20/20 random split of ``seed``, standardised with the training rows."""
-    frame = _read(folder)
-    targets = {task: frame[column].to_numpy() for task, column in TARGETS.items()}
-    return regression_splits(frame[list(INPUTS)].to_numpy(), targets, split_rows(ROWS, seed))
-
+TABLE = RandomSplitTable(FILE, (*INPUTS, *TARGETS.values()), INPUTS, TARGETS, ROWS)
 
 SPEC = DatasetSpec(
     name="energy",
     folder="energy_efficiency",
     description="heating and cooling load of 768 simulated buildings (UCI ENB2012)",
     tasks=tuple(Task(name, "regression", metrics=("mse", "mae")) for name in TARGETS),
-    check=check,
-    load=load,
+    check=TABLE.check,
+    load=TABLE.load,
     model=shared_bottom(hidden=(64,), tower_hidden=(16,)),
     metric="mse",
     lr=3e-3,

@@ -330,3 +330,42 @@ def regression_splits(
         part(test),
         target_scale={name: float(s.sd) for name, s in ys.items()},
     )
+
+
+@dataclass(frozen=True)
+class RandomSplitTable:
+    """A numeric table of regression targets whose rows are split at random (60/20/20 from
+    the seed), inputs and targets standardised with the training rows: a data set's ``check``
+    and ``load`` in one declaration.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "t.csv").write_text("a,y\\n" + "".join(f"{i},{2 * i}\\n" for i in range(10)))
+    >>> table = RandomSplitTable("t.csv", ("a", "y"), ("a",), {"double": "y"}, rows=10)
+    >>> splits = table.load(folder, seed=0)
+    >>> len(splits.train), len(splits.stop), len(splits.test)
+    (6, 2, 2)
+    """
+
+    file: str
+    columns: tuple[str, ...]
+    inputs: tuple[str, ...]
+    targets: Mapping[str, str]  # task -> its column
+    rows: int
+
+    def read(self, folder: Path) -> pd.DataFrame:
+        """The validated table (:func:`read_table`)."""
+        return read_table(Path(folder) / self.file, list(self.columns), rows=self.rows)
+
+    def check(self, folder: Path) -> None:
+        """Validate the file: header, row count, a number in every field."""
+        self.read(folder)
+
+    def load(self, folder: Path, seed: int) -> Splits:
+        """The 60/20/20 random split of ``seed``, standardised with the training rows."""
+        frame = self.read(folder)
+        targets = {task: frame[column].to_numpy() for task, column in self.targets.items()}
+        parts = split_rows(self.rows, seed)
+        return regression_splits(frame[list(self.inputs)].to_numpy(), targets, parts)

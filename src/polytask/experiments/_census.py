@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 from ..data import MultiTargetData
@@ -25,11 +24,12 @@ from ..datasets._census import (
     check_census,
     read_census,
 )
-from ..evaluation import evaluate, task_metrics
+from ..evaluation import evaluate
 from ..models import CGC, PLE, CrossStitch, DSelectK, MMoE, SharedBottom
 from ..objectives import make_objective
 from ..tasks import Task
 from ..training import GateMonitor, History, Trainer
+from ._references import reference_metrics
 from ._report import markdown_table
 from ._synthetic import experiment_trainer, fit_or_warn, hash_config
 
@@ -398,28 +398,8 @@ class CensusExperiment:
 
     def reference(self, name: str, splits: CensusSplits, seed: int) -> dict[str, dict[str, float]]:
         """A scikit-learn model per task: logistic regression (L2, C=1) or histogram gradient
-        boosting (early-stopped on the stop set); test metrics from its decision function."""
-        from sklearn.ensemble import HistGradientBoostingClassifier
-        from sklearn.linear_model import LogisticRegression
-        from threadpoolctl import threadpool_limits
-
-        x, x_stop, x_test = (s.x.numpy() for s in (splits.train, splits.stop, splits.test))
-        results = {}
-        with threadpool_limits(limits=torch.get_num_threads()):
-            for task in self.tasks():
-                y = splits.train.targets[task.name].numpy()
-                y_stop = splits.stop.targets[task.name].numpy()
-                if name == "logistic-regression":
-                    fitted = LogisticRegression(max_iter=2000).fit(x, y)
-                else:
-                    fitted = HistGradientBoostingClassifier(
-                        early_stopping=True, random_state=seed % 2**32
-                    ).fit(x, y, X_val=x_stop, y_val=y_stop)
-                score = fitted.decision_function(x_test)
-                results[task.name] = task_metrics(
-                    task, score, splits.test.targets[task.name].numpy()
-                )
-        return results
+        boosting (early-stopped on the stop set); test metrics from its logits."""
+        return reference_metrics(name, self.tasks(), splits.train, splits.stop, splits.test, seed)
 
 
 # --- the report -----------------------------------------------------------------------------

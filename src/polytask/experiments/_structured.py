@@ -18,11 +18,11 @@ from ..data import MultiTargetData
 from ..datasets._census import ADULT_COLUMNS
 from ..datasets._sentiment_domains import domain_splits
 from ..evaluation import evaluate
-from ..evaluation._metrics import task_metrics
 from ..models import MultiTaskModel, init_linear, mlp
 from ..objectives import Consistency, Hierarchical, Objective, Weighted
 from ..tasks import Task
 from ..training import Callback, History
+from ._references import reference_metrics
 from ._synthetic import experiment_trainer, fit_or_warn, hash_config, weighted_loss
 
 Splits = tuple[MultiTargetData, MultiTargetData, MultiTargetData]
@@ -186,33 +186,9 @@ class _DataExperiment:
         seed: int,
     ) -> dict[str, dict[str, float]]:
         """A scikit-learn model per task on the same split: ``logistic-regression`` (L2, C=1)
-        or ``hist-gradient-boosting`` (early-stopped on the stop rows); test metrics from its
-        log-probabilities, scored as a network's logits are."""
-        from sklearn.ensemble import HistGradientBoostingClassifier
-        from sklearn.linear_model import LogisticRegression
-        from threadpoolctl import threadpool_limits
-
-        def numpy(data: MultiTargetData, task: str | None = None) -> np.ndarray:
-            value = data.x if task is None else data.targets[task]
-            return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-
-        results = {}
-        with threadpool_limits(limits=torch.get_num_threads()):
-            for task in self.tasks():
-                x, y = numpy(train), numpy(train, task.name)
-                if name == "logistic-regression":
-                    fitted = LogisticRegression(max_iter=2000).fit(x, y)
-                else:
-                    fitted = HistGradientBoostingClassifier(
-                        early_stopping=True, random_state=seed % 2**32
-                    ).fit(x, y, X_val=numpy(stop), y_val=numpy(stop, task.name))
-                # every class in the output, as a head has it: a class absent from the
-                # training rows gets probability 0
-                probabilities = np.zeros((len(test), task.size))
-                probabilities[:, fitted.classes_.astype(int)] = fitted.predict_proba(numpy(test))
-                scores = np.log(np.maximum(probabilities, 1e-12))
-                results[task.name] = task_metrics(task, scores, numpy(test, task.name))
-        return results
+        or ``hist-gradient-boosting`` (early-stopped on the stop rows), scored from its
+        log-probabilities as a network's logits are."""
+        return reference_metrics(name, self.tasks(), train, stop, test, seed)
 
 
 def _positive_marginal(raw: torch.Tensor) -> torch.Tensor:

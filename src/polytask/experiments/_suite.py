@@ -10,18 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-import scipy.sparse as sp
-import torch
 from torch import nn
 
 from ..data import MultiTargetData, TaskData
 from ..datasets import DatasetSpec, Part, dataset
-from ..evaluation import evaluate, task_metrics
+from ..evaluation import evaluate
 from ..objectives import Objective, Weighted, make_objective
 from ..tasks import Task
 from ..training import Callback, History
 from ._baselines import _only
+from ._references import (
+    BOOSTING,
+    LINEAR,
+    SCIKIT_LEARN_KINDS,
+    TRAIN_MEAN,
+    reference_metrics,
+)
 from ._structured import Outcome
 from ._synthetic import experiment_trainer, fit_or_warn, hash_config, weighted_loss
 
@@ -41,36 +45,13 @@ SUITE_METHODS = (
 TUNED = "tuned"
 """Static task weights searched on each replication's stop set, then fitted and tested once."""
 SINGLE_TASK = "single-task"
-LINEAR = "linear"
-BOOSTING = "hist-gradient-boosting"
 REFERENCES = (SINGLE_TASK, LINEAR, BOOSTING)
 """Single-task references: the same network per task, scikit-learn's ridge or logistic
 regression, and its histogram gradient boosting (early-stopped on the stop set)."""
-BOOSTING_WORDS = 500
-"""The most columns the gradient boosting reads: of a wider input (a bag of words), those
-non-zero in the most training rows (the most frequent training words)."""
-TRAIN_MEAN = "train-mean"
-"""Regression only: predicting the training mean, the denominator of the relative RMSE."""
 
 
 def _first(part: Part) -> MultiTargetData | TaskData:
     return next(iter(part.values())) if isinstance(part, Mapping) else part
-
-
-def _inputs(x: Any) -> Any:
-    """Inputs as scikit-learn takes them: sparse CSR kept, tensors as 2-D numpy arrays."""
-    if sp.issparse(x):
-        return x
-    array = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return array.reshape(len(array), -1)
-
-
-def _task_arrays(part: Part, task: str) -> tuple[Any, np.ndarray]:
-    """One task's inputs and targets (its own data, or the shared inputs and its column)."""
-    if isinstance(part, Mapping):
-        data = part[task]
-        return _inputs(data.x), data.y.numpy()
-    return _inputs(part.x), part.targets[task].numpy()
 
 
 @dataclass(frozen=True)
@@ -140,6 +121,13 @@ class DatasetExperiment:
         )
         if repeated:
             raise ValueError(f"{self.dataset}: {repeated} named twice")
+        fitted = [r for r in self.references if r in (LINEAR, BOOSTING)]
+        other = [t.name for t in self.spec.tasks if t.kind not in SCIKIT_LEARN_KINDS]
+        if fitted and other:  # refused here, not in a worker after the other fits
+            raise ValueError(
+                f"{self.dataset}: no scikit-learn reference for tasks {other} (kinds other than "
+                f"{', '.join(SCIKIT_LEARN_KINDS)}); leave {fitted} out of the references"
+            )
         if self.baseline not in self.methods:
             raise ValueError(
                 f"{self.dataset}: the baseline {self.baseline!r} is not among {list(self.methods)}"
@@ -293,83 +281,14 @@ class DatasetExperiment:
         self, name: str, train: Part, stop: Part, test: Part, seed: int
     ) -> dict[str, dict[str, float]]:
         """One scikit-learn model per task on the same split (or the training mean), scored as
-        a network's outputs are: predictions for regression, logits for classification."""
-        from threadpoolctl import threadpool_limits
-
-        results = {}
-        with threadpool_limits(limits=torch.get_num_threads()):
-            for task in self.tasks():
-                x, y = _task_arrays(train, task.name)
-                x_stop, y_stop = _task_arrays(stop, task.name)
-                x_test, y_test = _task_arrays(test, task.name)
-                output = _reference_output(name, task, x, y, x_stop, y_stop, x_test, seed)
-                if task.kind == "regression":  # the target's own shape: (n,) or (n, k)
-                    output = output.reshape(y_test.shape)
-                results[task.name] = task_metrics(task, output, y_test)
-        return results
+        a network's outputs are (:func:`~polytask.experiments._references.reference_metrics`)."""
+        return reference_metrics(name, self.tasks(), train, stop, test, seed)
 
 
 @functools.lru_cache(maxsize=4)
 def _load(name: str, folder: str, seed: int) -> Any:
     """The spec's splits, cached: a replication and its weight search read them several times."""
     return dataset(name).load(Path(folder), seed)
-
-
-def _reference_output(
-    name: str,
-    task: Task,
-    x: Any,
-    y: np.ndarray,
-    x_stop: Any,
-    y_stop: np.ndarray,
-    x_test: Any,
-    seed: int,
-) -> np.ndarray:
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.linear_model import LogisticRegression, Ridge
-
-    y, y_stop = y.reshape(len(y), -1), y_stop.reshape(len(y_stop), -1)
-    if task.kind == "regression":
-        if name == TRAIN_MEAN:
-            return np.broadcast_to(y.mean(axis=0), (x_test.shape[0], y.shape[1])).copy()
-        if name == LINEAR:
-            return Ridge(alpha=1.0).fit(x, y).predict(x_test).reshape(-1, y.shape[1])
-        dense = [v.toarray() if sp.issparse(v) else v for v in (x, x_stop, x_test)]
-        outputs = []
-        for column in range(y.shape[1]):
-            fitted = HistGradientBoostingRegressor(
-                early_stopping=True, random_state=seed % 2**32
-            ).fit(dense[0], y[:, column], X_val=dense[1], y_val=y_stop[:, column])
-            outputs.append(fitted.predict(dense[2]))
-        return np.stack(outputs, axis=1)
-    if task.kind not in ("binary", "multiclass"):
-        raise ValueError(
-            f"task {task.name!r}: no scikit-learn reference for a {task.kind} task; "
-            f"leave {name!r} out of the references"
-        )
-    labels, labels_stop = y.ravel().astype(int), y_stop.ravel().astype(int)
-    if name == BOOSTING and x.shape[1] > BOOSTING_WORDS:
-        # trees on thousands of word columns take minutes per task: the boosting reads the
-        # BOOSTING_WORDS columns (words) that are non-zero in the most training rows
-        counts = np.asarray((x != 0).sum(axis=0)).ravel()
-        keep = np.sort(np.argsort(-counts, kind="stable")[:BOOSTING_WORDS])
-        x, x_stop, x_test = x[:, keep], x_stop[:, keep], x_test[:, keep]
-    if name == LINEAR:
-        fitted = LogisticRegression(max_iter=2000).fit(x, labels)
-        probabilities = fitted.predict_proba(x_test)
-    else:
-        dense = [v.toarray() if sp.issparse(v) else v for v in (x, x_stop, x_test)]
-        fitted = HistGradientBoostingClassifier(early_stopping=True, random_state=seed % 2**32).fit(
-            dense[0], labels, X_val=dense[1], y_val=labels_stop
-        )
-        probabilities = fitted.predict_proba(dense[2])
-    # every class in the output, as a head has it: a class absent from the training rows
-    # gets probability 0
-    size = 2 if task.kind == "binary" else task.size
-    full = np.zeros((len(probabilities), size))
-    full[:, fitted.classes_.astype(int)] = probabilities
-    logs = np.log(np.maximum(full, 1e-12))
-    return logs[:, 1] - logs[:, 0] if task.kind == "binary" else logs
 
 
 def suite_experiments(
