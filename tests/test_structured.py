@@ -13,6 +13,9 @@ import pytest
 
 from conftest import shared_data
 from polytask.cli import main
+from polytask.datasets import DataFormatError, dataset
+from polytask.datasets._adult_education import EDUCATION_TO_LEVEL
+from polytask.datasets._census import read_census
 from polytask.experiments import (
     AdultEducationExperiment,
     SentimentDomainsExperiment,
@@ -21,7 +24,6 @@ from polytask.experiments import (
     simplex_grid,
     tune,
 )
-from polytask.experiments._structured import EDUCATION_TO_LEVEL, read_adult
 from polytask.experiments._tune import _pareto, beyond_front
 
 optuna = pytest.importorskip("optuna", reason="the 'tune' extra is not installed")
@@ -72,7 +74,7 @@ def test_tune_minimises_an_error_metric_on_synthetic_data():
 
 def test_adult_education_data_hierarchy_and_inputs():
     data_dir = shared_data("adult")
-    frame = read_adult(data_dir / "adult.test")
+    frame = read_census(data_dir / "adult.test")
     assert not frame["Y"].str.endswith(".").any()
     experiment = small_adult(data_dir)
     train, stop, test = experiment.data(seed=3)
@@ -145,14 +147,16 @@ def test_structured_experiments_run_and_compare_from_the_cli(tmp_path, capsys):
 
 
 def test_an_empty_or_foreign_adult_file_is_named(tmp_path):
+    """adult-education reads its files as the census data set does: a malformed one is refused
+    naming the file and line, by the data set's check and by the experiment's data."""
+    spec = dataset("adult-education")
     empty = tmp_path / "adult.data"
     empty.write_text("")
-    with pytest.raises(ValueError, match=r"adult\.data: the file is empty"):
-        read_adult(empty)
-    other = tmp_path / "other.csv"
-    other.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match=r"other\.csv: columns \['Y', 'age'"):
-        read_adult(other)
+    with pytest.raises(DataFormatError, match=r"adult\.data, line 1: empty file"):
+        spec.check(tmp_path)
+    empty.write_text("a,b\n1,2\n")
+    with pytest.raises(DataFormatError, match=r"adult\.data, line 1 \(header\): columns \['age'"):
+        AdultEducationExperiment(tmp_path).data(0)
 
 
 def test_a_resumed_bayes_study_continues_the_search(tmp_path):

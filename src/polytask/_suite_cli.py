@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .datasets import DATASET_NAMES
+from .datasets import SUITE_DATASETS
 from .experiments._run_suite import run_suite
 from .experiments._store import Store
 from .experiments._suite import REFERENCES, SUITE_METHODS, TUNED, suite_experiments
@@ -26,7 +26,7 @@ def add_suite_parser(parser: argparse.ArgumentParser, positive: Any, common: Any
     parser.add_argument(
         "--datasets",
         type=_names,
-        default=", ".join(DATASET_NAMES),
+        default=", ".join(SUITE_DATASETS),
         help="comma-separated data sets",
     )
     parser.add_argument(

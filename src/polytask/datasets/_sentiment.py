@@ -106,12 +106,17 @@ def read_rt(path: Path) -> list[str]:
     return snippets
 
 
+def check_sites(folder: Path) -> None:
+    """Validate the three UCI files of ``folder`` (:func:`check_labelled`)."""
+    for filename in SITES.values():
+        check_labelled(Path(folder) / filename)
+
+
 def check(folder: Path) -> None:
     """Validate the three UCI files of ``folder`` and the Rotten Tomatoes files of its sibling
     ``rt_polarity``."""
     folder = Path(folder)
-    for filename in SITES.values():
-        check_labelled(folder / filename)
+    check_sites(folder)
     for filename in RT_FILES.values():
         read_rt(folder.parent / RT_FOLDER / filename)
 

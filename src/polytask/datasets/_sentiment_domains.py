@@ -17,7 +17,7 @@ import numpy as np
 from ..data import MultiTargetData, read_labelled_sentences
 from ..tasks import Task
 from ._files import split_rows
-from ._sentiment import SITES, check_labelled
+from ._sentiment import SITES, check_labelled, check_sites
 from ._spec import DatasetSpec, Splits, shared_bottom
 
 MIN_DF = 2  # a word of a single training sentence says nothing about the others
@@ -68,19 +68,13 @@ def domain_splits(
     return Splits(*(part(rows) for rows in parts))
 
 
-def check(folder: Path) -> None:
-    """Validate the three UCI files of ``folder``."""
-    for filename in SITES.values():
-        check_labelled(Path(folder) / filename)
-
-
 SPEC = DatasetSpec(
     name="sentiment-domains",
     folder="sentiment_labelled_sentences",
     description="The three UCI review sites' sentences in one dataset: site (3 classes), "
     "sentiment (binary) and their joint (6 classes) heads",
     tasks=TASKS,
-    check=check,
+    check=check_sites,
     load=domain_splits,
     model=shared_bottom(hidden=(64,), tower_hidden=()),
     metric="macro_f1",

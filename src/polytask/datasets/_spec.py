@@ -64,12 +64,16 @@ class DatasetSpec:
     metric
         The metric compared across methods (a name of ``polytask.evaluation.METRICS``), the
         same for every task.
-    lr, batch_size, max_epochs, patience
-        Adam's learning rate, the batch size and the early-stopping budget of every fit.
+    lr, eps, batch_size, max_epochs, patience
+        Adam's learning rate and epsilon, the batch size and the early-stopping budget of
+        every fit.
     vector_inputs
         Whether rows are feature vectors (tables, bags of words), which the sharing
         architectures of ``polytask.models`` read. ``False`` for images (scikit-learn's
         references then read the flattened pixels).
+    test_against
+        What test metrics compare predictions with: ``"targets"``, or ``"clean"`` for
+        synthetic data that keeps its noiseless targets.
     """
 
     name: str
@@ -81,10 +85,12 @@ class DatasetSpec:
     model: Callable[[tuple[int, ...], Sequence[Task], int], nn.Module]
     metric: str
     lr: float = 1e-3
+    eps: float = 1e-8
     batch_size: int = 64
     max_epochs: int = 100
     patience: int = 10
     vector_inputs: bool = True
+    test_against: str = "targets"
 
     @property
     def regression(self) -> bool:

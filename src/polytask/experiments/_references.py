@@ -36,20 +36,33 @@ def _inputs(x: Any) -> Any:
     return array.reshape(len(array), -1)
 
 
-def _task_arrays(part: Part, task: str) -> tuple[Any, np.ndarray]:
-    """One task's inputs and targets (its own data, or the shared inputs and its column)."""
+def _task_arrays(part: Part, task: str, against: str = "targets") -> tuple[Any, np.ndarray]:
+    """One task's inputs and targets (its own data, or the shared inputs and its column);
+    ``against="clean"``: the noiseless targets a synthetic data set keeps."""
     if isinstance(part, Mapping):
+        if against != "targets":
+            raise ValueError(f"task {task!r}: a dataset per task has no {against} targets")
         data = part[task]
         return _inputs(data.x), data.y.numpy()
-    return _inputs(part.x), part.targets[task].numpy()
+    targets = part.targets if against == "targets" else part.clean_targets
+    if targets is None:
+        raise ValueError(f"task {task!r}: the test data has no {against} targets")
+    return _inputs(part.x), targets[task].numpy()
 
 
 def reference_metrics(
-    name: str, tasks: Sequence[Task], train: Part, stop: Part, test: Part, seed: int
+    name: str,
+    tasks: Sequence[Task],
+    train: Part,
+    stop: Part,
+    test: Part,
+    seed: int,
+    against: str = "targets",
 ) -> dict[str, dict[str, float]]:
     """Test metrics of reference ``name`` (:data:`LINEAR` or ``logistic-regression``,
     :data:`BOOSTING`, :data:`TRAIN_MEAN`) fitted per task on ``train`` (boosting early-stopped
-    on ``stop``): predictions for regression, logits for classification.
+    on ``stop``): predictions for regression, logits for classification; scored against the
+    test targets, or (``against="clean"``) their noiseless version.
 
     Examples
     --------
@@ -67,7 +80,7 @@ def reference_metrics(
         for task in tasks:
             x, y = _task_arrays(train, task.name)
             x_stop, y_stop = _task_arrays(stop, task.name)
-            x_test, y_test = _task_arrays(test, task.name)
+            x_test, y_test = _task_arrays(test, task.name, against)
             output = _reference_output(name, task, x, y, x_stop, y_stop, x_test, seed)
             if task.kind == "regression":  # the target's own shape: (n,) or (n, k)
                 output = output.reshape(y_test.shape)

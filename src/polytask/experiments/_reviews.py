@@ -8,25 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
-from ..data import Schedule, TaskData, bag_of_words, read_labelled_sentences
+from ..data import Schedule, TaskData
+from ..datasets import DatasetSpec, dataset
+from ..datasets._reviews import reviews_splits
+from ..datasets._sentiment import HIDDEN
 from ..evaluation import plot_gradient_cosines, plot_gradient_norms, plot_metric_curves, plot_probe
-from ..models import MultiTaskModel, SparseLinear, init_linear
 from ..tasks import Task
 from ..training import GradientMonitor, History, TaskMetricProbe, Trainer
 from ._baselines import single_vs_multi
 from ._report import markdown_table
-
-SITES = {
-    "movie": "imdb_labelled.txt",
-    "restaurant": "yelp_labelled.txt",
-    "product": "amazon_cells_labelled.txt",
-}
-FRACTIONS = (0.6, 0.2, 0.2)  # train / stop / test of each task's own data
+from ._synthetic import experiment_trainer
 
 
 @dataclass(frozen=True)
@@ -49,7 +43,6 @@ class ReviewsExperiment:
     data_dir: str | Path
     product_size: int = 300
     site_per_source: int = 200
-    hidden: int = 64
     lr: float = 1e-3
     batch_size: int = 32
     max_epochs: int = 12
@@ -62,67 +55,32 @@ class ReviewsExperiment:
 
     name = "reviews"
 
+    @property
+    def spec(self) -> DatasetSpec:
+        """The ``reviews`` data set's description: its tasks, splits and default model."""
+        return dataset(self.name)
+
     def tasks(self) -> list[Task]:
-        sentiment = [Task(site, kind="binary", metrics=("f1", "accuracy", "auc")) for site in SITES]
-        return [
-            *sentiment,
-            Task("site", kind="multiclass", size=3, metrics=("macro_f1", "accuracy")),
-        ]
+        return list(self.spec.tasks)
 
     def load(self) -> tuple[dict[str, TaskData], ...]:
         """Read, split and vectorise: train, stop and test data per task (vocabulary from the
-        training sentences only)."""
-        rng = np.random.default_rng(self.seed)
-        texts: dict[str, tuple[list[str], np.ndarray]] = {}
-        site_texts, site_labels = [], []
-        for index, (site, filename) in enumerate(SITES.items()):
-            sentences, labels = read_labelled_sentences(Path(self.data_dir) / filename)
-            order = rng.permutation(len(sentences))
-            held, rest = order[: self.site_per_source], order[self.site_per_source :]
-            if site == "product":
-                rest = rest[: self.product_size]
-            site_texts += [sentences[i] for i in held]
-            site_labels += [index] * len(held)
-            texts[site] = ([sentences[i] for i in rest], labels[rest])
-        order = rng.permutation(len(site_texts))
-        texts["site"] = ([site_texts[i] for i in order], np.asarray(site_labels)[order])
-        splits: list[dict[str, tuple[list[str], np.ndarray]]] = [{}, {}, {}]
-        for task, (sentences, labels) in texts.items():
-            first = round(len(sentences) * FRACTIONS[0])
-            second = first + round(len(sentences) * FRACTIONS[1])
-            for part, (a, b) in zip(
-                splits, ((0, first), (first, second), (second, None)), strict=True
-            ):
-                part[task] = (sentences[a:b], labels[a:b])
-        train, vectorizer = bag_of_words(splits[0])
-        held_out = [
-            {t: TaskData(vectorizer.transform(s), y) for t, (s, y) in part.items()}
-            for part in splits[1:]
-        ]
-        return train, held_out[0], held_out[1]
-
-    def build_model(self, tasks: Sequence[Task], n_features: int) -> MultiTaskModel:
-        # bag-of-words batches arrive as sparse CSR tensors: SparseLinear takes them directly
-        trunk = nn.Sequential(
-            SparseLinear(n_features, self.hidden, init="glorot", seed=self.seed), nn.ReLU()
+        training sentences only; :func:`~polytask.datasets._reviews.reviews_splits`)."""
+        splits = reviews_splits(
+            Path(self.data_dir), self.seed, self.product_size, self.site_per_source
         )
-        heads = {}
-        for i, task in enumerate(tasks):
-            with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
-                head = nn.Linear(self.hidden, task.size)
-            init_linear(head, "glorot", torch.Generator().manual_seed(self.seed + i))
-            heads[task.name] = head
-        return MultiTaskModel(trunk, heads)
+        return splits.train, splits.stop, splits.test
+
+    def build_model(self, tasks: Sequence[Task], n_features: int) -> nn.Module:
+        """The data set's default model: a sparse bag-of-words layer and a head per task."""
+        return self.spec.model((n_features,), list(tasks), self.seed)
 
     def trainer(self, **changes: Any) -> Trainer:
-        base = Trainer(
+        base = experiment_trainer(
+            self,
             "sum",
-            lr=self.lr,
-            batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-            seed=self.seed,
-            device=self.device,
+            self.seed,
+            quiet=False,
             schedule=Schedule("round_robin", "max_size_cycle"),
             track_metrics=True,
         )
@@ -221,7 +179,7 @@ def write_reviews_report(result: dict[str, Any], experiment: ReviewsExperiment, 
         "# reviews: multi-task vs single-task",
         "",
         f"Training sentences per task: {result['sizes']}; vocabulary {result['vocabulary']} words.",
-        f"Seed {experiment.seed}; shared hidden layer of {experiment.hidden} ReLU units; "
+        f"Seed {experiment.seed}; shared hidden layer of {HIDDEN} ReLU units; "
         f"Adam lr {experiment.lr}; round-robin (max_size_cycle), summed loss; early stopping "
         f"on the stop set (patience {experiment.patience}).",
         "",

@@ -9,16 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from ..data import MultiTargetData
-from ..datasets._census import ADULT_COLUMNS
+from ..datasets import DatasetSpec, dataset
+from ..datasets._adult_education import EDUCATION_TO_LEVEL, education_splits
 from ..datasets._sentiment_domains import domain_splits
 from ..evaluation import evaluate
-from ..models import MultiTaskModel, init_linear, mlp
 from ..objectives import Consistency, Hierarchical, Objective, Weighted
 from ..tasks import Task
 from ..training import Callback, History
@@ -45,7 +44,6 @@ class _DataExperiment:
     and initial weights, test metrics once at the end. Subclasses give the data and tasks."""
 
     data_dir: str | Path = ""
-    hidden: int = 64
     lr: float = 1e-3
     batch_size: int = 64
     max_epochs: int = 60
@@ -97,10 +95,15 @@ class _DataExperiment:
     def config_hash(self) -> str:
         return hash_config({"experiment": self.name, **self.config()})
 
-    # -- to be given by subclasses -------------------------------------------------------------
-    def tasks(self) -> list[Task]:
-        raise NotImplementedError
+    @property
+    def spec(self) -> DatasetSpec:
+        """The data set's declarative description: its tasks and default model."""
+        return dataset(self.name)
 
+    def tasks(self) -> list[Task]:
+        return list(self.spec.tasks)
+
+    # -- to be given by subclasses -------------------------------------------------------------
     def data(self, seed: int) -> Splits:
         raise NotImplementedError
 
@@ -112,19 +115,9 @@ class _DataExperiment:
         """The weighted loss with one weight per task (all 1 by default)."""
         return weighted_loss([t.name for t in self.tasks()], weights)
 
-    def build_model(
-        self, n_features: int, seed: int, tasks: Sequence[Task] | None = None
-    ) -> MultiTaskModel:
-        trunk = mlp(n_features, self.hidden, 1, seed=seed)
-        heads = {}
-        for i, task in enumerate(self.tasks()):
-            if tasks is not None and task.name not in {t.name for t in tasks}:
-                continue
-            with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
-                head = nn.Linear(self.hidden, task.size)
-            init_linear(head, "glorot", torch.Generator().manual_seed(seed * 1000 + i))
-            heads[task.name] = head
-        return MultiTaskModel(trunk, heads)
+    def build_model(self, n_features: int, seed: int, tasks: Sequence[Task]) -> nn.Module:
+        """The data set's default model (its spec's ``model``) for ``tasks``."""
+        return self.spec.model((n_features,), list(tasks), seed)
 
     def fit(
         self,
@@ -136,7 +129,7 @@ class _DataExperiment:
         callbacks: Sequence[Callback] = (),
         track_metrics: bool = False,
         tasks: Sequence[Task] | None = None,
-    ) -> tuple[MultiTaskModel, History]:
+    ) -> tuple[nn.Module, History]:
         """One fit from the initial weights of ``seed`` (on ``tasks`` only, when given: a
         single-task network has the same trunk and that task's head)."""
         tasks = list(tasks) if tasks is not None else self.tasks()
@@ -223,14 +216,6 @@ class SentimentDomainsExperiment(_DataExperiment):
     default_methods: ClassVar[tuple[str, ...]] = ("weighted", "consistency")
     known_methods: ClassVar[tuple[str, ...]] = ("weighted", "tuned", "consistency")
 
-    def tasks(self) -> list[Task]:
-        metrics = ("macro_f1", "accuracy")
-        return [
-            Task("site", kind="multiclass", size=3, metrics=metrics),
-            Task("sentiment", kind="binary", metrics=(*metrics, "f1")),
-            Task("joint", kind="multiclass", size=6, metrics=metrics),
-        ]
-
     def data(self, seed: int) -> Splits:
         """A fresh split from ``seed`` (the ``sentiment-domains`` data set of
         :mod:`polytask.datasets`); the vocabulary comes from the training sentences."""
@@ -255,43 +240,10 @@ class SentimentDomainsExperiment(_DataExperiment):
         return self.weighted() + self.consistency_term()
 
 
-NUMERIC = ["age", "fnlwgt", "capital-gain", "capital-loss", "hours-per-week"]
-CATEGORICAL = [
-    "workclass",
-    "marital-status",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "native-country",
-    "Y",
-]
-# education-num 1..16 is the fine class (minus one); the coarse level by fine class
-EDUCATION_LEVELS = ("no degree", "high school", "college", "graduate")
-EDUCATION_TO_LEVEL = {k: 0 for k in range(8)} | {8: 1, 9: 2, 10: 2, 11: 2, 12: 2}
-EDUCATION_TO_LEVEL |= {13: 3, 14: 3, 15: 3}
-
-
-def read_adult(path: str | Path) -> pd.DataFrame:
-    """One ``adult.data`` / ``adult.test`` file (header line, ``?`` for missing values)."""
-    try:
-        frame = pd.read_csv(path, skipinitialspace=True, na_values="?")
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: the file is empty (expected a header line and rows)") from None
-    except pd.errors.ParserError as error:
-        raise ValueError(f"{path}: not a comma-separated adult file ({error})") from None
-    frame.columns = [c.strip() for c in frame.columns]
-    missing = sorted(set(ADULT_COLUMNS) - set(frame.columns))
-    if missing:
-        raise ValueError(f"{path}: columns {missing} are missing")
-    frame["Y"] = frame["Y"].str.rstrip(".")
-    return frame
-
-
 @dataclass(frozen=True)
 class AdultEducationExperiment(_DataExperiment):
     """Education on the UCI census data as a fine task (16 levels) and a coarse one (no degree
-    / high school / college / graduate, by :data:`EDUCATION_TO_LEVEL`), with the education
+    / high school / college / graduate, by ``EDUCATION_TO_LEVEL``), with the education
     columns removed from the inputs. Methods: ``mean`` (each task weight 1) and
     ``hierarchical`` (plus a :class:`Hierarchical` term, ``hierarchy`` weight); baselines:
     ``single-task`` (one network per task, same trunk and head) and the scikit-learn
@@ -313,48 +265,12 @@ class AdultEducationExperiment(_DataExperiment):
         *REFERENCES,
     )
 
-    def tasks(self) -> list[Task]:
-        metrics = ("macro_f1", "accuracy")
-        return [
-            Task("education", kind="multiclass", size=16, metrics=metrics),
-            Task("level", kind="multiclass", size=4, metrics=metrics),
-        ]
-
     def data(self, seed: int) -> Splits:
         """Train and stop rows drawn from ``adult.data``, test rows from ``adult.test``;
-        scaling and one-hot codes fitted on the training rows."""
-        from sklearn.compose import ColumnTransformer
-        from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-        rng = np.random.default_rng(seed)
-        pool = read_adult(Path(self.data_dir) / "adult.data")
-        test = read_adult(Path(self.data_dir) / "adult.test")
-        if self.n_train + self.n_stop > len(pool):
-            raise ValueError(f"n_train + n_stop exceeds the {len(pool)} rows of adult.data")
-        order = rng.permutation(len(pool))
-        frames = [
-            pool.iloc[order[: self.n_train]],
-            pool.iloc[order[self.n_train : self.n_train + self.n_stop]],
-            test.iloc[rng.permutation(len(test))[: self.n_test]],
-        ]
-        capital = ["capital-gain", "capital-loss"]  # heavy-tailed: on a log scale
-        frames = [f.assign(**{c: np.log1p(f[c].astype(float)) for c in capital}) for f in frames]
-        encoder = ColumnTransformer(
-            [
-                ("numeric", StandardScaler(), NUMERIC),
-                ("categorical", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
-            ],
-            sparse_threshold=0.0,
-        )
-        encoder.fit(frames[0].fillna({c: "missing" for c in CATEGORICAL}))
-
-        def part(frame: pd.DataFrame) -> MultiTargetData:
-            x = encoder.transform(frame.fillna({c: "missing" for c in CATEGORICAL}))
-            fine = frame["education-num"].to_numpy() - 1
-            coarse = np.array([EDUCATION_TO_LEVEL[int(f)] for f in fine])
-            return MultiTargetData(x.astype(np.float32), {"education": fine, "level": coarse})
-
-        return part(frames[0]), part(frames[1]), part(frames[2])
+        scaling and one-hot codes fitted on the training rows (the ``adult-education`` data
+        set of :mod:`polytask.datasets`)."""
+        splits = education_splits(Path(self.data_dir), seed, self.n_train, self.n_stop, self.n_test)
+        return splits.train, splits.stop, splits.test
 
     def hierarchy_term(self) -> Hierarchical:
         return Hierarchical(

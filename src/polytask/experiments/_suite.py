@@ -103,7 +103,6 @@ class DatasetExperiment:
     tune_trials: int = 10
     device: str = field(default="auto", compare=False)
 
-    test_against: ClassVar[str] = "targets"
     known_methods: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
@@ -168,6 +167,10 @@ class DatasetExperiment:
         return self.spec.patience
 
     @property
+    def test_against(self) -> str:
+        return self.spec.test_against
+
+    @property
     def folder(self) -> Path:
         return Path(self.data_dir) / self.spec.folder
 
@@ -192,7 +195,9 @@ class DatasetExperiment:
             "batch_size": self.batch_size,
             "max_epochs": self.max_epochs,
             "patience": self.patience,
+            "eps": self.spec.eps,
         }
+        config["test_against"] = self.test_against
         return config
 
     def config_hash(self) -> str:
@@ -234,7 +239,13 @@ class DatasetExperiment:
         tasks = list(tasks) if tasks is not None else self.tasks()
         model = self.build_model(train, tasks, seed)
         trainer = experiment_trainer(
-            self, objective, seed, quiet, callbacks=list(callbacks), track_metrics=track_metrics
+            self,
+            objective,
+            seed,
+            quiet,
+            eps=self.spec.eps,
+            callbacks=list(callbacks),
+            track_metrics=track_metrics,
         )
         label = f"{self.dataset}, {objective if isinstance(objective, str) else 'weighted'}"
         return model, fit_or_warn(trainer, model, tasks, train, stop, f"{label}, seed {seed}")
@@ -262,13 +273,15 @@ class DatasetExperiment:
                         tasks=[task],
                     )
                     outcome.histories[f"{label}:{task.name}"] = history
-                    outcome.metrics[label].update(evaluate(model, [task], _only(test, task.name)))
+                    outcome.metrics[label].update(
+                        evaluate(model, [task], _only(test, task.name), against=self.test_against)
+                    )
             elif label in (LINEAR, BOOSTING, TRAIN_MEAN):
                 outcome.metrics[label] = self.reference(label, train, stop, test, seed)
             else:
                 model, history = self.fit(label, train, stop, seed, quiet)
                 outcome.histories[label] = history
-                outcome.metrics[label] = evaluate(model, tasks, test)
+                outcome.metrics[label] = evaluate(model, tasks, test, against=self.test_against)
         return outcome
 
     def tuned(self, seed: int) -> dict[str, dict[str, float]]:
@@ -282,7 +295,7 @@ class DatasetExperiment:
     ) -> dict[str, dict[str, float]]:
         """One scikit-learn model per task on the same split (or the training mean), scored as
         a network's outputs are (:func:`~polytask.experiments._references.reference_metrics`)."""
-        return reference_metrics(name, self.tasks(), train, stop, test, seed)
+        return reference_metrics(name, self.tasks(), train, stop, test, seed, self.test_against)
 
 
 @functools.lru_cache(maxsize=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -13,14 +14,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from torch import nn
 
-from ..data import MultiTargetData, make_hetero, make_phase, split, task_names
+from ..data import MultiTargetData
+from ..datasets import DatasetSpec
+from ..datasets._synthetic import synthetic_spec
 from ..evaluation import evaluate, predict
-from ..models import ColumnHeads, MultiTaskModel, mlp
+from ..models import MultiTaskModel
 from ..objectives import Objective, Weighted, make_objective
-from ..tasks import Task, regression_tasks
+from ..tasks import Task
 from ..training import Callback, History, NonFiniteLossError, Trainer
+
+_spec = functools.lru_cache(maxsize=16)(synthetic_spec)  # one spec per experiment size
 
 
 def hash_config(config: dict[str, Any]) -> str:
@@ -32,9 +36,6 @@ def hash_config(config: dict[str, Any]) -> str:
 def _file_name(text: str) -> str:
     """``text`` with the characters that do not belong in a folder name replaced by ``-``."""
     return re.sub(r"[^A-Za-z0-9@.=+_-]", "-", text)
-
-
-GENERATORS: dict[str, Callable[..., MultiTargetData]] = {"hetero": make_hetero, "phase": make_phase}
 
 
 def weighted_loss(names: Sequence[str], weights: Sequence[float] | None = None) -> Weighted:
@@ -114,8 +115,7 @@ class SyntheticExperiment:
     device: str = field(default="auto", compare=False)
 
     def __post_init__(self) -> None:
-        if self.generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {sorted(GENERATORS)}, got {self.generator}")
+        _ = self.spec  # an unknown generator is refused here
         if not self.methods:
             raise ValueError("an experiment needs at least one method")
         for method in self.methods:
@@ -126,6 +126,14 @@ class SyntheticExperiment:
     @property
     def name(self) -> str:
         return self.generator
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The data set of this experiment's size (:mod:`polytask.datasets`: its data, tasks
+        and model)."""
+        return _spec(
+            self.generator, self.n, self.n_tasks, self.depth, self.width, self.init, self.fractions
+        )
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the results (the device is left out)."""
@@ -140,16 +148,15 @@ class SyntheticExperiment:
         return hash_config(self.config())
 
     def tasks(self) -> list[Task]:
-        return regression_tasks(task_names(self.n_tasks))
+        return list(self.spec.tasks)
 
     def data(self, seed: int) -> tuple[MultiTargetData, MultiTargetData, MultiTargetData]:
         """Fresh data drawn from ``seed``, split into train, stop and test."""
-        return split(GENERATORS[self.generator](self.n, self.n_tasks, seed), self.fractions)
+        splits = self.spec.load(Path(), seed)
+        return splits.train, splits.stop, splits.test
 
     def build_model(self, seed: int) -> MultiTaskModel:
-        net = mlp(1, self.width, self.depth, out_features=self.n_tasks, init=self.init, seed=seed)
-        trunk: nn.Module = net[:-1]
-        return MultiTaskModel(trunk, ColumnHeads(net[-1], {t: 1 for t in task_names(self.n_tasks)}))
+        return self.spec.model((1,), self.tasks(), seed)
 
     metric: ClassVar[str] = "mse"  # what comparisons and tuning read
     test_against: ClassVar[str] = "clean"  # test metrics against the noiseless targets
@@ -157,7 +164,7 @@ class SyntheticExperiment:
 
     def weighted(self, weights: Sequence[float] | None = None) -> Weighted:
         """The weighted MSE with one weight per task (all 1 by default), for tuning."""
-        return weighted_loss(task_names(self.n_tasks), weights)
+        return weighted_loss([t.name for t in self.tasks()], weights)
 
     def fit(
         self,
