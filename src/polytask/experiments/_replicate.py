@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -212,27 +212,50 @@ def _watchdog(parent: int, interval: float) -> None:
     os._exit(1)  # the parent is gone: nobody will read this worker's result
 
 
-def _ray(jobs: int, calls: list[tuple]) -> Iterator[dict[str, Any]]:
+def _import_ray() -> Any:
     try:
         import ray
     except ImportError as error:
         raise ImportError(
             "--backend ray needs the 'ray' extra: pip install 'polytask[ray]'"
         ) from error
-    started_here = not ray.is_initialized()
-    if started_here:
-        address = os.environ.get("RAY_ADDRESS")
-        options = {} if address else {"num_cpus": jobs}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, **options)
+    return ray
+
+
+_ray_sessions: list[dict[str, bool]] = []  # the open ray_session()s, outermost first
+
+
+@contextmanager
+def ray_session() -> Iterator[None]:
+    """One Ray connection for everything run inside: the first batch of replications connects
+    (to the cluster of ``RAY_ADDRESS`` when set, else to a local Ray), the end of the outermost
+    session disconnects, and a connection made by the caller is left alone. A suite holds one
+    session across its data sets, so no batch starts Ray (or a Ray job, whose workers import
+    torch again) anew, and a run with nothing left to compute never connects."""
+    _ray_sessions.append({"connected": False})
     try:
-        remote = ray.remote(num_cpus=1)(run_replication)
+        yield
+    finally:
+        if _ray_sessions.pop()["connected"]:
+            _import_ray().shutdown()
+
+
+def _ray(jobs: int, calls: list[tuple]) -> Iterator[dict[str, Any]]:
+    """Each call a Ray task that reserves as many CPUs as the torch threads it runs (so a node
+    is never oversubscribed); inside a :func:`ray_session`."""
+    ray = _import_ray()
+    threads = calls[0][3] if calls else 1
+    with ray_session():
+        if not ray.is_initialized():
+            address = os.environ.get("RAY_ADDRESS")
+            options = {} if address else {"num_cpus": jobs * threads}
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, **options)
+            _ray_sessions[0]["connected"] = True  # the outermost session disconnects
+        remote = ray.remote(num_cpus=threads)(run_replication)
         pending = [remote.remote(*call) for call in calls]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def replicate(
@@ -278,7 +301,9 @@ def replicate(
         process does (:func:`watch_parent`), even after a ``kill -9``.
     backend
         ``"joblib"`` (local processes) or ``"ray"`` (Ray tasks; connects to ``RAY_ADDRESS``
-        when set, else starts a local Ray).
+        when set, else starts a local Ray, once for the whole call). On a cluster ``jobs``
+        is how many replications are in flight at once, each reserving and using ``cores //
+        jobs`` CPUs (this machine's cores).
     store
         A :class:`Store`, the path of its SQLite file or its database URL; ``None`` keeps
         results in memory only.
@@ -342,8 +367,9 @@ def replicate(
     missing = [i for i in range(replications) if i not in done]
     if missing:
         outer_threads = torch.get_num_threads()
+        session = ray_session() if backend == "ray" else nullcontext()
         try:
-            with _progress(quiet) as progress:
+            with session, _progress(quiet) as progress:
                 bar = progress.add_task(
                     f"{experiment.name} x{len(experiment.methods)} methods",
                     total=replications,

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from ..evaluation._statistics import FEW_REPLICATIONS_NOTE, MIN_TESTABLE_N
-from ._replicate import Backend, replicate
+from ._replicate import Backend, ray_session, replicate
 from ._store import Store
 from ._suite import DatasetExperiment
 from ._suite_report import Leaderboard, leaderboard, write_leaderboard
@@ -60,12 +61,14 @@ def run_suite(
     out = Path(out)
     store = store if isinstance(store, Store) else Store(store or out / "results.sqlite")
     started = time.perf_counter()
-    frames = {
-        e.name: replicate(
-            e, replications, seed=seed, jobs=jobs, backend=backend, store=store, quiet=quiet
-        )
-        for e in experiments
-    }
+    # one Ray session for every data set (joblib starts its workers per batch anyway)
+    with ray_session() if backend == "ray" else nullcontext():
+        frames = {
+            e.name: replicate(
+                e, replications, seed=seed, jobs=jobs, backend=backend, store=store, quiet=quiet
+            )
+            for e in experiments
+        }
     seconds = time.perf_counter() - started
     board = leaderboard(
         frames, {e.name: e for e in experiments}, n_resamples=n_resamples, seed=seed
