@@ -43,6 +43,7 @@ WORKER = textwrap.dedent(
         ("pcgrad per task", "pcgrad", 10, "per_task"),
         ("dbmtl", "dbmtl", 16, "shared"),  # reads the whole Jacobian: all-reduced
         ("upgrad@repr bf16-mixed", "upgrad@repr", 16, "shared"),
+        ("rlw", "rlw", 16, "shared"),  # random weights: drawn alike on every process
     ]
 
     def data(kind):
@@ -80,8 +81,19 @@ WORKER = textwrap.dedent(
                                                data("shared"), data("shared"))
             sys.exit(0)
         results = {name: run(name, method, b, kind) for name, method, b, kind in RUNS}
+        # dropout in the trunk: the first training mask each process draws for its 8 rows
+        model = build()
+        model = pt.MultiTaskModel(nn.Sequential(model.trunk, nn.Dropout(0.5)),
+                                  dict(model.heads.items()))
+        masks = []
+        model.trunk[1].register_forward_hook(
+            lambda module, inputs, output: masks.append((output == 0).clone())
+            if module.training and not masks else None)
+        pt.Trainer("mean", batch_size=16, max_epochs=1, patience=None, quiet=True,
+                   device="cpu").fit(model, [pt.Task(f"t{i}") for i in range(3)],
+                                     data("shared"), data("shared"))
         refused = {}
-        for method, kind in (("rlw", "shared"), ("mean", "masked"), ("pcgrad", "batchnorm")):
+        for method, kind in (("mean", "masked"), ("pcgrad", "batchnorm")):
             d = data("shared")
             if kind == "masked":
                 y = d.targets["t0"].clone(); y[::2] = float("nan")
@@ -96,7 +108,8 @@ WORKER = textwrap.dedent(
                 trainer.fit(model, tasks, d, d)
             except ValueError as error:
                 refused[f"{method} {kind}"] = str(error)
-        torch.save({"results": results, "refused": refused, "world": world_size()},
+        torch.save({"results": results, "refused": refused, "world": world_size(),
+                    "mask": masks[0]},
                    f"{out}/rank{rank()}.pt")
         if is_main_process():
             with open(f"{out}/report.jsonl", "a") as report:
@@ -163,6 +176,7 @@ RUN_NAMES = [
     "pcgrad per task",
     "dbmtl",
     "upgrad@repr bf16-mixed",
+    "rlw",
 ]
 
 
@@ -195,9 +209,18 @@ def test_one_report_is_written_by_rank_zero(launched):
 def test_what_cannot_run_data_parallel_is_refused_with_the_reason(launched):
     _, ranks = launched
     refused = ranks[0]["refused"]
-    assert "global random generator" in refused["rlw shared"]
     assert "missing labels" in refused["mean masked"]
     assert "buffers ['trunk.1.running_mean'" in refused["pcgrad batchnorm"]
+
+
+def test_each_process_draws_its_own_dropout_masks(launched):
+    """The global RNG is seeded per rank: the processes' slices of one batch are masked
+    independently (the methods' own draws stay alike: see the ``rlw`` run above)."""
+    _, ranks = launched
+    first, second = ranks[0]["mask"], ranks[1]["mask"]
+    assert first.shape == second.shape == (8, 8)
+    assert 0 < int(first.sum()) < first.numel() and 0 < int(second.sum()) < second.numel()
+    assert not torch.equal(first, second)
 
 
 def test_a_crashed_process_ends_the_others_with_an_error(tmp_path):

@@ -211,6 +211,27 @@ def test_rlw_draws_positive_weights_summing_to_one_and_reports_those_it_applied(
     assert not torch.equal(draws[0], draws[1])  # a fresh draw each step
 
 
+def test_rlw_draws_from_its_own_stream_whatever_the_dropout_draws():
+    """RLW's weights come from a generator seeded by the fit, not the global RNG: a model with
+    dropout (which draws from the global RNG every step) gets the same weights as one without,
+    under one seed, and the caller's RNG is not advanced by the fit."""
+    data = pt.make_hetero(64, 2, seed=0)
+    tasks = pt.regression_tasks(["task0", "task1"])
+
+    def weights(dropout: float):
+        trunk = torch.nn.Sequential(pt.mlp(1, 8, 2, seed=0), torch.nn.Dropout(dropout))
+        model = pt.MultiTaskModel(trunk, {t.name: torch.nn.Linear(8, 1) for t in tasks})
+        trainer = pt.Trainer("rlw", batch_size=16, max_epochs=2, patience=None, quiet=True)
+        before = torch.random.get_rng_state()
+        history = trainer.fit(model, tasks, data, data).to_frame()
+        assert torch.equal(torch.random.get_rng_state(), before)
+        return history[["weight/task0", "weight/task1"]].to_numpy()
+
+    plain, masked = weights(0.0), weights(0.5)
+    np.testing.assert_array_equal(plain, masked)
+    assert len(np.unique(plain[:, 0])) == len(plain)  # a fresh draw every epoch's mean
+
+
 def test_dwa_weights_by_hand():
     """Uniform for two epochs, then K * softmax(r / T) with r = L(t-1) / L(t-2)."""
     objective = bound(pt.objectives.DWA(temperature=2.0), 2)

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torchjd import aggregation
@@ -29,6 +28,7 @@ from torchjd import aggregation
 from .._features import TaskFeatures
 from ._base import Objective, Positions, Step, TaskGradients
 from ._solvers import cagrad_solve, fair_solve, gradvac_solve, solver_dtype
+from ._streams import RandomStream, stream_seed
 
 Path = Literal["exact", "representation", "naive"]
 PATHS: tuple[str, ...] = ("exact", "representation", "naive")
@@ -154,26 +154,20 @@ class MGDA(_Weighted):
     factory = aggregation.MGDAWeighting
 
 
-_SHUFFLE_STREAM = 0x5348_5546  # tells the shuffles' stream apart from the fit's own draws
-
-
 def shuffle_seed(seed: int) -> int:
-    """The seed of a shuffling method's generator, derived from the global RNG's seed (the
-    Trainer's ``seed`` inside a fit) so that its stream is not the one dropout draws from."""
-    sequence = np.random.SeedSequence(seed % 2**128, spawn_key=(_SHUFFLE_STREAM,))
-    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+    """The seed of a shuffling method's generator, derived from the fit's seed so that its
+    stream is not the one dropout draws from."""
+    return stream_seed(seed, RandomStream.stream_key)
 
 
-class _Shuffling(_Weighted):
+class _Shuffling(RandomStream, _Weighted):
     """A torchjd weighting that shuffles the task order with ``torch.randperm`` on the global
-    RNG (torchjd takes no generator). Here the shuffles draw from the method's own generator:
-
-    - it is seeded once per fit, at the first step, from ``torch.initial_seed()``: inside
-      :meth:`polytask.Trainer.fit` that is the Trainer's ``seed`` (the fit seeds the global RNG
-      inside ``torch.random.fork_rng``), in a loop of your own the last ``torch.manual_seed``;
-    - the global RNG is neither read nor advanced by a step, so the method does not shift the
-      dropout masks (or any other draw) of the fit: two methods under one seed see the same
-      masks, and the caller's RNG is left as it was.
+    RNG (torchjd takes no generator). Here the shuffles draw from the method's own generator
+    (:class:`~polytask.objectives._streams.RandomStream`): seeded once per fit from the
+    Trainer's ``seed`` (in a loop of your own, from the last ``torch.manual_seed``), lent to
+    torchjd for the call; the global RNG is neither read nor advanced by a step, so the method
+    does not shift the dropout masks (or any other draw) of the fit, and the processes of a
+    data-parallel fit shuffle alike.
 
     The same seed therefore gives the same shuffles, and the same updates, whatever state the
     caller's RNG is in.
@@ -181,22 +175,10 @@ class _Shuffling(_Weighted):
 
     def _on_bind(self) -> None:
         super()._on_bind()
-        self.generator: torch.Generator | None = None  # fresh stream for every fit
-
-    def _generator(self) -> torch.Generator:
-        if self.generator is None:
-            self.generator = torch.Generator().manual_seed(shuffle_seed(torch.initial_seed()))
-        return self.generator
+        self.reset_stream()  # fresh stream for every fit
 
     def weights_from_gramian(self, gram: Tensor) -> Tensor:
-        self._generator()
-        # torchjd draws from the default CPU generator: lend it this method's state for the
-        # call, take the advanced state back, and restore the global RNG as it was
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.set_state(self.generator.get_state())
-            weights = self.weighting(gram)
-            self.generator.set_state(torch.random.default_generator.get_state())
-        return weights
+        return self.lend(self.weighting, gram)  # torchjd draws from the global generator
 
 
 class _Solved:
@@ -351,7 +333,7 @@ class GradVac(_Solved, _Shuffling):
     def weights_from_gramian(self, gram: Tensor) -> Tensor:
         if self.solver == "reference":
             return super().weights_from_gramian(gram)
-        generator = self._generator()
+        generator = self.stream()
         n = gram.shape[0]
         orders = torch.stack([torch.randperm(n - 1, generator=generator) for _ in range(n)])
         partners = orders + (orders >= torch.arange(n)[:, None])

@@ -9,6 +9,7 @@ from torch import Tensor
 from torchjd import scalarization
 
 from ._base import LossObjective, Positions
+from ._streams import RandomStream
 
 
 class _EveryTask(LossObjective):
@@ -62,14 +63,29 @@ class DWA(_EveryTask):
         self.scalarizer.step()
 
 
-class RLW(_EveryTask):
+class RLW(RandomStream, _EveryTask):
     """Random Loss Weighting (Lin et al., TMLR 2022, "Reasonable Effectiveness of Random
     Weighting"): each step weights the losses with ``softmax`` of standard normal draws (torchjd's
-    ``Random``). The draws come from the fit's seeded generator.
+    ``Random``). The draws come from the method's own generator, seeded by the fit
+    (:class:`~polytask.objectives._streams.RandomStream`), so they do not move with the dropout
+    masks and the processes of a data-parallel fit draw the same weights.
+
+    Examples
+    --------
+    >>> objective = RLW(); objective.bind(["a", "b"]); objective.fit_seed = 3
+    >>> first = objective.combine(torch.tensor([1.0, 3.0]))
+    >>> objective.bind(["a", "b"])  # a new fit: the same stream again
+    >>> bool(objective.combine(torch.tensor([1.0, 3.0])) == first), 1.0 < float(first) < 3.0
+    (True, True)
     """
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.Random()
+        self.reset_stream()
+
+    def combine(self, losses: Tensor, positions: Positions = None) -> Tensor:
+        self._all(positions)
+        return self.lend(self.scalarizer, losses)  # torchjd draws from the global generator
 
 
 class IMTLL(_EveryTask):

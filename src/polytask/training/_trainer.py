@@ -21,7 +21,8 @@ from ..engine import GradientEngine
 from ..engine._reduce import Reducer
 from ..evaluation._metrics import task_metrics
 from ..models._protocol import model_dtype
-from ..objectives import RLW, Objective, make_objective
+from ..objectives import Objective, make_objective
+from ..objectives._streams import seed_streams, stream_seed
 from ..tasks import Task
 from ._callbacks import BestWeights, Callback, Checkpoint, EarlyStopping, NonFiniteCheck
 from ._distributed import Shard, setup
@@ -518,8 +519,10 @@ class Trainer:
     the losses
     (DWA, FAMO, uncertainty, IMTL-L, GradNorm, DB-MTL...) see the global losses. The stop set is
     evaluated whole on every process; every process returns the same History, and only rank 0
-    writes the checkpoint (:func:`~polytask.training.is_main_process`). Refused before the
-    first step: data with missing labels, and RLW (see :meth:`fit`).
+    writes the checkpoint (:func:`~polytask.training.is_main_process`). Each process draws
+    its own dropout masks (a stream of the seed per rank) while the methods' draws (shuffles,
+    RLW's weights) come from the seed alike on every process. Refused before the first step:
+    data with missing labels (see :meth:`fit`).
 
     Examples
     --------
@@ -648,9 +651,15 @@ class Trainer:
         parallel = None
         if shard is not None:
             parallel = self._parallel(shard, model, objective, engine, plan, train_source)
+        # the methods' own draws (shuffles, random weights) from the seed: alike on every process
+        seed_streams(objective, self.seed)
+        seed_streams(engine.method, self.seed)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
+            # dropout and the forward pass's other draws: each process its own stream, so the
+            # processes' slices of a batch get independent masks (rank 0 keeps the seed's)
+            rank = 0 if shard is None else shard.rank
+            torch.manual_seed(self.seed if rank == 0 else stream_seed(self.seed, rank))
             return self._loop(
                 model,
                 objective,
@@ -708,13 +717,6 @@ class Trainer:
         if hasattr(train, "check_shardable"):  # a user's own loaders
             train.check_shardable()
         method = engine.method
-        if isinstance(method, RLW):
-            raise ValueError(
-                "RLW draws its task weights from the global random generator, which the "
-                "processes' own draws (dropout on slices of different sizes) advance "
-                "differently, so the processes would weight the tasks differently; train it "
-                "on one process"
-            )
         penalty = bool(objective.terms) or callable(getattr(model, "regularization", None))
         mode = engine.data_parallel_mode(
             penalty=penalty, shared_batches=isinstance(train, SharedSource)
