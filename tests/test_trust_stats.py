@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 from torch import nn
 
 import polytask as pt
+from polytask.datasets._synthetic import task_notes
 
 # -- multilabel losses with missing labels ------------------------------------------------------
 
@@ -132,6 +133,33 @@ def test_method_panels_share_one_y_axis(figures):
     a, b = figures[0].axes[:2]
     assert a.get_ylim() == b.get_ylim()
     assert a.get_ylim()[0] < 0.9 and a.get_ylim()[1] > 5.0
+
+
+@pytest.mark.filterwarnings("ignore:n <= 5")
+def test_synthetic_task_labels_carry_their_parameter(figures, tmp_path, monkeypatch):
+    """A hetero comparison's boxes are labelled with each task's noise sd, a phase one's with
+    its phase (read off the stored configuration)."""
+    frame = ratio_frame({"new": {"task0": [1.0, 2.0], "task2": [0.5, 1.5]}})
+    notes = task_notes("hetero", 3)
+    pt.evaluation.plot_ratio_boxplots(frame, "base", "unused.png", task_notes=notes)
+    labels = [t.get_text() for t in figures[0].axes[0].get_xticklabels()]
+    assert labels == ["task0\n(sd 0.1)", "task2\n(sd 0.4)"]
+
+    from polytask.experiments import _comparison_report
+
+    given = []
+    monkeypatch.setattr(
+        _comparison_report,
+        "plot_ratio_boxplots",
+        lambda *args, **kwargs: given.append(kwargs) or tmp_path / "ratios.png",
+    )
+    experiment = pt.experiments.SyntheticExperiment("phase", n=200, n_tasks=2, max_epochs=1)
+    store = tmp_path / "s.sqlite"
+    pt.experiments.replicate(experiment, 1, store=store, quiet=True)
+    for name in ("ratios.png", "unsaved.png"):  # the figures the report embeds
+        (tmp_path / name).write_bytes(b"")
+    pt.experiments.write_comparison_report(store, tmp_path / "out", n_resamples=99)
+    assert given[0]["task_notes"] == {"task0": "phase 0π", "task1": "phase 0.5π"}
 
 
 @pytest.mark.parametrize(("n", "points"), [(8, True), (20, True), (21, False), (60, False)])

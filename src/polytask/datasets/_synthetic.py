@@ -27,6 +27,21 @@ DESCRIPTIONS = {
 }
 
 
+def task_notes(generator: str, n_tasks: int) -> dict[str, str]:
+    """Each task's parameter, for labels: its noise sd (``hetero``) or phase (``phase``).
+
+    Examples
+    --------
+    >>> task_notes("hetero", 3)
+    {'task0': 'sd 0.1', 'task1': 'sd 0.2', 'task2': 'sd 0.4'}
+    >>> task_notes("phase", 2)
+    {'task0': 'phase 0π', 'task1': 'phase 0.5π'}
+    """
+    if generator == "hetero":
+        return {name: f"sd {0.1 * 2**i:g}" for i, name in enumerate(task_names(n_tasks))}
+    return {name: f"phase {i / n_tasks:g}π" for i, name in enumerate(task_names(n_tasks))}
+
+
 def column_mlp(
     width: int = 100, depth: int = 10, init: str = "glorot"
 ) -> Callable[[tuple[int, ...], Sequence, int], nn.Module]:

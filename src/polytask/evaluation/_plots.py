@@ -172,13 +172,15 @@ def plot_ratio_boxplots(
     metric: str = "mse",
     *,
     max_points: int = MAX_POINTS,
+    task_notes: Mapping[str, str] | None = None,
 ) -> Path:
     """Boxplots of per-task improvement ratios on a log scale with a line at 1: one box per
     task, one panel per method, one y-axis shared by every panel.
 
     ``ratios`` has columns ``method, task, ratio``. With at most ``max_points`` replications
     per box the ratios are drawn over the boxes (and the boxes draw no fliers). The log axis is
-    labelled so that a narrow range (0.98-1.04) can be read.
+    labelled so that a narrow range (0.98-1.04) can be read. ``task_notes`` (task -> its
+    parameter, e.g. ``"sd 0.4"``) goes under each task's name.
     """
     methods = list(dict.fromkeys(ratios["method"]))
     rows, cols = _grid(len(methods))
@@ -190,7 +192,9 @@ def plot_ratio_boxplots(
         part = ratios[ratios["method"] == method]
         tasks = list(dict.fromkeys(part["task"]))
         values = [part.loc[part["task"] == t, "ratio"].to_numpy() for t in tasks]
-        _boxes_with_points(ax, values, tasks, max_points)
+        notes = task_notes or {}
+        labels = [f"{t}\n({notes[t]})" if t in notes else t for t in tasks]
+        _boxes_with_points(ax, values, labels, max_points)
         ax.axhline(1.0, color="firebrick", ls="--", lw=1)
         n = part.groupby("task").size().min()
         ax.set_title(f"{method} vs {baseline} ({n} replications)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..datasets._synthetic import task_notes
 from ..evaluation import (
     DELTA_CONVENTION,
     RATIO_CONVENTION,
@@ -130,7 +131,11 @@ def write_comparison_report(
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "ratios": plot_ratio_boxplots(
-            improvement_ratios(frame, baseline, metric), baseline, out / "ratios.png", metric
+            improvement_ratios(frame, baseline, metric),
+            baseline,
+            out / "ratios.png",
+            metric,
+            task_notes=task_notes(config["generator"], config["n_tasks"]) if synthetic else None,
         ),
         "delta_m": plot_delta_m(deltas, baseline, out / "delta_m.png"),
     }
