@@ -276,9 +276,24 @@ def test_tuned_without_weights_searches_each_replications_own_stop_set():
 
     data_dir = shared_data("sentiment_labelled_sentences")
     experiment = SentimentDomainsExperiment(
-        str(data_dir), methods=("weighted", "tuned"), max_epochs=2, tune_trials=3, device="cpu"
+        str(data_dir), methods=("weighted", "tuned"), max_epochs=2, tune_trials=4, device="cpu"
     )
     outcome = experiment.run(seed=4, quiet=True)
-    search = tune_on_stop_set(experiment, seed=4, trials=3)
+    search = tune_on_stop_set(experiment, seed=4, trials=4)
     assert outcome.metrics["tuned"] == search.test_metrics
-    assert len(search.study.trials) == 3  # tune_trials=3 fits of the grid
+    assert len(search.study.trials) == 1  # 4 fits allow the grid of step 1/3: equal weights
+
+
+def test_the_stop_set_search_weights_every_task():
+    """The tuned baseline's grid is the inside of the simplex: a point that drops a task is no
+    static weighting of the multi-task problem (on the grid of step 1/3 over three tasks, equal
+    weights were the only point that kept all three, so the search always returned them)."""
+    from polytask.experiments._tune import search_resolution
+
+    for n_tasks, trials, points in ((2, 10, 9), (3, 10, 10), (3, 28, 28)):
+        grid = simplex_grid(n_tasks, search_resolution(n_tasks, trials), interior=True)
+        assert len(grid) == points and all(min(point) > 0 for point in grid)
+        assert tuple([1.0] * n_tasks) in grid
+        assert all(sum(point) == pytest.approx(n_tasks) for point in grid)
+    with pytest.raises(ValueError, match="no point inside the simplex"):
+        simplex_grid(3, 2, interior=True)

@@ -32,14 +32,22 @@ def combine_metrics(values: Sequence[float], combine: Combine, greater: bool) ->
     return float(np.min(values) if greater else np.max(values))
 
 
-def simplex_grid(n_tasks: int, resolution: int) -> list[tuple[float, ...]]:
+def simplex_grid(
+    n_tasks: int, resolution: int, *, interior: bool = False
+) -> list[tuple[float, ...]]:
     """Every weight vector with entries in ``{0, 1/r, ..., 1}`` summing to 1, scaled to sum to
-    ``n_tasks`` (so equal weighting is the all-ones point when ``r`` is a multiple of T).
+    ``n_tasks`` (so equal weighting is the all-ones point when ``r`` is a multiple of T);
+    ``interior``: only those that weight every task (no entry 0).
+
+    A search for static weights that keep every task wants the interior: on the grid of step
+    1/3 over three tasks, equal weighting is the only point that trains all three.
 
     Examples
     --------
     >>> simplex_grid(2, 2)
     [(0.0, 2.0), (1.0, 1.0), (2.0, 0.0)]
+    >>> simplex_grid(3, 3, interior=True)
+    [(1.0, 1.0, 1.0)]
     """
     if n_tasks < 2 or resolution < 1:
         raise ValueError(
@@ -49,7 +57,11 @@ def simplex_grid(n_tasks: int, resolution: int) -> list[tuple[float, ...]]:
     for cut in itertools.combinations(range(resolution + n_tasks - 1), n_tasks - 1):
         bounds = (-1, *cut, resolution + n_tasks - 1)
         counts = [bounds[i + 1] - bounds[i] - 1 for i in range(n_tasks)]
+        if interior and 0 in counts:
+            continue
         points.append(tuple(n_tasks * c / resolution for c in counts))
+    if not points:
+        raise ValueError(f"the grid of step 1/{resolution} has no point inside the simplex")
     return points
 
 
@@ -143,6 +155,7 @@ def tune(
     study_name: str | None = None,
     seed: int = 0,
     resolution: int = 6,
+    interior: bool = False,
     prune: bool = True,
     heartbeat: int | None = 60,
     combine: Combine = "mean",
@@ -156,7 +169,8 @@ def tune(
     ``combine`` (``mean``, or ``worst``: the worst task's value); maximised or minimised as the
     metric wants (macro F1 up, MSE down; synthetic experiments test against the noiseless
     targets, as their comparisons do).
-    ``grid`` walks :func:`simplex_grid`; ``bayes`` draws weights with Optuna's TPE sampler
+    ``grid`` walks :func:`simplex_grid` (of step ``1 / resolution``; ``interior``: only the
+    points that weight every task); ``bayes`` draws weights with Optuna's TPE sampler
     (normalised to sum to T). Trials are pruned by Optuna's median rule on the per-epoch stop
     metric. The study lives in ``storage`` (any SQLAlchemy URL; an existing study of the same
     name resumes, with its finished trials kept). The best weights are then fitted once more
@@ -189,14 +203,15 @@ def tune(
     against = experiment.test_against
     tasks = [t.name for t in experiment.tasks()]
     train, stop, test = experiment.data(seed)
-    grid = simplex_grid(len(tasks), resolution) if method == "grid" else []
+    grid = simplex_grid(len(tasks), resolution, interior=interior) if method == "grid" else []
     if method == "grid":
         sampler: Any = optuna.samplers.GridSampler({"point": list(range(len(grid)))}, seed=seed)
         trials = min(trials, len(grid))
     else:
         sampler = None  # seeded below, once the study says how many trials it already holds
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
-    search = f"grid{resolution}" if method == "grid" else method  # a grid index means its step
+    # a grid index means its grid: its step, and whether it holds the boundary
+    search = f"grid{resolution}{'i' * interior}" if method == "grid" else method
     name = study_name or (
         f"{experiment.name}-{search}-{combine}-{experiment.config_hash()}-seed{seed}"
     )
@@ -277,9 +292,10 @@ def tune(
 def tune_on_stop_set(experiment: Any, seed: int, trials: int = 10) -> TuneResult:
     """The weights search of one replication, as a comparison's ``tuned`` method runs it:
     on the stop set of the split drawn from ``seed`` only (its test rows are read once, by the
-    final fit), a grid over the simplex for 2 or 3 tasks (the finest with at most ``trials``
-    points) and TPE with ``trials`` fits above; Optuna's median pruning on the per-epoch stop
-    metric; an in-memory study.
+    final fit), a grid over the inside of the simplex for 2 or 3 tasks (every task weighted;
+    the finest grid with at most ``trials`` points that holds equal weights) and TPE with
+    ``trials`` fits above; Optuna's median pruning on the per-epoch stop metric; an in-memory
+    study.
 
     Examples
     --------
@@ -292,23 +308,35 @@ def tune_on_stop_set(experiment: Any, seed: int, trials: int = 10) -> TuneResult
     if n_tasks > 3:
         return tune(experiment, "bayes", trials, seed=seed, score_test=False)
     resolution = search_resolution(n_tasks, trials)
-    return tune(experiment, "grid", trials, seed=seed, resolution=resolution, score_test=False)
+    return tune(
+        experiment,
+        "grid",
+        trials,
+        seed=seed,
+        resolution=resolution,
+        interior=True,
+        score_test=False,
+    )
 
 
 def search_resolution(n_tasks: int, trials: int) -> int:
-    """The finest grid step ``1 / r`` with at most ``trials`` points (at least the grid of
-    step ``1 / T``) whose points include equal weights (``r`` a multiple of T), so a search
-    can always keep them.
+    """The finest grid step ``1 / r`` whose interior (:func:`simplex_grid` with ``interior``)
+    has at most ``trials`` points (at least the grid of step ``1 / T``, equal weights alone)
+    and includes equal weights (``r`` a multiple of T), so a search can always keep them.
 
     Examples
     --------
     >>> search_resolution(2, 10), search_resolution(3, 10)
-    (8, 3)
-    >>> (1.0, 1.0) in simplex_grid(2, search_resolution(2, 10))
-    True
+    (10, 6)
+    >>> simplex_grid(3, 6, interior=True)[:3]
+    [(0.5, 0.5, 2.0), (0.5, 1.0, 1.5), (0.5, 1.5, 1.0)]
     """
-    fits = max(trials, len(simplex_grid(n_tasks, n_tasks)))
-    return max(r for r in range(n_tasks, 13, n_tasks) if len(simplex_grid(n_tasks, r)) <= fits)
+
+    def size(r: int) -> int:
+        return len(simplex_grid(n_tasks, r, interior=True))
+
+    fits = max(trials, 1)
+    return max(r for r in range(n_tasks, 13 * n_tasks, n_tasks) if size(r) <= fits)
 
 
 def place_methods(
