@@ -15,8 +15,11 @@ same function, computed with ``embedding_bag``) through ``Trainer.fit`` (one epo
 fused Adam for the headline ratio, so it measures the data path and the layer, not the
 optimizer; the baseline with PyTorch's default Adam is printed too.
 
-Usage: python benchmarks/bench_sparse.py [--rows 25000] [--steps 60]
-Last lines: ``train_step_speedup: Y`` then ``sparse_loading_speedup: X``.
+Rounds alternate the two sides (which one goes first alternates too); each round's ratio is
+kept, and the median over rounds is printed with its spread.
+
+Usage: python benchmarks/bench_sparse.py [--rows 25000] [--steps 60] [--rounds 5]
+Last lines: ``sparse_loading_speedup: X`` then ``train_step_speedup: Y`` (the headline).
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=20000)
     parser.add_argument("--per-row", type=int, default=150)
     parser.add_argument("--steps", type=int, default=60, help="batches timed per setting")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     args = parser.parse_args()
     x = make_matrix(args.rows, args.cols, args.per_row)
     y = (np.random.default_rng(1).uniform(size=args.rows) < 0.5).astype(np.float32)
@@ -128,29 +132,52 @@ def main() -> None:
         f"CSR {x.shape[0]} x {x.shape[1]}, {x.nnz / x.shape[0]:.0f} non-zeros per row; "
         f"batch {BATCH}; torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    per_row = loader_rate(x, y, args.steps)
-    sparse = batch_rate(data, args.steps * 10, sparse_tensor=True)
+    # rounds alternate the two sides (and which goes first), so that drifts of a shared machine
+    # hit both alike; the ratio of each round is kept: median and spread over rounds
+    load_ratios, step_ratios, rates = [], [], {"loop": [], "ours": [], "default": []}
+    for r in range(args.rounds):
+        first, second = (0, 1) if r % 2 == 0 else (1, 0)
+        loading = [0.0, 0.0]
+        for side in (first, second):
+            loading[side] = (
+                loader_rate(x, y, args.steps)
+                if side == 0
+                else batch_rate(data, args.steps * 10, sparse_tensor=True)
+            )
+        load_ratios.append(loading[1] / loading[0])
+        training = [0.0, 0.0]
+        for side in (first, second):
+            training[side] = (
+                loader_train_rate(x, y, args.steps, fused=True)
+                if side == 0
+                else trainer_train_rate(x, y, args.steps)
+            )
+        rates["loop"].append(training[0])
+        rates["ours"].append(training[1])
+        step_ratios.append(training[1] / training[0])
+    rates["default"].append(loader_train_rate(x, y, args.steps, fused=False))
     dense = batch_rate(data, args.steps * 10, sparse_tensor=False)
-    print(f"loading, per-row Dataset + DataLoader: {per_row:12,.0f} examples/s")
+    print(f"loading, polytask CSR batch -> dense: {dense:12,.0f} examples/s (one round)")
+    print(f"training, per-row loop, default Adam: {rates['default'][0]:12,.0f} examples/s")
+    print(f"training, per-row loop, fused Adam:   {median(rates['loop']):12,.0f} examples/s")
+    print(f"training, polytask Trainer (sparse):  {median(rates['ours']):12,.0f} examples/s")
+    loading_summary = f"median {median(load_ratios):.1f} ({spread(load_ratios)})"
+    print(f"loading speedup, {args.rounds} rounds: {loading_summary}")
     print(
-        f"loading, polytask CSR batch -> sparse:  {sparse:12,.0f} examples/s "
-        f"({sparse / per_row:.0f}x)"
+        f"train step speedup, {args.rounds} rounds: median {median(step_ratios):.2f} "
+        f"({spread(step_ratios)})"
     )
-    print(
-        f"loading, polytask CSR batch -> dense:   {dense:12,.0f} examples/s "
-        f"({dense / per_row:.0f}x)"
-    )
-    default = loader_train_rate(x, y, args.steps, fused=False)
-    loop = loader_train_rate(x, y, args.steps, fused=True)
-    ours = trainer_train_rate(x, y, args.steps)
-    print(f"training, per-row loop, default Adam:   {default:12,.0f} examples/s")
-    print(f"training, per-row loop, fused Adam:     {loop:12,.0f} examples/s")
-    print(
-        f"training, polytask Trainer (sparse):    {ours:12,.0f} examples/s "
-        f"({ours / default:.1f}x the default loop)"
-    )
-    print(f"train_step_speedup: {ours / loop:.2f}")
-    print(f"sparse_loading_speedup: {sparse / per_row:.1f}")
+    print(f"sparse_loading_speedup: {median(load_ratios):.1f}")
+    print(f"train_step_speedup: {median(step_ratios):.2f}")
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def spread(values: list[float]) -> str:
+    q25, q75 = np.percentile(values, [25, 75])
+    return f"min {min(values):.2f}, IQR [{q25:.2f}, {q75:.2f}], max {max(values):.2f}"
 
 
 if __name__ == "__main__":
