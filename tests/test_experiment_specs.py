@@ -124,3 +124,28 @@ def test_adult_education_splits_come_from_the_data_set():
     full = dataset("adult-education").load(folder, 1)
     # the same draw: the experiment's first rows are the data set's first rows
     assert torch.equal(full.train.targets["education"][:200], train.targets["education"])
+
+
+def test_the_configuration_holds_the_data_files_digests(tmp_path):
+    """Results from other data files are stored apart: the configuration hash of a suite's
+    data set follows the bytes of its files (not their location; documentation left out)."""
+    from polytask.experiments import config_hash
+
+    shared = shared_data("energy_efficiency").parent
+    copy = tmp_path / "data"
+    shutil.copytree(shared / "energy_efficiency", copy / "energy_efficiency")
+    original = DatasetExperiment("energy", shared, methods=("mean",), references=())
+    moved = DatasetExperiment("energy", copy, methods=("mean",), references=())
+    assert set(moved.config()["data"]) == {
+        "energy_efficiency/ENB2012_data.csv",
+        "energy_efficiency/ENB2012_data.xlsx",
+    }
+    assert config_hash(moved, 0) == config_hash(original, 0)  # same bytes, another folder
+    (copy / "energy_efficiency" / "SOURCE.md").write_text("edited notes\n")
+    assert config_hash(moved, 0) == config_hash(original, 0)
+    table = copy / "energy_efficiency" / "ENB2012_data.csv"
+    lines = table.read_text().splitlines()
+    lines[5] = lines[5].replace("0.", "1.", 1)  # one value of one row
+    table.write_text("\n".join(lines) + "\n")
+    assert config_hash(moved, 0) != config_hash(original, 0)
+    assert dataset("hetero").fingerprint(shared) == {}  # generated: no file

@@ -200,4 +200,5 @@ SPEC = DatasetSpec(
     max_epochs=20,
     patience=4,
     vector_inputs=True,
+    also_reads=(RT_FOLDER,),
 )

@@ -3,6 +3,8 @@ and split, its tasks, its default model and how long to train it."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,9 @@ class DatasetSpec:
     test_against
         What test metrics compare predictions with: ``"targets"``, or ``"clean"`` for
         synthetic data that keeps its noiseless targets.
+    also_reads
+        Other folders under the shared data directory that ``load`` reads (``sentiment``
+        reads ``rt_polarity`` beside its own), for :meth:`fingerprint`.
     """
 
     name: str
@@ -91,11 +96,57 @@ class DatasetSpec:
     patience: int = 10
     vector_inputs: bool = True
     test_against: str = "targets"
+    also_reads: tuple[str, ...] = ()
+
+    def fingerprint(self, data_dir: str | Path) -> dict[str, str]:
+        """A digest of every data file the data set reads under ``data_dir`` (its folder and
+        ``also_reads``; documentation ``*.md`` left out), by path: part of a comparison's
+        configuration, so results from other data files are stored apart, never mixed. Empty
+        for a generated data set (no folder).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp()); (root / "toy").mkdir()
+        >>> _ = (root / "toy" / "rows.csv").write_text("a,b\\n1,2\\n")
+        >>> spec = DatasetSpec("toy", "toy", "", (), print, print, print, "mse")
+        >>> list(spec.fingerprint(root))
+        ['toy/rows.csv']
+        """
+        digests = {}
+        for folder in (self.folder, *self.also_reads) if self.folder else ():
+            digests.update(folder_digests(Path(data_dir, folder), Path(data_dir)))
+        return digests
 
     @property
     def regression(self) -> bool:
         """Whether every task is a regression (relative RMSE applies)."""
         return all(t.kind == "regression" for t in self.tasks)
+
+
+def folder_digests(folder: str | Path, root: str | Path | None = None) -> dict[str, str]:
+    """The digest of every file under ``folder`` (``*.md`` documentation left out), by its
+    path relative to ``root`` (default: ``folder`` itself); empty when ``folder`` is absent."""
+    folder = Path(folder)
+    root = Path(root) if root is not None else folder
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix != ".md":
+            stat = path.stat()
+            digests[path.relative_to(root).as_posix()] = _digest(
+                str(path), stat.st_mtime_ns, stat.st_size
+            )
+    return digests
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """The SHA-256 prefix of a file's bytes (cached while the file's time and size stand)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def shared_bottom(

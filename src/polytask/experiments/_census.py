@@ -24,6 +24,7 @@ from ..datasets._census import (
     check_census,
     read_census,
 )
+from ..datasets._spec import folder_digests
 from ..evaluation import evaluate
 from ..models import CGC, PLE, CrossStitch, DSelectK, MMoE, SharedBottom
 from ..objectives import make_objective
@@ -283,6 +284,7 @@ class CensusExperiment:
         config = dataclasses.asdict(self)
         config.pop("device")
         config.pop("data_dir")
+        config["data"] = folder_digests(self.data_dir)  # other files: stored apart
         return with_labels(config, self)
 
     def config_hash(self) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..datasets._synthetic import task_notes
+from ..datasets._synthetic import GENERATORS, task_notes
 from ..evaluation import (
     DELTA_CONVENTION,
     RATIO_CONVENTION,
@@ -99,6 +99,13 @@ def _means_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return means.reset_index()
 
 
+def _task_notes(config: dict) -> dict[str, str] | None:
+    """Each task's parameter (noise sd, phase) for a hetero or phase comparison."""
+    if config.get("generator") in GENERATORS and "n_tasks" in config:
+        return task_notes(config["generator"], config["n_tasks"])
+    return None
+
+
 def write_comparison_report(
     store: Store | str | Path,
     out: str | Path,
@@ -135,7 +142,7 @@ def write_comparison_report(
             baseline,
             out / "ratios.png",
             metric,
-            task_notes=task_notes(config["generator"], config["n_tasks"]) if synthetic else None,
+            task_notes=_task_notes(config),
         ),
         "delta_m": plot_delta_m(deltas, baseline, out / "delta_m.png"),
     }

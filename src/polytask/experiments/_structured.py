@@ -17,6 +17,7 @@ from ..data import MultiTargetData
 from ..datasets import DatasetSpec, dataset
 from ..datasets._adult_education import EDUCATION_TO_LEVEL, education_splits
 from ..datasets._sentiment_domains import domain_splits
+from ..datasets._spec import folder_digests
 from ..evaluation import evaluate
 from ..objectives import Consistency, Hierarchical, Objective, Weighted
 from ..tasks import Task
@@ -90,6 +91,7 @@ class _DataExperiment:
         config["methods"] = list(self.methods)
         config["weights"] = None if self.weights is None else list(self.weights)
         config["metric"] = self.metric
+        config["data"] = folder_digests(self.data_dir)  # other files: stored apart
         return config
 
     def config_hash(self) -> str:

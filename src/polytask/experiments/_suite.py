@@ -198,6 +198,9 @@ class DatasetExperiment:
             "eps": self.spec.eps,
         }
         config["test_against"] = self.test_against
+        # the data files' digests: results of other files are stored apart (and a data set
+        # whose files are missing is refused later, by check_files, naming the file)
+        config["data"] = spec.fingerprint(self.data_dir) if Path(self.data_dir).is_dir() else {}
         return config
 
     def config_hash(self) -> str:
