@@ -16,6 +16,7 @@ import numpy as np
 
 from ..data import TaskData, bag_of_words, read_labelled_sentences
 from ..tasks import Task
+from ._files import _cut
 from ._sentiment import FRACTIONS, SITES, check_labelled, check_sites
 from ._sentiment import model as bag_of_words_model
 from ._spec import DatasetSpec, Splits
@@ -55,8 +56,7 @@ def reviews_splits(
     texts["site"] = ([site_texts[i] for i in order], np.asarray(site_labels)[order])
     parts: list[dict[str, tuple[list[str], np.ndarray]]] = [{}, {}, {}]
     for task, (sentences, labels) in texts.items():
-        first = round(len(sentences) * FRACTIONS[0])
-        second = first + round(len(sentences) * FRACTIONS[1])
+        first, second = _cut(len(sentences), FRACTIONS)
         for part, (a, b) in zip(parts, ((0, first), (first, second), (second, None)), strict=True):
             part[task] = (sentences[a:b], labels[a:b])
     train, vectorizer = bag_of_words(parts[0])

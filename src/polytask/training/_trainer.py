@@ -652,8 +652,7 @@ class Trainer:
         if shard is not None:
             parallel = self._parallel(shard, model, objective, engine, plan, train_source)
         # the methods' own draws (shuffles, random weights) from the seed: alike on every process
-        seed_streams(objective, self.seed)
-        seed_streams(engine.method, self.seed)
+        seed_streams(objective, self.seed)  # the engine's method is one of its modules
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             # dropout and the forward pass's other draws: each process its own stream, so the
