@@ -31,10 +31,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
+from _rounds import spread
 from polytask.experiments._census import MULTI_TASK_MODELS, build_architecture, n_parameters
 from polytask.models import MMoE
 
@@ -106,11 +106,6 @@ def alternate(
             b.append(ms_per_step(second, steps))
             a.append(ms_per_step(first, steps))
     return a, b
-
-
-def spread(ratios: list[float]) -> str:
-    q25, q75 = np.percentile(ratios, [25, 75])
-    return f"min {min(ratios):.2f}, IQR [{q25:.2f}, {q75:.2f}], max {max(ratios):.2f}"
 
 
 def main() -> None:

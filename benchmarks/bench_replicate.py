@@ -16,6 +16,7 @@ import os
 import statistics
 import time
 
+from _rounds import spread
 from polytask.experiments import SyntheticExperiment, replicate
 
 
@@ -41,14 +42,20 @@ def main() -> None:
     )
     rates: dict[int, list[float]] = {1: [], 2: []}
     for round_ in range(args.rounds):
-        # alternate, so that the machine's drifts hit both settings alike
-        for jobs in (1, 2):
+        # alternate the settings and which goes first, so that the machine's drifts hit both
+        # alike; both settings of a round run the same seeds
+        for jobs in (1, 2) if round_ % 2 == 0 else (2, 1):
             rates[jobs].append(rate(experiment, args.replications, jobs, seed=1000 * round_))
-    one, two = statistics.median(rates[1]), statistics.median(rates[2])
-    for jobs, value in ((1, one), (2, two)):
+    for jobs in (1, 2):
         each = ", ".join(f"{r:.1f}" for r in rates[jobs])
-        print(f"--jobs {jobs}: {value:6.1f} replications/minute (median; rounds: {each})")
-    print(f"jobs2_vs_jobs1: {two / one:.2f}")
+        print(
+            f"--jobs {jobs}: {statistics.median(rates[jobs]):6.1f} replications/minute "
+            f"(median; rounds: {each})"
+        )
+    ratios = [two / one for one, two in zip(rates[1], rates[2], strict=True)]
+    median = statistics.median(ratios)
+    print(f"--jobs 2 / --jobs 1 per round: median {median:.2f} ({spread(ratios)})")
+    print(f"jobs2_vs_jobs1: {median:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 Both train the heteroscedastic experiment's model (1 -> 10 x Dense(100, ReLU) -> 5, Glorot
 init) on the same data, batch size, epochs and seed, with the same optimizer (fused
 Adam(lr=1e-3, eps=1e-3), as the Trainer uses) on the mean squared error, and both evaluate the
-stop set after every epoch and keep the best weights, as early stopping needs. The runs
-alternate so that drifts of the machine hit both alike; the median epoch time of each is
-compared. If Keras 3 is installed, ``polytask.keras`` is timed through ``model.fit`` (torch
-backend) too.
+stop set after every epoch and keep the best weights, as early stopping needs. Rounds
+alternate the two (and which goes first) so that drifts of the machine hit both alike; each
+round compares the median epoch times of one fit of each, and the median of the rounds' ratios
+is printed with its spread. If Keras 3 is installed, ``polytask.keras`` is timed through
+``model.fit`` (torch backend) too.
 
-Usage: python benchmarks/bench_trainer.py [--epochs 15] [--repeats 3] [--n 20000]
+Usage: python benchmarks/bench_trainer.py [--epochs 20] [--rounds 12] [--n 20000]
 Last line: ``trainer_vs_plain_loop: R`` (R < 1 means the Trainer is faster).
 """
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 import polytask as pt
+from _rounds import spread
 
 
 def build(n_tasks: int) -> pt.MultiTaskModel:
@@ -31,9 +33,27 @@ def build(n_tasks: int) -> pt.MultiTaskModel:
     return pt.MultiTaskModel(net[:-1], pt.ColumnHeads(net[-1], {t: 1 for t in names}))
 
 
+class _TimedBestWeights(pt.training.BestWeights):
+    """The trainer's best-weights bookkeeping, which runs last in an epoch, stamping the end of
+    each epoch: an epoch's time is then everything the fit does in it (batches, stop-set
+    evaluation, records and every callback), as the plain loop's time is."""
+
+    def on_fit_start(self, state) -> None:
+        super().on_fit_start(state)
+        self.seconds: list[float] = []
+        self._last = time.perf_counter()
+
+    def on_epoch_end(self, state, record) -> None:
+        super().on_epoch_end(state, record)
+        now = time.perf_counter()
+        self.seconds.append(now - self._last)
+        self._last = now
+
+
 def time_trainer(data: pt.MultiTargetData, epochs: int, batch_size: int) -> list[float]:
     train, stop, _ = pt.split(data)
     model = build(len(data.task_names))
+    timer = _TimedBestWeights()
     trainer = pt.Trainer(
         "mean",
         eps=1e-3,
@@ -42,9 +62,10 @@ def time_trainer(data: pt.MultiTargetData, epochs: int, batch_size: int) -> list
         patience=None,
         quiet=True,
         device="cpu",
+        callbacks=[timer],
     )
-    history = trainer.fit(model, pt.regression_tasks(list(data.task_names)), train, stop)
-    return history["seconds"]
+    trainer.fit(model, pt.regression_tasks(list(data.task_names)), train, stop)
+    return timer.seconds
 
 
 def time_plain_loop(data: pt.MultiTargetData, epochs: int, batch_size: int) -> list[float]:
@@ -121,30 +142,39 @@ def time_keras(data: pt.MultiTargetData, epochs: int, batch_size: int) -> list[f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     data = pt.make_hetero(args.n, seed=0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, n={args.n}, "
-        f"train rows={round(args.n * 0.05)}, batch {args.batch_size}, {args.epochs} epochs"
+        f"train rows={round(args.n * 0.05)}, batch {args.batch_size}, {args.epochs} epochs, "
+        f"{args.rounds} alternating rounds"
     )
-    trainer, plain = [], []
-    for _ in range(args.repeats):
-        # the first epoch of each run warms caches up; leave it out
-        plain += time_plain_loop(data, args.epochs, args.batch_size)[1:]
-        trainer += time_trainer(data, args.epochs, args.batch_size)[1:]
-    plain_ms, trainer_ms = statistics.median(plain) * 1e3, statistics.median(trainer) * 1e3
-    print(f"plain loop:       {plain_ms:8.1f} ms/epoch (median of {len(plain)})")
-    print(f"polytask Trainer: {trainer_ms:8.1f} ms/epoch (median of {len(trainer)})")
+    runs = {"plain": time_plain_loop, "trainer": time_trainer}
+    medians: dict[str, list[float]] = {"plain": [], "trainer": []}
+    for round_ in range(args.rounds):
+        # alternate which goes first, so that drifts of the machine hit both alike; the first
+        # epoch of each fit warms caches up and is left out
+        order = ("plain", "trainer") if round_ % 2 == 0 else ("trainer", "plain")
+        for name in order:
+            seconds = runs[name](data, args.epochs, args.batch_size)[1:]
+            medians[name].append(statistics.median(seconds) * 1e3)
+    ratios = [t / p for t, p in zip(medians["trainer"], medians["plain"], strict=True)]
+    for name, label in (("plain", "plain loop:      "), ("trainer", "polytask Trainer:")):
+        each = ", ".join(f"{m:.1f}" for m in medians[name])
+        print(f"{label} {statistics.median(medians[name]):8.1f} ms/epoch (rounds: {each})")
+    median = statistics.median(ratios)
+    print(f"Trainer / plain loop per round: median {median:.2f} ({spread(ratios)})")
     keras_seconds = time_keras(data, max(3, args.epochs // 3), args.batch_size)
     if keras_seconds is not None:
         keras_ms = statistics.median(keras_seconds[1:]) * 1e3
+        plain_ms = statistics.median(medians["plain"])
         print(f"keras model.fit:  {keras_ms:8.1f} ms/epoch (polytask.keras.Mean, torch backend)")
         print(f"keras_vs_plain_loop: {keras_ms / plain_ms:.2f}")
-    print(f"trainer_vs_plain_loop: {trainer_ms / plain_ms:.2f}")
+    print(f"trainer_vs_plain_loop: {median:.2f}")
 
 
 if __name__ == "__main__":

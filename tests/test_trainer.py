@@ -54,6 +54,40 @@ def test_train_and_stop_loss_are_the_same_quantity(objective, hetero_splits):
         assert all(r["train_combined"] < 0 < r["train_loss"] for r in history.records)
 
 
+class _StepLog(pt.Callback):
+    """Every step's task losses and weights, per epoch."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, list] = {}
+
+    def on_step_end(self, state) -> None:
+        self.steps.setdefault(state.epoch, []).append(
+            (state.last_losses.clone(), state.last_weights.clone())
+        )
+
+
+@pytest.mark.parametrize("objective", ["mean", "uw"])
+def test_train_records_are_the_row_weighted_means_of_the_steps(objective, hetero_splits):
+    """The epoch's train losses are the steps' task losses weighted by their rows (the last
+    batch is short), and its weights the mean of the steps' weights: the sums the trainer
+    defers to the end of the epoch equal the ones taken step by step."""
+    train, stop, _ = hetero_splits
+    log = _StepLog()
+    batch = 7  # not a divisor of the training rows: the last batch is shorter
+    _, history, _ = fit(train, stop, objective=objective, batch_size=batch, callbacks=[log])
+    n = len(train)
+    rows = torch.tensor([min(batch, n - lo) for lo in range(0, n, batch)], dtype=torch.float64)
+    assert rows[-1] < batch
+    names = ("task0", "task1", "task2")
+    for record in history.records:
+        losses = torch.stack([s[0] for s in log.steps[record["epoch"]]]).double()
+        weights = torch.stack([s[1] for s in log.steps[record["epoch"]]]).double()
+        expected = (losses * rows[:, None]).sum(0) / rows.sum()
+        for i, task in enumerate(names):
+            assert record[f"train_loss/{task}"] == pytest.approx(float(expected[i]), rel=1e-5)
+            assert record[f"weight/{task}"] == pytest.approx(float(weights[:, i].mean()), rel=1e-5)
+
+
 def test_early_stopping_restores_the_best_epoch(hetero_splits):
     train, stop, _ = hetero_splits
     # a high learning rate makes the stop loss bounce, so the last epoch is rarely the best

@@ -162,6 +162,24 @@ class SharedSource:
         process's slice of the step's rows, its ``counts`` those of the whole step."""
         order = torch.randperm(len(self), generator=generator)
         on_device = order.to(self.x.device)
+        if shard is None and not self.host_masks:
+            # every row labelled: shuffle the rows once per epoch (one gather of x and of y)
+            # and hand out consecutive slices, views without a copy, instead of one gather per
+            # step; the batches are the same rows in the same order
+            x = self.x[on_device]
+            y = (
+                self.y[on_device]
+                if isinstance(self.y, Tensor)
+                else {k: v[on_device] for k, v in self.y.items()}
+            )
+            k = len(self.tasks)
+            for lo in range(0, len(self), batch_size):
+                hi = min(lo + batch_size, len(self))
+                rows = (
+                    y[lo:hi] if isinstance(y, Tensor) else {name: v[lo:hi] for name, v in y.items()}
+                )
+                yield SharedBatch(x[lo:hi], rows, None, None, [hi - lo] * k)
+            return
         for host, index in zip(order.split(batch_size), on_device.split(batch_size), strict=True):
             if shard is None:
                 batch = self._batch(host.numpy(), index)
