@@ -5,7 +5,7 @@ With ``--jobs 1`` the replications run in this process with torch on every core;
 ``--jobs 2`` two joblib worker processes each limit torch to half the cores. Worker start-up
 (importing torch) is counted; joblib keeps its workers between rounds.
 
-Usage: python benchmarks/bench_replicate.py [--replications 8]
+Usage: python benchmarks/bench_replicate.py [--replications 4] [--rounds 5]
 Last line: ``jobs2_vs_jobs1: R`` (replications per minute with 2 jobs / with 1 job).
 """
 
@@ -29,7 +29,7 @@ def rate(experiment: SyntheticExperiment, replications: int, jobs: int, seed: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replications", type=int, default=4, help="per round and setting")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()

@@ -3,6 +3,7 @@ recomputed by hand, and a killed suite that resumes without repeating finished w
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
 from conftest import shared_data, stored_replications
@@ -176,6 +178,24 @@ def test_leaderboard_files_are_self_contained_and_agree_with_the_tables(tmp_path
     assert "**" not in html
     assert "Relative RMSE" in markdown and "energy/heating" in markdown
     assert (tmp_path / "ranks.csv").exists() and (tmp_path / "datasets.csv").exists()
+
+
+def test_dataset_experiment_reads_a_changed_data_file_again(tmp_path):
+    """The splits are cached per data set and seed; a file changed on disk is read again (the
+    cache once returned the old rows for the new file, under the new file's digests)."""
+    folder = tmp_path / "concrete_slump"
+    shutil.copytree(shared_data("concrete_slump"), folder)
+    experiment = DatasetExperiment("concrete", data_dir=tmp_path)
+    before = experiment.data(0)
+    path = folder / "slump_test.data"
+    lines = path.read_text().splitlines()
+    first = lines[1].split(",")
+    first[1] = str(float(first[1]) + 1000)  # one mix's cement, an input column
+    path.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    after = experiment.data(0)
+    assert experiment.data(0)[0] is after[0]  # cached while the file stands
+    # the changed row is in one of the splits (and the training split's statistics scale all)
+    assert any(not torch.equal(b.x, a.x) for b, a in zip(before, after, strict=True))
 
 
 # -- the protocol -----------------------------------------------------------------------------

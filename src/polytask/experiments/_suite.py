@@ -215,7 +215,9 @@ class DatasetExperiment:
 
     def data(self, seed: int) -> tuple[Part, Part, Part]:
         """The replication's train, stop and test parts (preprocessing fitted on train)."""
-        splits = _load(self.dataset, str(self.folder), seed)
+        # the files' digests join the cache key: a file changed on disk is read again
+        files = tuple(sorted(self.spec.fingerprint(self.data_dir).items()))
+        splits = _load(self.dataset, str(self.folder), seed, files)
         return splits.train, splits.stop, splits.test
 
     def weighted(self, weights: Sequence[float] | None = None) -> Weighted:
@@ -302,8 +304,9 @@ class DatasetExperiment:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(name: str, folder: str, seed: int) -> Any:
-    """The spec's splits, cached: a replication and its weight search read them several times."""
+def _load(name: str, folder: str, seed: int, files: tuple) -> Any:
+    """The spec's splits, cached: a replication and its weight search read them several times
+    (``files``, the data files' digests, only keys the cache)."""
     return dataset(name).load(Path(folder), seed)
 
 

@@ -392,6 +392,8 @@ class _EpochTotals:
             self._weights.append(weights)
             self._rows.append(counts[0])
             self.steps += 1
+            if len(self._losses) >= 1024:  # a long epoch holds a bounded number of tensors
+                self._flush()
             return
         broken = losses != losses  # NaN: a cheaper test than isfinite
         if positions is None:
