@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import polytask as pt
+from _rounds import spread
 from polytask.data import TaskData
 
 BATCH = 64
@@ -173,11 +174,6 @@ def main() -> None:
 
 def median(values: list[float]) -> float:
     return float(np.median(values))
-
-
-def spread(values: list[float]) -> str:
-    q25, q75 = np.percentile(values, [25, 75])
-    return f"min {min(values):.2f}, IQR [{q25:.2f}, {q75:.2f}], max {max(values):.2f}"
 
 
 if __name__ == "__main__":

@@ -66,12 +66,21 @@ class _StepLog(pt.Callback):
         )
 
 
-@pytest.mark.parametrize("objective", ["mean", "uw"])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        "uw",
+        # reuses its weights between solves and overwrites them in place at the next solve:
+        # the weights a step returned must be read before that
+        pytest.param(lambda: pt.objectives.NashMTL(max_norm=0, update_weights_every=3), id="nash"),
+    ],
+)
 def test_train_records_are_the_row_weighted_means_of_the_steps(objective, hetero_splits):
     """The epoch's train losses are the steps' task losses weighted by their rows (the last
     batch is short), and its weights the mean of the steps' weights: the sums the trainer
     defers to the end of the epoch equal the ones taken step by step."""
     train, stop, _ = hetero_splits
+    objective = objective if isinstance(objective, str) else objective()
     log = _StepLog()
     batch = 7  # not a divisor of the training rows: the last batch is shorter
     _, history, _ = fit(train, stop, objective=objective, batch_size=batch, callbacks=[log])
@@ -86,6 +95,69 @@ def test_train_records_are_the_row_weighted_means_of_the_steps(objective, hetero
         for i, task in enumerate(names):
             assert record[f"train_loss/{task}"] == pytest.approx(float(expected[i]), rel=1e-5)
             assert record[f"weight/{task}"] == pytest.approx(float(weights[:, i].mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_epoch_totals_equal_a_step_by_step_reference(dtype):
+    """Over more steps than the totals hold at once, with steps lacking tasks among them and a
+    task whose loss turns NaN: the per-task train losses (row-weighted), weights, combined
+    value and counts of NaN steps equal a step-by-step float64 reference."""
+    from polytask.training._trainer import _EpochTotals
+
+    k, steps = 3, _EpochTotals.HELD + 300
+    generator = torch.Generator().manual_seed(0)
+    totals = _EpochTotals(k, torch.device("cpu"), {})
+    loss_sum, rows, weight_sum, value_sum, bad = np.zeros(k), np.zeros(k), np.zeros(k), 0.0, 0
+    for step in range(steps):
+        n = 300 if step % 7 else 5  # row counts above bfloat16's exact integers
+        weights = torch.rand(k, generator=generator)
+        value = torch.rand((), generator=generator)
+        if step % 11 == 3:  # tasks 0 and 2 only
+            positions = (0, 2)
+            losses = torch.rand(2, generator=generator).to(dtype)
+            totals.add(losses, positions, [n, n - 1], value, weights)
+            loss_sum[[0, 2]] += losses.double().numpy() * [n, n - 1]
+            rows[[0, 2]] += [n, n - 1]
+        else:
+            losses = torch.rand(k, generator=generator).to(dtype)
+            if step >= steps - 4:
+                losses[1] = float("nan")
+                bad += 1
+            totals.add(losses, None, [n] * k, value, weights)
+            loss_sum += losses.double().numpy() * n
+            rows += n
+        weight_sum += weights.double().numpy()
+        value_sum += float(value)
+    record = totals.record(
+        1, ("a", "b", "c"), torch.zeros(k), torch.zeros(()), lambda losses: losses.mean()
+    )
+    expected = loss_sum / rows
+    for i, name in enumerate("abc"):
+        if i == 1:
+            assert np.isnan(record[f"train_loss/{name}"])
+        else:
+            assert record[f"train_loss/{name}"] == pytest.approx(expected[i], rel=1e-5)
+        assert record[f"weight/{name}"] == pytest.approx(weight_sum[i] / steps, rel=1e-5)
+    assert record["train_combined"] == pytest.approx(value_sum / steps, rel=1e-5)
+    assert totals.bad == [0.0, float(bad), 0.0]
+
+
+def test_the_epoch_shuffle_by_copy_gives_the_batches_of_the_index_selects(
+    hetero_splits, monkeypatch
+):
+    """Small data are shuffled by one copy per epoch, larger by an index select per step: the
+    same rows in the same order, so a fit is bit-identical either way."""
+    from polytask.training import _sources
+
+    train, stop, _ = hetero_splits
+    runs = []
+    for bound in (_sources.SHUFFLE_COPY_BYTES, 0):
+        monkeypatch.setattr(_sources, "SHUFFLE_COPY_BYTES", bound)
+        model, history, _ = fit(train, stop, objective="upgrad", batch_size=7, max_epochs=2)
+        runs.append((model.state_dict(), history.to_frame()["stop_loss"].tolist()))
+    (first, stops), (second, stops_again) = runs
+    assert stops == stops_again
+    assert all(torch.equal(first[key], second[key]) for key in first)
 
 
 def test_early_stopping_restores_the_best_epoch(hetero_splits):

@@ -215,7 +215,8 @@ class DatasetExperiment:
 
     def data(self, seed: int) -> tuple[Part, Part, Part]:
         """The replication's train, stop and test parts (preprocessing fitted on train)."""
-        # the files' digests join the cache key: a file changed on disk is read again
+        # the files' digests join the cache key: a file changed on disk is read again (the
+        # digests themselves are cached while a file's modification time and size stand)
         files = tuple(sorted(self.spec.fingerprint(self.data_dir).items()))
         splits = _load(self.dataset, str(self.folder), seed, files)
         return splits.train, splits.stop, splits.test

@@ -19,6 +19,10 @@ from torch import Tensor
 from ..data import MultiTargetData, Schedule, TaskData, csr_batch
 from ..tasks import Task
 
+SHUFFLE_COPY_BYTES = 1 << 28
+"""Data up to this size (inputs and targets, 256 MiB) are shuffled by one copy per epoch;
+larger data by an index select per step (no second copy of the data in memory)."""
+
 
 @dataclass
 class SharedBatch:
@@ -134,6 +138,11 @@ class SharedSource:
         """Whether every batch holds every task: no task with missing labels."""
         return not self.host_masks
 
+    def _bytes(self) -> int:
+        """The inputs' and targets' size in bytes."""
+        ys = [self.y] if isinstance(self.y, Tensor) else list(self.y.values())
+        return sum(t.nelement() * t.element_size() for t in (self.x, *ys))
+
     def _batch(self, host_index: np.ndarray, index: Tensor | slice) -> SharedBatch | None:
         y = (
             self.y[index]
@@ -162,10 +171,11 @@ class SharedSource:
         process's slice of the step's rows, its ``counts`` those of the whole step."""
         order = torch.randperm(len(self), generator=generator)
         on_device = order.to(self.x.device)
-        if shard is None and not self.host_masks:
+        if shard is None and not self.host_masks and self._bytes() <= SHUFFLE_COPY_BYTES:
             # every row labelled: shuffle the rows once per epoch (one gather of x and of y)
             # and hand out consecutive slices, views without a copy, instead of one gather per
-            # step; the batches are the same rows in the same order
+            # step; the batches are the same rows in the same order. The shuffled copy doubles
+            # the data's memory for the epoch, hence the bound on its size
             x = self.x[on_device]
             y = (
                 self.y[on_device]

@@ -329,6 +329,9 @@ class _Parallel:
 class _EpochTotals:
     """Per-epoch sums kept on the device, read back once at the end of the epoch."""
 
+    HELD = 1024
+    """The most steps' loss vectors held before they are added to the sums."""
+
     def __init__(self, k: int, device: torch.device, cache: dict) -> None:
         self.device = device
         # (positions, counts) -> their index and row-count tensors on the device, shared across
@@ -343,26 +346,27 @@ class _EpochTotals:
         self.steps = 0
         self.bad: list[float] = []
         self.term_sum: Tensor | None = None  # structured terms, per term
-        # steps where every task was present, summed at the end of the epoch: a handful of
-        # tensor ops per epoch instead of five per step (each a kernel launch on a GPU and a
-        # few microseconds of dispatch on a CPU, against a step of about a millisecond)
+        # the loss vectors of steps where every task was present, summed at the end of the
+        # epoch (and every HELD steps): a few tensor ops per epoch instead of three per step
+        # (each a kernel launch on a GPU, a few microseconds of dispatch on a CPU, against a
+        # step of about a millisecond). A loss vector is the step's own new tensor; the
+        # weights and value are added at once, as a method may return its state's tensor and
+        # change it in place later (Nash-MTL between its solves)
         self._losses: list[Tensor] = []
-        self._values: list[Tensor] = []
-        self._weights: list[Tensor] = []
         self._rows: list[int] = []
 
     def _flush(self) -> None:
-        """Add the held steps to the sums."""
+        """Add the held steps' losses to the sums."""
         if not self._losses:
             return
-        losses = torch.stack(self._losses)  # (steps, k)
-        rows = torch.tensor(self._rows, dtype=losses.dtype, device=self.device)
+        # summed in float32 at least: bfloat16 holds integers exactly only to 256
+        dtype = torch.promote_types(self._losses[0].dtype, self.loss_sum.dtype)
+        losses = torch.stack(self._losses).to(dtype)  # (steps, k)
+        rows = torch.tensor(self._rows, dtype=dtype, device=self.device)
         self.loss_sum.add_((losses * rows[:, None]).sum(0).to(self.loss_sum.dtype))
-        self.bad_steps.add_((losses != losses).sum(0))  # NaN: x != x
-        self.value_sum.add_(torch.stack(self._values).sum())
-        self.weight_sum.add_(torch.stack(self._weights).sum(0))
+        self.bad_steps.add_((losses != losses).sum(0))
         self.rows += sum(self._rows)
-        self._losses, self._values, self._weights, self._rows = [], [], [], []
+        self._losses, self._rows = [], []
 
     def reduce(self, reducer: Reducer) -> None:
         """Combine the processes' totals (their losses are shares of the global losses, whose
@@ -388,11 +392,11 @@ class _EpochTotals:
     ) -> None:
         if positions is None and terms is None:  # every task, all with the same rows
             self._losses.append(losses)
-            self._values.append(value)
-            self._weights.append(weights)
             self._rows.append(counts[0])
+            self.value_sum.add_(value)
+            self.weight_sum.add_(weights)
             self.steps += 1
-            if len(self._losses) >= 1024:  # a long epoch holds a bounded number of tensors
+            if len(self._losses) >= self.HELD:
                 self._flush()
             return
         broken = losses != losses  # NaN: a cheaper test than isfinite
@@ -401,15 +405,17 @@ class _EpochTotals:
             self.loss_sum.add_(losses, alpha=counts[0])
             self.bad_steps.add_(broken)
         else:
-            key = (positions, tuple(counts))
+            # the products in float32 at least: bfloat16 holds integers exactly only to 256
+            dtype = torch.promote_types(losses.dtype, self.loss_sum.dtype)
+            key = (positions, tuple(counts), dtype)
             if key not in self._cache:
                 self._cache[key] = (
                     torch.tensor(positions, device=self.device),
-                    torch.tensor(counts, dtype=losses.dtype, device=self.device),
+                    torch.tensor(counts, dtype=dtype, device=self.device),
                 )
             index, rows = self._cache[key]
             self.rows[list(positions)] += counts
-            self.loss_sum.index_add_(0, index, (losses * rows).to(self.loss_sum.dtype))
+            self.loss_sum.index_add_(0, index, (losses.to(dtype) * rows).to(self.loss_sum.dtype))
             self.bad_steps.index_add_(0, index, broken.to(self.bad_steps.dtype))
         self.value_sum.add_(value)
         self.weight_sum.add_(weights)
@@ -952,6 +958,9 @@ class Trainer:
                         state.last_weights = step.weights
                         for callback in callbacks:
                             callback.on_step_end(state)
+                    # the last batch is a view of the epoch's shuffled rows: let them go before
+                    # the next epoch shuffles its own
+                    batch = None
                     engine.end_epoch()
                     stop_losses, stop_terms = self._source_losses(model, plan, stop)
                     with torch.no_grad():
