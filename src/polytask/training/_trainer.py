@@ -75,10 +75,12 @@ class FitState:
     epoch: int = 0
     step: int = 0
     last_losses: Tensor | None = None
+    """The last step's task losses (read-only: the epoch's totals hold the same tensor)."""
     last_positions: tuple[int, ...] | None = None
     last_weights: Tensor | None = None
     features: Tensor | Mapping[str, Tensor] | None = None
-    """What the heads read in the current step (see :meth:`GradientEngine.split`)."""
+    """What the heads read in the current step (see :meth:`GradientEngine.split`); None
+    between epochs."""
     bad_steps: list[float] = field(default_factory=list)
     """Per task, this epoch's steps with a NaN loss."""
     stop_reason: str = ""
@@ -958,9 +960,10 @@ class Trainer:
                         state.last_weights = step.weights
                         for callback in callbacks:
                             callback.on_step_end(state)
-                    # the last batch is a view of the epoch's shuffled rows: let them go before
-                    # the next epoch shuffles its own
-                    batch = None
+                    # the last batch is a view of the epoch's shuffled rows, and the last
+                    # step's losses and features hold it through their graph (kept by the
+                    # Jacobian paths): let them go before the next epoch shuffles its own
+                    batch = step_losses = losses = features = state.features = None
                     engine.end_epoch()
                     stop_losses, stop_terms = self._source_losses(model, plan, stop)
                     with torch.no_grad():
