@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from _rounds import spread
+from _rounds import in_turn, spread
 from polytask.experiments._census import MULTI_TASK_MODELS, build_architecture, n_parameters
 from polytask.models import MMoE
 
@@ -97,15 +97,11 @@ def alternate(
     first: Callable[[], None], second: Callable[[], None], rounds: int, steps: int
 ) -> tuple[list[float], list[float]]:
     """ms per step of each, round by round, the order alternating."""
-    a, b = [], []
+    times: dict[Callable[[], None], list[float]] = {first: [], second: []}
     for r in range(rounds):
-        if r % 2 == 0:
-            a.append(ms_per_step(first, steps))
-            b.append(ms_per_step(second, steps))
-        else:
-            b.append(ms_per_step(second, steps))
-            a.append(ms_per_step(first, steps))
-    return a, b
+        for step in in_turn(r, (first, second)):
+            times[step].append(ms_per_step(step, steps))
+    return times[first], times[second]
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import os
 import statistics
 import time
 
-from _rounds import spread
+from _rounds import in_turn, spread
 from polytask.experiments import SyntheticExperiment, replicate
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         # alternate the settings and which goes first, so that the machine's drifts hit both
         # alike; both settings of a round run the same seeds
-        for jobs in (1, 2) if round_ % 2 == 0 else (2, 1):
+        for jobs in in_turn(round_, (1, 2)):
             rates[jobs].append(rate(experiment, args.replications, jobs, seed=1000 * round_))
     for jobs in (1, 2):
         each = ", ".join(f"{r:.1f}" for r in rates[jobs])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from statistics import median
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import polytask as pt
-from _rounds import spread
+from _rounds import in_turn, spread
 from polytask.data import TaskData
 
 BATCH = 64
@@ -135,27 +136,22 @@ def main() -> None:
     )
     # rounds alternate the two sides (and which goes first), so that drifts of a shared machine
     # hit both alike; the ratio of each round is kept: median and spread over rounds
+    loading = {
+        "loop": lambda: loader_rate(x, y, args.steps),
+        "ours": lambda: batch_rate(data, args.steps * 10, sparse_tensor=True),
+    }
+    training = {
+        "loop": lambda: loader_train_rate(x, y, args.steps, fused=True),
+        "ours": lambda: trainer_train_rate(x, y, args.steps),
+    }
     load_ratios, step_ratios, rates = [], [], {"loop": [], "ours": [], "default": []}
     for r in range(args.rounds):
-        first, second = (0, 1) if r % 2 == 0 else (1, 0)
-        loading = [0.0, 0.0]
-        for side in (first, second):
-            loading[side] = (
-                loader_rate(x, y, args.steps)
-                if side == 0
-                else batch_rate(data, args.steps * 10, sparse_tensor=True)
-            )
-        load_ratios.append(loading[1] / loading[0])
-        training = [0.0, 0.0]
-        for side in (first, second):
-            training[side] = (
-                loader_train_rate(x, y, args.steps, fused=True)
-                if side == 0
-                else trainer_train_rate(x, y, args.steps)
-            )
-        rates["loop"].append(training[0])
-        rates["ours"].append(training[1])
-        step_ratios.append(training[1] / training[0])
+        load = {side: loading[side]() for side in in_turn(r, ("loop", "ours"))}
+        load_ratios.append(load["ours"] / load["loop"])
+        train = {side: training[side]() for side in in_turn(r, ("loop", "ours"))}
+        rates["loop"].append(train["loop"])
+        rates["ours"].append(train["ours"])
+        step_ratios.append(train["ours"] / train["loop"])
     rates["default"].append(loader_train_rate(x, y, args.steps, fused=False))
     dense = batch_rate(data, args.steps * 10, sparse_tensor=False)
     print(f"loading, polytask CSR batch -> dense: {dense:12,.0f} examples/s (one round)")
@@ -170,10 +166,6 @@ def main() -> None:
     )
     print(f"sparse_loading_speedup: {median(load_ratios):.1f}")
     print(f"train_step_speedup: {median(step_ratios):.2f}")
-
-
-def median(values: list[float]) -> float:
-    return float(np.median(values))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from _rounds import in_turn
 from polytask.experiments._replicate import available_cores, replication_seed
 from polytask.experiments._run_suite import run_suite
 from polytask.experiments._suite import suite_experiments
@@ -74,8 +75,8 @@ def main() -> None:
     bare_seconds(experiments, 1)  # warm-up: imports, file caches, first-call costs
     suite, bare, ratios = [], [], []
     for round_ in range(args.rounds):
-        order = (suite_seconds, bare_seconds) if round_ % 2 == 0 else (bare_seconds, suite_seconds)
-        times = {f.__name__: f(experiments, args.replications) for f in order}
+        sides = in_turn(round_, (suite_seconds, bare_seconds))
+        times = {f.__name__: f(experiments, args.replications) for f in sides}
         suite.append(times["suite_seconds"])
         bare.append(times["bare_seconds"])
         ratios.append(suite[-1] / bare[-1])

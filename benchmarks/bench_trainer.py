@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import polytask as pt
-from _rounds import spread
+from _rounds import in_turn, spread
 
 
 def build(n_tasks: int) -> pt.MultiTaskModel:
@@ -158,8 +158,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         # alternate which goes first, so that drifts of the machine hit both alike; the first
         # epoch of each fit warms caches up and is left out
-        order = ("plain", "trainer") if round_ % 2 == 0 else ("trainer", "plain")
-        for name in order:
+        for name in in_turn(round_, ("plain", "trainer")):
             seconds = runs[name](data, args.epochs, args.batch_size)[1:]
             medians[name].append(statistics.median(seconds) * 1e3)
     ratios = [t / p for t, p in zip(medians["trainer"], medians["plain"], strict=True)]

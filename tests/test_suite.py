@@ -196,6 +196,12 @@ def test_dataset_experiment_reads_a_changed_data_file_again(tmp_path):
     assert experiment.data(0)[0] is after[0]  # cached while the file stands
     # the changed row is in one of the splits (and the training split's statistics scale all)
     assert any(not torch.equal(b.x, a.x) for b, a in zip(before, after, strict=True))
+    # a rewrite of the same size is read again too (the file's status-change time moved)
+    text = path.read_text()
+    path.write_text(text.replace(first[1], str(float(first[1]) + 1), 1))
+    assert path.stat().st_size == len(text.encode())
+    again = experiment.data(0)
+    assert any(not torch.equal(b.x, a.x) for b, a in zip(after, again, strict=True))
 
 
 # -- the protocol -----------------------------------------------------------------------------

@@ -99,47 +99,57 @@ def test_train_records_are_the_row_weighted_means_of_the_steps(objective, hetero
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_epoch_totals_equal_a_step_by_step_reference(dtype):
-    """Over more steps than the totals hold at once, with steps lacking tasks among them and a
-    task whose loss turns NaN: the per-task train losses (row-weighted), weights, combined
-    value and counts of NaN steps equal a step-by-step float64 reference."""
+    """Over more steps than the totals hold at once, with steps lacking tasks among them,
+    structured terms, and losses that turn NaN on both kinds of step: the per-task train losses
+    (row-weighted), weights, combined value, terms and counts of NaN steps equal a
+    step-by-step float64 reference."""
     from polytask.training._trainer import _EpochTotals
 
-    k, steps = 3, _EpochTotals.HELD + 300
+    k, steps = 4, _EpochTotals.HELD + 300
     generator = torch.Generator().manual_seed(0)
     totals = _EpochTotals(k, torch.device("cpu"), {})
-    loss_sum, rows, weight_sum, value_sum, bad = np.zeros(k), np.zeros(k), np.zeros(k), 0.0, 0
+    loss_sum, rows, weight_sum, value_sum = np.zeros(k), np.zeros(k), np.zeros(k), 0.0
+    term_sum, bad = np.zeros(2), np.zeros(k)
+    last_partial = max(s for s in range(steps) if s % 11 == 3)
     for step in range(steps):
         n = 300 if step % 7 else 5  # row counts above bfloat16's exact integers
         weights = torch.rand(k, generator=generator)
         value = torch.rand((), generator=generator)
-        if step % 11 == 3:  # tasks 0 and 2 only
-            positions = (0, 2)
-            losses = torch.rand(2, generator=generator).to(dtype)
-            totals.add(losses, positions, [n, n - 1], value, weights)
-            loss_sum[[0, 2]] += losses.double().numpy() * [n, n - 1]
-            rows[[0, 2]] += [n, n - 1]
+        terms = torch.rand(2, generator=generator)
+        if step % 11 == 3:  # tasks 0, 2 and 3 only
+            positions, counts = (0, 2, 3), [n, n - 1, n]
+            losses = torch.rand(3, generator=generator).to(dtype)
+            if step == last_partial:
+                losses[2] = float("nan")  # task 3
+                bad[3] += 1
+            totals.add(losses, positions, counts, value, weights, terms)
+            loss_sum[list(positions)] += losses.double().numpy() * counts
+            rows[list(positions)] += counts
         else:
             losses = torch.rand(k, generator=generator).to(dtype)
             if step >= steps - 4:
                 losses[1] = float("nan")
-                bad += 1
-            totals.add(losses, None, [n] * k, value, weights)
+                bad[1] += 1
+            totals.add(losses, None, [n] * k, value, weights, terms)
             loss_sum += losses.double().numpy() * n
             rows += n
         weight_sum += weights.double().numpy()
         value_sum += float(value)
+        term_sum += terms.double().numpy()
     record = totals.record(
-        1, ("a", "b", "c"), torch.zeros(k), torch.zeros(()), lambda losses: losses.mean()
+        1, ("a", "b", "c", "d"), torch.zeros(k), torch.zeros(()), lambda losses: losses.mean()
     )
+    totals.record_terms(record, ["p", "q"], torch.zeros(2))
     expected = loss_sum / rows
-    for i, name in enumerate("abc"):
-        if i == 1:
-            assert np.isnan(record[f"train_loss/{name}"])
-        else:
-            assert record[f"train_loss/{name}"] == pytest.approx(expected[i], rel=1e-5)
+    assert record["train_loss/a"] == pytest.approx(expected[0], rel=1e-5)
+    assert record["train_loss/c"] == pytest.approx(expected[2], rel=1e-5)
+    assert np.isnan(record["train_loss/b"]) and np.isnan(record["train_loss/d"])
+    for i, name in enumerate("abcd"):
         assert record[f"weight/{name}"] == pytest.approx(weight_sum[i] / steps, rel=1e-5)
     assert record["train_combined"] == pytest.approx(value_sum / steps, rel=1e-5)
-    assert totals.bad == [0.0, float(bad), 0.0]
+    assert record["term/p"] == pytest.approx(term_sum[0] / steps, rel=1e-5)
+    assert record["term/q"] == pytest.approx(term_sum[1] / steps, rel=1e-5)
+    assert totals.bad == bad.tolist()
 
 
 @pytest.mark.parametrize(

@@ -134,14 +134,16 @@ def folder_digests(folder: str | Path, root: str | Path | None = None) -> dict[s
         if path.is_file() and path.suffix != ".md":
             stat = path.stat()
             digests[path.relative_to(root).as_posix()] = _digest(
-                str(path), stat.st_mtime_ns, stat.st_size
+                str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
             )
     return digests
 
 
 @functools.lru_cache(maxsize=256)
-def _digest(path: str, mtime_ns: int, size: int) -> str:
-    """The SHA-256 prefix of a file's bytes (cached while the file's time and size stand)."""
+def _digest(path: str, state: tuple[int, ...]) -> str:
+    """The SHA-256 prefix of a file's bytes, cached while its ``state`` stands: inode, size,
+    modification and status-change times (a write, a replacement or ``touch`` each move one;
+    the status-change time cannot be set back by the user)."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):

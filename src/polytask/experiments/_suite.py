@@ -215,8 +215,7 @@ class DatasetExperiment:
 
     def data(self, seed: int) -> tuple[Part, Part, Part]:
         """The replication's train, stop and test parts (preprocessing fitted on train)."""
-        # the files' digests join the cache key: a file changed on disk is read again (the
-        # digests themselves are cached while a file's modification time and size stand)
+        # the files' digests join the cache key: a file changed on disk is read again
         files = tuple(sorted(self.spec.fingerprint(self.data_dir).items()))
         splits = _load(self.dataset, str(self.folder), seed, files)
         return splits.train, splits.stop, splits.test

@@ -48,6 +48,11 @@ class TaskBatch:
     share: float = 1.0  # this process's fraction of the step's rows of the task
 
 
+def _rows(y: dict[str, Tensor] | Tensor, index: Tensor | slice) -> dict[str, Tensor] | Tensor:
+    """The rows ``index`` of the targets: one matrix, or one tensor per task."""
+    return y[index] if isinstance(y, Tensor) else {name: v[index] for name, v in y.items()}
+
+
 def _slice(n: int, shard: Any) -> tuple[int, int, float]:
     """This process's rows ``[lo, hi)`` of a step's ``n`` and its share of them. A process
     left without a row (a step of fewer rows than processes) takes the first row at share 0,
@@ -144,11 +149,7 @@ class SharedSource:
         return sum(t.nelement() * t.element_size() for t in (self.x, *ys))
 
     def _batch(self, host_index: np.ndarray, index: Tensor | slice) -> SharedBatch | None:
-        y = (
-            self.y[index]
-            if isinstance(self.y, Tensor)
-            else {k: v[index] for k, v in self.y.items()}
-        )
+        y = _rows(self.y, index)
         if not self.host_masks:
             return SharedBatch(self.x[index], y, None, None, [len(host_index)] * len(self.tasks))
         positions, counts = [], []
@@ -176,19 +177,10 @@ class SharedSource:
             # and hand out consecutive slices, views without a copy, instead of one gather per
             # step; the batches are the same rows in the same order. The shuffled copy doubles
             # the data's memory for the epoch, hence the bound on its size
-            x = self.x[on_device]
-            y = (
-                self.y[on_device]
-                if isinstance(self.y, Tensor)
-                else {k: v[on_device] for k, v in self.y.items()}
-            )
-            k = len(self.tasks)
+            x, y, k = self.x[on_device], _rows(self.y, on_device), len(self.tasks)
             for lo in range(0, len(self), batch_size):
                 hi = min(lo + batch_size, len(self))
-                rows = (
-                    y[lo:hi] if isinstance(y, Tensor) else {name: v[lo:hi] for name, v in y.items()}
-                )
-                yield SharedBatch(x[lo:hi], rows, None, None, [hi - lo] * k)
+                yield SharedBatch(x[lo:hi], _rows(y, slice(lo, hi)), None, None, [hi - lo] * k)
             return
         for host, index in zip(order.split(batch_size), on_device.split(batch_size), strict=True):
             if shard is None:

@@ -392,20 +392,11 @@ class _EpochTotals:
         weights: Tensor,
         terms: Tensor | None = None,
     ) -> None:
-        if positions is None and terms is None:  # every task, all with the same rows
+        if positions is None:  # every task, all with the same rows: held, summed later
             self._losses.append(losses)
             self._rows.append(counts[0])
-            self.value_sum.add_(value)
-            self.weight_sum.add_(weights)
-            self.steps += 1
             if len(self._losses) >= self.HELD:
                 self._flush()
-            return
-        broken = losses != losses  # NaN: a cheaper test than isfinite
-        if positions is None:
-            self.rows += counts[0]
-            self.loss_sum.add_(losses, alpha=counts[0])
-            self.bad_steps.add_(broken)
         else:
             # the products in float32 at least: bfloat16 holds integers exactly only to 256
             dtype = torch.promote_types(losses.dtype, self.loss_sum.dtype)
@@ -418,6 +409,7 @@ class _EpochTotals:
             index, rows = self._cache[key]
             self.rows[list(positions)] += counts
             self.loss_sum.index_add_(0, index, (losses.to(dtype) * rows).to(self.loss_sum.dtype))
+            broken = losses != losses  # NaN: a cheaper test than isfinite
             self.bad_steps.index_add_(0, index, broken.to(self.bad_steps.dtype))
         self.value_sum.add_(value)
         self.weight_sum.add_(weights)
