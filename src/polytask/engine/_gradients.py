@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .._features import TaskFeatures
+from ._heads import closed_gramian, closed_seed, head_deltas, read_linear_heads
 from ._linalg import combine_rows, gramian, task_jacobian, trunk_jacobian
 
 Owner = int | Tensor
@@ -280,6 +281,11 @@ class FeatureGradients(_Gradients):
 class LeafGradients(_Gradients):
     """Gradients when each head read its own leaf of one batch's features (see module doc)."""
 
+    closed_form_heads = True
+    """On the representation path, take the Gramian and the trunk's seed in closed form when
+    every head starts with a linear layer on its leaf (:mod:`._heads`); ``False`` always forms
+    the feature gradients (the tests compare the two)."""
+
     def __init__(
         self,
         *args: object,
@@ -294,11 +300,17 @@ class LeafGradients(_Gradients):
         self.representation = representation
         self._jz: Tensor | None = None
         self._head_grads: Sequence[Tensor | None] | None = None
+        self._heads = None  # LinearHeads, when the closed form ran
+        self._delta: Tensor | None = None
 
     def _leaf_pass(self) -> Tensor:
         """One backward of ``values.sum()`` through the heads: every task's ``d value_t / dz``
         (stacked, ``(k, *z.shape)``) and the head parameters' gradients. The heads' graph is
         kept only when a head's task is unknown (a weighted second pass may need it)."""
+        if self._jz is None and self._delta is not None:  # after the closed form: delta_t W_t
+            self._jz = torch.stack(
+                [self._delta[:, a:b] @ self._heads.weight[a:b] for a, b in self._head_columns()]
+            )
         if self._jz is None:
             leaves = [self.features[name] for name in self.names]
             inputs = leaves + self.specific
@@ -313,7 +325,39 @@ class LeafGradients(_Gradients):
     def _local_jacobian(self) -> list[Tensor]:
         return trunk_jacobian(self.features.z, self.shared, self._leaf_pass())
 
+    def _head_columns(self) -> list[tuple[int, int]]:
+        """Each task's columns of the closed form's ``delta``."""
+        columns, start = [], 0
+        for width in self._heads.widths:
+            columns.append((start, start + width))
+            start += width
+        return columns
+
+    def _closed_form(self) -> bool:
+        """Run the heads' pass in closed form (see :mod:`._heads`) when the heads allow it and
+        no feature gradient was formed yet; whether the closed form holds the step."""
+        if self._delta is not None:
+            return True
+        if self._jz is not None or not self.closed_form_heads:
+            return False
+        leaves = [self.features[name] for name in self.names]
+        heads = read_linear_heads(self.values, leaves, self.specific)
+        if heads is None:
+            return False
+        self._delta, self._head_grads = head_deltas(
+            heads, self.values, self.specific, retain_graph=self.owners is None
+        )
+        self._heads = heads
+        return True
+
     def gramian(self) -> Tensor:
+        if self.representation and self._closed_form():
+            heads = self._heads
+            delta = self._unscaled(self._delta)
+            gram = closed_gramian(delta, heads.weight.to(delta.dtype), heads.widths)
+            if self.fuse_heads and self.owners is not None:
+                return self._reduced_with_heads(gram)
+            return self._reduced_gramian(gram)
         if self.representation:
             flat = self._unscaled(self._leaf_pass().reshape(len(self.values), -1))
             gram = flat @ flat.T
@@ -344,7 +388,8 @@ class LeafGradients(_Gradients):
         return gramian(self._finish(blocks)).diagonal().clamp_min(0).sqrt()
 
     def apply_heads(self, weights: Tensor | None) -> None:
-        self._leaf_pass()
+        if self._head_grads is None:
+            self._leaf_pass()
         if weights is None:
             for param, grad in zip(self.specific, self._head_grads, strict=True):
                 if grad is not None:
@@ -361,6 +406,14 @@ class LeafGradients(_Gradients):
 
     def _send(self, weights: Tensor) -> None:
         """``sum_t w_t dL_t/dz`` through the trunk in one ordinary backward, then the heads."""
+        if self._delta is not None:  # closed form: (Delta w) W
+            delta, heads = self._delta, self._heads
+            seed = closed_seed(
+                delta.to(weights.dtype), heads.weight.to(weights.dtype), heads.widths, weights
+            )
+            torch.autograd.backward(self.features.z, seed.to(delta.dtype), inputs=self.shared)
+            self.apply_heads(weights)
+            return
         jz = self._leaf_pass()
         if jz.dtype == weights.dtype:
             seed = torch.tensordot(weights, jz, dims=1)

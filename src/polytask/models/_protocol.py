@@ -24,7 +24,7 @@ part once or inferring it from the autograd graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -301,39 +301,34 @@ class UserModel(nn.Module):
                 f"{type(self.module).__name__} computes every head in one call, so its heads "
                 "cannot read one copy of the features per task"
             )
+        # one substitute for the whole call (setting a module attribute is not free): each
+        # forward of the module gets the value of its task, and may call the trunk once
+        value: list[Any] = [h]
         calls = [0]
 
-        def substitute(value: Tensor) -> Callable[..., Tensor]:
-            def forward(*args: Any, **kwargs: Any) -> Tensor:
-                calls[0] += 1
-                if calls[0] > 1:
-                    raise RuntimeError(
-                        f"{type(self.module).__name__} calls its shared submodule "
-                        f"{self._trunk_name!r} more than once in one forward pass; the "
-                        "representation path needs one call"
-                    )
-                return value
+        def substitute(*args: Any, **kwargs: Any) -> Tensor:
+            calls[0] += 1
+            if calls[0] > 1:
+                raise RuntimeError(
+                    f"{type(self.module).__name__} calls its shared submodule "
+                    f"{self._trunk_name!r} more than once in one forward pass; the "
+                    "representation path needs one call"
+                )
+            return value[0]
 
-            return forward
+        def run(name: str, features: Tensor) -> Tensor:
+            value[0], calls[0] = features, 0
+            return self._call(x, name)
 
-        def run(name: str, value: Tensor) -> Tensor:
-            calls[0] = 0
-            trunk.forward = substitute(value)
-            try:
-                return self._call(x, name)
-            finally:
-                del trunk.forward
-
-        if self.route is not None:
-            names = [task] if task is not None else list(self.task_names)
-            if isinstance(h, TaskFeatures):
-                names = [n for n in names if n in h]
-            outputs = {n: run(n, h[n] if isinstance(h, TaskFeatures) else h) for n in names}
-            return outputs[task] if task is not None else outputs
-        calls[0] = 0
-        trunk.forward = substitute(h)
+        trunk.forward = substitute
         try:
-            outputs = self._all(x)
+            if self.route is None:
+                outputs = self._all(x)
+            else:
+                names = [task] if task is not None else list(self.task_names)
+                if isinstance(h, TaskFeatures):
+                    names = [n for n in names if n in h]
+                outputs = {n: run(n, h[n] if isinstance(h, TaskFeatures) else h) for n in names}
         finally:
             del trunk.forward
         return outputs[task] if task is not None else outputs
