@@ -102,6 +102,49 @@ def test_a_head_its_loss_does_not_reach_has_a_zero_column():
     assert torch.equal(delta[:, 1], torch.zeros(4))
 
 
+class Reversed(nn.Module):
+    """Gradient reversal by a hook on the head's input, then a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(6, 1)
+
+    def forward(self, z):
+        if z.requires_grad:
+            z.register_hook(lambda g: -0.5 * g)
+        return self.layer(z)
+
+
+def test_a_hook_on_a_heads_input_takes_the_general_path(monkeypatch):
+    """The hook runs only when the gradient reaches the leaf, which the closed form skips:
+    the update must be the formed path's (mgda@repr's weights moved from 0.15 to 0.43)."""
+    found = []
+
+    def spied(*args, **kwargs):
+        found.append(_heads.read_linear_heads(*args, **kwargs))
+        return found[-1]
+
+    monkeypatch.setattr(_gradients, "read_linear_heads", spied)
+    made = []
+    for closed in (True, False):
+        monkeypatch.setattr(_gradients.LeafGradients, "closed_form_heads", closed)
+        found.clear()
+        torch.manual_seed(0)
+        trunk = nn.Sequential(nn.Linear(5, 6), nn.Tanh())
+        model = pt.MultiTaskModel(trunk, {"main": nn.Linear(6, 1), "adv": Reversed()}).double()
+        x, y = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+        engine = pt.GradientEngine(model, "mgda@repr")
+        out = engine.forward(x)
+        step = engine.backward(
+            {t: ((out[t][:, 0] - y[:, i]) ** 2).mean() for i, t in enumerate(("main", "adv"))}
+        )
+        assert found == ([None] if closed else [])  # read, and refused
+        made.append((step.weights, [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(made[0][0], made[1][0])
+    for got, ref in zip(made[0][1], made[1][1], strict=True):
+        torch.testing.assert_close(got, ref)
+
+
 class ReadTwice(nn.Module):
     def __init__(self):
         super().__init__()

@@ -14,10 +14,12 @@ So the ``T`` feature gradients ``(T, batch, width)`` are never formed: the pass 
 stops at the heads' parameters and reads each ``delta_t`` with a hook on the product node that
 took the leaf. The heads are read off the graph, as :mod:`._chain` reads the trunk (the node's
 saved weight and its edges; no change to the model). Anything else (a leaf read twice, a head
-that starts with another operation, autocast's copy before the product, a head without a
-trainable parameter the pass reaches, or wide heads where the closed form costs more than the
-product it replaces) makes :func:`read_linear_heads` return ``None``, and the caller forms the
-feature gradients.
+that starts with another operation, autocast's copy before the product, a hook on a leaf, a
+head without a trainable parameter the pass reaches, or wide heads where the closed form costs
+more than the product it replaces) makes :func:`read_linear_heads` return ``None``, and the
+caller forms the feature gradients. Under mixed precision a trunk whose output is already in
+the low precision feeds its heads without a copy: the closed form applies, its Gramian in
+float32 from the ``delta_t`` (more accurate than one from the low-precision feature gradients).
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ def read_linear_heads(
     costs less than forming the feature gradients; else None. ``specific``: the parameters
     the heads' pass computes gradients for."""
     if not leaves or not specific or any(leaf.ndim != 2 for leaf in leaves):
+        return None
+    # a hook on a leaf (a head that scales or reverses its input's gradient) runs only when
+    # the gradient reaches the leaf, which the closed form never computes; a torch without
+    # the attribute counts as hooked
+    if any(getattr(leaf, "_backward_hooks", True) for leaf in leaves):
         return None
     consumers = _consumers(values, leaves)
     if consumers is None:
