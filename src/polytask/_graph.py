@@ -1,12 +1,14 @@
-"""Reading an autograd graph: which parameters an output reaches, and which come first.
+"""Reading an autograd graph: which parameters an output reaches, which come first, and which
+nodes read a given leaf.
 
 The model protocol uses it to infer a user's shared parameters and each head's task from one
-forward pass; the gradient engine to find the last shared layer. Only public autograd API is
-used (``grad_fn``, ``next_functions`` and ``AccumulateGrad.variable``)."""
+forward pass; the gradient engine to find the last shared layer and the heads that read the
+features' leaves. Only public autograd API is used (``grad_fn``, ``next_functions`` and
+``AccumulateGrad.variable``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from torch import Tensor
 
@@ -69,3 +71,35 @@ def nearest_parameters(outputs: Iterable[Tensor], among: set[int]) -> set[int]:
             return found
         frontier = following
     return set()
+
+
+def leaf_readers(output: Tensor, leaves: Sequence[Tensor]) -> list[list[tuple[object, int]]]:
+    """For each of ``leaves``, the ``(node, edge position)`` pairs of ``output``'s graph that
+    read it (empty for a leaf the graph does not reach).
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = torch.ones(2, requires_grad=True)
+    >>> [[(type(node).__name__, slot) for node, slot in r] for r in leaf_readers(a * 3, [a])]
+    [[('MulBackward0', 0)]]
+    """
+    position = {id(leaf): i for i, leaf in enumerate(leaves)}
+    found: list[list[tuple[object, int]]] = [[] for _ in leaves]
+    if output.grad_fn is None:
+        return found
+    seen = {output.grad_fn}  # the nodes themselves: held, so no id is reused while walking
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        for slot, (child, _) in enumerate(node.next_functions):
+            if child is None:
+                continue
+            leaf = _leaf(child)
+            if leaf is not None:
+                if id(leaf) in position:
+                    found[position[id(leaf)]].append((node, slot))
+            elif child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return found

@@ -309,7 +309,7 @@ class LeafGradients(_Gradients):
         kept only when a head's task is unknown (a weighted second pass may need it)."""
         if self._jz is None and self._delta is not None:  # after the closed form: delta_t W_t
             self._jz = torch.stack(
-                [self._delta[:, a:b] @ self._heads.weight[a:b] for a, b in self._head_columns()]
+                [self._delta[:, a:b] @ self._heads.weight[a:b] for a, b in self._heads.columns]
             )
         if self._jz is None:
             leaves = [self.features[name] for name in self.names]
@@ -324,14 +324,6 @@ class LeafGradients(_Gradients):
 
     def _local_jacobian(self) -> list[Tensor]:
         return trunk_jacobian(self.features.z, self.shared, self._leaf_pass())
-
-    def _head_columns(self) -> list[tuple[int, int]]:
-        """Each task's columns of the closed form's ``delta``."""
-        columns, start = [], 0
-        for width in self._heads.widths:
-            columns.append((start, start + width))
-            start += width
-        return columns
 
     def _closed_form(self) -> bool:
         """Run the heads' pass in closed form (see :mod:`._heads`) when the heads allow it and
@@ -352,9 +344,7 @@ class LeafGradients(_Gradients):
 
     def gramian(self) -> Tensor:
         if self.representation and self._closed_form():
-            heads = self._heads
-            delta = self._unscaled(self._delta)
-            gram = closed_gramian(delta, heads.weight.to(delta.dtype), heads.widths)
+            gram = closed_gramian(self._unscaled(self._delta), self._heads)
             if self.fuse_heads and self.owners is not None:
                 return self._reduced_with_heads(gram)
             return self._reduced_gramian(gram)
@@ -407,11 +397,8 @@ class LeafGradients(_Gradients):
     def _send(self, weights: Tensor) -> None:
         """``sum_t w_t dL_t/dz`` through the trunk in one ordinary backward, then the heads."""
         if self._delta is not None:  # closed form: (Delta w) W
-            delta, heads = self._delta, self._heads
-            seed = closed_seed(
-                delta.to(weights.dtype), heads.weight.to(weights.dtype), heads.widths, weights
-            )
-            torch.autograd.backward(self.features.z, seed.to(delta.dtype), inputs=self.shared)
+            seed = closed_seed(self._delta, self._heads, weights).to(self._delta.dtype)
+            torch.autograd.backward(self.features.z, seed, inputs=self.shared)
             self.apply_heads(weights)
             return
         jz = self._leaf_pass()

@@ -24,12 +24,14 @@ float32 from the ``delta_t`` (more accurate than one from the low-precision feat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from .._graph import _leaf, leaf_readers
 from ._chain import _saved
 
 _DEPTH = 4
@@ -41,48 +43,44 @@ class LinearHeads(NamedTuple):
     """Each task's product node (``addmm`` / ``mm``) that read its leaf, in task order."""
     weight: Tensor
     """The heads' weight rows stacked in task order, ``(O, width)`` (``O = sum_t o_t``)."""
-    widths: list[int]
+    widths: tuple[int, ...]
     """Each task's ``o_t``."""
     rows: int
     """The batch's rows."""
+
+    @property
+    def columns(self) -> list[tuple[int, int]]:
+        """Each task's ``[first, last + 1)`` columns of ``delta`` and rows of ``weight``."""
+        ends = [sum(self.widths[: i + 1]) for i in range(len(self.widths))]
+        return list(zip([0, *ends[:-1]], ends, strict=True))
+
+    @property
+    def owner(self) -> Tensor | None:
+        """The task of each column (None when every head has one output)."""
+        if all(o == 1 for o in self.widths):
+            return None
+        return _owner(self.widths, self.weight.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _owner(widths: tuple[int, ...], device: torch.device) -> Tensor:
+    """Column -> task index on ``device``, made once per layout (no copy to the device per
+    step)."""
+    return torch.tensor([t for t, o in enumerate(widths) for _ in range(o)], device=device)
 
 
 def _reaches(edge: tuple, wanted: set[int], depth: int = _DEPTH) -> bool:
     """Whether ``edge`` leads, through single-input nodes, to a parameter in ``wanted``."""
     node = edge[0]
     while node is not None and depth >= 0:
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            return id(variable) in wanted
+        leaf = _leaf(node)
+        if leaf is not None:
+            return id(leaf) in wanted
         edges = [e for e in node.next_functions if e[0] is not None]
         if len(edges) != 1:
             return False
         node, depth = edges[0][0], depth - 1
     return False
-
-
-def _consumers(values: Tensor, leaves: Sequence[Tensor]) -> list[list[tuple]] | None:
-    """For each leaf, the (node, edge position) pairs of the losses' graph that read it."""
-    if values.grad_fn is None:
-        return None
-    position = {id(leaf): i for i, leaf in enumerate(leaves)}
-    found: list[list[tuple]] = [[] for _ in leaves]
-    seen = {values.grad_fn}
-    stack = [values.grad_fn]
-    while stack:
-        node = stack.pop()
-        for slot, (child, _) in enumerate(node.next_functions):
-            if child is None:
-                continue
-            variable = getattr(child, "variable", None)
-            if variable is not None:
-                i = position.get(id(variable))
-                if i is not None:
-                    found[i].append((node, slot))
-            elif child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return found
 
 
 def _product_weight(node, slot: int) -> Tensor | None:
@@ -116,12 +114,9 @@ def read_linear_heads(
     # the attribute counts as hooked
     if any(getattr(leaf, "_backward_hooks", True) for leaf in leaves):
         return None
-    consumers = _consumers(values, leaves)
-    if consumers is None:
-        return None
     wanted = {id(p) for p in specific}
     nodes, weights = [], []
-    for leaf, reads in zip(leaves, consumers, strict=True):
+    for leaf, reads in zip(leaves, leaf_readers(values, leaves), strict=True):
         if len(reads) != 1:
             return None
         node, slot = reads[0]
@@ -133,28 +128,28 @@ def read_linear_heads(
         if not any(_reaches(edge, wanted) for edge in others):
             return None
         nodes.append(node)
-        weights.append(weight_t)
-    widths = [w.shape[1] for w in weights]
-    rows, width, k = leaves[0].shape[0], leaves[0].shape[1], len(leaves)
-    total = sum(widths)
+        weights.append(weight_t.detach().T)
+    widths = tuple(w.shape[0] for w in weights)
+    rows, width, k, total = leaves[0].shape[0], leaves[0].shape[1], len(leaves), sum(widths)
     # products of O x O against k x k over (rows x width): wide heads form dL/dz instead
     if cheaper_only and total * total * (rows + width) > k * k * rows * width:
         return None
-    weight = torch.cat([w.detach().T for w in weights]) if k > 1 else weights[0].detach().T
-    return LinearHeads(nodes, weight, widths, rows)
+    return LinearHeads(nodes, torch.cat(weights), widths, rows)
 
 
 def head_deltas(
     heads: LinearHeads, values: Tensor, inputs: Sequence[Tensor], retain_graph: bool
 ) -> tuple[Tensor, Sequence[Tensor | None]]:
     """One backward of ``values.sum()`` to ``inputs`` (the heads' parameters): their
-    gradients, and every head's ``delta_t`` side by side, ``(batch, O)`` (zeros for a head its
-    loss does not reach)."""
-    deltas: list[Tensor | None] = [None] * len(heads.nodes)
+    gradients, and every head's ``delta_t`` side by side, ``(batch, O)``. Each head's node
+    runs (:func:`read_linear_heads` checked that it reaches ``inputs``); a gradient autograd
+    leaves undefined there is zero."""
+    deltas: list[Tensor] = [heads.weight.new_zeros(heads.rows, o) for o in heads.widths]
 
     def keeper(i: int):
         def keep(grad_outputs: tuple) -> None:
-            deltas[i] = grad_outputs[0]
+            if grad_outputs[0] is not None:
+                deltas[i] = grad_outputs[0]
 
         return keep
 
@@ -166,37 +161,27 @@ def head_deltas(
     finally:
         for handle in handles:
             handle.remove()
-    held = [d for d in deltas if d is not None]
-    like = held[0] if held else heads.weight
-    columns = [
-        d if d is not None else like.new_zeros(heads.rows, o)
-        for d, o in zip(deltas, heads.widths, strict=True)
-    ]
-    delta = columns[0] if len(columns) == 1 else torch.cat(columns, dim=1)
-    return delta, grads
+    return torch.cat(deltas, dim=1), grads
 
 
-def closed_gramian(delta: Tensor, weight: Tensor, widths: Sequence[int]) -> Tensor:
-    """``G_st = <delta_s^T delta_t, W_s W_t^T>`` from ``delta`` ``(batch, O)`` and ``weight``
-    ``(O, width)`` (float32 at least, as given)."""
+def closed_gramian(delta: Tensor, heads: LinearHeads) -> Tensor:
+    """``G_st = <delta_s^T delta_t, W_s W_t^T>`` from ``delta`` ``(batch, O)`` (in the dtype
+    the Gramian is wanted in) and the heads' weights."""
+    weight = heads.weight.to(delta.dtype)
     products = (delta.T @ delta) * (weight @ weight.T)
-    if all(o == 1 for o in widths):
+    owner = heads.owner
+    if owner is None:
         return products
-    owner = torch.repeat_interleave(
-        torch.arange(len(widths), device=delta.device),
-        torch.tensor(list(widths), device=delta.device),
-    )
-    blocks = products.new_zeros(len(widths), products.shape[1]).index_add_(0, owner, products)
-    return products.new_zeros(len(widths), len(widths)).index_add_(1, owner, blocks)
+    k = len(heads.widths)  # the blocks' sums: rows, then columns, by task
+    blocks = products.new_zeros(k, products.shape[1]).index_add_(0, owner, products)
+    return products.new_zeros(k, k).index_add_(1, owner, blocks)
 
 
-def closed_seed(delta: Tensor, weight: Tensor, widths: Sequence[int], weights: Tensor) -> Tensor:
-    """``sum_t w_t delta_t W_t``, ``(batch, width)``."""
-    if not all(o == 1 for o in widths):
-        weights = torch.repeat_interleave(
-            weights, torch.tensor(list(widths), device=weights.device)
-        )
-    return (delta * weights) @ weight
+def closed_seed(delta: Tensor, heads: LinearHeads, weights: Tensor) -> Tensor:
+    """``sum_t w_t delta_t W_t``, ``(batch, width)``, in ``weights``' dtype."""
+    owner = heads.owner
+    column_weights = weights if owner is None else weights[owner]
+    return (delta.to(weights.dtype) * column_weights) @ heads.weight.to(weights.dtype)
 
 
 __all__ = ["LinearHeads", "closed_gramian", "closed_seed", "head_deltas", "read_linear_heads"]
