@@ -6,7 +6,8 @@ relate to the shared parameters:
 - :class:`LeafGradients`: the heads read per-task leaves of one batch's features ``z``. One
   backward pass through the heads gives every ``dL_t/dz`` (and each head's own gradient); the
   representation path takes their Gramian and sends ``sum_t w_t dL_t/dz`` through the trunk
-  once; the exact path pulls all of them back through the trunk at once (written out for a
+  once (with linear heads both in closed form, without forming them: :mod:`._heads`); the
+  exact path pulls all of them back through the trunk at once (written out for a
   chain of linear layers, a vmap otherwise) for the Jacobian.
 - :class:`LossGradients`: no leaves (a model without a representation, per-task batches, or
   the naive path): the Jacobian of the losses by one batched backward (``naive``: one per task).
