@@ -243,3 +243,77 @@ def test_dwa_weights_by_hand():
     ratio = np.array([2.0 / 4.0, 2.0 / 2.0])
     expected = 2 * np.exp(ratio / 2) / np.exp(ratio / 2).sum()
     np.testing.assert_allclose(objective.weights(torch.ones(2), None).numpy(), expected, rtol=1e-6)
+
+
+def _task_losses(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """T losses that share ``params`` through a nonlinear trunk, so every task's gradient
+    reaches every parameter along a different path."""
+    hidden = torch.tanh(x @ params[:-1])
+    return (hidden * params[-1] - x.sum(1, keepdim=True)).pow(2).mean(0) + params.square().sum()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 7),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    data=st.data(),
+)
+def test_linear_combiners_backward_is_the_gradient_of_the_combined_loss_bit_for_bit(
+    seed, n, dtype, data
+):
+    """Sum, Mean and Weighted backpropagate their weights straight into the loss vector; the
+    parameter gradients equal autograd's gradient of the combined loss exactly, with or without
+    absent tasks."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 3, generator=generator, dtype=dtype)
+    start = torch.randn(4, n, generator=generator, dtype=dtype)
+    present = data.draw(st.sets(st.integers(0, n - 1), min_size=1))
+    positions = None if len(present) == n else tuple(sorted(present))
+    weights = [float(w) for w in torch.rand(n, generator=generator) + 0.1]
+    for objective in (pt.Sum(), pt.Mean(), pt.Weighted(weights)):
+        objective = bound(objective, n)
+        assert objective.linear
+        params = start.clone().requires_grad_(True)
+        losses = _task_losses(params, x)
+        losses = losses if positions is None else losses[list(positions)]
+        combined = objective.combine(losses, positions)
+        (expected,) = torch.autograd.grad(combined, params, retain_graph=True)
+        step = objective.backward(losses, positions)
+        assert torch.equal(params.grad, expected), type(objective).__name__
+        assert torch.equal(step.value, combined.detach())
+        present_weights = step.weights[list(present)]
+        assert torch.equal(present_weights, objective.weights(losses.detach(), combined, positions))
+        absent = [t for t in range(n) if t not in present]
+        assert not step.weights[absent].any()
+
+
+def test_a_subclass_that_changes_the_combination_is_not_linear_unless_it_says_so():
+    class Squared(pt.Sum):
+        def combine(self, losses, positions=None):
+            return losses.square().sum()
+
+    class Declared(pt.Sum):
+        linear = True
+
+        def weights(self, losses, value, positions=None):
+            return torch.ones_like(losses)
+
+    assert pt.Sum.linear and not Squared.linear and Declared.linear
+    params = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    losses = params * torch.tensor([1.0, 2.0, 3.0])
+    objective = bound(Squared(), 3)
+    (expected,) = torch.autograd.grad(objective.combine(losses), params, retain_graph=True)
+    objective.backward(losses)
+    torch.testing.assert_close(params.grad, expected)  # 2 * loss_t * c_t, not c_t
+    assert not torch.equal(expected, torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_a_linear_combiner_with_a_penalty_backpropagates_both():
+    params = torch.tensor([0.5, -1.0], requires_grad=True)
+    losses = params.square()
+    penalty = 3.0 * params.sum()
+    objective = bound(pt.Mean(), 2)
+    step = objective.backward(losses, penalty=penalty)
+    torch.testing.assert_close(params.grad, params.detach() + 3.0)
+    torch.testing.assert_close(step.value, losses.detach().mean() + penalty.detach())

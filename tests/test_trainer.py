@@ -383,6 +383,49 @@ def test_a_custom_optimizer_and_scheduler_take_effect(hetero_splits):
     assert history["lr"][2] == pytest.approx(0.001)
 
 
+class _StepGradients(pt.Callback):
+    """Each step's gradient of the mean loss, taken before the backward, against ``.grad``
+    after it: a gradient left over from the previous step would show as a difference."""
+
+    def __init__(self) -> None:
+        self.expected, self.got = [], []
+
+    def on_before_backward(self, state, losses, positions):
+        params = [p for p in state.model.parameters() if p.requires_grad]
+        self.expected.append(torch.autograd.grad(losses.mean(), params, retain_graph=True))
+
+    def on_before_optimizer_step(self, state):
+        self.got.append([p.grad.clone() for p in state.model.parameters() if p.requires_grad])
+
+
+def test_each_step_starts_from_cleared_gradients_and_a_custom_zero_grad_is_kept(hetero_splits):
+    train, stop, _ = hetero_splits
+    log = _StepGradients()
+    fit(train, stop, objective="mean", max_epochs=2, callbacks=[log])
+    assert len(log.got) > 2
+    for expected, got in zip(log.expected, log.got, strict=True):
+        for a, b in zip(expected, got, strict=True):
+            torch.testing.assert_close(b, a)
+
+    cleared = []
+
+    class CountingSGD(torch.optim.SGD):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            cleared.append(set_to_none)
+            super().zero_grad(set_to_none)
+
+    log = _StepGradients()
+    fit(
+        train,
+        stop,
+        objective="mean",
+        optimizer=lambda params: CountingSGD(params, lr=0.01),
+        max_epochs=1,
+        callbacks=[log],
+    )
+    assert cleared == [True] * len(log.got)
+
+
 def test_gradient_clipping_bounds_the_step(hetero_splits):
     train, stop, _ = hetero_splits
     model = small_model()

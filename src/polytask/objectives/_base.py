@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -161,6 +161,19 @@ class LossObjective(Objective):
     """True when the combination has no learned or moving part: early stopping then watches
     the combined loss itself (what Keras's ``val_loss`` does)."""
 
+    linear: ClassVar[bool] = False
+    """True when ``combine`` is ``sum_t w_t * loss_t`` with weights that do not depend on the
+    losses and :meth:`weights` returns exactly those ``w_t`` (Sum, Mean, Weighted): the
+    backward pass then starts at the loss vector with the weights as its gradient, which is
+    the gradient of the combined loss bit for bit, without the combination's autograd node. A
+    subclass that overrides ``combine`` or ``weights`` is not linear unless it says so."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "linear" not in own and ("combine" in own or "weights" in own):
+            cls.linear = False
+
     def value(self, losses: Tensor) -> Tensor:
         if self.fixed_form:
             return self.combine(self.stack(losses))
@@ -189,6 +202,12 @@ class LossObjective(Objective):
         (structured terms) joins the combined loss in the same backward pass; ``features`` is
         accepted for a uniform call and not read."""
         losses = self.stack(losses, positions)
+        if self.linear and penalty is None:
+            detached = losses.detach()  # no graph for the value: no weight is learned
+            value = self.combine(detached, positions)
+            weights = self.weights(detached, value, positions)
+            losses.backward(weights)
+            return Step(value, self._scatter(weights, positions))
         combined = self.combine(losses, positions)
         total = combined if penalty is None else combined + penalty
         drawn = None

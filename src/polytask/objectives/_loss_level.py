@@ -28,6 +28,7 @@ class Sum(LossObjective):
     """
 
     fixed_form = True
+    linear = True
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.Sum()
@@ -52,6 +53,7 @@ class Mean(LossObjective):
     """
 
     fixed_form = True
+    linear = True
 
     def _on_bind(self) -> None:
         self.scalarizer = scalarization.Mean()
@@ -81,6 +83,7 @@ class Weighted(LossObjective):
     """
 
     fixed_form = True
+    linear = True
 
     def __init__(self, weights: Mapping[str, float] | Sequence[float]) -> None:
         super().__init__()

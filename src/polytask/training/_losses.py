@@ -63,6 +63,8 @@ class LossPlan:
         # what the heads read in a training step (the engine's split)
         self.split = split
         self.representation = has_representation(model)
+        # looked up once: a module's missing attribute costs an exception on every step
+        self.regularized = callable(getattr(model, "regularization", None))
         self.columnar = (
             not self.terms
             and isinstance(source, SharedSource)
@@ -102,13 +104,13 @@ class LossPlan:
 
     def losses(self, model: nn.Module, batch: Batch, training: bool = False) -> StepLosses:
         """The losses of the tasks present in ``batch`` (see :meth:`_losses`), with the model's
-        own penalty in a training step when it has one (``regularization(x)``)."""
+        own penalty in a training step when it has one (``regularization(x)``, looked up when
+        the plan is made)."""
         step = self._losses(model, batch, training)
-        regularize = getattr(model, "regularization", None)
-        if not (training and callable(regularize)):
+        if not (training and self.regularized):
             return step
         inputs = [batch.x] if isinstance(batch, SharedBatch) else [p.x for p in batch.parts]
-        penalty = sum(regularize(x) for x in inputs)
+        penalty = sum(model.regularization(x) for x in inputs)
         return step._replace(regularization=penalty)
 
     def _losses(self, model: nn.Module, batch: Batch, training: bool) -> StepLosses:

@@ -285,6 +285,21 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def _grad_clearer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """``optimizer.zero_grad(set_to_none=True)``: for torch's own implementation the same loop
+    over the parameters without its per-call profiler scope and grouping, about 25 us a step
+    on a CPU; an optimizer with its own ``zero_grad`` keeps it."""
+    if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
+        return lambda: optimizer.zero_grad(set_to_none=True)
+
+    def clear() -> None:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+
+    return clear
+
+
 class _StepModule(nn.Module):
     """A step's forward pass (batch -> task losses) as a module, so that DDP wraps it: its
     hooks then all-reduce the gradients of the ordinary backward that follows."""
@@ -882,6 +897,7 @@ class Trainer:
             scaler.scale(torch.ones((), device=device))  # creates the scale tensor
             state.scaler = scaler
         learns_after_step = type(objective).after_step is not Objective.after_step
+        clear_grads = _grad_clearer(optimizer)
         step_tensors: dict = {}
         for callback in callbacks:
             callback.on_fit_start(state)
@@ -913,7 +929,7 @@ class Trainer:
                         state.features = features
                         for callback in callbacks:
                             callback.on_before_backward(state, losses, positions)
-                        optimizer.zero_grad(set_to_none=True)
+                        clear_grads()
                         extra = terms if penalty is None else _with(terms, penalty)
                         step = engine.backward(
                             losses,
@@ -939,16 +955,10 @@ class Trainer:
                             engine.after_step(
                                 lambda b=batch, f=factor: self._recompute(model, plan, b, f)
                             )
-                        totals.add(
-                            losses.detach(),
-                            positions,
-                            batch.counts,
-                            step.value,
-                            step.weights,
-                            terms,
-                        )
+                        losses = losses.detach()
+                        totals.add(losses, positions, batch.counts, step.value, step.weights, terms)
                         state.step += 1
-                        state.last_losses, state.last_positions = losses.detach(), positions
+                        state.last_losses, state.last_positions = losses, positions
                         state.last_weights = step.weights
                         for callback in callbacks:
                             callback.on_step_end(state)
