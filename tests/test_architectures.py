@@ -128,6 +128,13 @@ def test_shared_and_owned_parameters_match_the_graph(arch):
         if isinstance(owner, list):  # one task per row: row t reaches task t only
             assert pid not in upstream and owner == list(model.task_names)
     assert upstream == shared  # the features depend on exactly the shared parameters
+    # the public per-task lists cover what is not shared: each owned parameter is in its
+    # task's list (a parameter divided by rows, in every task's)
+    for pid, owner in owners.items():
+        for task in [owner] if isinstance(owner, str) else owner:
+            assert pid in {id(p) for p in model.task_parameters(task)}
+    listed = {id(p) for t in model.task_names for p in model.task_parameters(t)}
+    assert listed == set(owners)
 
 
 def test_mmoe_gates_are_task_parameters_and_experts_shared():
@@ -205,6 +212,85 @@ def test_tied_experts_are_refused():
     fresh = ExpertList([nn.Sequential(nn.Linear(3, 4), nn.ReLU()) for _ in range(3)])
     model = MMoE(3, ["a", "b"], experts=fresh)
     assert model.n_experts == 3 and model(torch.randn(2, 3))["a"].shape == (2, 1)
+
+
+def _tower_pair(width):
+    """Two towers that share their first layer."""
+    layer = nn.Linear(width, 3)
+    return {"a": nn.Sequential(layer, nn.ReLU(), nn.Linear(3, 1)), "b": nn.Sequential(layer)}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: MMoE(3, ["a", "b"], expert_hidden=[4], towers=_tower_pair(4)),
+            r"'towers.a.0.weight' belongs to the own parts of tasks 'a' and 'b'",
+        ),
+        (
+            lambda: DSelectK(3, ["a", "b"], n_experts=2, expert_hidden=[4], towers=_tower_pair(4)),
+            "own parts of tasks 'a' and 'b'",
+        ),
+        (
+            lambda: CrossStitch(3, ["a", "b"], hidden=[4], towers=_tower_pair(4)),
+            "own parts of tasks 'a' and 'b'",
+        ),
+        (
+            lambda: CGC(
+                3,
+                ["a", "b"],
+                shared_experts=BatchedExperts(2, 3, [4]),
+                task_experts=dict.fromkeys("ab", BatchedExperts(1, 3, [4])),
+            ),
+            "own parts of tasks 'a' and 'b'",
+        ),
+    ],
+)
+def test_a_module_given_to_two_tasks_is_refused(make, message):
+    """A gradient method credits a task's own parameter to that task alone: a module two tasks
+    both own would get one task's update only, silently."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_shared_module_given_as_a_task_part_is_refused():
+    shared = BatchedExperts(2, 3, [4])
+    with pytest.raises(ValueError, match="both a shared part and task 'a'"):
+        CGC(
+            3,
+            ["a", "b"],
+            shared_experts=shared,
+            task_experts={"a": shared, "b": BatchedExperts(1, 3, [4])},
+        )
+
+
+def test_gradnorm_reads_every_column_of_cross_stitch():
+    """The shared parameters nearest the outputs of a cross-stitch model are the last layers of
+    all the columns: GradNorm measures each task's gradient on all of them, not on one task's
+    column only."""
+    model = CrossStitch(3, ["a", "b", "c"], hidden=[6, 5], seed=0)
+    engine = pt.GradientEngine(model, pt.GradNorm())
+    x, g = torch.randn(8, 3), torch.Generator().manual_seed(0)
+    targets = {t: torch.randn(8, 1, generator=g) for t in model.task_names}
+    engine.backward(_losses(engine.forward(x), targets))
+    expected = [p for t in model.task_names for p in model.columns[t][-1].parameters()]
+    assert {id(p) for p in engine._last} == {id(p) for p in expected}
+
+
+def test_gate_monitor_reads_a_float64_model():
+    model = MMoE(4, ["a", "b"], n_experts=3, expert_hidden=[8]).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=g, dtype=torch.float64)
+    data = pt.MultiTargetData(
+        x, {t: torch.randn(32, generator=g, dtype=torch.float64) for t in "ab"}
+    )
+    monitor = pt.training.GateMonitor(x[:8])
+    history = pt.Trainer(max_epochs=2, quiet=True, device="cpu", callbacks=[monitor]).fit(
+        model, pt.regression_tasks(["a", "b"]), data, data
+    )
+    assert len(history.records) == 2
+    for record in history.records:
+        assert sum(record[f"gate/a/{e}"] for e in range(3)) == pytest.approx(1.0)
 
 
 # --- gates -----------------------------------------------------------------------------------
@@ -502,6 +588,7 @@ def _two_sets():
             "give width 5, the shared experts 4",
         ),
         (lambda: MMoE(3, ["a", "b"], experts=nn.Linear(3, 4)), r"expected \(2, n_experts, width\)"),
+        (lambda: MMoE(3, {"a": True, "b": 1}), r"task 'a' needs an output width >= 1, got True"),
     ],
 )
 def test_bad_configuration_is_refused_at_construction(make, message):

@@ -539,18 +539,21 @@ class GradientEngine:
         return found
 
     def _last_layer(self, features: TaskFeatures | None, values: Tensor) -> list[Tensor]:
-        """The parameters of the module that owns the shared parameters nearest the outputs."""
+        """The shared parameters of the modules that own the shared parameters nearest the
+        outputs: the last shared layer (one per column for cross-stitch, whose columns'
+        last layers are all that near)."""
         if self._last is None:
             root = features.z if features is not None else values
             ids = {id(p) for p in self._shared}
             nearest = nearest_parameters([root], ids)
             if not nearest:
                 raise ValueError(f"{type(self.method).__name__}: no shared layer feeds the losses")
+            last: list[Tensor] = []
             for module in self.model.modules():
                 own = [p for p in module.parameters(recurse=False) if id(p) in ids]
                 if any(id(p) in nearest for p in own):
-                    self._last = own
-                    break
+                    last.extend(p for p in own if all(p is not q for q in last))
+            self._last = last
         return self._last
 
     def _watch_learned(self) -> None:

@@ -122,6 +122,7 @@ class CrossStitch(_Routed):
         self.units = nn.ParameterList([nn.Parameter(start.clone()) for _ in range(depth)])
         self.in_features, self.width, self.alpha_same = in_features, width, alpha_same
         self.towers = build_towers(name, sizes, towers, width, tower_hidden, activation, generator)
+        self._refuse_tied_parts()
 
     def _check_columns(self, columns: Mapping[str, Sequence[nn.Module]]) -> dict:
         name = type(self).__name__
@@ -209,7 +210,12 @@ class CrossStitch(_Routed):
         owners[id(self.units[-1])] = list(self.task_names)
         return owners
 
-    def _owned(self) -> dict[str, list[nn.Module]]:
+    def _owned(self) -> dict[str, list[nn.Module | list[nn.Parameter]]]:
+        # the last unit's row t is task t's: the unit is in every task's parameters, as a
+        # shared head layer is (see parameter_owners)
+        return {t: [self.towers[t], [self.units[-1]]] for t in self.task_names}
+
+    def _exclusive(self) -> dict[str, list[nn.Module | list[nn.Parameter]]]:
         return {t: [self.towers[t]] for t in self.task_names}
 
 

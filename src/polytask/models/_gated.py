@@ -65,7 +65,7 @@ def task_sizes(tasks: TaskSpec, owner: str) -> dict[str, int | None]:
         )
     sizes: dict[str, int | None] = {}
     for name, size in items:
-        if size is not None and (not isinstance(size, int) or size < 1):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"{owner}: task {name!r} needs an output width >= 1, got {size!r}")
         sizes[name] = size
     return sizes
@@ -314,6 +314,32 @@ class _Routed(nn.Module):
     def _owned(self) -> dict[str, list[nn.Module | Iterable[nn.Parameter]]]:
         raise NotImplementedError
 
+    def _exclusive(self) -> dict[str, list[nn.Module | Iterable[nn.Parameter]]]:
+        """What each task reaches alone (by default its :meth:`_owned` parts)."""
+        return self._owned()
+
+    def _refuse_tied_parts(self) -> None:
+        """Refuse a module given to two tasks, or to a task and the shared part: a gradient
+        method would credit its gradient to one task only (wrong updates, no error)."""
+        name = type(self).__name__
+        shared = {id(p) for p in self.shared_parameters()}
+        path = {id(p): n for n, p in self.named_parameters()}
+        first: dict[int, str] = {}
+        for task, parts in self._exclusive().items():
+            for p in params(*parts):
+                if id(p) in shared:
+                    raise ValueError(
+                        f"{name}: parameter {path[id(p)]!r} is both a shared part and task "
+                        f"{task!r}'s own (one module given as both); give the task a module "
+                        "of its own"
+                    )
+                other = first.setdefault(id(p), task)
+                if other != task:
+                    raise ValueError(
+                        f"{name}: parameter {path[id(p)]!r} belongs to the own parts of tasks "
+                        f"{other!r} and {task!r} (one module given to both); build one per task"
+                    )
+
     def parameter_owners(self) -> dict[int, str]:
         """Each task-specific parameter's task, by parameter id."""
         owners: dict[int, str] = {}
@@ -323,7 +349,8 @@ class _Routed(nn.Module):
         return owners
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """The parameters only ``task`` reaches."""
+        """The parameters only ``task`` reaches (with cross-stitch's last unit, whose row
+        ``t`` is task ``t``'s)."""
         self._check_task(task)
         return params(*self._owned()[task])
 
@@ -472,6 +499,7 @@ class MMoE(_Routed):
             {t: linear_gate(in_features, n_experts, generator) for t in self.task_names}
         )
         self.towers = build_towers(name, sizes, towers, width, tower_hidden, activation, generator)
+        self._refuse_tied_parts()
 
     def _features(self, x: Tensor) -> Tensor:
         return self.experts(x)
@@ -630,6 +658,7 @@ class PLE(_Routed):
         self.shared_gates = nn.ModuleList(shared_gates)
         self.n_shared, self._last_in = n_sh, last_in
         self.towers = build_towers(name, sizes, towers, width, tower_hidden, activation, generator)
+        self._refuse_tied_parts()
 
     # one extraction level below the last: the task outputs and the shared output
     def _level(
@@ -970,6 +999,7 @@ class DSelectK(_Routed):
             }
         )
         self.towers = build_towers(name, sizes, towers, width, tower_hidden, activation, generator)
+        self._refuse_tied_parts()
 
     def _features(self, x: Tensor) -> Tensor:
         return self.experts(x)

@@ -100,12 +100,13 @@ class GateMonitor(Callback):
 
     def weights(self, model: torch.nn.Module) -> dict[str, list[float]]:
         """Task -> mean gate weight per expert over the rows of :attr:`x`."""
-        device = next(model.parameters()).device
+        param = next(model.parameters())
+        dtype = param.dtype if param.is_floating_point() else self.x.dtype
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                gates = model.gate_weights(self.x.to(device))
+            with torch.no_grad():  # the model's device and dtype (a float64 model reads float64)
+                gates = model.gate_weights(self.x.to(param.device, dtype))
         finally:
             model.train(was_training)
         return {task: w.mean(dim=0).tolist() for task, w in gates.items()}
