@@ -92,6 +92,19 @@ WORKER = textwrap.dedent(
         pt.Trainer("mean", batch_size=16, max_epochs=1, patience=None, quiet=True,
                    device="cpu").fit(model, [pt.Task(f"t{i}") for i in range(3)],
                                      data("shared"), data("shared"))
+        # a resumed fit with dropout: each process gets its own RNG stream back
+        def dropout_fit(epochs, folder):
+            torch.manual_seed(0)  # the heads' initial weights
+            model = build()
+            model = pt.MultiTaskModel(nn.Sequential(model.trunk, nn.Dropout(0.5)),
+                                      dict(model.heads.items()))
+            pt.Trainer("mean", batch_size=16, max_epochs=epochs, patience=None, quiet=True,
+                       device="cpu", checkpoint=folder).fit(
+                model, [pt.Task(f"t{i}") for i in range(3)], data("shared"), data("shared"))
+            return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        straight = dropout_fit(3, f"{out}/straight")
+        dropout_fit(1, f"{out}/resumed")
+        resumed = dropout_fit(3, f"{out}/resumed")
         refused = {}
         for method, kind in (("mean", "masked"), ("pcgrad", "batchnorm")):
             d = data("shared")
@@ -109,7 +122,7 @@ WORKER = textwrap.dedent(
             except ValueError as error:
                 refused[f"{method} {kind}"] = str(error)
         torch.save({"results": results, "refused": refused, "world": world_size(),
-                    "mask": masks[0]},
+                    "mask": masks[0], "resume": (straight, resumed)},
                    f"{out}/rank{rank()}.pt")
         if is_main_process():
             with open(f"{out}/report.jsonl", "a") as report:
@@ -221,6 +234,15 @@ def test_each_process_draws_its_own_dropout_masks(launched):
     assert first.shape == second.shape == (8, 8)
     assert 0 < int(first.sum()) < first.numel() and 0 < int(second.sum()) < second.numel()
     assert not torch.equal(first, second)
+
+
+def test_a_resumed_fit_gives_each_process_its_own_random_stream_back(launched):
+    """With dropout, one epoch then a resume to three equals three epochs straight, on every
+    process: the checkpoint holds each process's RNG state, not rank 0's for all."""
+    _, ranks = launched
+    for rank in ranks:
+        straight, resumed = rank["resume"]
+        assert torch.equal(straight, resumed)
 
 
 def test_a_crashed_process_ends_the_others_with_an_error(tmp_path):

@@ -148,6 +148,18 @@ def test_precision_is_checked_and_refused_with_the_reason(tmp_path):
 def test_float16_fit_resumes_its_scaler_and_refuses_another_precision(tmp_path):
     data = _data(64)
     tasks = [pt.Task(f"t{i}") for i in range(3)]
+    scales = []
+
+    class FirstScale(pt.Callback):
+        """The loss scale of each fit's first step."""
+
+        def on_fit_start(self, state):
+            self.first = True
+
+        def on_before_backward(self, state, losses, positions):
+            if self.first:
+                scales.append(state.scaler.get_scale())
+                self.first = False
 
     def trainer(precision, epochs):
         return pt.Trainer(
@@ -158,13 +170,18 @@ def test_float16_fit_resumes_its_scaler_and_refuses_another_precision(tmp_path):
             device="cpu",
             precision=precision,
             checkpoint=tmp_path,
+            callbacks=[FirstScale()],
         )
 
     trainer("16-mixed", 2).fit(_model(), tasks, data, data)
     saved = torch.load(tmp_path / "last.pt", weights_only=False)
     assert saved["fingerprint"]["precision"] == "16-mixed"
     assert saved["scaler"]["scale"] > 0
+    # a scale no fresh scaler starts from: the resumed fit's first step must run at it
+    saved["scaler"]["scale"] = 1024.0
+    torch.save(saved, tmp_path / "last.pt")
     history = trainer("16-mixed", 3).fit(_model(), tasks, data, data)
     assert history["epoch"] == [1, 2, 3]
+    assert scales == [2.0**16, 1024.0]
     with pytest.raises(ValueError, match="precision: 16-mixed -> bf16-mixed"):
         trainer("bf16-mixed", 3).fit(_model(), tasks, data, data)

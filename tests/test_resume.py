@@ -156,5 +156,114 @@ def test_resuming_with_other_callbacks_is_refused_naming_them(hetero_splits, tmp
     trainer = pt.Trainer(
         "mean", max_epochs=2, quiet=True, device="cpu", checkpoint=tmp_path, callbacks=[monitor]
     )
-    with pytest.raises(ValueError, match=r"3 callbacks, this fit has 4 .*'GradientMonitor'"):
+    with pytest.raises(ValueError, match=r"'BestWeights'\], this fit has \[.*'GradientMonitor'"):
         trainer.fit(small_model(), TASKS, train, stop)
+
+
+def _first_epoch(tmp_path, train, stop, model=None, **options):
+    settings = {"max_epochs": 1, "quiet": True, "device": "cpu", "checkpoint": tmp_path}
+    pt.Trainer("mean", **{**settings, **options}).fit(model or small_model(), TASKS, train, stop)
+
+
+def _resume(tmp_path, train, stop, model=None, **options):
+    settings = {"max_epochs": 2, "quiet": True, "device": "cpu", "checkpoint": tmp_path}
+    return pt.Trainer("mean", **{**settings, **options}).fit(
+        model or small_model(), TASKS, train, stop
+    )
+
+
+def test_an_optimizer_factory_with_other_settings_is_refused(hetero_splits, tmp_path):
+    """A partial or a closure names the same factory with another learning rate: the optimizer
+    it builds is compared, not only its name (its old settings would be loaded silently)."""
+    import functools
+
+    train, stop, _ = hetero_splits
+    _first_epoch(tmp_path, train, stop, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    with pytest.raises(
+        ValueError, match=r"optimizer: partial\(.*lr=0\.1\) -> partial\(.*lr=0\.001"
+    ):
+        _resume(tmp_path, train, stop, optimizer=functools.partial(torch.optim.SGD, lr=0.001))
+    with pytest.raises(ValueError, match="optimizer: partial"):  # SGD -> Adam: not a KeyError
+        _resume(tmp_path, train, stop, optimizer=functools.partial(torch.optim.Adam))
+
+    def factory(rate):  # the same code for both fits: only the object it closes over differs
+        config = {"lr": rate}
+        return lambda params: torch.optim.SGD(params, **config)
+
+    other = tmp_path / "closure"
+    _first_epoch(other, train, stop, optimizer=factory(0.1))
+    with pytest.raises(
+        ValueError, match=r"optimizer settings: SGD .*'lr': 0\.1.* -> SGD .*'lr': 0\.5"
+    ):
+        _resume(other, train, stop, optimizer=factory(0.5))
+    # the same settings resume, and the scheduler's moved rate is no difference
+    halving = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # noqa: E731
+    third = tmp_path / "scheduled"
+    _first_epoch(third, train, stop, optimizer=factory(0.1), scheduler=halving)
+    history = _resume(third, train, stop, optimizer=factory(0.1), scheduler=halving)
+    assert history["lr"] == pytest.approx([0.1, 0.05])
+
+
+def test_other_data_past_the_first_rows_is_refused(hetero_splits, tmp_path):
+    train, stop, _ = hetero_splits
+    _first_epoch(tmp_path, train, stop)
+    assert len(stop) > 300
+    changed = stop.targets["task2"].clone()
+    changed[-1] += 1.0  # the last row only
+    edited = pt.MultiTargetData(stop.x, {**stop.targets, "task2": changed})
+    with pytest.raises(ValueError, match="data: "):
+        _resume(tmp_path, train, edited)
+    shorter = pt.MultiTargetData(stop.x[:300], {t: y[:300] for t, y in stop.targets.items()})
+    with pytest.raises(
+        ValueError, match=rf"rows: \[{len(train)}, {len(stop)}\] -> \[{len(train)}, 300\]"
+    ):
+        _resume(tmp_path, train, shorter)
+
+
+def test_a_model_of_another_structure_with_the_same_shapes_is_refused(hetero_splits, tmp_path):
+    train, stop, _ = hetero_splits
+    _first_epoch(tmp_path, train, stop)
+    model = small_model()
+    model.trunk[1] = nn.Tanh()  # ReLU -> Tanh: no parameter changes shape
+    assert isinstance(small_model().trunk[1], nn.ReLU)
+    with pytest.raises(ValueError, match="structure: "):
+        _resume(tmp_path, train, stop, model=model)
+    with pytest.raises(ValueError, match="eval_batch_size: 8192 -> 100"):
+        _resume(tmp_path, train, stop, eval_batch_size=100)
+
+
+def test_monitors_records_survive_a_resume(hetero_splits, tmp_path):
+    train, stop, _ = hetero_splits
+
+    def monitors():
+        return [pt.training.GradientMonitor(every=5), pt.training.TaskMetricProbe(TASKS, stop, 7)]
+
+    straight = monitors()
+    pt.Trainer("mean", max_epochs=2, quiet=True, device="cpu", callbacks=straight).fit(
+        small_model(), TASKS, train, stop
+    )
+    _first_epoch(tmp_path, train, stop, callbacks=monitors())
+    resumed = monitors()
+    _resume(tmp_path, train, stop, callbacks=resumed)
+    for a, b in zip(straight, resumed, strict=True):
+        assert len(a.records) > 2 and a.records[0]["epoch"] == 1
+        assert b.records == a.records
+
+
+def test_an_unreadable_checkpoint_or_a_lower_max_epochs_is_refused_clearly(hetero_splits, tmp_path):
+    train, stop, _ = hetero_splits
+    pt.Trainer("mean", max_epochs=2, quiet=True, device="cpu", checkpoint=tmp_path).fit(
+        small_model(), TASKS, train, stop
+    )
+    with pytest.raises(ValueError, match="at epoch 2, past max_epochs=1"):
+        pt.Trainer("mean", max_epochs=1, quiet=True, device="cpu", checkpoint=tmp_path).fit(
+            small_model(), TASKS, train, stop
+        )
+    path = tmp_path / "last.pt"
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # an ordinary file's mode
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=rf"the checkpoint {path} cannot be read"):
+        _resume(tmp_path, train, stop)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"the checkpoint {path} cannot be read"):
+        _resume(tmp_path, train, stop)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._distributed import is_main_process
+from ._distributed import is_distributed, is_main_process
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -62,6 +62,28 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _gathered_rng_states() -> list[dict[str, Any]] | None:
+    """Every process's global RNG states, in rank order, on every process of a data-parallel
+    fit (None in one process)."""
+    if not is_distributed():
+        return None
+    import torch.distributed as dist
+
+    cuda = (
+        torch.cuda.get_rng_state(torch.cuda.current_device()) if torch.cuda.is_available() else None
+    )
+    own = {"torch": torch.get_rng_state(), "cuda": cuda}
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, own)
+    return states
 
 
 def _better(mode: str, value: float, best: float) -> bool:
@@ -254,6 +276,8 @@ class Checkpoint(Callback):
     def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
         if state.epoch % self.every:
             return
+        # each process draws its own dropout stream: rank 0 saves every process's state
+        ranks = _gathered_rng_states()
         if not is_main_process():  # a data-parallel fit: rank 0 writes, for every process
             self.saved_epochs.append(state.epoch)
             return
@@ -270,9 +294,13 @@ class Checkpoint(Callback):
             "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
             "history": state.history.to_dict(),
             "callbacks": [c.state_dict() for c in state.callbacks if not isinstance(c, Checkpoint)],
+            "callback_types": [
+                type(c).__qualname__ for c in state.callbacks if not isinstance(c, Checkpoint)
+            ],
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": cuda,
+                "ranks": ranks,
                 "shuffle": None if state.shuffle is None else state.shuffle.get_state(),
             },
             "stop_reason": state.stop_reason,
@@ -282,7 +310,11 @@ class Checkpoint(Callback):
         handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(handle)
         try:
-            torch.save(payload, temporary)
+            with open(temporary, "wb") as file:
+                torch.save(payload, file)
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 -> an ordinary file's mode
             os.replace(temporary, self.path)
         finally:
             if os.path.exists(temporary):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -100,6 +101,13 @@ class GradientMonitor(Callback):
         """One row per monitored step: ``step, epoch, norm/<layer>..., cos/<a>|<b>...``."""
         return pd.DataFrame(self.records)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The records so far: a resumed fit continues them."""
+        return {"records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = [dict(r) for r in state["records"]]
+
 
 class TaskMetricProbe(Callback):
     """Every ``every`` steps, evaluates some tasks on held-out data and notes which tasks the
@@ -123,6 +131,13 @@ class TaskMetricProbe(Callback):
 
     def on_fit_start(self, state: FitState) -> None:
         self.records = []  # one fit's records: steps restart at each fit
+
+    def state_dict(self) -> dict[str, Any]:
+        """The records so far: a resumed fit continues them."""
+        return {"records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = [dict(r) for r in state["records"]]
 
     def on_step_end(self, state: FitState) -> None:
         if state.step % self.every:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import os
@@ -31,6 +32,7 @@ from ._losses import LossPlan
 from ._progress import EpochProgress
 from ._sources import (
     PerTaskBatch,
+    PerTaskSource,
     SharedBatch,
     SharedSource,
     Source,
@@ -104,12 +106,49 @@ class FitState:
 
 
 def _qualified(factory: Any) -> str:
-    """A factory's name for the fingerprint (a lambda compares by its source location)."""
+    """A factory's name for the fingerprint: a function by its source location and the plain
+    values it closes over, a ``functools.partial`` by its function and arguments."""
     if factory is None:
         return "default"
+    if isinstance(factory, functools.partial):
+        arguments = [repr(a) for a in factory.args]
+        arguments += [f"{k}={v!r}" for k, v in sorted(factory.keywords.items())]
+        return f"partial({_qualified(factory.func)}, {', '.join(arguments)})"
     code = getattr(factory, "__code__", None)
     where = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
-    return f"{getattr(factory, '__qualname__', type(factory).__qualname__)}{where}"
+    closed = [c.cell_contents for c in getattr(factory, "__closure__", None) or ()]
+    plain = [repr(v) for v in closed if isinstance(v, int | float | str | bool | tuple)]
+    over = f" with {', '.join(plain)}" if plain else ""
+    return f"{getattr(factory, '__qualname__', type(factory).__qualname__)}{where}{over}"
+
+
+def _optimizer_settings(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer's class and each group's hyperparameters as built (before a scheduler
+    moves the learning rate): what a factory that closes over a variable set."""
+    groups = []
+    for group in optimizer.param_groups:
+        values = {
+            k: (v.tolist() if isinstance(v, Tensor) else v)
+            for k, v in group.items()
+            if k != "params"
+        }
+        groups.append({"params": len(group["params"]), **dict(sorted(values.items()))})
+    return f"{type(optimizer).__qualname__} {groups}"
+
+
+def _refuse_another_configuration(path: Any, theirs: Mapping[str, Any], ours: Mapping[str, Any]):
+    """Refuse a checkpoint whose fingerprint differs from this fit's, naming what differs."""
+    differs = [
+        f"{key}: {theirs.get(key, '-')} -> {value}"
+        for key, value in ours.items()
+        if theirs.get(key) != value
+    ]
+    if differs:
+        raise ValueError(
+            f"the checkpoint {path} is from another configuration; "
+            + "; ".join(differs)
+            + " (remove it, or give another checkpoint folder)"
+        )
 
 
 def _resume_point(
@@ -167,25 +206,30 @@ def _read_resume_point(
     saves = [c for c in callbacks if isinstance(c, Checkpoint)]
     if not saves or not saves[0].path.exists():
         return None
-    saved = torch.load(saves[0].path, map_location=device, weights_only=False)
-    theirs = saved.get("fingerprint", {})
-    differs = [
-        f"{key}: {theirs.get(key, '-')} -> {value}"
-        for key, value in fingerprint.items()
-        if theirs.get(key) != value
-    ]
-    if differs:
+    path = saves[0].path
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # truncated, empty or not a checkpoint: name the file
         raise ValueError(
-            f"the checkpoint {saves[0].path} is from another configuration; "
-            + "; ".join(differs)
-            + " (remove it, or give another checkpoint folder)"
-        )
+            f"the checkpoint {path} cannot be read ({type(error).__name__}: {error}); remove "
+            "it to start afresh"
+        ) from error
+    if not isinstance(saved, dict) or "fingerprint" not in saved:
+        raise ValueError(f"{path} is not a polytask checkpoint; remove it to start afresh")
+    # the optimizer's settings are compared once it is built (see _loop)
+    ours = {k: v for k, v in fingerprint.items() if k != "optimizer settings"}
+    _refuse_another_configuration(path, saved["fingerprint"], ours)
     return saved
 
 
-def _restore(saved: dict[str, Any], state: FitState) -> int:
+def _restore(saved: dict[str, Any], state: FitState, max_epochs: int, rank: int = 0) -> int:
     """Put a fit's saved state back (after the callbacks' ``on_fit_start``); the first epoch
     to run."""
+    if saved["epoch"] > max_epochs:
+        raise ValueError(
+            f"the checkpoint is at epoch {saved['epoch']}, past max_epochs={max_epochs}: give "
+            f"max_epochs >= {saved['epoch']} to finish from it, or another checkpoint folder"
+        )
     state.optimizer.load_state_dict(saved["optimizer"])
     if state.scheduler is not None:
         state.scheduler.load_state_dict(saved["scheduler"])
@@ -193,16 +237,24 @@ def _restore(saved: dict[str, Any], state: FitState) -> int:
     state.history.records[:] = restored.records
     state.history.best_epoch = restored.best_epoch
     others = [c for c in state.callbacks if not isinstance(c, Checkpoint)]
-    if len(others) != len(saved["callbacks"]):
+    kinds = [type(c).__qualname__ for c in others]
+    if kinds != saved["callback_types"]:
         raise ValueError(
-            f"the checkpoint holds the state of {len(saved['callbacks'])} callbacks, this fit has "
-            f"{len(others)} ({[type(c).__name__ for c in others]}): resume with the same callbacks"
+            f"the checkpoint holds the state of the callbacks {saved['callback_types']}, this "
+            f"fit has {kinds}: resume with the same callbacks"
         )
     for callback, callback_state in zip(others, saved["callbacks"], strict=True):
         callback.load_state_dict(callback_state)
-    torch.set_rng_state(saved["rng"]["torch"].cpu())
-    if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in saved["rng"]["cuda"]])
+    ranks = saved["rng"].get("ranks")
+    if ranks is not None:  # a data-parallel fit: each process its own dropout stream
+        own = ranks[rank]
+        torch.set_rng_state(own["torch"].cpu())
+        if own["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(own["cuda"].cpu(), torch.cuda.current_device())
+    else:
+        torch.set_rng_state(saved["rng"]["torch"].cpu())
+        if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in saved["rng"]["cuda"]])
     state.shuffle.set_state(saved["rng"]["shuffle"].cpu())
     if state.scaler is not None and saved.get("scaler") is not None:
         state.scaler.load_state_dict(saved["scaler"])
@@ -213,6 +265,23 @@ def _restore(saved: dict[str, Any], state: FitState) -> int:
         state.history.stopped_early = True
         state.history.stop_reason = saved["stop_reason"]
     return saved["epoch"] + 1
+
+
+def _digest_tensor(digest: Any, tensor: Tensor | None) -> None:
+    """Add a tensor's shape and values (a sparse one's indices and values) to ``digest``."""
+    if tensor is None:
+        return
+    tensor = tensor.detach().cpu()
+    digest.update(repr((tuple(tensor.shape), str(tensor.dtype), str(tensor.layout))).encode())
+    if tensor.layout == torch.sparse_coo:
+        tensor = tensor.coalesce()
+        pieces = [tensor.indices(), tensor.values()]
+    elif tensor.layout == torch.sparse_csr:
+        pieces = [tensor.crow_indices(), tensor.col_indices(), tensor.values()]
+    else:
+        pieces = [tensor]
+    for piece in pieces:
+        digest.update(piece.contiguous().numpy().tobytes())
 
 
 def _route_hint(model: nn.Module) -> str:
@@ -693,7 +762,14 @@ class Trainer:
         if objective.terms:  # a term's shape errors surface here, before any step
             with torch.no_grad():
                 plan.losses(model, next(iter(train_source.chunks(2))))
-        fingerprint = self._fingerprint(model, objective, tasks, train_source, stop_source)
+        fingerprint = self._fingerprint(
+            model,
+            objective,
+            tasks,
+            train_source,
+            stop_source,
+            processes=1 if shard is None else shard.world,
+        )
         parallel = None
         if shard is not None:
             parallel = self._parallel(shard, model, objective, engine, plan, train_source)
@@ -803,22 +879,45 @@ class Trainer:
         return _Parallel(shard, reducer, runner)
 
     def _fingerprint(
-        self, model: nn.Module, objective: Objective, tasks: Sequence[Task], *sources: Source
+        self,
+        model: nn.Module,
+        objective: Objective,
+        tasks: Sequence[Task],
+        *sources: Source,
+        processes: int = 1,
     ) -> dict[str, Any]:
         """What a checkpoint must match: every setting that changes the fit's course (not
-        ``max_epochs``, so a finished fit can be extended), the model's parameter shapes, the
-        tasks and the data (sizes and a digest of the first rows of each split)."""
-        digest = hashlib.sha256()
+        ``max_epochs``, so a finished fit can be extended), the model's structure and parameter
+        shapes, the tasks, the number of processes and the data (each split's rows and a digest
+        of all of them, dense or sparse). Empty when the fit saves no checkpoint (the digest
+        reads every row). The optimizer's settings join once it is built."""
+        if not any(isinstance(c, Checkpoint) for c in self._callbacks()):
+            return {}
+        digest, rows = hashlib.sha256(), []
         for source in sources:
-            batch = next(iter(source.chunks(256)))
-            parts = [batch] if isinstance(batch, SharedBatch) else batch.parts
-            for part in parts:
-                for tensor in (part.x, part.y if isinstance(part.y, Tensor) else None):
-                    if tensor is not None and tensor.layout == torch.strided:
-                        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            if not isinstance(source, SharedSource | PerTaskSource):
+                # a loader's own sampler may shuffle: its rows cannot be read in a fixed order
+                rows.append("loaders")
+                continue
+            rows.append(len(source) if isinstance(source, SharedSource) else source.sizes())
+            for batch in source.chunks(self.eval_batch_size):
+                parts = [batch] if isinstance(batch, SharedBatch) else batch.parts
+                for part in parts:
+                    targets = part.y.values() if isinstance(part.y, Mapping) else [part.y]
+                    for tensor in (part.x, *targets):
+                        _digest_tensor(digest, tensor)
         settings = {
             name: repr(getattr(self, name))
-            for name in ("lr", "eps", "batch_size", "patience", "seed", "schedule")
+            for name in (
+                "lr",
+                "eps",
+                "batch_size",
+                "patience",
+                "seed",
+                "schedule",
+                "eval_batch_size",
+                "track_metrics",
+            )
         }
         settings.update(
             sparse_input=repr(self.sparse_input),
@@ -828,6 +927,9 @@ class Trainer:
             objective=repr(objective),
             tasks=repr([(t.name, t.kind, t.size) for t in tasks]),
             model=repr({k: tuple(v.shape) for k, v in model.state_dict().items()}),
+            structure=hashlib.sha256(repr(model).encode()).hexdigest()[:16],
+            processes=processes,
+            rows=repr(rows),
             data=digest.hexdigest()[:16],
             precision=self.precision,
         )
@@ -885,6 +987,15 @@ class Trainer:
             engine.follow_objective()  # a WithTerms' method is a new object now
         model_params = list(model.parameters())
         optimizer = self._make_optimizer([*model_params, *engine.parameters()], device)
+        if fingerprint:  # checkpointing: the settings the factory gave, before a scheduler
+            fingerprint["optimizer settings"] = _optimizer_settings(optimizer)
+            if saved is not None:
+                theirs = saved["fingerprint"]
+                _refuse_another_configuration(
+                    callbacks[-1].path,
+                    theirs,
+                    {"optimizer settings": fingerprint["optimizer settings"]},
+                )
         scheduler = None if self.scheduler is None else self.scheduler(optimizer)
         shuffle = torch.Generator().manual_seed(self.seed)
         state = FitState(
@@ -901,7 +1012,8 @@ class Trainer:
         step_tensors: dict = {}
         for callback in callbacks:
             callback.on_fit_start(state)
-        first_epoch = 1 if saved is None else _restore(saved, state)
+        rank = 0 if shard is None else shard.rank
+        first_epoch = 1 if saved is None else _restore(saved, state, self.max_epochs, rank)
         try:
             with EpochProgress(self.max_epochs, type(objective).__name__, self.quiet) as bar:
                 for epoch in range(first_epoch, self.max_epochs + 1):
