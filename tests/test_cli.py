@@ -231,6 +231,25 @@ def test_out_that_cannot_be_written_is_refused_before_training(capsys, no_traini
         assert "--out /proc/self cannot be written" in _one_line(capsys.readouterr().err)
 
 
+def test_compare_of_one_method_is_refused_before_training(tmp_path, capsys, no_training):
+    command = ["compare", *TINY_RUN[1:], "--device", "cpu", "--out", str(tmp_path / "o")]
+    assert main([*command, "--methods", "mse"]) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert "compare needs two methods (or models) or more, got ['mse']" in error
+
+
+def test_a_report_of_the_baseline_alone_is_refused(tmp_path):
+    from polytask.experiments import Store, replicate, write_comparison_report
+
+    experiment = SyntheticExperiment(
+        n=200, n_tasks=2, max_epochs=1, methods=("mse",), baseline="mse", device="cpu"
+    )
+    store = Store(tmp_path / "results.sqlite")
+    replicate(experiment, 1, store=store, quiet=True)
+    with pytest.raises(ValueError, match="holds the baseline 'mse' only: nothing to compare"):
+        write_comparison_report(store, tmp_path / "report")
+
+
 def test_store_that_is_not_sqlite_is_refused_before_training(tmp_path, capsys, no_training):
     store = tmp_path / "notes.txt"
     store.write_text("my notes\n")

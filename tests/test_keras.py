@@ -69,6 +69,8 @@ def test_targets_that_would_broadcast_are_refused(loss, targets):
         getattr(ptk, loss)()(y_true, y_pred)
     one_column = getattr(ptk, loss)()(np.zeros(32, np.float32), y_pred[:, :1])
     assert float(keras.ops.convert_to_numpy(one_column)) == pytest.approx(1.0)  # still works
+    flat = getattr(ptk, loss)()(np.zeros(32, np.float32), y_pred[:, 0])  # (32,) and (32,)
+    assert float(keras.ops.convert_to_numpy(flat)) == pytest.approx(1.0)
 
 
 def test_all_zero_weights_are_refused_in_keras_and_torch():

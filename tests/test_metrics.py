@@ -90,6 +90,26 @@ def test_multilabel_metrics_skip_each_missing_label(rng):
     assert complete["accuracy"] == pytest.approx(skm.accuracy_score(full, predicted))
 
 
+def test_a_label_unknown_in_the_whole_split_is_left_out_of_macro_f1(rng):
+    task = pt.Task("m", kind="multilabel", size=3, metrics=("macro_f1",), allow_missing=True)
+    logits, full, _ = _with_holes(rng, labels=3, share=0.0)
+    holed = full.copy()
+    holed[:, 1] = np.nan  # label 1 has no known row here
+    predicted = (logits > 0).astype(int)
+    expected = np.mean([skm.f1_score(full[:, j], predicted[:, j], zero_division=0) for j in (0, 2)])
+    assert task_metrics(task, logits, holed)["macro_f1"] == pytest.approx(expected)
+    assert np.isnan(task_metrics(task, logits, np.full_like(full, np.nan))["macro_f1"])
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "multiclass"])
+def test_f1_of_one_binary_output_is_refused_for_other_kinds(kind):
+    with pytest.raises(
+        ValueError,
+        match=f"task 'm': the metric 'f1' scores one binary output; a {kind} task takes 'macro_f1'",
+    ):
+        pt.Task("m", kind=kind, size=3, metrics=("f1",))
+
+
 def test_evaluate_multilabel_does_not_score_missing_labels_as_negatives():
     # the model predicts "positive" for every label; the missing labels are where a 0 would
     # turn a hit into a false positive

@@ -100,6 +100,11 @@ def test_sentiment_domains_targets_agree():
         SentimentDomainsExperiment(str(data_dir), methods=("weighted", "tuned"), tune_trials=1)
     with pytest.raises(ValueError, match="unknown methods"):
         SentimentDomainsExperiment(str(data_dir), methods=("weighted", "magic"))
+    # bad weights are refused when the experiment is made, not after its first fit
+    with pytest.raises(ValueError, match=r"sentiment-domains: Weighted: every weight is 0"):
+        SentimentDomainsExperiment(str(data_dir), weights=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match=r"must be finite and non-negative, got \[1.0, nan, 1.0\]"):
+        SentimentDomainsExperiment(str(data_dir), weights=(1.0, float("nan"), 1.0))
 
 
 def test_adult_education_has_single_task_and_scikit_learn_baselines():

@@ -611,6 +611,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     experiment = _experiment(args)
+    labels = experiment.labels() if hasattr(experiment, "labels") else list(experiment.methods)
+    if len(labels) < 2:  # refused before any training: a report compares two at least
+        raise ValueError(
+            f"compare needs two methods (or models) or more, got {labels}: add one, e.g. "
+            f"--methods {labels[0]},mean"
+        )
     out = _out(args, f"compare-{experiment.name}")
     store = Store(args.store or out / "results.sqlite")  # refused here if it is not a store
     replicate(

@@ -74,6 +74,8 @@ def task_mse(y_true: Any, y_pred: Any) -> Any:
     """Each column's mean squared error over the batch: shape ``(T,)``."""
     given = tuple(y_true.shape)
     y_true = ops.cast(y_true, y_pred.dtype)
+    if len(y_pred.shape) == 1:  # one output column given as (batch,)
+        y_pred = ops.expand_dims(y_pred, -1)
     if len(y_true.shape) == 1:
         y_true = ops.expand_dims(y_true, -1)
     if len(y_true.shape) != len(y_pred.shape) or any(

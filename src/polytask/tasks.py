@@ -76,6 +76,12 @@ class Task:
             raise ValueError(f"task {self.name!r}: a multiclass task needs size >= 2 classes")
         if not self.metrics:
             object.__setattr__(self, "metrics", DEFAULT_METRICS[self.kind])
+        if "f1" in self.metrics and self.kind != "binary":
+            raise ValueError(
+                f"task {self.name!r}: the metric 'f1' scores one binary output; a "
+                f"{self.kind} task takes 'macro_f1' (the mean F1 over its "
+                f"{'labels' if self.kind == 'multilabel' else 'classes'})"
+            )
 
     # -- shapes -------------------------------------------------------------------------------
     @property

@@ -128,12 +128,14 @@ def _metric(name: str) -> Score:
 
     def macro_f1(task: Task, output: np.ndarray, target: np.ndarray) -> float:
         if task.kind == "multilabel":
-            # per label over the rows where it is known, then the mean over labels
+            # per label over the rows where it is known, then the mean over the labels known
+            # somewhere in the split (NaN when none is)
             scores = [
                 skm.f1_score(y.astype(np.int64), _decide(task, o), zero_division=0)
                 for o, y in _label_columns(output, target)
+                if len(y)
             ]
-            return float(np.mean(scores))
+            return float(np.mean(scores)) if scores else float("nan")
         # a binary task (one output column) has the two classes 0 and 1
         labels = np.arange(max(task.size, 2))
         return float(

@@ -130,6 +130,12 @@ def write_comparison_report(
     frame = store.frame(key)
     if frame.empty:
         raise ValueError(f"configuration {key} has no finished replications yet")
+    others = sorted(set(frame["method"]) - {baseline})
+    if not others:
+        raise ValueError(
+            f"configuration {key} holds the baseline {baseline!r} only: nothing to compare it "
+            "with (run two methods or models or more)"
+        )
     per_task, overall = summarize(frame, baseline, metric, n_resamples=n_resamples)
     with warnings.catch_warnings():  # summarize has already warned about these
         warnings.simplefilter("ignore", IncompleteReplicationsWarning)

@@ -79,6 +79,11 @@ class _DataExperiment:
                 f"{self.name}: {len(self.weights)} weights for the tasks "
                 f"{[t.name for t in self.tasks()]}"
             )
+        if self.weights is not None:
+            try:  # finite, non-negative, not all zero: checked here, before any fit
+                Weighted(list(self.weights))
+            except ValueError as error:
+                raise ValueError(f"{self.name}: {error}") from None
 
     default_methods: ClassVar[tuple[str, ...]] = ()
     known_methods: ClassVar[tuple[str, ...]] = ()
