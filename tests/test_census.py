@@ -259,3 +259,16 @@ def test_the_comparison_section_pairs_every_model_with_shared_bottom(tmp_path):
     assert "| mmoe/mean | 0.00" in text and "8 of 8" in text
     assert (tmp_path / "census_means.csv").exists()
     assert len(pd.read_csv(tmp_path / "census_vs_shared_bottom.csv")) == 4
+    # an undefined AUC is left out of the mean and counted; a repeated row is refused
+    holed = frame.copy()
+    holed.loc[0, "auc"] = np.nan  # replication 0, shared-bottom, income
+    means, _ = census_summary(holed)
+    row = means[(means["method"] == "shared-bottom/mean") & (means["task"] == "income")].iloc[0]
+    assert row["n"] == 7 and row["n_missing"] == 1
+    assert row["mean"] == pytest.approx(sb.iloc[1:].mean())
+    assert "Undefined scores left out (and out of the pairs): shared-bottom/mean on income: 1" in (
+        census_section(holed, tmp_path)
+    )
+    assert "cannot reach p < 0.05" in census_section(frame[frame["replication"] < 4], tmp_path)
+    with pytest.raises(ValueError, match=r"repeat a \(replication, method, task\), e.g. \(0, "):
+        census_summary(pd.concat([frame, frame.iloc[:1]]))

@@ -149,6 +149,23 @@ def test_delta_table_leaves_out_incomplete_replications_and_excluded_labels():
     assert table["new"].tolist() == [-50.0, -50.0]
 
 
+def test_the_report_says_which_replications_a_row_lacks_and_when_n_is_too_small():
+    from polytask.experiments._suite_report import _coverage_note
+
+    values = {"mean": np.ones((8, 2)), "new": np.full((8, 2), 0.5)}
+    frame = _frame(values)
+    board = dataset_board(frame, "mean", "mse", n_resamples=99)
+    assert _coverage_note(board) == ""
+    lacking = frame[
+        ~((frame["method"] == "new") & (frame["replication"] == 1) & (frame["task"] == "b"))
+    ]
+    board = dataset_board(lacking, "mean", "mse", n_resamples=99)
+    assert board["n"].tolist() == [8, 7]
+    assert "left out for lacking a task's metric: 1 of new (of 8)" in _coverage_note(board)
+    few = dataset_board(frame[frame["replication"] < 4], "mean", "mse", n_resamples=99)
+    assert "cannot reach p < 0.05" in _coverage_note(few)
+
+
 def test_relative_rmse_is_the_root_of_the_mse_ratio_to_the_training_mean():
     values = {
         TRAIN_MEAN: np.array([[4.0, 9.0], [1.0, 4.0]]),

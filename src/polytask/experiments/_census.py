@@ -485,7 +485,8 @@ def census_summary(
     """From a replicated comparison's tidy results (``replication, method, task, <metric>``):
 
     - per label and task, the mean test ``metric`` over replications with its Student-t 95%
-      interval;
+      interval (an undefined score is left out of both and counted in ``n_missing``; a
+      repeated ``(replication, method, task)`` row is refused);
     - per label other than ``against`` and task, the paired difference ``label - against``
       (mean, 95% interval, replications where the label is higher, Wilcoxon p), when
       ``against`` is compared (else an empty table).
@@ -502,16 +503,28 @@ def census_summary(
     """
     from scipy import stats
 
+    keys = ["replication", "method", "task"]
+    repeated = frame[frame.duplicated(keys, keep=False)]
+    if not repeated.empty:  # a pivot would average them silently
+        first = repeated.iloc[0]
+        raise ValueError(
+            f"census_summary: {len(repeated)} rows repeat a (replication, method, task), e.g. "
+            f"({first['replication']}, {first['method']!r}, {first['task']!r}); each must "
+            "appear once"
+        )
     rows = []
     for (method, task), part in frame.groupby(["method", "task"], sort=False):
         values = part[metric].to_numpy(dtype=float)
-        low, high = _t_interval(values)
+        # an undefined score (one class in a test split) is left out and counted, not averaged
+        finite = values[np.isfinite(values)]
+        low, high = _t_interval(finite)
         rows.append(
             {
                 "method": method,
                 "task": task,
-                "n": len(values),
-                "mean": float(values.mean()),
+                "n": len(finite),
+                "n_missing": len(values) - len(finite),
+                "mean": float(finite.mean()) if len(finite) else float("nan"),
                 "ci_low": low,
                 "ci_high": high,
             }
@@ -519,7 +532,7 @@ def census_summary(
     means = pd.DataFrame(rows)
     paired_rows = []
     if against in set(frame["method"]):
-        wide = frame.pivot_table(index=["replication", "task"], columns="method", values=metric)
+        wide = frame.pivot(index=["replication", "task"], columns="method", values=metric)
         for method in [m for m in frame["method"].unique() if m != against]:
             for task in frame["task"].unique():
                 both = wide.xs(task, level="task")[[method, against]].dropna()
@@ -580,6 +593,16 @@ def census_section(
         markdown_table(cells(means, "mean")),
         "",
     ]
+    missing = means[means["n_missing"] > 0]
+    if not missing.empty:
+        listed = ", ".join(f"{r.method} on {r.task}: {r.n_missing}" for r in missing.itertuples())
+        lines += [f"Undefined scores left out (and out of the pairs): {listed}.", ""]
+    if len(means) and means["n"].min() <= 5:
+        lines += [
+            "With 5 replications or fewer the Wilcoxon test cannot reach p < 0.05: read the "
+            "intervals.",
+            "",
+        ]
     if not paired.empty:
         wins = paired.pivot(index="method", columns="task", values="higher")
         wins.columns = [f"higher ({t})" for t in wins.columns]

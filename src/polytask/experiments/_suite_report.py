@@ -188,6 +188,7 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
         )
         tasks = ", ".join(t.name for t in experiment.tasks())
         text = f"{experiment.spec.description}. Tasks: {tasks}; metric: test {experiment.metric}."
+        text += _coverage_note(table)
         sections.append((f"{name}", text, shown))
     if not board.rrmse.empty:
         cells = board.rrmse.assign(
@@ -203,6 +204,24 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
         wide = cells.pivot(index="method", columns="column", values="cell").loc[order]
         sections.append(("Relative RMSE per target (regression sets)", "", wide.reset_index()))
     return sections
+
+
+def _coverage_note(table: pd.DataFrame) -> str:
+    """What a data set's table cannot show by itself: replications left out of a method's row
+    (a task's metric missing: it is dropped, never averaged over fewer tasks), and too few
+    replications for the Wilcoxon test to reach p < 0.05 (n <= 5)."""
+    runs = int(table["n"].iloc[0])  # the baseline's replications
+    short = {r.method: runs - int(r.n) for r in table.iloc[1:].itertuples() if int(r.n) < runs}
+    note = ""
+    if short:
+        listed = ", ".join(f"{k} of {m}" for m, k in short.items())
+        note += f" Replications left out for lacking a task's metric: {listed} (of {runs})."
+    if table["n"].min() <= 5:
+        note += (
+            " With 5 replications or fewer the two-sided Wilcoxon test cannot reach p < 0.05: "
+            "read the intervals, not the verdicts."
+        )
+    return note
 
 
 def _bold(text: str) -> str:
