@@ -127,6 +127,18 @@ def test_wide_log_range_keeps_one_two_five_ticks(figures):
     assert {"0.5", "1", "2", "5", "10", "20"} <= set(texts)
 
 
+@pytest.mark.parametrize("exponent", [3, 6, 12])
+def test_a_very_wide_log_range_gets_a_few_powers_of_ten(figures, exponent):
+    frame = ratio_frame({"new": {"t": [10.0**-exponent, 0.5, 1.0, 2.0, 10.0**exponent]}})
+    pt.evaluation.plot_ratio_boxplots(frame, "base", "unused.png")
+    ticks = labelled_ticks(figures[-1].axes[0])
+    assert 3 <= len(ticks) <= 9, ticks
+    for loc, text in ticks:  # powers of ten, each label reading its tick's value
+        assert np.log10(loc) == pytest.approx(round(np.log10(loc)))
+        assert float(text.replace("\N{MINUS SIGN}", "-")) == pytest.approx(loc, rel=1e-6)
+    assert any(loc == pytest.approx(1.0) for loc, _ in ticks)
+
+
 def test_method_panels_share_one_y_axis(figures):
     frame = ratio_frame({"a": {"t": [0.9, 1.1, 1.0]}, "b": {"t": [3.0, 5.0, 4.0]}})
     pt.evaluation.plot_ratio_boxplots(frame, "base", "unused.png")

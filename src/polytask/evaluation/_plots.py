@@ -137,8 +137,9 @@ def _distinct_labels(ticks: np.ndarray) -> list[str]:
 
 
 def _readable_log_axis(axes: list, values: np.ndarray) -> None:
-    """A log y-axis over ``values`` and 1 whose labels can be read: ticks at 1, 2, 5 x 10^k,
-    or, on a range too narrow for three of those (0.98-1.04), evenly spaced ticks."""
+    """A log y-axis over ``values`` and 1 whose labels can be read: ticks at 1, 2, 5 x 10^k;
+    over more than three decades at powers of ten only (every k-th, at most about eight), and
+    on a range too narrow for three ticks (0.98-1.04) evenly spaced ones."""
     from matplotlib.ticker import (
         FixedFormatter,
         FixedLocator,
@@ -152,7 +153,13 @@ def _readable_log_axis(axes: list, values: np.ndarray) -> None:
     hi = max(float(values.max()), 1.0) if len(values) else 1.0
     pad = (hi / lo) ** 0.06 if hi > lo else 1.02
     lo, hi = lo / pad, hi * pad
-    ticks = LogLocator(base=10, subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)
+    decades = np.log10(hi / lo)
+    if decades > 3:  # 1-2-5 in every decade would crowd the axis
+        first, last = int(np.ceil(np.log10(lo))), int(np.floor(np.log10(hi)))
+        stride = int(np.ceil((last - first + 1) / 8))
+        ticks = 10.0 ** np.arange(first - first % stride, last + 1, stride)
+    else:
+        ticks = LogLocator(base=10, subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)
     ticks = ticks[(ticks >= lo) & (ticks <= hi)]
     if len(ticks) < 3:
         ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
