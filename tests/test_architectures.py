@@ -253,6 +253,16 @@ def test_a_module_given_to_two_tasks_is_refused(make, message):
         make()
 
 
+def test_float64_experts_and_towers_are_checked_in_their_dtype():
+    experts = ExpertList([nn.Sequential(nn.Linear(3, 4), nn.ReLU()) for _ in range(2)]).double()
+    towers = {t: nn.Linear(4, 1).double() for t in "ab"}
+    model = MMoE(3, ["a", "b"], experts=experts, towers=towers).double()
+    out = model(torch.randn(5, 3, dtype=torch.float64))
+    assert out["a"].dtype == torch.float64 and out["a"].shape == (5, 1)
+    with pytest.raises(ValueError, match="cannot read the 4-wide input"):
+        MMoE(3, ["a", "b"], experts=experts, towers={"a": nn.Linear(5, 1).double()})
+
+
 def test_a_shared_module_given_as_a_task_part_is_refused():
     shared = BatchedExperts(2, 3, [4])
     with pytest.raises(ValueError, match="both a shared part and task 'a'"):

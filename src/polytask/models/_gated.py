@@ -72,7 +72,12 @@ def task_sizes(tasks: TaskSpec, owner: str) -> dict[str, int | None]:
 
 
 def probe(module: nn.Module, x: Tensor) -> Any:
-    """``module(x)`` without gradients and in eval mode (no running statistics move)."""
+    """``module(x)`` without gradients and in eval mode (no running statistics move), with
+    ``x`` in the dtype and on the device of the module's first floating parameter (a float64
+    or CUDA expert is checked for its widths, not refused for its dtype)."""
+    param = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if param is not None:
+        x = x.to(param.device, param.dtype)
     was_training = module.training
     module.eval()
     try:
@@ -438,7 +443,8 @@ class MMoE(_Routed):
         Task names, :class:`~polytask.Task` objects (their ``size`` is the output width) or a
         mapping name -> output width (names alone: width 1).
     n_experts
-        Number of experts; 8 in the paper's experiments.
+        Number of experts; 8 in the paper's experiments. With ``experts`` given, their count
+        is read from them and this is not used.
     expert_hidden
         Units of each expert's layers; the paper's experts are one ReLU layer.
     tower_hidden
@@ -920,7 +926,7 @@ class DSelectK(_Routed):
     in_features, tasks, expert_hidden, tower_hidden, activation, experts, towers, seed
         As for :class:`MMoE`.
     n_experts
-        Number of experts.
+        Number of experts (with ``experts`` given, read from them and this is not used).
     k
         Selectors per task: the most experts a converged gate uses (``1 <= k <= n_experts``).
     gamma
