@@ -263,6 +263,27 @@ def test_float64_experts_and_towers_are_checked_in_their_dtype():
         MMoE(3, ["a", "b"], experts=experts, towers={"a": nn.Linear(5, 1).double()})
 
 
+def test_ple_takes_experts_modules_on_every_level():
+    shared = [BatchedExperts(2, 3, [6]), ExpertList([nn.Sequential(nn.Linear(6, 6), nn.Tanh())])]
+    own = [
+        {t: BatchedExperts(1, 3, [6]) for t in "ab"},
+        {t: BatchedExperts(2, 6, [6]) for t in "ab"},
+    ]
+    model = PLE(3, ["a", "b"], n_levels=2, shared_experts=shared, task_experts=own)
+    assert model.shared_experts[1] is shared[1] and model.task_experts[1]["b"] is own[1]["b"]
+    gates = model.gate_weights(torch.randn(4, 3))
+    assert gates["a"].shape == (4, 3)  # the last level: a's 2 experts and the 1 shared
+    out = model(torch.randn(4, 3))
+    sum(o.sum() for o in out.values()).backward()
+    assert all(p.grad is not None for e in (*shared, *own[1].values()) for p in e.parameters())
+    with pytest.raises(
+        ValueError, match="shared_experts takes one entry per level, a sequence of n_levels=2"
+    ):
+        PLE(3, ["a", "b"], n_levels=2, shared_experts=shared[:1])
+    with pytest.raises(ValueError, match="task_experts takes one entry per level"):
+        PLE(3, ["a", "b"], n_levels=2, task_experts=own[0])
+
+
 def test_a_shared_module_given_as_a_task_part_is_refused():
     shared = BatchedExperts(2, 3, [4])
     with pytest.raises(ValueError, match="both a shared part and task 'a'"):

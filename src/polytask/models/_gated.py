@@ -564,6 +564,14 @@ class PLE(_Routed):
         Units of each tower's hidden layers (a linear output layer follows).
     activation
         Activation of the experts and towers.
+    shared_experts
+        One experts module per level instead of the default :class:`BatchedExperts` (level
+        ``l`` maps ``(batch, in)`` to ``(batch, n, width)``; ``in`` is ``in_features`` at level
+        0, the previous level's ``width`` above); ``n_shared`` is then read from them.
+    task_experts
+        One mapping task -> experts module per level (the same contract; ``n_specific`` is
+        then read from them). A module given to two tasks, or as both shared and a task's, is
+        refused.
     towers
         Task -> tower module reading the ``width``-wide last-level output of its task.
     seed
@@ -593,27 +601,38 @@ class PLE(_Routed):
         expert_hidden: Sequence[int] = (16,),
         tower_hidden: Sequence[int] = (8,),
         activation: str = "relu",
+        shared_experts: Sequence[nn.Module] | None = None,
+        task_experts: Sequence[Mapping[str, nn.Module]] | None = None,
         towers: Mapping[str, nn.Module] | None = None,
         seed: int | None = 0,
-        _shared_experts: nn.Module | None = None,
-        _task_experts: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
         sizes = self._set_tasks(tasks)
         check_count(name, "in_features", in_features)
         check_count(name, "n_levels", n_levels)
+        for given_name, per_level in (
+            ("shared_experts", shared_experts),
+            ("task_experts", task_experts),
+        ):
+            if per_level is not None and (
+                isinstance(per_level, nn.Module | Mapping) or len(per_level) != n_levels
+            ):
+                raise ValueError(
+                    f"{name}: {given_name} takes one entry per level, a sequence of "
+                    f"n_levels={n_levels}"
+                )
         generator = _model_generator(seed)
         names = self.task_names
+        given_shared, given_own = shared_experts, task_experts
         shared_experts, task_experts, task_gates, shared_gates = [], [], [], []
         fan_in = last_in = in_features
         width = 0
         for level in range(n_levels):
             last_in = fan_in
-            given = level == 0 and (_shared_experts is not None or _task_experts is not None)
             # shared experts
-            if given and _shared_experts is not None:
-                shared = _shared_experts
+            if given_shared is not None:
+                shared = given_shared[level]
             else:
                 check_count(name, "n_shared", n_shared)
                 shared = BatchedExperts(
@@ -623,11 +642,12 @@ class PLE(_Routed):
             # each task's experts
             own: dict[str, nn.Module] = {}
             counts = {}
+            given = None if given_own is None else given_own[level]
             for t in names:
-                if given and _task_experts is not None:
-                    if t not in _task_experts:
+                if given is not None:
+                    if t not in given:
                         raise ValueError(f"{name}: task_experts lacks task {t!r}")
-                    own[t] = _task_experts[t]
+                    own[t] = given[t]
                 else:
                     check_count(name, "n_specific", n_specific, least=0)
                     if n_specific == 0:
@@ -645,8 +665,8 @@ class PLE(_Routed):
                         f"{name}: the experts of task {t!r} give width {w}, the shared experts "
                         f"{width}; a gate mixes them, so they need the same width"
                     )
-            if _task_experts is not None and given:
-                unknown = [t for t in _task_experts if t not in names]
+            if given is not None:
+                unknown = [t for t in given if t not in names]
                 if unknown:
                     raise ValueError(f"{name}: task_experts for unknown tasks {unknown}")
             shared_experts.append(shared)
@@ -808,10 +828,10 @@ class CGC(PLE):
             expert_hidden=expert_hidden,
             tower_hidden=tower_hidden,
             activation=activation,
+            shared_experts=None if shared_experts is None else [shared_experts],
+            task_experts=None if task_experts is None else [task_experts],
             towers=towers,
             seed=seed,
-            _shared_experts=shared_experts,
-            _task_experts=task_experts,
         )
 
 
