@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import shared_data
 from polytask.cli import main
@@ -302,6 +303,9 @@ def test_resolve_device_raises_a_value_error_naming_the_choices():
     with pytest.raises(ValueError, match="unknown device 'cuda:x'"):
         resolve_device("cuda:x")
     assert resolve_device("cpu").type == "cpu"
+    for meta in ("meta", torch.device("meta")):  # shapes only: nothing could be computed
+        with pytest.raises(ValueError, match="holds no data"):
+            resolve_device(meta)
 
 
 # --- architectures: census, relatedness, --models, --checkpoint -------------------------------

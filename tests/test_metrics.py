@@ -158,12 +158,15 @@ class _RecordsMoves(nn.Module):
 
 def test_predict_on_another_device_moves_the_model_back():
     model = _RecordsMoves()
+    with torch.device("meta"):  # a model "elsewhere" (its to() records and does not move)
+        model.weight = nn.Parameter(torch.zeros(1))
     model.train()
-    pt.predict(model, [pt.Task("a")], np.zeros((5, 1)), device="meta")
-    assert model.moves == [torch.device("meta"), torch.device("cpu")]
+    pt.predict(model, [pt.Task("a")], np.zeros((5, 1)), device="cpu")
+    assert model.moves == [torch.device("cpu"), torch.device("meta")]
     assert model.training
     model.moves.clear()
-    pt.predict(model, [pt.Task("a")], np.zeros((5, 1)), device="cpu")  # already there
+    with pytest.raises(ValueError, match="holds no data"):  # moving there would lose the weights
+        pt.predict(model, [pt.Task("a")], np.zeros((5, 1)), device="meta")
     assert model.moves == []
 
 

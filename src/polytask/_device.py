@@ -36,14 +36,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     ...
     ValueError: unknown device 'gpu': choose 'auto', 'cpu', 'cuda' or 'cuda:<index>' ...
     """
-    if isinstance(device, torch.device):
-        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolved = torch.device(device)
+        resolved = device if isinstance(device, torch.device) else torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}: choose {DEVICE_CHOICES}") from None
+    if resolved.type == "meta":  # tensors there hold no values: nothing could be computed
+        raise ValueError(
+            f"device {device!r} holds no data (shapes only): choose {DEVICE_CHOICES}"
+        )
     if resolved.type == "cuda":
         _check_cuda(device, resolved)
     return resolved
