@@ -267,3 +267,25 @@ def test_an_unreadable_checkpoint_or_a_lower_max_epochs_is_refused_clearly(heter
     path.write_bytes(b"")
     with pytest.raises(ValueError, match=rf"the checkpoint {path} cannot be read"):
         _resume(tmp_path, train, stop)
+
+
+def test_a_label_turned_missing_is_another_data_set(tmp_path):
+    """A missing label reaches the losses as a mask (its target slot holds a placeholder):
+    the fingerprint reads the masks as well as the values."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 1)).astype(np.float32)
+    y = {t: rng.normal(size=40).astype(np.float32) for t in ("task0", "task1", "task2")}
+    y["task1"][3] = 0.0
+    tasks = [pt.Task(t, allow_missing=True) for t in y]
+    data = pt.MultiTargetData(x, y)
+
+    def fit(train):
+        return pt.Trainer("mean", max_epochs=1, quiet=True, device="cpu", checkpoint=tmp_path).fit(
+            small_model(), tasks, train, data
+        )
+
+    fit(data)
+    holed = dict(y, task1=y["task1"].copy())
+    holed["task1"][3] = np.nan
+    with pytest.raises(ValueError, match="data: "):
+        fit(pt.MultiTargetData(x, holed))

@@ -280,8 +280,8 @@ def _digest_tensor(digest: Any, tensor: Tensor | None) -> None:
         pieces = [tensor.crow_indices(), tensor.col_indices(), tensor.values()]
     else:
         pieces = [tensor]
-    for piece in pieces:
-        digest.update(piece.contiguous().numpy().tobytes())
+    for piece in pieces:  # as raw bytes: numpy has no bfloat16
+        digest.update(piece.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _route_hint(model: nn.Module) -> str:
@@ -904,7 +904,9 @@ class Trainer:
                 parts = [batch] if isinstance(batch, SharedBatch) else batch.parts
                 for part in parts:
                     targets = part.y.values() if isinstance(part.y, Mapping) else [part.y]
-                    for tensor in (part.x, *targets):
+                    masks = getattr(part, "masks", None) or {}  # which labels are missing
+                    masks = [*masks.values(), getattr(part, "mask", None)]
+                    for tensor in (part.x, *targets, *masks):
                         _digest_tensor(digest, tensor)
         settings = {
             name: repr(getattr(self, name))
@@ -992,7 +994,7 @@ class Trainer:
             if saved is not None:
                 theirs = saved["fingerprint"]
                 _refuse_another_configuration(
-                    callbacks[-1].path,
+                    next(c for c in callbacks if isinstance(c, Checkpoint)).path,
                     theirs,
                     {"optimizer settings": fingerprint["optimizer settings"]},
                 )
