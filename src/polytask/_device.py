@@ -43,9 +43,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}: choose {DEVICE_CHOICES}") from None
     if resolved.type == "meta":  # tensors there hold no values: nothing could be computed
-        raise ValueError(
-            f"device {device!r} holds no data (shapes only): choose {DEVICE_CHOICES}"
-        )
+        raise ValueError(f"device {device!r} holds no data (shapes only): choose {DEVICE_CHOICES}")
     if resolved.type == "cuda":
         _check_cuda(device, resolved)
     return resolved
