@@ -313,7 +313,7 @@ def test_gate_monitor_reads_a_float64_model():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 4, generator=g, dtype=torch.float64)
     data = pt.MultiTargetData(
-        x, {t: torch.randn(32, generator=g, dtype=torch.float64) for t in "ab"}
+        x, {t: torch.randn(32, generator=g, dtype=torch.float64) for t in "ab"}, dtype=torch.float64
     )
     monitor = pt.training.GateMonitor(x[:8])
     history = pt.Trainer(max_epochs=2, quiet=True, device="cpu", callbacks=[monitor]).fit(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -56,3 +58,43 @@ def test_a_float64_model_trains_as_its_float32_twin(kind, method):
     for r32, r64 in pairs:
         for key in ("train_loss", "stop_loss", "weight/a"):
             assert r64[key] == pytest.approx(r32[key], rel=1e-4), key
+
+
+def _exact_model():
+    """y = 1e9 * x - 1e9: a float32 copy of x = 1 + 1e-9 (that is, 1) predicts 0, not 1."""
+    m = pt.MultiTaskModel(nn.Identity(), {"a": nn.Linear(1, 1)}).double()
+    with torch.no_grad():
+        m.heads["a"].weight.fill_(1e9)
+        m.heads["a"].bias.fill_(-1e9)
+    return m
+
+
+@pytest.mark.parametrize("container", ["multitarget", "taskdata"])
+def test_float64_inputs_stay_exact_when_stored_as_float64(container):
+    x, y = np.full((8, 1), 1.0 + 1e-9), np.zeros(8)
+    task = [pt.Task("a")]
+
+    def build(**options):
+        if container == "multitarget":
+            return pt.MultiTargetData(x, {"a": y}, **options)
+        return {"a": pt.data.TaskData(x, y, **options)}
+
+    exact = pt.evaluate(_exact_model(), task, build(dtype=torch.float64))["a"]["mse"]
+    assert exact == pytest.approx(1.0, rel=1e-5)  # (1e9 * 1e-9)^2, computed in float64
+    rounded = pt.evaluate(_exact_model(), task, build())["a"]["mse"]
+    assert rounded == 0.0  # the float32 default rounds 1 + 1e-9 to 1
+    trainer = pt.Trainer(max_epochs=1, quiet=True, device="cpu")
+    with pytest.warns(UserWarning, match="data: the inputs were given in float64 and stored"):
+        trainer.fit(_exact_model(), task, build(), build())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exact inputs: nothing to say
+        trainer.fit(_exact_model(), task, build(dtype=torch.float64), build(dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"stored as torch\.float32 or torch\.float64"):
+        build(dtype=torch.float16)
+
+
+def test_float64_regression_targets_keep_their_precision():
+    target = torch.tensor([1.0 + 1e-12, 2.0], dtype=torch.float64)
+    prepared = pt.Task("a").prepare_target(target)
+    assert prepared.dtype == torch.float64 and torch.equal(prepared, target)
+    assert pt.Task("a").prepare_target(target.float()).dtype == torch.float32

@@ -121,8 +121,8 @@ class Task:
             bad = int((~torch.isfinite(target)).nonzero()[0, 0])
             hint = "" if self.allow_missing else "; for missing labels use allow_missing=True"
             raise ValueError(f"{where}: non-finite value (NaN or inf) at row {bad}{hint}")
-        if self.kind == "regression":
-            return target.to(torch.float32)
+        if self.kind == "regression":  # float64 kept: a fit casts to the model's dtype
+            return target if target.dtype == torch.float64 else target.to(torch.float32)
         if self.kind == "multiclass":
             if target.is_floating_point() and not bool((target == target.round()).all()):
                 raise ValueError(f"{where}: class labels must be integers in [0, {self.size})")

@@ -19,6 +19,18 @@ def _as_tensor(values: ArrayLike | Tensor, what: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+_STORED = (torch.float32, torch.float64)
+
+
+def _stored(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, bool]:
+    """Inputs in the storage ``dtype`` (integers and lower precisions converted), and whether
+    float64 values were rounded to float32 on the way."""
+    if dtype not in _STORED:
+        raise ValueError(f"dtype: inputs are stored as torch.float32 or torch.float64, got {dtype}")
+    rounded = x.dtype == torch.float64 and dtype == torch.float32
+    return (x if x.dtype == dtype else x.to(dtype)), rounded
+
+
 class MultiTargetData:
     """Inputs ``x`` and one target column (or block of columns) per task, all of the same rows.
 
@@ -33,6 +45,12 @@ class MultiTargetData:
     masks
         Optional task -> boolean array marking the rows that carry a label for that task
         (partial labels; see also ``Task(allow_missing=True)``).
+    dtype
+        How the inputs are stored: ``torch.float32`` (the default: numpy's float64 arrays are
+        rounded to it, halving their memory) or ``torch.float64`` to keep float64 inputs exact
+        for a float64 model (the trainer warns when a float64 model reads rounded inputs).
+        Regression targets keep float64 either way; a fit casts inputs and targets to the
+        model's dtype.
 
     Examples
     --------
@@ -48,15 +66,14 @@ class MultiTargetData:
         targets: Mapping[str, ArrayLike | Tensor],
         clean_targets: Mapping[str, ArrayLike | Tensor] | None = None,
         masks: Mapping[str, ArrayLike | Tensor] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         x = _as_tensor(x, "inputs x")
         if x.ndim == 1:
             x = x[:, None]
         if x.ndim < 2:
             raise ValueError(f"inputs x: expected shape (n, features), got {tuple(x.shape)}")
-        self.x = x if x.is_floating_point() else x.to(torch.float32)
-        if self.x.dtype == torch.float64:
-            self.x = self.x.to(torch.float32)
+        self.x, self.rounded = _stored(x, dtype)
         if not targets:
             raise ValueError("MultiTargetData needs at least one target column")
         self.targets = {
@@ -96,6 +113,12 @@ class MultiTargetData:
         def take(group: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
             return None if group is None else {k: v[index] for k, v in group.items()}
 
-        return MultiTargetData(
-            self.x[index], take(self.targets), take(self.clean_targets), take(self.masks)
+        subset = MultiTargetData(
+            self.x[index],
+            take(self.targets),
+            take(self.clean_targets),
+            take(self.masks),
+            dtype=self.x.dtype,
         )
+        subset.rounded = self.rounded
+        return subset

@@ -10,7 +10,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from ._multitarget import _as_tensor
+from ._multitarget import _as_tensor, _stored
 
 # torch warns once per process that sparse CSR support is in beta; the layout is what we need
 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
@@ -32,6 +32,9 @@ class TaskData:
     mask
         Optional boolean array: which rows carry a label (others are skipped by losses and
         metrics).
+    dtype
+        How the inputs are stored, as for :class:`~polytask.MultiTargetData`: float32 by
+        default (float64 arrays rounded), float64 to keep them exact.
 
     Examples
     --------
@@ -41,13 +44,22 @@ class TaskData:
     [[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
     """
 
-    def __init__(self, x: Inputs, y: ArrayLike | Tensor, *, mask: ArrayLike | None = None):
+    def __init__(
+        self,
+        x: Inputs,
+        y: ArrayLike | Tensor,
+        *,
+        mask: ArrayLike | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         if sp.issparse(x):
-            self.x = sp.csr_matrix(x, dtype=np.float32)
+            _stored(torch.empty(0), dtype)  # refuses a dtype that is not stored
+            self.rounded = x.dtype == np.float64 and dtype == torch.float32
+            self.x = sp.csr_matrix(x, dtype=torch.empty((), dtype=dtype).numpy().dtype)
         else:
             x = _as_tensor(x, "inputs x")
             x = x[:, None] if x.ndim == 1 else x
-            self.x = x.to(torch.float32) if x.dtype != torch.float32 else x
+            self.x, self.rounded = _stored(x, dtype)
         self.y = _as_tensor(y, "targets y")
         if self.y.ndim == 0 or self.y.shape[0] != self.x.shape[0]:
             raise ValueError(
@@ -74,7 +86,10 @@ class TaskData:
         rows = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
         x = self.x[rows] if self.sparse else self.x[torch.from_numpy(rows)]
         mask = None if self.mask is None else self.mask[rows]
-        return TaskData(x, self.y[torch.from_numpy(rows)], mask=mask)
+        dtype = torch.float64 if self.x.dtype in (np.float64, torch.float64) else torch.float32
+        subset = TaskData(x, self.y[torch.from_numpy(rows)], mask=mask, dtype=dtype)
+        subset.rounded = self.rounded
+        return subset
 
     def inputs(self, index: np.ndarray, *, sparse_tensor: bool = True) -> Tensor:
         """The input rows ``index`` as one tensor (on the CPU).

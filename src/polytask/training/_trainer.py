@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -282,6 +283,20 @@ def _digest_tensor(digest: Any, tensor: Tensor | None) -> None:
         pieces = [tensor]
     for piece in pieces:  # as raw bytes: numpy has no bfloat16
         digest.update(piece.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _warn_rounded_inputs(*splits: Any) -> None:
+    """Say when a float64 model reads inputs that were given in float64 and stored in
+    float32 (the containers' default): the fit is float64, its data are not."""
+    for name, data in zip(("train", "stop"), splits, strict=True):
+        parts = data.values() if isinstance(data, Mapping) else [data]
+        if any(getattr(part, "rounded", False) for part in parts):
+            warnings.warn(
+                f"{name} data: the inputs were given in float64 and stored in float32 (the "
+                "default dtype of MultiTargetData and TaskData), so this float64 model reads "
+                "them rounded; build the data with dtype=torch.float64 to keep them exact",
+                stacklevel=3,
+            )
 
 
 def _route_hint(model: nn.Module) -> str:
@@ -732,6 +747,8 @@ class Trainer:
         shard, device = setup(device)
         tasks = _check_tasks(model, tasks)
         dtype = model_dtype(model)  # a float64 model gets float64 inputs and targets
+        if dtype == torch.float64:
+            _warn_rounded_inputs(train, stop)
         options = {"sparse_input": self.sparse_input, "dtype": dtype}
         train_source = make_source(train, "train", tasks, device, **options)
         stop_source = make_source(stop, "stop", tasks, device, **options)
