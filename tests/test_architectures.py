@@ -269,7 +269,7 @@ def test_ple_takes_experts_modules_on_every_level():
         {t: BatchedExperts(1, 3, [6]) for t in "ab"},
         {t: BatchedExperts(2, 6, [6]) for t in "ab"},
     ]
-    model = PLE(3, ["a", "b"], n_levels=2, shared_experts=shared, task_experts=own)
+    model = PLE(3, ["a", "b"], n_levels=2, shared_experts=nn.ModuleList(shared), task_experts=own)
     assert model.shared_experts[1] is shared[1] and model.task_experts[1]["b"] is own[1]["b"]
     gates = model.gate_weights(torch.randn(4, 3))
     assert gates["a"].shape == (4, 3)  # the last level: a's 2 experts and the 1 shared

@@ -299,7 +299,29 @@ def test_a_subclass_that_changes_the_combination_is_not_linear_unless_it_says_so
         def weights(self, losses, value, positions=None):
             return torch.ones_like(losses)
 
-    assert pt.Sum.linear and not Squared.linear and Declared.linear
+    class Mix:  # a mixin's combine comes first in the method resolution order
+        def combine(self, losses, positions=None):
+            return losses.square().sum()
+
+    class MixSum(Mix, pt.Sum):
+        pass
+
+    class GeometricSum(pt.Sum):  # the same combine, another scalarizer
+        def _on_bind(self):
+            self.scalarizer = scalarization.GeometricMean()
+
+    class Again(Declared):  # inherits a declaration it does not change
+        pass
+
+    assert pt.Sum.linear and not Squared.linear and Declared.linear and Again.linear
+    assert not MixSum.linear and not GeometricSum.linear
+    for cls in (MixSum, GeometricSum):
+        params = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
+        losses = params * torch.tensor([1.0, 2.0, 3.0])
+        objective = bound(cls(), 3)
+        (expected,) = torch.autograd.grad(objective.combine(losses), params, retain_graph=True)
+        objective.backward(losses)
+        torch.testing.assert_close(params.grad, expected)
     params = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
     losses = params * torch.tensor([1.0, 2.0, 3.0])
     objective = bound(Squared(), 3)

@@ -289,3 +289,23 @@ def test_a_label_turned_missing_is_another_data_set(tmp_path):
     holed["task1"][3] = np.nan
     with pytest.raises(ValueError, match="data: "):
         fit(pt.MultiTargetData(x, holed))
+
+
+def test_an_identical_factory_gets_the_same_fingerprint_in_every_run():
+    """Memory addresses in a partial's arguments or a closure's values differ between runs of
+    one script: they are left out of the fingerprint, or a plain resume would be refused."""
+    import functools
+
+    from polytask.training._trainer import _qualified
+
+    def made():  # what a new run of the same script builds: new objects, new addresses
+        decay = lambda step: 0.9**step  # noqa: E731
+        partial = functools.partial(torch.optim.SGD, lr=0.01, decay=decay)
+        pair = (decay, 0.01)
+        return partial, lambda params: torch.optim.SGD(params, lr=pair[1])
+
+    (first, closure_a), (second, closure_b) = made(), made()
+    assert first.keywords["decay"] is not second.keywords["decay"]
+    assert _qualified(first) == _qualified(second) and " at 0x" not in _qualified(first)
+    assert _qualified(closure_a) == _qualified(closure_b) and "0.01" in _qualified(closure_a)
+    assert _qualified(functools.partial(torch.optim.SGD, lr=0.1)) != _qualified(first)

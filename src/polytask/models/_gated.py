@@ -615,9 +615,10 @@ class PLE(_Routed):
             ("shared_experts", shared_experts),
             ("task_experts", task_experts),
         ):
-            if per_level is not None and (
-                isinstance(per_level, nn.Module | Mapping) or len(per_level) != n_levels
-            ):
+            one_entry = isinstance(per_level, Mapping | nn.Module) and not isinstance(
+                per_level, nn.ModuleList
+            )
+            if per_level is not None and (one_entry or len(per_level) != n_levels):
                 raise ValueError(
                     f"{name}: {given_name} takes one entry per level, a sequence of "
                     f"n_levels={n_levels}"

@@ -166,12 +166,17 @@ class LossObjective(Objective):
     losses and :meth:`weights` returns exactly those ``w_t`` (Sum, Mean, Weighted): the
     backward pass then starts at the loss vector with the weights as its gradient, which is
     the gradient of the combined loss bit for bit, without the combination's autograd node. A
-    subclass that overrides ``combine`` or ``weights`` is not linear unless it says so."""
+    subclass whose ``combine``, ``weights`` or ``_on_bind`` differ from those of the class that
+    declared it (its own or a mixin's) is not linear unless it says so."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        own = vars(cls)
-        if "linear" not in own and ("combine" in own or "weights" in own):
+        # the class that sets ``linear`` vouches for the combination it resolves (a mixin's
+        # combine, or a scalarizer chosen in _on_bind, would otherwise inherit the claim)
+        forms = (cls.combine, cls.weights, cls._on_bind)
+        if "linear" in vars(cls):
+            cls._linear_forms = forms
+        elif cls.linear and forms != getattr(cls, "_linear_forms", None):
             cls.linear = False
 
     def value(self, losses: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,25 +64,22 @@ class Callback:
         """Restore :meth:`state_dict`."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _gathered_rng_states() -> list[dict[str, Any]] | None:
-    """Every process's global RNG states, in rank order, on every process of a data-parallel
-    fit (None in one process)."""
+def _gathered_rng_states(device: torch.device) -> list[dict[str, Any]] | None:
+    """Every process's global RNG states (the CPU's, and the fit's CUDA device's), in rank
+    order, on every process of a data-parallel fit (None in one process)."""
     if not is_distributed():
         return None
+    import contextlib
+
     import torch.distributed as dist
 
-    cuda = (
-        torch.cuda.get_rng_state(torch.cuda.current_device()) if torch.cuda.is_available() else None
-    )
-    own = {"torch": torch.get_rng_state(), "cuda": cuda}
+    cuda = device.type == "cuda"
+    own = {"torch": torch.get_rng_state()}
+    own["cuda"] = torch.cuda.get_rng_state(device) if cuda else None
     states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, own)
+    # nccl stages the objects on the current CUDA device: make it the fit's
+    with torch.cuda.device(device) if cuda else contextlib.nullcontext():
+        dist.all_gather_object(states, own)
     return states
 
 
@@ -277,7 +274,7 @@ class Checkpoint(Callback):
         if state.epoch % self.every:
             return
         # each process draws its own dropout stream: rank 0 saves every process's state
-        ranks = _gathered_rng_states()
+        ranks = _gathered_rng_states(state.device)
         if not is_main_process():  # a data-parallel fit: rank 0 writes, for every process
             self.saved_epochs.append(state.epoch)
             return
@@ -307,14 +304,14 @@ class Checkpoint(Callback):
             "stop_is_error": state.stop_is_error,
             "scaler": None if state.scaler is None else state.scaler.state_dict(),
         }
-        handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(handle)
+        temporary = self.directory / f".last.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
-            with open(temporary, "wb") as file:
+            # a new file with an ordinary file's mode (0666 less the umask), unlike mkstemp's 0600
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(handle, "wb") as file:
                 torch.save(payload, file)
                 file.flush()
                 os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
-            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 -> an ordinary file's mode
             os.replace(temporary, self.path)
         finally:
             if os.path.exists(temporary):

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import inspect
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -112,15 +113,21 @@ def _qualified(factory: Any) -> str:
     if factory is None:
         return "default"
     if isinstance(factory, functools.partial):
-        arguments = [repr(a) for a in factory.args]
-        arguments += [f"{k}={v!r}" for k, v in sorted(factory.keywords.items())]
+        arguments = [_stable_repr(a) for a in factory.args]
+        arguments += [f"{k}={_stable_repr(v)}" for k, v in sorted(factory.keywords.items())]
         return f"partial({_qualified(factory.func)}, {', '.join(arguments)})"
     code = getattr(factory, "__code__", None)
     where = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
     closed = [c.cell_contents for c in getattr(factory, "__closure__", None) or ()]
-    plain = [repr(v) for v in closed if isinstance(v, int | float | str | bool | tuple)]
+    plain = [_stable_repr(v) for v in closed if isinstance(v, int | float | str | bool | tuple)]
     over = f" with {', '.join(plain)}" if plain else ""
     return f"{getattr(factory, '__qualname__', type(factory).__qualname__)}{where}{over}"
+
+
+def _stable_repr(value: Any) -> str:
+    """``repr`` without memory addresses (``<function f at 0x...>``), which differ between
+    runs of the same script."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
 def _optimizer_settings(optimizer: torch.optim.Optimizer) -> str:
@@ -250,8 +257,8 @@ def _restore(saved: dict[str, Any], state: FitState, max_epochs: int, rank: int 
     if ranks is not None:  # a data-parallel fit: each process its own dropout stream
         own = ranks[rank]
         torch.set_rng_state(own["torch"].cpu())
-        if own["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(own["cuda"].cpu(), torch.cuda.current_device())
+        if own["cuda"] is not None and state.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"].cpu(), state.device)
     else:
         torch.set_rng_state(saved["rng"]["torch"].cpu())
         if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
