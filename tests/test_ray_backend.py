@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray", reason="the ray backend needs the 'ray' extra")
 Cluster = pytest.importorskip("ray.cluster_utils").Cluster
 
 REPLICATIONS = 3
-# about a minute on one core: starting two nodes and importing torch in each node's worker
+# about a minute: starting two nodes and importing torch in each node's worker
 pytestmark = pytest.mark.slow
 
 
@@ -36,7 +36,11 @@ def cluster():
         cluster.shutdown()
 
 
-def _suite(tmp_path, out, backend):
+# one torch thread per replication (cores // jobs), which a node of one CPU can schedule
+JOBS = _replicate.available_cores()
+
+
+def _suite(tmp_path, out, backend, jobs=JOBS):
     return [
         "suite",
         "--datasets",
@@ -50,7 +54,7 @@ def _suite(tmp_path, out, backend):
         "--replications",
         str(REPLICATIONS),
         "--jobs",
-        "1",
+        str(jobs),
         "--backend",
         backend,
         "--data-dir",
@@ -70,7 +74,7 @@ def _configs(store: Store) -> list[str]:
 
 
 def test_a_suite_on_a_ray_cluster_equals_joblib_and_resumes_without_work(
-    tmp_path, monkeypatch, cluster
+    tmp_path, monkeypatch, cluster, capsys
 ):
     """Replications run as Ray tasks on both nodes of a cluster reached through RAY_ADDRESS are
     each stored once, with metrics and leaderboard bit-identical to the joblib backend's; the
@@ -94,6 +98,11 @@ def test_a_suite_on_a_ray_cluster_equals_joblib_and_resumes_without_work(
 
     monkeypatch.setattr(_replicate, "run_replication", traced)
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    if JOBS > 1:  # tasks of more CPUs than a node has would wait forever: refused, clearly
+        assert main(_suite(tmp_path, tmp_path / "too-wide", "ray", jobs=1)) == 2
+        error = capsys.readouterr().err
+        assert "reserves as many CPUs, but the largest node of the Ray cluster has 1" in error
+        assert not ray.is_initialized()
     connections = []
     real_init = ray.init
 

@@ -240,6 +240,20 @@ def ray_session() -> Iterator[None]:
             _import_ray().shutdown()
 
 
+def _refuse_infeasible_tasks(ray: Any, threads: int, jobs: int) -> None:
+    """A task that reserves more CPUs than any node has would wait forever: refuse it."""
+    largest = max(
+        (node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0
+    )
+    if threads > largest:
+        raise ValueError(
+            f"each replication runs {threads} torch threads (--jobs {jobs} on this machine's "
+            f"{available_cores()} cores) and reserves as many CPUs, but the largest node of the "
+            f"Ray cluster has {largest:g}: Ray would never schedule it; raise --jobs so that "
+            "cores // jobs fits a node"
+        )
+
+
 def _ray(jobs: int, calls: list[tuple]) -> Iterator[dict[str, Any]]:
     """Each call a Ray task that reserves as many CPUs as the torch threads it runs (so a node
     is never oversubscribed); inside a :func:`ray_session`."""
@@ -251,6 +265,7 @@ def _ray(jobs: int, calls: list[tuple]) -> Iterator[dict[str, Any]]:
             options = {} if address else {"num_cpus": jobs * threads}
             ray.init(address=address, include_dashboard=False, log_to_driver=False, **options)
             _ray_sessions[0]["connected"] = True  # the outermost session disconnects
+        _refuse_infeasible_tasks(ray, threads, jobs)
         remote = ray.remote(num_cpus=threads)(run_replication)
         pending = [remote.remote(*call) for call in calls]
         while pending:
