@@ -382,3 +382,22 @@ def _cmdline(pid):
             return file.read().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_a_ray_task_no_node_can_schedule_is_refused():
+    """Checked against the cluster's live nodes (a fake of ``ray.nodes()``): more threads than
+    the largest node's CPUs is refused; a cluster without CPUs yet (an autoscaler's) waits."""
+    from polytask.experiments._replicate import _refuse_infeasible_tasks
+
+    class FakeRay:
+        def __init__(self, cpus):
+            self.cpus = cpus
+
+        def nodes(self):
+            dead = {"Alive": False, "Resources": {"CPU": 64.0}}
+            return [dead, *({"Alive": True, "Resources": {"CPU": c}} for c in self.cpus)]
+
+    with pytest.raises(ValueError, match="the largest node of the Ray cluster has 2: Ray would"):
+        _refuse_infeasible_tasks(FakeRay([1.0, 2.0]), threads=4, jobs=1)
+    _refuse_infeasible_tasks(FakeRay([1.0, 4.0]), threads=4, jobs=1)  # one node fits
+    _refuse_infeasible_tasks(FakeRay([0.0]), threads=4, jobs=1)  # nothing yet: may scale up

@@ -241,11 +241,13 @@ def ray_session() -> Iterator[None]:
 
 
 def _refuse_infeasible_tasks(ray: Any, threads: int, jobs: int) -> None:
-    """A task that reserves more CPUs than any node has would wait forever: refuse it."""
+    """A task that reserves more CPUs than any node has would wait forever: refuse it. A
+    cluster with no CPU at all yet (an autoscaler's, whose head takes no work) is left to
+    scale up."""
     largest = max(
         (node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0
     )
-    if threads > largest:
+    if 0 < largest < threads:
         raise ValueError(
             f"each replication runs {threads} torch threads (--jobs {jobs} on this machine's "
             f"{available_cores()} cores) and reserves as many CPUs, but the largest node of the "
