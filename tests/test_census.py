@@ -270,5 +270,7 @@ def test_the_comparison_section_pairs_every_model_with_shared_bottom(tmp_path):
         census_section(holed, tmp_path)
     )
     assert "cannot reach p < 0.05" in census_section(frame[frame["replication"] < 4], tmp_path)
-    with pytest.raises(ValueError, match=r"repeat a \(replication, method, task\), e.g. \(0, "):
+    with pytest.raises(
+        ValueError, match=r"1 \(replication, task, method\) keys have several result rows"
+    ):
         census_summary(pd.concat([frame, frame.iloc[:1]]))

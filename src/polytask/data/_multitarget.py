@@ -19,14 +19,21 @@ def _as_tensor(values: ArrayLike | Tensor, what: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-_STORED = (torch.float32, torch.float64)
+# the dtypes inputs may be stored in, and their numpy twins (scipy sparse inputs)
+STORED = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def _storage(dtype: torch.dtype) -> np.dtype:
+    """The numpy twin of a storage ``dtype``; any other dtype is refused."""
+    if dtype not in STORED:
+        raise ValueError(f"dtype: inputs are stored as torch.float32 or torch.float64, got {dtype}")
+    return STORED[dtype]
 
 
 def _stored(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, bool]:
     """Inputs in the storage ``dtype`` (integers and lower precisions converted), and whether
     float64 values were rounded to float32 on the way."""
-    if dtype not in _STORED:
-        raise ValueError(f"dtype: inputs are stored as torch.float32 or torch.float64, got {dtype}")
+    _storage(dtype)
     rounded = x.dtype == torch.float64 and dtype == torch.float32
     return (x if x.dtype == dtype else x.to(dtype)), rounded
 

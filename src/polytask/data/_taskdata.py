@@ -10,7 +10,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from ._multitarget import _as_tensor, _stored
+from ._multitarget import _as_tensor, _storage, _stored
 
 # torch warns once per process that sparse CSR support is in beta; the layout is what we need
 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
@@ -52,10 +52,10 @@ class TaskData:
         mask: ArrayLike | None = None,
         dtype: torch.dtype = torch.float32,
     ):
+        self.dtype = dtype
         if sp.issparse(x):
-            _stored(torch.empty(0), dtype)  # refuses a dtype that is not stored
             self.rounded = x.dtype == np.float64 and dtype == torch.float32
-            self.x = sp.csr_matrix(x, dtype=torch.empty((), dtype=dtype).numpy().dtype)
+            self.x = sp.csr_matrix(x, dtype=_storage(dtype))
         else:
             x = _as_tensor(x, "inputs x")
             x = x[:, None] if x.ndim == 1 else x
@@ -86,8 +86,7 @@ class TaskData:
         rows = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
         x = self.x[rows] if self.sparse else self.x[torch.from_numpy(rows)]
         mask = None if self.mask is None else self.mask[rows]
-        dtype = torch.float64 if self.x.dtype in (np.float64, torch.float64) else torch.float32
-        subset = TaskData(x, self.y[torch.from_numpy(rows)], mask=mask, dtype=dtype)
+        subset = TaskData(x, self.y[torch.from_numpy(rows)], mask=mask, dtype=self.dtype)
         subset.rounded = self.rounded
         return subset
 

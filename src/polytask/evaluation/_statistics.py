@@ -85,6 +85,19 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
+def refuse_duplicate_rows(frame: pd.DataFrame) -> None:
+    """Refuse a (replication, task, method) key with several result rows: a pivot would
+    average them silently."""
+    duplicated = frame[frame.duplicated(KEYS, keep=False)]
+    if not duplicated.empty:
+        keys = sorted(set(duplicated[KEYS].itertuples(index=False, name=None)), key=str)
+        shown = ", ".join(map(str, keys[:5])) + (" ..." if len(keys) > 5 else "")
+        raise ValueError(
+            f"{len(keys)} (replication, task, method) keys have several result rows (they would "
+            f"be averaged silently): {shown}"
+        )
+
+
 def _wide(frame: pd.DataFrame, baseline: str, metric: str) -> pd.DataFrame:
     """Rows (replication, task) x columns method of ``metric``; NaN where a value is missing.
 
@@ -95,14 +108,7 @@ def _wide(frame: pd.DataFrame, baseline: str, metric: str) -> pd.DataFrame:
     if missing:
         what = f"metric {metric!r}" if missing == [metric] else f"columns {missing}"
         raise ValueError(f"{what} not in the results; columns: {list(frame.columns)}")
-    duplicated = frame[frame.duplicated(KEYS, keep=False)]
-    if not duplicated.empty:
-        keys = sorted(set(duplicated[KEYS].itertuples(index=False, name=None)), key=str)
-        shown = ", ".join(map(str, keys[:5])) + (" ..." if len(keys) > 5 else "")
-        raise ValueError(
-            f"{len(keys)} (replication, task, method) keys have several result rows (they would "
-            f"be averaged silently): {shown}"
-        )
+    refuse_duplicate_rows(frame)
     wide = frame.pivot(index=["replication", "task"], columns="method", values=metric)
     if baseline not in wide.columns:
         raise ValueError(f"baseline {baseline!r} not among the methods {list(wide.columns)}")

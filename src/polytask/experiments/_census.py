@@ -26,6 +26,7 @@ from ..datasets._census import (
 )
 from ..datasets._spec import folder_digests
 from ..evaluation import evaluate
+from ..evaluation._statistics import FEW_REPLICATIONS_NOTE, MIN_TESTABLE_N, refuse_duplicate_rows
 from ..models import CGC, PLE, CrossStitch, DSelectK, MMoE, SharedBottom
 from ..objectives import make_objective
 from ..tasks import Task
@@ -503,15 +504,7 @@ def census_summary(
     """
     from scipy import stats
 
-    keys = ["replication", "method", "task"]
-    repeated = frame[frame.duplicated(keys, keep=False)]
-    if not repeated.empty:  # a pivot would average them silently
-        first = repeated.iloc[0]
-        raise ValueError(
-            f"census_summary: {len(repeated)} rows repeat a (replication, method, task), e.g. "
-            f"({first['replication']}, {first['method']!r}, {first['task']!r}); each must "
-            "appear once"
-        )
+    refuse_duplicate_rows(frame)
     rows = []
     for (method, task), part in frame.groupby(["method", "task"], sort=False):
         values = part[metric].to_numpy(dtype=float)
@@ -597,12 +590,8 @@ def census_section(
     if not missing.empty:
         listed = ", ".join(f"{r.method} on {r.task}: {r.n_missing}" for r in missing.itertuples())
         lines += [f"Undefined scores left out (and out of the pairs): {listed}.", ""]
-    if len(means) and means["n"].min() <= 5:
-        lines += [
-            "With 5 replications or fewer the Wilcoxon test cannot reach p < 0.05: read the "
-            "intervals.",
-            "",
-        ]
+    if len(means) and means["n"].min() < MIN_TESTABLE_N:
+        lines += [f"{FEW_REPLICATIONS_NOTE}.", ""]
     if not paired.empty:
         wins = paired.pivot(index="method", columns="task", values="higher")
         wins.columns = [f"higher ({t})" for t in wins.columns]

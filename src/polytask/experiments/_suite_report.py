@@ -18,6 +18,7 @@ from ..evaluation._leaderboard import (
     mean_ranks,
     relative_rmse,
 )
+from ..evaluation._statistics import FEW_REPLICATIONS_NOTE, MIN_TESTABLE_N
 from ._report import markdown_table
 from ._suite import REFERENCES, TRAIN_MEAN, TUNED, DatasetExperiment
 
@@ -216,11 +217,8 @@ def _coverage_note(table: pd.DataFrame) -> str:
     if short:
         listed = ", ".join(f"{k} of {m}" for m, k in short.items())
         note += f" Replications left out for lacking a task's metric: {listed} (of {runs})."
-    if table["n"].min() <= 5:
-        note += (
-            " With 5 replications or fewer the two-sided Wilcoxon test cannot reach p < 0.05: "
-            "read the intervals, not the verdicts."
-        )
+    if table["n"].min() < MIN_TESTABLE_N:
+        note += f" {FEW_REPLICATIONS_NOTE}."
     return note
 
 

@@ -8,6 +8,7 @@ first three by default; a callback of the same class in ``callbacks`` replaces t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 
 from ._distributed import is_distributed, is_main_process
 
@@ -69,10 +71,6 @@ def _gathered_rng_states(device: torch.device) -> list[dict[str, Any]] | None:
     order, on every process of a data-parallel fit (None in one process)."""
     if not is_distributed():
         return None
-    import contextlib
-
-    import torch.distributed as dist
-
     cuda = device.type == "cuda"
     own = {"torch": torch.get_rng_state()}
     own["cuda"] = torch.cuda.get_rng_state(device) if cuda else None

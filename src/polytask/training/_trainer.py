@@ -7,6 +7,7 @@ import functools
 import hashlib
 import inspect
 import os
+import pickle
 import re
 import time
 import warnings
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
@@ -34,7 +36,6 @@ from ._losses import LossPlan
 from ._progress import EpochProgress
 from ._sources import (
     PerTaskBatch,
-    PerTaskSource,
     SharedBatch,
     SharedSource,
     Source,
@@ -217,16 +218,16 @@ def _read_resume_point(
     path = saves[0].path
     try:
         saved = torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # truncated, empty or not a checkpoint: name the file
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+        # truncated, empty or not a checkpoint: name the file
         raise ValueError(
             f"the checkpoint {path} cannot be read ({type(error).__name__}: {error}); remove "
             "it to start afresh"
         ) from error
     if not isinstance(saved, dict) or "fingerprint" not in saved:
         raise ValueError(f"{path} is not a polytask checkpoint; remove it to start afresh")
-    # the optimizer's settings are compared once it is built (see _loop)
-    ours = {k: v for k, v in fingerprint.items() if k != "optimizer settings"}
-    _refuse_another_configuration(path, saved["fingerprint"], ours)
+    # (the optimizer's settings join the fingerprint, and are compared, once it is built)
+    _refuse_another_configuration(path, saved["fingerprint"], fingerprint)
     return saved
 
 
@@ -275,21 +276,24 @@ def _restore(saved: dict[str, Any], state: FitState, max_epochs: int, rank: int 
     return saved["epoch"] + 1
 
 
-def _digest_tensor(digest: Any, tensor: Tensor | None) -> None:
-    """Add a tensor's shape and values (a sparse one's indices and values) to ``digest``."""
-    if tensor is None:
+def _digest_array(digest: Any, array: Tensor | np.ndarray | sp.spmatrix | None) -> None:
+    """Add an array's shape, dtype and values (a sparse matrix's indices and values) to
+    ``digest``."""
+    if array is None:
         return
-    tensor = tensor.detach().cpu()
-    digest.update(repr((tuple(tensor.shape), str(tensor.dtype), str(tensor.layout))).encode())
-    if tensor.layout == torch.sparse_coo:
-        tensor = tensor.coalesce()
-        pieces = [tensor.indices(), tensor.values()]
-    elif tensor.layout == torch.sparse_csr:
-        pieces = [tensor.crow_indices(), tensor.col_indices(), tensor.values()]
+    if sp.issparse(array):
+        csr = sp.csr_matrix(array)
+        pieces = [csr.indptr, csr.indices, csr.data]
     else:
-        pieces = [tensor]
-    for piece in pieces:  # as raw bytes: numpy has no bfloat16
-        digest.update(piece.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        # raw bytes of a tensor: numpy has no bfloat16
+        pieces = [
+            array.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            if isinstance(array, Tensor)
+            else np.ascontiguousarray(array)
+        ]
+    digest.update(repr((tuple(array.shape), str(array.dtype))).encode())
+    for piece in pieces:
+        digest.update(piece.tobytes())
 
 
 def _warn_rounded_inputs(*splits: Any) -> None:
@@ -790,8 +794,8 @@ class Trainer:
             model,
             objective,
             tasks,
-            train_source,
-            stop_source,
+            train,
+            stop,
             processes=1 if shard is None else shard.world,
         )
         parallel = None
@@ -907,31 +911,32 @@ class Trainer:
         model: nn.Module,
         objective: Objective,
         tasks: Sequence[Task],
-        *sources: Source,
+        *splits: Data,
         processes: int = 1,
     ) -> dict[str, Any]:
         """What a checkpoint must match: every setting that changes the fit's course (not
         ``max_epochs``, so a finished fit can be extended), the model's structure and parameter
         shapes, the tasks, the number of processes and the data (each split's rows and a digest
-        of all of them, dense or sparse). Empty when the fit saves no checkpoint (the digest
-        reads every row). The optimizer's settings join once it is built."""
-        if not any(isinstance(c, Checkpoint) for c in self._callbacks()):
+        of all of them, dense or sparse, read from the caller's containers on the host). Empty
+        when the fit saves no checkpoint. The optimizer's settings join once it is built."""
+        if self.checkpoint is None and not any(isinstance(c, Checkpoint) for c in self.callbacks):
             return {}
         digest, rows = hashlib.sha256(), []
-        for source in sources:
-            if not isinstance(source, SharedSource | PerTaskSource):
-                # a loader's own sampler may shuffle: its rows cannot be read in a fixed order
+        for data in splits:
+            if isinstance(data, MultiTargetData):
+                rows.append(len(data))
+                arrays = [data.x, *data.targets.values(), *(data.masks or {}).values()]
+            elif isinstance(data, Mapping) and all(isinstance(d, TaskData) for d in data.values()):
+                rows.append({t: len(d) for t, d in data.items()})
+                arrays = [a for d in data.values() for a in (d.x, d.y, d.mask)]
+            else:  # a loader's own sampler may shuffle: its rows cannot be read in a fixed order
                 rows.append("loaders")
                 continue
-            rows.append(len(source) if isinstance(source, SharedSource) else source.sizes())
-            for batch in source.chunks(self.eval_batch_size):
-                parts = [batch] if isinstance(batch, SharedBatch) else batch.parts
-                for part in parts:
-                    targets = part.y.values() if isinstance(part.y, Mapping) else [part.y]
-                    masks = getattr(part, "masks", None) or {}  # which labels are missing
-                    masks = [*masks.values(), getattr(part, "mask", None)]
-                    for tensor in (part.x, *targets, *masks):
-                        _digest_tensor(digest, tensor)
+            digest.update(
+                repr(list(data.task_names if isinstance(data, MultiTargetData) else data)).encode()
+            )
+            for array in arrays:
+                _digest_array(digest, array)
         settings = {
             name: repr(getattr(self, name))
             for name in (
