@@ -9,13 +9,15 @@ Jacobian all-reduce, then the heads' gradients).
 
 A step is timed from one ``on_step_end`` callback to the next (forward, the method's
 backward and its collectives, the optimizer step); the methods take turns in rounds, each fit
-one epoch of ``--steps`` steps (the first two of each are left out), and each method gets the
-median of its steps with the spread between rounds' medians (min-max). Bytes per step are
+one epoch of ``--steps`` steps (the first two of each are left out; the order of the methods
+alternates between rounds). Each round gives each method the median of its steps and its ratio
+to equal weighting's median in the same round; printed: the median of the rounds' ratios and
+their spread (min-max and interquartile range). Bytes per step are
 those each process sends, counted as ring algorithms send them (an all-reduce of n bytes sends
 2 n (W - 1) / W; a reduce-scatter or all-gather of n bytes in all, n (W - 1) / W): the
 engine's collectives (counted by its reducer) plus DDP's gradient all-reduce.
 
-Usage: python benchmarks/bench_distributed.py [--steps 30] [--rounds 5] [--tasks 10]
+Usage: python benchmarks/bench_distributed.py [--steps 30] [--rounds 9] [--tasks 10]
 Last line: ``ddp_repr_T10_vs_equal: X`` (goal: at most 1.3).
 """
 
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 
 import polytask as pt
+from _rounds import in_turn, spread
 from polytask.training import is_main_process
 
 METHODS = ["mean", "upgrad@repr", "upgrad"]
@@ -106,13 +109,11 @@ def one_fit(method: str, n_tasks: int, steps: int) -> tuple[list[float], float]:
 
 
 def worker(args: argparse.Namespace) -> None:
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
     medians: dict[str, list[float]] = {m: [] for m in METHODS}
     sent: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for method in METHODS:
+    for r in range(args.rounds):
+        for method in in_turn(r, METHODS):
             steps, per_step = one_fit(method, args.tasks, args.steps)
-            times[method] += steps
             medians[method].append(statistics.median(steps))
             sent[method] = per_step
     if not is_main_process():
@@ -121,27 +122,25 @@ def worker(args: argparse.Namespace) -> None:
         f"2 gloo processes, T={args.tasks}, global batch 256, {args.rounds} rounds x "
         f"{args.steps} steps, {os.environ.get('OMP_NUM_THREADS', '?')} thread(s) each"
     )
-    equal = statistics.median(times["mean"])
+    equal = medians["mean"]
+    ratios = {m: [o / e for o, e in zip(medians[m], equal, strict=True)] for m in METHODS}
     for method in METHODS:
-        median = statistics.median(times[method])
-        spread = f"{1e3 * min(medians[method]):.2f}-{1e3 * max(medians[method]):.2f}"
+        ms, ratio = 1e3 * statistics.median(medians[method]), statistics.median(ratios[method])
         print(
-            f"{method:12s} {1e3 * median:8.2f} ms/step (round medians {spread})  "
-            f"x{median / equal:5.2f} of equal  {sent[method] / 1e6:7.3f} MB sent/step"
+            f"{method:12s} {ms:8.2f} ms/step (median of rounds)  x{ratio:5.2f} of equal "
+            f"({spread(ratios[method])})  {sent[method] / 1e6:7.3f} MB sent/step"
         )
-    exact = statistics.median(times["upgrad"]) / equal
     print(
-        f"exact path: x{exact:.2f} of equal weighting, "
+        f"exact path: x{statistics.median(ratios['upgrad']):.2f} of equal weighting, "
         f"{sent['upgrad'] / 1e6:.3f} MB/step against {sent['mean'] / 1e6:.3f} MB/step"
     )
-    ratio = statistics.median(times["upgrad@repr"]) / equal
-    print(f"ddp_repr_T{args.tasks}_vs_equal: {ratio:.2f}")
+    print(f"ddp_repr_T{args.tasks}_vs_equal: {statistics.median(ratios['upgrad@repr']):.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

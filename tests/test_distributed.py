@@ -121,8 +121,18 @@ WORKER = textwrap.dedent(
                 trainer.fit(model, tasks, d, d)
             except ValueError as error:
                 refused[f"{method} {kind}"] = str(error)
+        # the reducer's collectives: small payloads go by all-gather, large ones by all-reduce
+        from polytask.engine._reduce import SMALL_PAYLOAD_BYTES, Reducer
+        reducer = Reducer()
+        small = torch.tensor([rank() + 1.0, -float(rank())])
+        large = torch.full((SMALL_PAYLOAD_BYTES // 4 + 1,), rank() + 1.0)
+        collectives = {"sum": reducer.sum(small), "max": reducer.maximum(small),
+                       "mean": reducer.mean([small, small[:1]]),
+                       "max_long": reducer.maximum(torch.tensor([rank(), 5 - rank()])),
+                       "large": reducer.sum(large), "small": small}
         torch.save({"results": results, "refused": refused, "world": world_size(),
-                    "mask": masks[0], "resume": (straight, resumed)},
+                    "mask": masks[0], "resume": (straight, resumed),
+                    "collectives": collectives},
                    f"{out}/rank{rank()}.pt")
         if is_main_process():
             with open(f"{out}/report.jsonl", "a") as report:
@@ -243,6 +253,21 @@ def test_a_resumed_fit_gives_each_process_its_own_random_stream_back(launched):
     for rank in ranks:
         straight, resumed = rank["resume"]
         assert torch.equal(straight, resumed)
+
+
+def test_the_reducers_sums_and_maxima_are_the_processes_on_every_process(launched):
+    """Payloads up to SMALL_PAYLOAD_BYTES are reduced from an all-gather, larger ones by
+    gloo's all-reduce: both give the reduction over the processes, identically everywhere,
+    and leave the caller's tensor as it was."""
+    _, ranks = launched
+    for r, result in enumerate(ranks):
+        got = result["collectives"]
+        assert got["small"].tolist() == [r + 1.0, -float(r)]
+        assert got["sum"].tolist() == [3.0, -1.0]
+        assert got["max"].tolist() == [2.0, 0.0]
+        assert [t.tolist() for t in got["mean"]] == [[1.5, -0.5], [1.5]]
+        assert got["max_long"].tolist() == [1, 5] and got["max_long"].dtype == torch.int64
+        assert bool((got["large"] == 3.0).all())
 
 
 def test_a_crashed_process_ends_the_others_with_an_error(tmp_path):

@@ -396,3 +396,49 @@ def test_replicated_hetero_fits_give_the_same_test_mse_on_either_solver():
         mean = float(np.mean(differences))
         noise = 2 * float(np.std(differences, ddof=1)) / math.sqrt(len(differences))
         assert abs(mean) <= max(noise, 0.01 * float(np.mean(levels))), (name, differences)
+
+
+# --- UPGrad's dual-cone projections ----------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 10),
+    st.integers(-6, 6),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.sampled_from([(), (3,), (2, 2)]),
+)
+def test_upgrads_rowwise_projector_gives_torchjds_weights_bit_for_bit(
+    seed, n, decade, dtype, batch
+):
+    from torchjd.aggregation import UPGradWeighting
+    from torchjd.linalg import QuadprogProjector
+
+    from polytask.objectives import UPGrad
+    from polytask.objectives._dual_cone import RowwiseQuadprogProjector
+
+    gen = torch.Generator().manual_seed(seed)
+    # rows of any sign (conflicting tasks), norms over decades, a row repeated or zero
+    J = torch.randn(n, 7, generator=gen, dtype=torch.float64) * 10.0**decade
+    J = J * torch.logspace(-2, 2, n, dtype=torch.float64)[:, None]
+    if n > 2:
+        J[1], J[2] = -J[0], 0.0
+    gram = (J @ J.T).to(dtype)
+    U = torch.randn(*batch, n, generator=gen, dtype=torch.float64).abs().to(dtype)
+    assert torch.equal(RowwiseQuadprogProjector()(U, gram), QuadprogProjector()(U, gram))
+    weights = UPGrad().make_weighting(n)(gram)
+    assert torch.equal(weights, UPGradWeighting()(gram))
+    # the defining property: the update conflicts with no task (up to the regularisation of
+    # the trace-normalised Gramian; a trace below norm_eps counts as zero: equal weights)
+    trace, w = gram.diagonal().sum().double(), weights.double()
+    if trace >= 1e-4:
+        assert (gram.double() @ w >= -1e-3 * trace * w.abs().sum()).all()
+    else:
+        torch.testing.assert_close(weights, torch.full_like(weights, 1 / n))
+
+
+def test_upgrads_projector_names_the_problem_it_cannot_solve():
+    from polytask.objectives._dual_cone import RowwiseQuadprogProjector
+
+    not_positive_definite = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match=r"UPGrad: quadprog could not project .* 2 task"):
+        RowwiseQuadprogProjector()(torch.eye(2), not_positive_definite)

