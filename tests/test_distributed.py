@@ -123,13 +123,20 @@ WORKER = textwrap.dedent(
                 refused[f"{method} {kind}"] = str(error)
         # the reducer's collectives: small payloads go by all-gather, large ones by all-reduce
         from polytask.engine._reduce import SMALL_PAYLOAD_BYTES, Reducer
+        import torch.distributed as dist
+        all_reduces = []
+        plain_all_reduce = dist.all_reduce
+        dist.all_reduce = lambda t, *a, **k: (all_reduces.append(t.numel()),
+                                              plain_all_reduce(t, *a, **k))[1]
         reducer = Reducer()
         small = torch.tensor([rank() + 1.0, -float(rank())])
         large = torch.full((SMALL_PAYLOAD_BYTES // 4 + 1,), rank() + 1.0)
         collectives = {"sum": reducer.sum(small), "max": reducer.maximum(small),
                        "mean": reducer.mean([small, small[:1]]),
                        "max_long": reducer.maximum(torch.tensor([rank(), 5 - rank()])),
-                       "large": reducer.sum(large), "small": small}
+                       "small_all_reduces": list(all_reduces),
+                       "large": reducer.sum(large), "all_reduces": all_reduces}
+        dist.all_reduce = plain_all_reduce
         torch.save({"results": results, "refused": refused, "world": world_size(),
                     "mask": masks[0], "resume": (straight, resumed),
                     "collectives": collectives},
@@ -256,13 +263,14 @@ def test_a_resumed_fit_gives_each_process_its_own_random_stream_back(launched):
 
 
 def test_the_reducers_sums_and_maxima_are_the_processes_on_every_process(launched):
-    """Payloads up to SMALL_PAYLOAD_BYTES are reduced from an all-gather, larger ones by
-    gloo's all-reduce: both give the reduction over the processes, identically everywhere,
-    and leave the caller's tensor as it was."""
+    """Payloads up to SMALL_PAYLOAD_BYTES are reduced from an all-gather (no all-reduce
+    runs), larger ones by gloo's all-reduce: both give the reduction over the processes, on
+    every process, in the dtype given."""
     _, ranks = launched
-    for r, result in enumerate(ranks):
+    for result in ranks:
         got = result["collectives"]
-        assert got["small"].tolist() == [r + 1.0, -float(r)]
+        assert got["small_all_reduces"] == []  # small payloads went by all-gather
+        assert got["all_reduces"] == [got["large"].numel()]  # the large one by all-reduce
         assert got["sum"].tolist() == [3.0, -1.0]
         assert got["max"].tolist() == [2.0, 0.0]
         assert [t.tolist() for t in got["mean"]] == [[1.5, -0.5], [1.5]]

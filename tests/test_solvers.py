@@ -423,8 +423,10 @@ def test_upgrads_rowwise_projector_gives_torchjds_weights_bit_for_bit(
     if n > 2:
         J[1], J[2] = -J[0], 0.0
     gram = (J @ J.T).to(dtype)
-    U = torch.randn(*batch, n, generator=gen, dtype=torch.float64).abs().to(dtype)
-    assert torch.equal(RowwiseQuadprogProjector()(U, gram), QuadprogProjector()(U, gram))
+    U = torch.randn(*batch, n, generator=gen, dtype=torch.float64).to(dtype)
+    ours, theirs = RowwiseQuadprogProjector()(U, gram), QuadprogProjector()(U, gram)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(ours.view(bits), theirs.view(bits))  # the signs of zeros included
     weights = UPGrad().make_weighting(n)(gram)
     assert torch.equal(weights, UPGradWeighting()(gram))
     # the defining property: the update conflicts with no task (up to the regularisation of
@@ -434,6 +436,30 @@ def test_upgrads_rowwise_projector_gives_torchjds_weights_bit_for_bit(
         assert (gram.double() @ w >= -1e-3 * trace * w.abs().sum()).all()
     else:
         torch.testing.assert_close(weights, torch.full_like(weights, 1 / n))
+
+
+def test_a_projector_given_to_upgrad_is_used_and_the_default_is_not_built(monkeypatch):
+    from torchjd.linalg import DualConeProjector
+
+    from polytask.objectives import UPGrad, _dual_cone
+
+    class Unbuildable(_dual_cone.RowwiseQuadprogProjector):
+        def __init__(self) -> None:  # as where quadprog is not installed
+            raise ImportError("quadprog")
+
+    class Identity(DualConeProjector):
+        calls = 0
+
+        def __call__(self, U, G):
+            Identity.calls += 1
+            return U
+
+    monkeypatch.setattr("polytask.objectives._gradient.RowwiseQuadprogProjector", Unbuildable)
+    weights = UPGrad(projector=Identity()).make_weighting(3)(torch.eye(3))
+    assert Identity.calls == 1
+    torch.testing.assert_close(weights, torch.full((3,), 1 / 3))  # the mean of U's rows
+    with pytest.raises(ImportError):
+        UPGrad().make_weighting(3)
 
 
 def test_upgrads_projector_names_the_problem_it_cannot_solve():

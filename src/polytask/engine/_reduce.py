@@ -63,7 +63,7 @@ class Reducer:
         self.rank = dist.get_rank(group)
         # gloo's ring all-reduce takes 2 (W - 1) rounds of messages, its all-gather W - 1:
         # a tiny payload (losses, a T x T Gramian) is bound by those rounds, not by bytes
-        # (on 2 CPU processes a 100-value all-reduce waited ~1.5 ms, the all-gather ~0.4 ms)
+        # (inside a 2-process fit, 10.7 KB all-reduced waited ~1.5 ms, all-gathered ~0.4 ms)
         self._gathers_small = self.world > 1 and dist.get_backend(group) == "gloo"
         self.bytes = 0
         """Bytes this process has sent so far, counted as ring algorithms send them (an
