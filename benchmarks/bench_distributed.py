@@ -4,8 +4,9 @@ Model: the shared MLP of ``bench_methods.py`` (input 64, 4 hidden layers of 256,
 T = 10 linear heads, global batch 256 (128 rows per process), MSE per task, fused Adam, through
 :class:`polytask.Trainer` started by ``torch.distributed.run`` (the script relaunches itself).
 Methods: equal weighting (``mean``: DDP's gradient all-reduce only), ``upgrad@repr`` (DDP's
-all-reduce plus one T x T Gramian all-reduce) and ``upgrad`` on the exact path (the T x P
-Jacobian all-reduce, then the heads' gradients).
+all-reduce plus one reduction of the T x T Gramian with the heads' gradients, 10.7 KB at
+T = 10, which gloo does as an all-gather) and ``upgrad`` on the exact path (the T x P Jacobian
+reduce-scattered, the shards' Gramians summed, the update's shards gathered).
 
 A step is timed from one ``on_step_end`` callback to the next (forward, the method's
 backward and its collectives, the optimizer step); the methods take turns in rounds, each fit

@@ -427,7 +427,9 @@ def test_upgrads_rowwise_projector_gives_torchjds_weights_bit_for_bit(
     ours, theirs = RowwiseQuadprogProjector()(U, gram), QuadprogProjector()(U, gram)
     bits = torch.int32 if dtype == torch.float32 else torch.int64
     assert torch.equal(ours.view(bits), theirs.view(bits))  # the signs of zeros included
-    weights = UPGrad().make_weighting(n)(gram)
+    weighting = UPGrad().make_weighting(n)
+    assert isinstance(weighting.projector, RowwiseQuadprogProjector)
+    weights = weighting(gram)
     assert torch.equal(weights, UPGradWeighting()(gram))
     # the defining property: the update conflicts with no task (up to the regularisation of
     # the trace-normalised Gramian; a trace below norm_eps counts as zero: equal weights)
