@@ -214,6 +214,24 @@ def test_tied_experts_are_refused():
     assert model.n_experts == 3 and model(torch.randn(2, 3))["a"].shape == (2, 1)
 
 
+def test_a_module_repeated_across_levels_or_depths_is_refused():
+    """``[module] * n`` across PLE's levels or a cross-stitch column's depths ties weights that
+    the model shows as separate parts."""
+    experts = BatchedExperts(2, 3, [3])
+    with pytest.raises(ValueError, match=r"shared_experts\[0\] and shared_experts\[1\]"):
+        PLE(3, ["a", "b"], n_levels=2, expert_hidden=[3], shared_experts=[experts] * 2)
+    own = {t: BatchedExperts(1, 3, [3]) for t in "ab"}
+    with pytest.raises(ValueError, match=r"task_experts\.0\.a\..* both a shared part and task 'a'"):
+        PLE(3, ["a", "b"], n_levels=2, expert_hidden=[3], task_experts=[own, own])
+    layer = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    columns = {"a": [layer, layer], "b": [nn.Linear(3, 3), nn.Linear(3, 3)]}
+    with pytest.raises(ValueError, match="layer 0 of the column of 'a' and layer 1 of the column"):
+        CrossStitch(3, ["a", "b"], columns=columns)
+    fresh = [BatchedExperts(2, 3, [3]), BatchedExperts(2, 3, [3])]
+    model = PLE(3, ["a", "b"], n_levels=2, expert_hidden=[3], shared_experts=fresh)
+    assert model.shared_experts[1] is fresh[1]
+
+
 def _tower_pair(width):
     """Two towers that share their first layer."""
     layer = nn.Linear(width, 3)
@@ -534,19 +552,47 @@ def test_representation_path_uses_the_gramian_of_the_features_gradients(
             assert torch.allclose(a, b, atol=1e-8, rtol=1e-6), method
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_per_task_batches_on_the_representation_path(arch):
-    """A per-task step (each task its own rows): the engine's features per task."""
-    model = build(arch)
-    engine = pt.GradientEngine(model, "mgda@repr")
-    g = torch.Generator().manual_seed(0)
-    losses = {}
-    for t in model.task_names:
-        x = torch.randn(5, 3, generator=g)
-        losses[t] = engine.forward(x, task=t).square().mean()
+def _per_task_step(model, method, xs, targets):
+    engine = pt.GradientEngine(model, method)
+    losses = {t: ((engine.forward(x, task=t) - targets[t]) ** 2).mean() for t, x in xs.items()}
     step = engine.backward(losses)
-    assert torch.isfinite(step.weights).all()
-    assert all(p.grad is not None for p in model.shared_parameters())
+    return step, [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_per_task_batches_on_the_representation_and_exact_paths(arch):
+    """Each task its own rows. @repr: the tasks read different features, so their Gramian is
+    diagonal, ``|dL_t/dz_t|^2``, weighted by hand; exact: the same update as the naive path."""
+    names = ["a", "b", "c"]
+    g = torch.Generator().manual_seed(3)
+    xs = {t: torch.randn(4 + i, 3, generator=g, dtype=torch.float64) for i, t in enumerate(names)}
+    targets = {t: torch.randn(len(x), 1, generator=g, dtype=torch.float64) for t, x in xs.items()}
+
+    def make():
+        return build(arch, tasks=names, seed=1).double()
+
+    model = make()
+    norms = []
+    for t in names:
+        z = model.features(xs[t])
+        loss = ((model.heads_forward(z, task=t) - targets[t]) ** 2).mean()
+        norms.append(torch.autograd.grad(loss, z)[0].square().sum())
+    hand = MGDAWeighting()(torch.diag(torch.stack(norms)))
+    reference = make()
+    total = sum(
+        w * ((reference(xs[t], task=t) - targets[t]) ** 2).mean()
+        for w, t in zip(hand, names, strict=True)
+    )
+    expected = torch.autograd.grad(total, list(reference.parameters()), allow_unused=True)
+    step, grads = _per_task_step(make(), "mgda@repr", xs, targets)
+    assert torch.allclose(step.weights, hand, atol=1e-7)
+    for a, b in zip(grads, expected, strict=True):
+        assert torch.allclose(a, torch.zeros_like(a) if b is None else b, atol=1e-9, rtol=1e-7)
+    exact_step, exact = _per_task_step(make(), "upgrad", xs, targets)
+    naive_step, naive = _per_task_step(make(), "upgrad@naive", xs, targets)
+    assert torch.allclose(exact_step.weights, naive_step.weights, atol=1e-7)
+    for a, b in zip(exact, naive, strict=True):
+        assert torch.allclose(a, b, atol=1e-9, rtol=1e-7)
 
 
 # --- seeds -----------------------------------------------------------------------------------

@@ -138,14 +138,17 @@ class CrossStitch(_Routed):
             raise ValueError(
                 f"{name}: every column needs the same number (>= 1) of layers: {depths}"
             )
-        seen: dict[int, str] = {}
+        seen: dict[int, tuple[str, int]] = {}
         for t in self.task_names:
-            for p in params(*columns[t]):
-                if seen.setdefault(id(p), t) != t:
-                    raise ValueError(
-                        f"{name}: the columns of {seen[id(p)]!r} and {t!r} share parameters; "
-                        "build each column anew"
-                    )
+            for depth, layer in enumerate(columns[t]):
+                for p in params(layer):
+                    other = seen.setdefault(id(p), (t, depth))
+                    if other != (t, depth):
+                        raise ValueError(
+                            f"{name}: layer {other[1]} of the column of {other[0]!r} and layer "
+                            f"{depth} of the column of {t!r} share parameters (the same module "
+                            "given twice, as [module] * n does); build each layer anew"
+                        )
         return {t: list(columns[t]) for t in self.task_names}
 
     def _probe_width(self, in_features: int) -> int:

@@ -345,6 +345,21 @@ class _Routed(nn.Module):
                         f"{other!r} and {task!r} (one module given to both); build one per task"
                     )
 
+    def _refuse_repeated_parts(self, parts: Mapping[str, nn.Module]) -> None:
+        """Refuse one module (or parameter) in two places of the model, e.g. the same experts
+        on two levels: ``[module] * n`` ties their weights, and the model would silently hold
+        one part where it shows two."""
+        name = type(self).__name__
+        seen: dict[int, str] = {}
+        for label, part in parts.items():
+            for p in part.parameters():
+                other = seen.setdefault(id(p), label)
+                if other != label:
+                    raise ValueError(
+                        f"{name}: {other} and {label} share parameters (the same module given "
+                        "twice, as [module] * n does); build each part anew"
+                    )
+
     def parameter_owners(self) -> dict[int, str]:
         """Each task-specific parameter's task, by parameter id."""
         owners: dict[int, str] = {}
@@ -686,6 +701,17 @@ class PLE(_Routed):
         self.n_shared, self._last_in = n_sh, last_in
         self.towers = build_towers(name, sizes, towers, width, tower_hidden, activation, generator)
         self._refuse_tied_parts()
+        self._refuse_repeated_parts(
+            {
+                **{f"shared_experts[{i}]": m for i, m in enumerate(self.shared_experts)},
+                **{
+                    f"task_experts[{i}][{t!r}]": level[t]
+                    for i, level in enumerate(self.task_experts)
+                    for t in names
+                },
+                **{f"towers[{t!r}]": self.towers[t] for t in names},
+            }
+        )
 
     # one extraction level below the last: the task outputs and the shared output
     def _level(
