@@ -632,7 +632,11 @@ def _two_sets():
         (lambda: SharedBottom.build(3, ["x", "x"]), "task 'x' is named twice"),
         (
             lambda: MMoE(3, ["a", "b"], expert_hidden=[6], towers={"b": nn.Linear(5, 1)}),
-            r"tower of task 'b' cannot read the 6-wide input",
+            r"tower of task 'b' cannot read the 6-wide input it gets \(the mixture of the",
+        ),
+        (
+            lambda: SharedBottom.build(3, ["a", "b"], hidden=[6], towers={"b": nn.Linear(5, 1)}),
+            r"tower of task 'b' cannot read the 6-wide input it gets \(the bottom's output\)",
         ),
         (
             lambda: PLE(3, {"a": 2, "b": 1}, expert_hidden=[6], towers={"a": nn.Linear(6, 1)}),
@@ -640,7 +644,7 @@ def _two_sets():
         ),
         (
             lambda: CrossStitch(3, ["a", "b"], hidden=[4], towers={"a": nn.Linear(3, 1)}),
-            r"tower of task 'a' cannot read the 4-wide input",
+            r"tower of task 'a' cannot read the 4-wide input it gets \(its column's last mixed",
         ),
         (
             lambda: MMoE(3, ["a"], towers={"c": nn.Linear(16, 1)}),

@@ -288,6 +288,14 @@ def test_mismatched_heads_and_tasks_are_reported(hetero_splits):
     wide.heads["task1"] = nn.Linear(16, 3)
     with pytest.raises(ValueError, match=r"task 'task1': its head outputs shape \(2, 3\)"):
         fit(train, stop, model=wide)
+    narrow = small_model()  # a head that cannot read the trunk's 16 columns
+    narrow.heads["task2"] = nn.Linear(5, 1)
+    with pytest.raises(ValueError, match=r"task 'task2': its head cannot take .*\(n, 1\)"):
+        fit(train, stop, model=narrow)
+    trunkless = small_model()  # every route fails alike: the shared part is at fault
+    trunkless.trunk[0] = nn.Linear(7, 16)
+    with pytest.raises(ValueError, match=r"^the model cannot take the inputs of shape \(n, 1\)"):
+        fit(train, stop, model=trunkless)
 
 
 def test_a_loss_that_turns_nan_stops_with_epoch_and_task(hetero_splits):

@@ -121,7 +121,16 @@ class CrossStitch(_Routed):
         start = torch.full((t, t), off) + (alpha_same - off) * torch.eye(t)
         self.units = nn.ParameterList([nn.Parameter(start.clone()) for _ in range(depth)])
         self.in_features, self.width, self.alpha_same = in_features, width, alpha_same
-        self.towers = build_towers(name, sizes, towers, width, tower_hidden, activation, generator)
+        self.towers = build_towers(
+            name,
+            sizes,
+            towers,
+            width,
+            tower_hidden,
+            activation,
+            generator,
+            reads="its column's last mixed activations",
+        )
         self._refuse_tied_parts()
 
     def _check_columns(self, columns: Mapping[str, Sequence[nn.Module]]) -> dict:

@@ -131,9 +131,10 @@ def build_towers(
     hidden: Sequence[int],
     activation: str,
     generator: torch.Generator,
+    reads: str = "the mixture of the experts",
 ) -> nn.ModuleDict:
     """One tower per task (the given ones, an MLP for the others), each checked on a dummy
-    input of the width it will read."""
+    input of the width it will read (``reads`` says what that input is, for the errors)."""
     given = dict(given or {})
     unknown = [name for name in given if name not in sizes]
     if unknown:
@@ -148,7 +149,7 @@ def build_towers(
                 raise TypeError(f"{owner}: the tower of task {name!r} is not an nn.Module")
         else:
             tower = dense(width, hidden, size or 1, activation, generator)
-        check_tower(owner, name, tower, width, size)
+        check_tower(owner, name, tower, width, size, reads)
         towers[name] = tower
     ids = [id(t) for t in towers.values()]
     if len(set(ids)) != len(ids):
@@ -156,14 +157,21 @@ def build_towers(
     return nn.ModuleDict(towers)
 
 
-def check_tower(owner: str, name: str, tower: nn.Module, width: int, size: int | None) -> None:
+def check_tower(
+    owner: str,
+    name: str,
+    tower: nn.Module,
+    width: int,
+    size: int | None,
+    reads: str = "the mixture of the experts",
+) -> None:
     """Refuse a tower that cannot read ``width`` columns, or gives the wrong output width."""
     try:
         out = probe(tower, torch.zeros(2, width))
     except Exception as error:  # any failure of the user's module is a mismatch
         raise ValueError(
             f"{owner}: the tower of task {name!r} cannot read the {width}-wide input it gets "
-            f"(the mixture of the experts): {error}"
+            f"({reads}): {error}"
         ) from None
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != 2:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -432,7 +440,14 @@ class SharedBottom(MultiTaskModel):
         generator = _model_generator(seed)
         bottom = dense(in_features, hidden, None, activation, generator)
         heads = build_towers(
-            cls.__name__, sizes, towers, list(hidden)[-1], tower_hidden, activation, generator
+            cls.__name__,
+            sizes,
+            towers,
+            list(hidden)[-1],
+            tower_hidden,
+            activation,
+            generator,
+            reads="the bottom's output",
         )
         return cls(bottom, dict(heads.items()))
 

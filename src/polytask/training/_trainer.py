@@ -357,6 +357,13 @@ def _check_outputs(
                 f"autocast on these inputs ({error}); use precision='32'"
                 + (" or dense inputs (sparse_input=False)" if x.layout != torch.strided else "")
             ) from error
+        failing = _failing_routes(model, x, tasks)
+        if failing:  # the shared part reads the inputs; these tasks' own parts fail on it
+            name, reason = failing[0]
+            raise ValueError(
+                f"task {name!r}: its head cannot take what the shared part gives for inputs "
+                f"of shape (n, {source.n_features[0]}): {reason}"
+            ) from error
         raise ValueError(
             f"the model cannot take the inputs of shape (n, {source.n_features[0]}): {error}"
         ) from error
@@ -370,6 +377,23 @@ def _check_outputs(
                 f"{len(x)} rows, expected ({len(x)}, {task.size}) for a {task.kind} task "
                 f"of size {task.size}"
             )
+
+
+def _failing_routes(model: nn.Module, x: Tensor, tasks: Sequence[Task]) -> list[tuple[str, str]]:
+    """The tasks whose own route (``model(x, task=...)``) fails while another task's runs:
+    ``(task, error)``; empty when every route fails alike (the shared part cannot take ``x``)
+    or the model does not route by task."""
+    failing, ran = [], False
+    for task in tasks:
+        try:
+            model(x, task=task.name)
+        except TypeError:  # no task= routing: nothing to tell the tasks apart with
+            return []
+        except RuntimeError as error:
+            failing.append((task.name, str(error)))
+        else:
+            ran = True
+    return failing if ran else []
 
 
 def _autocast(precision: str, device: torch.device):
