@@ -343,6 +343,8 @@ def test_compare_varies_the_architecture_against_one_baseline(tmp_path, capsys):
     assert sorted(figure["correlation"].unique()) == [0.0, 1.0] and (figure["n"] == 2).all()
     assert (out / "relatedness.png").stat().st_size > 10_000
     assert "## Test loss against task correlation" in report
+    assert "## Gates (first replication)" in report  # mmoe and cgc recorded theirs
+    assert (out / "gates.png").stat().st_size > 10_000
     assert "Test loss against task correlation" in capsys.readouterr().out
     # the report command redraws the same figure from the store alone
     again = tmp_path / "again"
@@ -396,6 +398,8 @@ def test_run_relatedness_writes_its_table_and_figure(tmp_path, capsys):
     assert (table["n"] == 1).all() and (table["mean"] > 0).all()
     assert (out / "relatedness.png").stat().st_size > 10_000
     assert (out / "history_mmoe_mean_p=0.csv").exists()
+    assert (out / "gates.png").stat().st_size > 10_000
+    assert "![gate weights per expert](gates.png)" in (out / "results.md").read_text()
     assert "| correlation | mmoe/mean | shared-bottom/mean |" in capsys.readouterr().out
 
 

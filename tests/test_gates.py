@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import polytask as pt
-from polytask.evaluation._plots import plot_gate_weights
+from polytask.evaluation import plot_gate_weights
 from polytask.models import CGC, PLE, DSelectK, MMoE, SharedBottom
 from polytask.training import GateMonitor
 from polytask.training._gates import gate_columns

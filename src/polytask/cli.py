@@ -40,7 +40,7 @@ from .experiments import (
     write_run_report,
     write_structured_report,
 )
-from .experiments._census import census_section
+from .experiments._census import census_section, gates_figure
 from .experiments._comparison_report import _pick_config
 from .experiments._replicate import CodeChangedError
 from .experiments._run_suite import write_suite_report
@@ -671,9 +671,10 @@ def _experiment_section(store: Store, key: str, markdown: Path) -> str:
         frame = store.frame(key)
         section = census_section(frame, markdown.parent, config["metric"], first["histories"])
     elif config["experiment"] == "relatedness":
+        first = min(store.replications(key), key=lambda r: r["replication"])
         section = _relatedness_section(
             store.frame(key), markdown.parent, config["metric"], config["baseline"]
-        )
+        ) + "\n".join(gates_figure(first["histories"], markdown.parent, "first replication"))
     if section:
         with open(markdown, "a") as file:
             file.write(section)

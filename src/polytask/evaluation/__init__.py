@@ -11,6 +11,7 @@ from ._metrics import (
 )
 from ._plots import (
     plot_delta_m,
+    plot_gate_weights,
     plot_gradient_cosines,
     plot_gradient_norms,
     plot_metric_curves,
@@ -46,6 +47,7 @@ __all__ = [
     "improvement_ratios",
     "metric_info",
     "plot_delta_m",
+    "plot_gate_weights",
     "plot_gradient_cosines",
     "plot_gradient_norms",
     "plot_metric_curves",

@@ -444,8 +444,6 @@ def write_census_report(
 ) -> pd.DataFrame:
     """``results.csv`` / ``results.md`` (test AUC per task, Delta_m%), each fit's history and
     ``gates.png`` (the gated models' gates per epoch) into ``out``; returns the table."""
-    from ..evaluation._plots import plot_gate_weights
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = outcome_table(outcome, experiment)
@@ -459,10 +457,7 @@ def write_census_report(
         markdown_table(table),
         "",
     ]
-    gated = {k: h for k, h in outcome.histories.items() if any("gate/" in c for c in h.records[0])}
-    if gated:
-        plot_gate_weights(gated, out / "gates.png", "Mean gate weight per expert (stop rows)")
-        lines += ["![gate weights per expert](gates.png)", ""]
+    lines += gates_figure(outcome.histories, out)
     (out / "results.md").write_text("\n".join(lines))
     for label, history in outcome.histories.items():
         name = label.replace("/", "_").replace(":", "_")
@@ -561,8 +556,6 @@ def census_section(
     ``histories`` (one replication's, as stored: label -> ``History.to_dict()``) ``gates.png``,
     the gated models' mean gate weight per expert over the epochs; returns Markdown tables of
     both summaries (one row per label, one column per task) and the figure's link."""
-    from ..evaluation._plots import plot_gate_weights
-
     out = Path(out)
     means, paired = census_summary(frame, metric)
     means.to_csv(out / "census_means.csv", index=False)
@@ -608,20 +601,33 @@ def census_section(
             markdown_table(table),
             "",
         ]
-    gated = {
-        label: History.from_dict(dict(h))
-        for label, h in (histories or {}).items()
-        if any(k.startswith("gate/") for r in h["records"] for k in r)
-    }
-    if gated:
-        plot_gate_weights(gated, out / "gates.png", "Mean gate weight per expert (stop rows)")
-        lines += [
-            "## Gates (first replication)",
-            "",
-            "![gate weights per expert, first replication](gates.png)",
-            "",
-        ]
+    lines += gates_figure(histories or {}, out, "first replication")
     return "\n".join(lines)
+
+
+def gates_figure(
+    histories: Mapping[str, History | Mapping[str, Any]], out: Path, which: str = ""
+) -> list[str]:
+    """``gates.png`` in ``out``, the gated models' mean gate weight per expert over the epochs
+    (:func:`~polytask.evaluation.plot_gate_weights`), from histories (or their stored
+    dicts); returns the Markdown lines that show it, none when no model recorded gates."""
+    from ..evaluation import plot_gate_weights
+
+    loaded = {
+        label: h if isinstance(h, History) else History.from_dict(dict(h))
+        for label, h in histories.items()
+    }
+    gated = {
+        label: h
+        for label, h in loaded.items()
+        if any(k.startswith("gate/") for r in h.records for k in r)
+    }
+    if not gated:
+        return []
+    plot_gate_weights(gated, out / "gates.png", "Mean gate weight per expert (stop rows)")
+    heading = f"## Gates ({which})" if which else "## Gates"
+    caption = f"gate weights per expert, {which}" if which else "gate weights per expert"
+    return [heading, "", f"![{caption}](gates.png)", ""]
 
 
 def census_parameter_counts(in_features: int = 105, **sizes: int) -> dict[str, int]:

@@ -26,6 +26,7 @@ from ._census import (
     build_architecture,
     compared_labels,
     fit_folder,
+    gates_figure,
     resolve_baseline,
     with_labels,
 )
@@ -402,6 +403,7 @@ def write_relatedness_report(
         "",
         "![test loss against task correlation](relatedness.png)",
         "",
+        *gates_figure(outcome.histories, out),
     ]
     (out / "results.md").write_text("\n".join(text))
     for label, history in outcome.histories.items():

@@ -4,7 +4,7 @@ Gate collapse, where every task puts (nearly) all its weight on one expert, is t
 of MMoE that PLE was designed against (Tang et al., RecSys 2020). :class:`GateMonitor` makes it
 visible: at the end of each epoch it reads the model's ``gate_weights(x)`` on a fixed batch and
 adds one column per task and expert to the epoch's record, ``gate/<task>/<expert index>``;
-:func:`~polytask.evaluation._plots.plot_gate_weights` draws them.
+:func:`~polytask.evaluation.plot_gate_weights` draws them.
 """
 
 from __future__ import annotations
