@@ -44,7 +44,14 @@ WORKER = textwrap.dedent(
         ("dbmtl", "dbmtl", 16, "shared"),  # reads the whole Jacobian: all-reduced
         ("upgrad@repr bf16-mixed", "upgrad@repr", 16, "shared"),
         ("rlw", "rlw", 16, "shared"),  # random weights: drawn alike on every process
+        ("famo", "famo", 16, "shared"),
+        ("imtl-l", "imtl-l", 16, "shared"),
+        ("gradnorm", "gradnorm", 16, "shared"),
+        ("mean early stopping", "mean", 16, "shared"),
     ]
+    # DWA's weights move from the third epoch (they read the two before); the early-stopping
+    # run (a large step) stops on the global stop loss long before its cap
+    EPOCHS = {"dwa": 4, "famo": 3, "imtl-l": 3, "gradnorm": 3, "mean early stopping": 60}
 
     def data(kind):
         generator = torch.Generator().manual_seed(0)
@@ -61,8 +68,10 @@ WORKER = textwrap.dedent(
     def run(name, method, batch_size, kind):
         torch.manual_seed(0)
         model = build()
-        trainer = pt.Trainer(method, batch_size=batch_size, max_epochs=2, patience=None,
-                             quiet=True, device="cpu", lr=0.01)
+        patience = 1 if name == "mean early stopping" else None
+        trainer = pt.Trainer(method, batch_size=batch_size, max_epochs=EPOCHS.get(name, 2),
+                             patience=patience, quiet=True, device="cpu",
+                             lr=0.1 if patience else 0.01)
         trainer.precision = "bf16-mixed" if name.endswith("bf16-mixed") else "32"
         history = trainer.fit(model, [pt.Task(f"t{i}") for i in range(3)], data(kind), data(kind))
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -207,7 +216,12 @@ RUN_NAMES = [
     "dbmtl",
     "upgrad@repr bf16-mixed",
     "rlw",
+    "famo",
+    "imtl-l",
+    "gradnorm",
+    "mean early stopping",
 ]
+STATEFUL = ["dwa", "uw", "famo", "imtl-l", "gradnorm", "dbmtl"]
 
 
 @pytest.mark.parametrize("name", RUN_NAMES)
@@ -228,6 +242,11 @@ def test_two_processes_make_the_update_of_one_on_the_whole_batch(launched, worke
     for ours, theirs in zip(first_history, alone_history, strict=True):
         for key in ("train_loss", "stop_loss", *[f"weight/t{i}" for i in range(3)]):
             assert ours[key] == pytest.approx(theirs[key], rel=tolerance, abs=1e-6), key
+    weights = [[r[f"weight/t{i}"] for i in range(3)] for r in first_history]
+    if name in STATEFUL:  # the state moved the weights: the comparison above tested it
+        assert weights[-1] != pytest.approx(weights[0], rel=1e-3), weights
+    if name == "mean early stopping":  # the same epoch everywhere (the histories' lengths)
+        assert 1 < len(first_history) < 60
 
 
 def test_one_report_is_written_by_rank_zero(launched):
@@ -290,7 +309,9 @@ def test_summing_the_processes_gramians_misses_the_cross_terms():
     """On the shared parameters every Jacobian entry sums over all rows: the global Jacobian
     is the mean of the processes' (what the exact path all-reduces), and the sum of their own
     Gramians, which misses the cross terms J_1 J_2^T, is a different matrix with different
-    weights. On the features, whose rows are disjoint, the summed Gramian is exact."""
+    weights. On the features, whose rows are disjoint, the summed Gramian is exact. (The
+    engine's exact path is held to this by the ``pcgrad`` runs above: an engine that summed
+    the processes' own Gramians makes them differ from one process by about 5e-2.)"""
     torch.manual_seed(0)
     model = pt.MultiTaskModel(pt.mlp(4, 6, 2, seed=0), {t: torch.nn.Linear(6, 1) for t in "ab"})
     x, y = torch.randn(8, 4), torch.randn(8, 2)

@@ -495,6 +495,30 @@ def test_checkpoints_are_written_atomically_each_epoch(hetero_splits, tmp_path):
         fit(train, stop, max_epochs=1, callbacks=[pt.Checkpoint(blocked / "sub")])
 
 
+def test_a_checkpoint_write_that_dies_midway_leaves_the_last_one_whole(
+    hetero_splits, tmp_path, monkeypatch
+):
+    """The disk fills (or the process dies) while epoch 2 is being written: epoch 1's checkpoint
+    is still the one on disk, whole, and no partial file is left beside it."""
+    train, stop, _ = hetero_splits
+    save, calls = torch.save, []
+
+    def dies_midway(payload, file, *args, **kwargs):
+        calls.append(payload["epoch"])
+        if len(calls) == 2:
+            file.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(28, "No space left on device")
+        save(payload, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    checkpoint = pt.Checkpoint(tmp_path / "ckpt")
+    with pytest.raises(OSError, match="No space left"):
+        fit(train, stop, max_epochs=3, callbacks=[checkpoint])
+    assert calls == [1, 2] and checkpoint.saved_epochs == [1]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.pt"]
+    assert checkpoint.load()["epoch"] == 1
+
+
 def test_configuration_errors_come_at_once():
     with pytest.raises(ValueError, match="unknown method 'unknown'"):
         pt.Trainer("unknown")
