@@ -66,6 +66,44 @@ class _StepLog(pt.Callback):
         )
 
 
+def test_a_task_without_training_rows_in_an_epoch_leaves_a_gap_not_an_error():
+    """A sampling schedule on tiny data gives some epochs no batch of a task: that epoch has no
+    train loss for it (NaN, as is ``train_loss``: the criterion needs every task), and the
+    NaN check does not take the gap for a broken loss."""
+    rng = np.random.default_rng(0)
+    data = {
+        t: pt.TaskData(rng.normal(size=(2, 1)).astype(np.float32), rng.normal(size=2))
+        for t in ("a", "b")
+    }
+    tasks = [pt.Task("a"), pt.Task("b")]
+    gaps = 0
+    for seed in range(6):
+        model = pt.MultiTaskModel(nn.Linear(1, 4), {t.name: nn.Linear(4, 1) for t in tasks})
+        trainer = pt.Trainer(
+            "sum",
+            schedule=pt.Schedule("proportional", "min_size"),
+            batch_size=2,
+            max_epochs=3,
+            patience=None,
+            quiet=True,
+            seed=seed,
+        )
+        history = trainer.fit(model, tasks, data, data)  # no NonFiniteLossError
+        assert len(history) == 3
+        for record in history.records:
+            per_task = [record["train_loss/a"], record["train_loss/b"]]
+            assert all(np.isfinite(record[f"stop_loss/{t}"]) for t in "ab")
+            if np.isnan(per_task).any():
+                gaps += 1
+                assert np.isnan(record["train_loss"]) and not np.isnan(per_task).all()
+            else:  # the criterion of "sum" on both sets
+                assert record["train_loss"] == pytest.approx(sum(per_task), rel=1e-6)
+            assert record["stop_loss"] == pytest.approx(
+                record["stop_loss/a"] + record["stop_loss/b"], rel=1e-6
+            )
+    assert gaps >= 3  # the schedule did leave tasks out
+
+
 @pytest.mark.parametrize(
     "objective",
     [

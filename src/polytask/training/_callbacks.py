@@ -208,7 +208,12 @@ class NonFiniteCheck(Callback):
     def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
         names = state.history.task_names
         bad_steps = state.bad_steps
-        train = [n for n in names if not math.isfinite(record[f"train_loss/{n}"])]
+        rows = state.train_rows or [1] * len(names)  # a task without rows has no train loss
+        train = [
+            n
+            for n, r in zip(names, rows, strict=True)
+            if r and not math.isfinite(record[f"train_loss/{n}"])
+        ]
         if bad_steps and max(bad_steps) > 0:
             culprits = [n for n, b in zip(names, bad_steps, strict=True) if b == max(bad_steps)]
             where = "training"

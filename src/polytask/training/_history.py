@@ -18,7 +18,9 @@ class History:
     form such as ``sum`` or ``geometric``); ``train_combined``, the mean over the epoch's steps
     of what each step minimised (a learned weighting's own scale, e.g. negative for DB-MTL);
     ``train_loss/<task>`` and ``stop_loss/<task>`` (each task's own loss), ``weight/<task>``
-    (the mean effective weight the task got) and ``seconds``.
+    (the mean effective weight the task got) and ``seconds``. In an epoch where a task got no
+    training batch (a sampling schedule on small data), its ``train_loss/<task>`` and the
+    epoch's ``train_loss`` are NaN: a gap in the curves.
 
     Examples
     --------

@@ -88,6 +88,9 @@ class FitState:
     between epochs."""
     bad_steps: list[float] = field(default_factory=list)
     """Per task, this epoch's steps with a NaN loss."""
+    train_rows: list[float] = field(default_factory=list)
+    """Per task, this epoch's training rows (0: the task had no batch; its train loss is
+    NaN)."""
     stop_reason: str = ""
     stop_is_error: bool = False
     shuffle: torch.Generator | None = None
@@ -564,17 +567,15 @@ class _EpochTotals:
         """The epoch's record. ``train_loss`` and ``stop_loss`` are the same quantity, the
         objective's stop criterion (``criterion``, i.e. ``objective.value``) of the epoch's
         mean task losses on each set; ``train_combined`` is the mean over the steps of what
-        each step minimised (for a learned or moving weighting, a different scale)."""
+        each step minimised (for a learned or moving weighting, a different scale). A task
+        that got no training rows this epoch (a sampling schedule on small data) has no train
+        loss: its ``train_loss/<task>`` and ``train_loss`` are NaN, a gap in the curves, not a
+        criterion over fewer tasks, which would be another quantity than ``stop_loss``."""
         self._flush()
         k, steps = len(names), max(self.steps, 1)
         rows = torch.as_tensor(self.rows, dtype=self.loss_sum.dtype, device=self.device)
-        train_losses = self.loss_sum / rows
-        present = self.rows > 0
         with torch.no_grad():
-            if present.all():
-                train_value = criterion(train_losses)
-            else:  # a task absent all epoch (sequential schedule): the tasks that trained
-                train_value = train_losses[torch.as_tensor(present, device=self.device)].mean()
+            train_value = criterion(self.loss_sum / rows)  # NaN (0 / 0) with an absent task
         parts = [self.loss_sum, self.weight_sum / steps, stop_losses, self.bad_steps]
         ends = [(self.value_sum / steps)[None], stop_value[None], train_value.reshape(1)]
         flat = torch.cat([*parts, *ends]).tolist()
@@ -1153,7 +1154,7 @@ class Trainer:
                         seconds = torch.tensor([record["seconds"]], dtype=torch.float64)
                         record["seconds"] = float(parallel.reducer.maximum(seconds.to(device)))
                     history.records.append(record)
-                    state.bad_steps = totals.bad
+                    state.bad_steps, state.train_rows = totals.bad, totals.rows.tolist()
                     if scheduler is not None:  # before the callbacks: a checkpoint saves it
                         self._step_scheduler(scheduler, record["stop_loss"])
                     for callback in callbacks:
