@@ -2,6 +2,7 @@
 gradient paths, and the methods inside real fits."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -520,3 +521,48 @@ def test_shuffles_do_not_shift_the_dropout_masks_of_the_fit():
     assert len(pcgrad) == len(upgrad) == 3
     for step, (left, right) in enumerate(zip(pcgrad, upgrad, strict=True), start=1):
         assert torch.equal(left, right), f"step {step}"
+
+
+def _cube_with(failure):
+    """``x ** 3`` whose backward first runs ``failure(grad)``: an operation the batched (vmap)
+    backward has no rule for, or an error of another kind."""
+
+    class Cube(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x**3
+
+        @staticmethod
+        def backward(ctx, grad):
+            failure(grad)
+            (x,) = ctx.saved_tensors
+            return 3 * x * x * grad
+
+    return Cube.apply
+
+
+def test_the_jacobian_falls_back_to_one_pass_per_task_only_for_a_batching_error():
+    from polytask.engine._linalg import BatchedBackwardWarning
+
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+
+    def losses(cube):
+        return torch.stack([cube(w).sum(), (cube(w) * w).sum()])
+
+    item = _cube_with(lambda grad: grad.sum().item())  # .item() has no batching rule
+    with pytest.warns(BatchedBackwardWarning, match="one backward pass per task"):
+        (blocks,) = task_jacobian(losses(item), [w])
+    torch.testing.assert_close(blocks, torch.tensor([[3.0, 12.0], [4.0, 32.0]]))
+
+    def out_of_memory(grad):
+        raise torch.cuda.OutOfMemoryError("ran out of memory in the batched backward")
+
+    def broken(grad):
+        raise RuntimeError("a custom function's own bug")
+
+    for failure, error in ((out_of_memory, torch.cuda.OutOfMemoryError), (broken, RuntimeError)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", BatchedBackwardWarning)  # no silent fallback
+            with pytest.raises(error, match=r"out of memory|own bug"):
+                task_jacobian(losses(_cube_with(failure)), [w])

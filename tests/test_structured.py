@@ -164,16 +164,28 @@ def test_an_empty_or_foreign_adult_file_is_named(tmp_path):
         AdultEducationExperiment(tmp_path).data(0)
 
 
-def test_a_resumed_bayes_study_continues_the_search(tmp_path):
-    """Three trials, then the same command asked for six (as after a kill): the new trials
-    propose new weights instead of the first three's again."""
+def test_a_resumed_bayes_study_continues_the_search(tmp_path, monkeypatch):
+    """Eight trials asked, killed during the third, the same command again: the trials left
+    in the sampler's random start-up phase draw new weights, not the first two trials' again
+    (a sampler seeded as at the start re-proposes exactly those)."""
     experiment = SyntheticExperiment("hetero", n=300, n_tasks=2, max_epochs=1, patience=None)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    tune(experiment, "bayes", 3, storage=storage, prune=False)
-    result = tune(experiment, "bayes", 6, storage=storage, prune=False)
-    weights = [tuple(t.user_attrs["weights"]) for t in result.study.trials]
-    assert len(weights) == 6
-    assert not set(weights[3:]) & set(weights[:3]), weights
+    fit, calls = SyntheticExperiment.fit, []
+
+    def killed_at_the_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyntheticExperiment, "fit", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        tune(experiment, "bayes", 8, storage=storage, prune=False)
+    monkeypatch.setattr(SyntheticExperiment, "fit", fit)
+    result = tune(experiment, "bayes", 8, storage=storage, prune=False)
+    weights = [tuple(t.user_attrs["weights"]) for t in result.study.trials if t.user_attrs]
+    assert len(weights) >= 8 and len(calls) == 3
+    assert not set(weights[2:]) & set(weights[:2]), weights
 
 
 def test_tune_selects_on_the_stop_set_and_tests_once(tmp_path):

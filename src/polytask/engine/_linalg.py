@@ -28,7 +28,7 @@ def filled(grads: Sequence[Tensor | None], params: Sequence[Tensor], k: int) -> 
 def _is_batching_error(error: RuntimeError) -> bool:
     """Whether ``error`` says an operation has no rule for a batched (vmap) backward, the one
     failure that one backward per task avoids. Out-of-memory and every other error propagate."""
-    if isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError where it exists
         return False
     text = str(error).lower()
     return "vmap" in text or "batching rule" in text or "batched" in text
