@@ -18,7 +18,7 @@ from scipy import stats
 from conftest import shared_data, stored_replications
 from polytask.cli import main
 from polytask.datasets import dataset
-from polytask.evaluation import holm
+from polytask.evaluation import IncompleteReplicationsWarning, holm
 from polytask.evaluation._leaderboard import dataset_board, delta_table, mean_ranks, relative_rmse
 from polytask.experiments._references import TRAIN_MEAN, _reference_output
 from polytask.experiments._replicate import config_hash
@@ -143,7 +143,11 @@ def test_delta_table_leaves_out_incomplete_replications_and_excluded_labels():
     frame = frame[
         ~((frame["method"] == "new") & (frame["replication"] == 1) & (frame["task"] == "b"))
     ]
-    table = delta_table(frame, "mean", "mse", exclude=(TRAIN_MEAN,))
+    with pytest.warns(
+        IncompleteReplicationsWarning,
+        match=r"1 of 3 replications .* left out .* for every label \(replication 1: \['new'\]\)",
+    ):
+        table = delta_table(frame, "mean", "mse", exclude=(TRAIN_MEAN,))
     assert list(table.columns) == ["mean", "new"]
     assert list(table.index) == [0, 2]  # replication 1 lacks a task for "new": never averaged
     assert table["new"].tolist() == [-50.0, -50.0]

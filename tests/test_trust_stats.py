@@ -188,3 +188,19 @@ def test_few_replications_are_drawn_as_points_and_never_twice(figures, n, points
     else:  # many replications: the boxes alone, with their fliers (the outlier among them)
         assert scatter_points(ratio_ax) == 0 and markers_drawn(ratio_ax) >= 2
         assert scatter_points(delta_ax) == 0 and markers_drawn(delta_ax) >= 1
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "printed"),
+    [
+        (0.999985, 1.000002, "[0.99999, 1]"),  # at 3 or 4 digits both print as 1
+        (0.99991, 0.99994, "[0.99991, 0.99994]"),  # both as 0.9999
+        (0.81234, 1.21987, "[0.8123, 1.22]"),  # the tables' 4 significant digits
+        (1.0, 1.0, "[1, 1]"),  # equal bounds stay equal
+        (-0.0012345, 0.25, "[-0.001234, 0.25]"),
+    ],
+)
+def test_report_intervals_print_distinct_bounds(low, high, printed):
+    from polytask.experiments._comparison_report import _interval
+
+    assert _interval(low, high) == printed

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._statistics import _bootstrap_ci, _wilcoxon, delta_m, holm
+from ._statistics import IncompleteReplicationsWarning, _bootstrap_ci, _wilcoxon, delta_m, holm
 
 ALPHA = 0.05
 
@@ -36,7 +36,8 @@ def delta_table(
     long: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Delta_m% (lower is better) per replication (rows) and label (columns) against
-    ``baseline``, whose column is 0; only replications where every label has every task.
+    ``baseline``, whose column is 0; only replications where every label has every task (the
+    others are named in an :class:`IncompleteReplicationsWarning`).
 
     Examples
     --------
@@ -50,9 +51,23 @@ def delta_table(
         long = delta_long(frame, baseline, metric, exclude)
     wide = long.pivot(index="replication", columns="method", values="delta_m")
     labels = [m for m in dict.fromkeys(kept["method"]) if m != baseline]
-    wide = wide.reindex(columns=labels)
+    # every replication of the results, also one that lacks a task for every label
+    wide = wide.reindex(index=sorted(set(kept["replication"])), columns=labels)
     wide.insert(0, baseline, 0.0)
-    return wide.dropna()
+    complete = wide.dropna()
+    if len(complete) < len(wide):  # a rank needs every label: say what the ranks leave out
+        gaps = wide[wide.isna().any(axis=1)]
+        listed = "; ".join(
+            f"replication {r}: {[c for c in gaps.columns if pd.isna(gaps.at[r, c])]}"
+            for r in gaps.index
+        )
+        warnings.warn(
+            f"{len(gaps)} of {len(wide)} replications lack a Delta_m% for some label and are "
+            f"left out of the table, for every label ({listed})",
+            IncompleteReplicationsWarning,
+            stacklevel=2,
+        )
+    return complete
 
 
 def dataset_board(

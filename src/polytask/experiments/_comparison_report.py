@@ -40,8 +40,14 @@ def _pick_config(store: Store, config_hash: str | None) -> str:
     return matches[0]
 
 
-def _interval(low: float, high: float) -> str:
-    return f"[{low:.3g}, {high:.3g}]"
+def _interval(low: float, high: float, digits: int = 4) -> str:
+    """``[low, high]`` to the tables' ``digits`` significant digits, more where that would
+    print two different bounds alike (a ratio interval of 0.99985-1.00002 is not "[1, 1]")."""
+    for places in range(digits, 10):
+        a, b = f"{low:.{places}g}", f"{high:.{places}g}"
+        if a != b or low == high:
+            break
+    return f"[{a}, {b}]"
 
 
 def _task_table(per_task: pd.DataFrame) -> pd.DataFrame:
