@@ -364,6 +364,9 @@ def test_bad_trainer_configuration():
         pt.Trainer(patience=0)
     with pytest.raises(ValueError, match="lr and eps"):
         pt.Trainer(eps=0)
+    with pytest.raises(ValueError, match=r"^unknown device 'gpu': choose 'auto', 'cpu', 'cuda'"):
+        pt.Trainer(device="gpu")  # at construction, not at the first fit
+    assert pt.Trainer(device="cuda:3").device == "cuda:3"  # availability is the fit's to check
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from .._device import resolve_device
+from .._device import parse_device, resolve_device
 from ..data import MultiTargetData, Schedule, TaskData
 from ..engine import GradientEngine
 from ..engine._reduce import Reducer
@@ -739,6 +739,8 @@ class Trainer:
             raise ValueError(f"lr and eps must be positive, got lr={self.lr}, eps={self.eps}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm}")
+        if self.device != "auto":  # a name torch does not know fails here; availability in fit
+            parse_device(self.device)
         if isinstance(self.objective, str):
             make_objective(self.objective)  # an unknown name fails here, not in fit
         elif not isinstance(self.objective, Objective):
