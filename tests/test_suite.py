@@ -145,12 +145,17 @@ def test_delta_table_leaves_out_incomplete_replications_and_excluded_labels():
     ]
     with pytest.warns(
         IncompleteReplicationsWarning,
-        match=r"1 of 3 replications .* left out .* for every label \(replication 1: \['new'\]\)",
+        match=r"^toy: 1 of 3 replications .* every label \(replication 1: \['new'\]\)",
     ):
-        table = delta_table(frame, "mean", "mse", exclude=(TRAIN_MEAN,))
+        table = delta_table(frame, "mean", "mse", exclude=(TRAIN_MEAN,), where="toy")
     assert list(table.columns) == ["mean", "new"]
     assert list(table.index) == [0, 2]  # replication 1 lacks a task for "new": never averaged
     assert table["new"].tolist() == [-50.0, -50.0]
+    no_base = frame[
+        ~((frame["method"] == "mean") & (frame["replication"] == 2) & (frame["task"] == "a"))
+    ]  # the baseline lacks a task: it is named, not the labels measured against it
+    with pytest.warns(IncompleteReplicationsWarning, match=r"replication 2: \['mean'\]\)"):
+        assert list(delta_table(no_base, "mean", "mse", exclude=(TRAIN_MEAN,)).index) == [0]
 
 
 def test_the_report_says_which_replications_a_row_lacks_and_when_n_is_too_small():

@@ -330,6 +330,15 @@ def test_mismatched_heads_and_tasks_are_reported(hetero_splits):
     narrow.heads["task2"] = nn.Linear(5, 1)
     with pytest.raises(ValueError, match=r"task 'task2': its head cannot take .*\(n, 1\)"):
         fit(train, stop, model=narrow)
+    checked = small_model()  # a head whose own check refuses what it reads
+
+    class Picky(nn.Module):
+        def forward(self, z):
+            raise ValueError(f"Picky: expected 5 columns, got {z.shape[1]}")
+
+    checked.heads["task0"] = Picky()
+    with pytest.raises(ValueError, match=r"task 'task0': its head cannot take .*5 columns, got 16"):
+        fit(train, stop, model=checked)
     trunkless = small_model()  # every route fails alike: the shared part is at fault
     trunkless.trunk[0] = nn.Linear(7, 16)
     with pytest.raises(ValueError, match=r"^the model cannot take the inputs of shape \(n, 1\)"):
@@ -366,6 +375,8 @@ def test_bad_trainer_configuration():
         pt.Trainer(eps=0)
     with pytest.raises(ValueError, match=r"^unknown device 'gpu': choose 'auto', 'cpu', 'cuda'"):
         pt.Trainer(device="gpu")  # at construction, not at the first fit
+    with pytest.raises(ValueError, match=r"^device 'meta' holds no data"):
+        pt.Trainer(device="meta")
     assert pt.Trainer(device="cuda:3").device == "cuda:3"  # availability is the fit's to check
 
 

@@ -201,6 +201,6 @@ def test_few_replications_are_drawn_as_points_and_never_twice(figures, n, points
     ],
 )
 def test_report_intervals_print_distinct_bounds(low, high, printed):
-    from polytask.experiments._comparison_report import _interval
+    from polytask.experiments._report import interval_text
 
-    assert _interval(low, high) == printed
+    assert interval_text(low, high) == printed

@@ -39,8 +39,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = parse_device(device)
-    if resolved.type == "meta":  # tensors there hold no values: nothing could be computed
-        raise ValueError(f"device {device!r} holds no data (shapes only): choose {DEVICE_CHOICES}")
     if resolved.type == "cuda":
         _check_cuda(device, resolved)
     return resolved
@@ -48,11 +46,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def parse_device(device: str | torch.device) -> torch.device:
     """``device`` as a :class:`torch.device`, without asking whether this machine has it; a
-    name torch does not know (``"gpu"``) is a ValueError naming the choices."""
+    name torch does not know (``"gpu"``), or ``"meta"``, is a ValueError naming the choices."""
     try:
-        return device if isinstance(device, torch.device) else torch.device(device)
+        resolved = device if isinstance(device, torch.device) else torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}: choose {DEVICE_CHOICES}") from None
+    if resolved.type == "meta":  # tensors there hold no values: nothing could be computed
+        raise ValueError(f"device {device!r} holds no data (shapes only): choose {DEVICE_CHOICES}")
+    return resolved
 
 
 def _check_cuda(asked: str, resolved: torch.device) -> None:

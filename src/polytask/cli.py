@@ -43,6 +43,7 @@ from .experiments import (
 from .experiments._census import census_section, gates_figure
 from .experiments._comparison_report import _pick_config
 from .experiments._replicate import CodeChangedError
+from .experiments._report import interval_text
 from .experiments._run_suite import write_suite_report
 from .experiments._tune import beyond_front, place_methods, plot_front, tune
 from .training import is_main_process
@@ -687,7 +688,7 @@ def _relatedness_section(frame: Any, folder: Path, metric: str, baseline: str) -
     pivot = table.pivot(index="correlation", columns="method", values="mean")
     pivot = pivot.sort_index(ascending=False).reset_index()
     cells = [
-        f"{r:.3f} [{a:.3f}, {b:.3f}]"
+        f"{r:.4g} {interval_text(a, b)}"
         for r, a, b in zip(table["ratio"], table["ratio_low"], table["ratio_high"], strict=True)
     ]
     ratios = table.assign(cell=cells).pivot(index="correlation", columns="method", values="cell")

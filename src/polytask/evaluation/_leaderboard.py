@@ -34,10 +34,12 @@ def delta_table(
     exclude: Sequence[str] = (),
     *,
     long: pd.DataFrame | None = None,
+    where: str = "",
 ) -> pd.DataFrame:
     """Delta_m% (lower is better) per replication (rows) and label (columns) against
     ``baseline``, whose column is 0; only replications where every label has every task (the
-    others are named in an :class:`IncompleteReplicationsWarning`).
+    others, and the labels that lack a task there, are named in an
+    :class:`IncompleteReplicationsWarning`, prefixed by ``where``: the data set).
 
     Examples
     --------
@@ -56,14 +58,17 @@ def delta_table(
     wide.insert(0, baseline, 0.0)
     complete = wide.dropna()
     if len(complete) < len(wide):  # a rank needs every label: say what the ranks leave out
-        gaps = wide[wide.isna().any(axis=1)]
-        listed = "; ".join(
-            f"replication {r}: {[c for c in gaps.columns if pd.isna(gaps.at[r, c])]}"
-            for r in gaps.index
-        )
+        tasks = set(kept["task"])
+        lacking = {
+            r: [m for m in wide.columns if set(part.loc[part["method"] == m, "task"]) != tasks]
+            for r, part in kept.groupby("replication")
+            if r not in complete.index
+        }
+        listed = "; ".join(f"replication {r}: {labels}" for r, labels in lacking.items())
         warnings.warn(
-            f"{len(gaps)} of {len(wide)} replications lack a Delta_m% for some label and are "
-            f"left out of the table, for every label ({listed})",
+            f"{where + ': ' if where else ''}{len(lacking)} of {len(wide)} replications lack a "
+            f"task for some label and are left out of the Delta_m% table, for every label "
+            f"({listed})",
             IncompleteReplicationsWarning,
             stacklevel=2,
         )

@@ -21,7 +21,7 @@ from ..evaluation import (
     plot_ratio_boxplots,
     summarize,
 )
-from ._report import markdown_table
+from ._report import interval_text, markdown_table
 from ._store import Store
 
 
@@ -40,16 +40,6 @@ def _pick_config(store: Store, config_hash: str | None) -> str:
     return matches[0]
 
 
-def _interval(low: float, high: float, digits: int = 4) -> str:
-    """``[low, high]`` to the tables' ``digits`` significant digits, more where that would
-    print two different bounds alike (a ratio interval of 0.99985-1.00002 is not "[1, 1]")."""
-    for places in range(digits, 10):
-        a, b = f"{low:.{places}g}", f"{high:.{places}g}"
-        if a != b or low == high:
-            break
-    return f"[{a}, {b}]"
-
-
 def _task_table(per_task: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -59,13 +49,15 @@ def _task_table(per_task: pd.DataFrame) -> pd.DataFrame:
             "pairs dropped": per_task["n_dropped"],
             "median ratio": per_task["median_ratio"],
             "95% CI (median)": [
-                _interval(a, b)
+                interval_text(a, b)
                 for a, b in zip(per_task["median_ci_low"], per_task["median_ci_high"], strict=True)
             ],
-            "IQR": [_interval(a, b) for a, b in zip(per_task["q25"], per_task["q75"], strict=True)],
+            "IQR": [
+                interval_text(a, b) for a, b in zip(per_task["q25"], per_task["q75"], strict=True)
+            ],
             "geo-mean ratio": per_task["gmean_ratio"],
             "95% CI (geo-mean)": [
-                _interval(a, b)
+                interval_text(a, b)
                 for a, b in zip(per_task["gmean_ci_low"], per_task["gmean_ci_high"], strict=True)
             ],
             "win rate": per_task["win_rate"],
@@ -85,13 +77,13 @@ def _overall_table(overall: pd.DataFrame) -> pd.DataFrame:
             "incomplete (left out)": overall["n_incomplete"],
             "mean Delta_m% (lower is better)": overall["delta_m_mean"],
             "95% CI": [
-                _interval(a, b)
+                interval_text(a, b)
                 for a, b in zip(overall["delta_m_ci_low"], overall["delta_m_ci_high"], strict=True)
             ],
             "median Delta_m%": overall["delta_m_median"],
             "geo-mean ratio (>1 better)": overall["gmean_ratio"],
             "95% CI (geo-mean)": [
-                _interval(a, b)
+                interval_text(a, b)
                 for a, b in zip(overall["gmean_ci_low"], overall["gmean_ci_high"], strict=True)
             ],
             "note": overall["note"],

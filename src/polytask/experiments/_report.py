@@ -11,6 +11,22 @@ from ..evaluation import plot_predictions, plot_task_losses, plot_training_curve
 from ._synthetic import RunResult
 
 
+def interval_text(low: float, high: float, digits: int = 4) -> str:
+    """``[low, high]`` to ``digits`` significant digits (the tables'), more where that would
+    print two different bounds alike (a ratio interval of 0.99985-1.00002 is not "[1, 1]").
+
+    Examples
+    --------
+    >>> interval_text(0.81234, 1.21987), interval_text(0.999985, 1.000002)
+    ('[0.8123, 1.22]', '[0.99999, 1]')
+    """
+    for places in range(digits, 10):
+        a, b = f"{low:.{places}g}", f"{high:.{places}g}"
+        if a != b or low == high:
+            break
+    return f"[{a}, {b}]"
+
+
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub-flavoured Markdown table of ``frame`` (numbers to ``digits`` significant)."""
 

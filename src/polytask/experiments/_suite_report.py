@@ -108,7 +108,7 @@ def leaderboard(
             long=long,
         )
         deltas[name] = delta_table(
-            frame, experiment.baseline, experiment.metric, (TRAIN_MEAN,), long=long
+            frame, experiment.baseline, experiment.metric, (TRAIN_MEAN,), long=long, where=name
         )
         if experiment.spec.regression:
             part = relative_rmse(frame, TRAIN_MEAN, n_resamples=n_resamples, seed=seed)

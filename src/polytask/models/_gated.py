@@ -715,7 +715,6 @@ class PLE(_Routed):
         self.shared_gates = nn.ModuleList(shared_gates)
         self.n_shared, self._last_in = n_sh, last_in
         self.towers = build_towers(name, sizes, towers, width, tower_hidden, activation, generator)
-        self._refuse_tied_parts()
         self._refuse_repeated_parts(
             {
                 **{f"shared_experts[{i}]": m for i, m in enumerate(self.shared_experts)},
@@ -727,6 +726,7 @@ class PLE(_Routed):
                 **{f"towers[{t!r}]": self.towers[t] for t in names},
             }
         )
+        self._refuse_tied_parts()
 
     # one extraction level below the last: the task outputs and the shared output
     def _level(

@@ -353,7 +353,7 @@ def _check_outputs(
     try:
         with _autocast(precision, x.device):
             outputs = model(x)
-    except (RuntimeError, TypeError) as error:
+    except (RuntimeError, TypeError, ValueError) as error:  # ValueError: a module's own check
         if PRECISIONS[precision] is not None:
             raise ValueError(
                 f"precision={precision!r}: the model cannot run its forward pass under "
@@ -392,7 +392,7 @@ def _failing_routes(model: nn.Module, x: Tensor, tasks: Sequence[Task]) -> list[
             model(x, task=task.name)
         except TypeError:  # no task= routing: nothing to tell the tasks apart with
             return []
-        except RuntimeError as error:
+        except (RuntimeError, ValueError) as error:  # a product's shapes, a module's check
             failing.append((task.name, str(error)))
         else:
             ran = True
