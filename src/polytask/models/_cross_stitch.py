@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._experts import refuse_repeats
 from ._gated import (
     TaskSpec,
     _model_generator,
@@ -147,17 +148,12 @@ class CrossStitch(_Routed):
             raise ValueError(
                 f"{name}: every column needs the same number (>= 1) of layers: {depths}"
             )
-        seen: dict[int, tuple[str, int]] = {}
-        for t in self.task_names:
-            for depth, layer in enumerate(columns[t]):
-                for p in params(layer):
-                    other = seen.setdefault(id(p), (t, depth))
-                    if other != (t, depth):
-                        raise ValueError(
-                            f"{name}: layer {other[1]} of the column of {other[0]!r} and layer "
-                            f"{depth} of the column of {t!r} share parameters (the same module "
-                            "given twice, as [module] * n does); build each layer anew"
-                        )
+        layers = {
+            f"layer {depth} of the column of {t!r}": layer
+            for t in self.task_names
+            for depth, layer in enumerate(columns[t])
+        }
+        refuse_repeats(name, layers, "layer")
         return {t: list(columns[t]) for t in self.task_names}
 
     def _probe_width(self, in_features: int) -> int:

@@ -13,7 +13,7 @@ cannot be stacked, and refuses two entries that share weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -208,6 +208,20 @@ class BatchedExperts(nn.Module):
         )
 
 
+def refuse_repeats(owner: str, parts: Mapping[str, nn.Module], what: str = "part") -> None:
+    """Refuse two of ``parts`` (label -> module) that share a parameter: ``[module] * n``
+    repeats one module ``n`` times, so the parts would be one part with tied weights."""
+    seen: dict[int, str] = {}
+    for label, part in parts.items():
+        for p in part.parameters():
+            other = seen.setdefault(id(p), label)
+            if other != label:
+                raise ValueError(
+                    f"{owner}: {other} and {label} share parameters (the same module given "
+                    f"twice, as [module] * n does); build each {what} anew"
+                )
+
+
 class ExpertList(nn.Module):
     """Expert modules of any kind, run one after the other and stacked: ``(batch, E, ...)``.
 
@@ -226,7 +240,7 @@ class ExpertList(nn.Module):
     >>> ExpertList([layer] * 2)
     Traceback (most recent call last):
     ...
-    ValueError: ExpertList: experts 0 and 1 share parameters (the same module given twice, ...
+    ValueError: ExpertList: expert 0 and expert 1 share parameters (the same module given ...
     """
 
     def __init__(self, experts: Sequence[nn.Module]) -> None:
@@ -234,17 +248,10 @@ class ExpertList(nn.Module):
         experts = list(experts)
         if not experts:
             raise ValueError("ExpertList needs at least one expert")
-        owner: dict[int, int] = {}
         for i, expert in enumerate(experts):
             if not isinstance(expert, nn.Module):
                 raise TypeError(f"ExpertList: expert {i} is not an nn.Module: {expert!r}")
-            for p in expert.parameters():
-                j = owner.setdefault(id(p), i)
-                if j != i:
-                    raise ValueError(
-                        f"ExpertList: experts {j} and {i} share parameters (the same module "
-                        "given twice, as [module] * n does); build each expert anew"
-                    )
+        refuse_repeats("ExpertList", {f"expert {i}": e for i, e in enumerate(experts)}, "expert")
         self.experts = nn.ModuleList(experts)
         self.n_experts = len(experts)
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._features import TaskFeatures
-from ._experts import BatchedExperts
+from ._experts import BatchedExperts, refuse_repeats
 from ._mlp import _ACTIVATIONS, init_linear
 from ._multitask import MultiTaskModel
 
@@ -357,16 +357,7 @@ class _Routed(nn.Module):
         """Refuse one module (or parameter) in two places of the model, e.g. the same experts
         on two levels: ``[module] * n`` ties their weights, and the model would silently hold
         one part where it shows two."""
-        name = type(self).__name__
-        seen: dict[int, str] = {}
-        for label, part in parts.items():
-            for p in part.parameters():
-                other = seen.setdefault(id(p), label)
-                if other != label:
-                    raise ValueError(
-                        f"{name}: {other} and {label} share parameters (the same module given "
-                        "twice, as [module] * n does); build each part anew"
-                    )
+        refuse_repeats(type(self).__name__, parts)
 
     def parameter_owners(self) -> dict[int, str]:
         """Each task-specific parameter's task, by parameter id."""
