@@ -50,15 +50,18 @@ def test_gate_columns_are_a_distribution_per_task_every_epoch(model, n_choices):
     assert len(history) == 3
     for record in history.records:
         columns = gate_columns(record)
-        assert sorted(columns) == ["a", "b"]
+        # PLE's shared gate below the last level: every task's 2 experts and the 2 shared
+        shared = {"shared@1": 2 * 2 + 2} if isinstance(model, PLE) and model.n_levels > 1 else {}
+        assert sorted(columns) == ["a", "b", *shared]
         for task, names in columns.items():
-            assert names == [f"gate/{task}/{e}" for e in range(n_choices)]
+            choices = shared.get(task, n_choices)
+            assert names == [f"gate/{task}/{e}" for e in range(choices)]
             values = torch.tensor([record[c] for c in names])
             assert (values >= 0).all()
             torch.testing.assert_close(values.sum(), torch.tensor(1.0))
     frame = GateMonitor.frame(history)
     assert set(frame.columns) == {"epoch", "task", "expert", "weight"}
-    assert len(frame) == 3 * 2 * n_choices
+    assert len(frame) == 3 * (2 * n_choices + sum(shared.values()))
 
 
 def test_columns_equal_the_mean_of_gate_weights_on_the_batch():
@@ -99,3 +102,27 @@ def test_plot_gate_weights_draws_every_task(tmp_path):
     assert path.stat().st_size > 5_000
     with pytest.raises(ValueError, match="GateMonitor"):
         plot_gate_weights({"x": pt.training.History(("a",), [{"epoch": 1}])}, tmp_path / "n.png")
+
+
+def test_ple_shared_gates_are_read_where_the_forward_pass_reads_them():
+    """Level l's shared gate reads the shared output of level l - 1 (x on the first level):
+    the monitor's ``shared@<level>`` weights are the gates the forward pass mixes with."""
+    from polytask.models._gated import gate
+
+    model = PLE(4, ["a", "b"], n_levels=3, n_shared=2, n_specific=1, expert_hidden=[5], seed=3)
+    x = _data().x[:12]
+    got = model.shared_gate_weights(x)
+    assert sorted(got) == ["shared@1", "shared@2"]
+    shared_in, task_in = x, {"a": x, "b": x}
+    for level in (0, 1):
+        expected = gate(model.shared_gates[level], shared_in)
+        torch.testing.assert_close(got[f"shared@{level + 1}"], expected)
+        shared_in, task_in = model._level(level, shared_in, task_in)
+    assert CGC(4, ["a", "b"]).shared_gate_weights(x) == {}
+    monitor = GateMonitor(x)
+    history = _fit(model, monitor, epochs=1)
+    record = history.records[-1]
+    means = model.shared_gate_weights(x)["shared@2"].mean(0)  # one epoch: the last weights
+    torch.testing.assert_close(
+        torch.tensor([record[f"gate/shared@2/{e}"] for e in range(4)]), means.detach()
+    )

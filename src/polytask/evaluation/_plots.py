@@ -356,7 +356,9 @@ def plot_gate_weights(
         colours = [cmap(i % 20) for i in range(len(columns))]
         ax.stackplot(epochs, values, labels=[c.rsplit("/", 1)[1] for c in columns], colors=colours)
         ax.set_ylim(0, max(1.0, float(np.nansum(values, axis=0).max(initial=1.0))))
-        ax.set_title(f"{label}: task {task}" if label else f"task {task}")
+        # PLE's shared gates are recorded as "shared@<level>"
+        whose = f"shared gate, level {task[7:]}" if task.startswith("shared@") else f"task {task}"
+        ax.set_title(f"{label}: {whose}" if label else whose)
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean gate weight (stacked)")
     axes.flat[0].legend(title="expert", fontsize="x-small", ncol=2, loc="upper right")

@@ -776,6 +776,26 @@ class PLE(_Routed):
             out[t] = gate(self.task_gates[-1][t], task_in)
         return out
 
+    def shared_gate_weights(self, x: Tensor) -> dict[str, Tensor]:
+        """The shared experts' own gate on every level but the last, ``{"shared@<level>":
+        (batch, n_choices)}`` (levels from 1; the choices: each task's experts in task order,
+        then the shared ones): every row a distribution. Empty for CGC (one level).
+
+        Examples
+        --------
+        >>> import torch
+        >>> model = PLE(3, ["a", "b"], n_levels=2, n_shared=2, n_specific=1, expert_hidden=[4])
+        >>> {k: tuple(w.shape) for k, w in model.shared_gate_weights(torch.zeros(5, 3)).items()}
+        {'shared@1': (5, 4)}
+        """
+        out = {}
+        shared_in: Tensor = x
+        task_in: dict[str, Tensor] = {t: x for t in self.task_names}
+        for level in range(self.n_levels - 1):
+            out[f"shared@{level + 1}"] = gate(self.shared_gates[level], shared_in)
+            shared_in, task_in = self._level(level, shared_in, task_in)
+        return out
+
     def shared_parameters(self) -> list[nn.Parameter]:
         """Every level but the last whole (its parts reach every task through the shared gate,
         or feed the representation), and the last level's shared experts."""

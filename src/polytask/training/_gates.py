@@ -50,7 +50,9 @@ class GateMonitor(Callback):
     so the History (and a replication store) holds them. With ``every_epoch=False`` only the
     last epoch's record gets them, when the fit ends (before the best weights are restored).
     For :class:`~polytask.models.PLE` and :class:`~polytask.models.CGC` the experts are the
-    last level's gate's choices: the task's own experts first, then the shared ones.
+    last level's gate's choices: the task's own experts first, then the shared ones; PLE's
+    shared gates below the last level (its ``shared_gate_weights``) are recorded too, as
+    ``gate/shared@<level>/<e>`` (every task's experts in task order, then the shared ones).
 
     Parameters
     ----------
@@ -99,14 +101,19 @@ class GateMonitor(Callback):
             )
 
     def weights(self, model: torch.nn.Module) -> dict[str, list[float]]:
-        """Task -> mean gate weight per expert over the rows of :attr:`x`."""
+        """Task (or PLE's ``shared@<level>``) -> mean gate weight per expert over the rows of
+        :attr:`x`."""
         param = next(model.parameters())
         dtype = param.dtype if param.is_floating_point() else self.x.dtype
         was_training = model.training
         model.eval()
+        shared = getattr(model, "shared_gate_weights", None)
         try:
             with torch.no_grad():  # the model's device and dtype (a float64 model reads float64)
-                gates = model.gate_weights(self.x.to(param.device, dtype))
+                x = self.x.to(param.device, dtype)
+                gates = dict(model.gate_weights(x))
+                if callable(shared):
+                    gates.update(shared(x))
         finally:
             model.train(was_training)
         return {task: w.mean(dim=0).tolist() for task, w in gates.items()}
