@@ -352,6 +352,36 @@ def test_compare_varies_the_architecture_against_one_baseline(tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(again / "relatedness.csv"), figure)
 
 
+def test_compare_census_pairs_every_model_with_shared_bottom_over_replications(tmp_path):
+    """``compare census --models ...``: the architectures and a scikit-learn reference over
+    replications, each paired with shared-bottom per task, and the gates of the first."""
+    adult = shared_data("adult")
+    out = tmp_path / "census"
+    command = ["compare", "census", "--data-dir", str(adult), "--rows", "600", "--quiet"]
+    command += ["--models", "shared-bottom,mmoe,logistic-regression", "--max-epochs", "1"]
+    assert main([*command, "--replications", "2", "--device", "cpu", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith(
+        "# census: shared-bottom/mean, mmoe/mean, logistic-regression (2 replications)"
+    )
+    assert "- **baseline**: shared-bottom/mean" in report
+    paired = pd.read_csv(out / "census_vs_shared_bottom.csv")
+    assert sorted(zip(paired["method"], paired["task"], strict=True)) == [
+        ("logistic-regression", "income"),
+        ("logistic-regression", "never_married"),
+        ("mmoe/mean", "income"),
+        ("mmoe/mean", "never_married"),
+    ]
+    assert (paired["n"] == 2).all() and paired["mean difference"].between(-1, 1).all()
+    means = pd.read_csv(out / "census_means.csv")
+    assert set(means["method"]) == {"shared-bottom/mean", "mmoe/mean", "logistic-regression"}
+    assert means["mean"].between(0, 1).all() and (means["n"] == 2).all()
+    logistic = means[means["method"] == "logistic-regression"].set_index("task")["mean"]
+    assert logistic["income"] > 0.8 and logistic["never_married"] > 0.9  # on 600 rows
+    assert "## Gates (first replication)" in report  # MMoE's, recorded on the stop rows
+    assert (out / "gates.png").stat().st_size > 10_000
+
+
 def test_architecture_options_are_checked_before_training(tmp_path, capsys, no_training):
     assert main(["run", *TINY_RELATEDNESS, "--models", "shared-bottom,moe"]) == 2
     assert "unknown models ['moe']" in _one_line(capsys.readouterr().err)
