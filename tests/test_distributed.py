@@ -48,6 +48,11 @@ WORKER = textwrap.dedent(
         ("imtl-l", "imtl-l", 16, "shared"),
         ("gradnorm", "gradnorm", 16, "shared"),
         ("mean early stopping", "mean", 16, "shared"),
+        # missing labels: a process's slice may hold none of a task that the other's holds
+        ("mean masked", "mean", 16, "masked"),
+        ("uw masked", "uw", 13, "masked"),
+        ("upgrad@repr masked", "upgrad@repr", 16, "masked"),
+        ("pcgrad masked", "pcgrad", 16, "masked"),
     ]
     # DWA's weights move from the third epoch (they read the two before); the early-stopping
     # run (a large step) stops on the global stop loss long before its cap
@@ -59,6 +64,11 @@ WORKER = textwrap.dedent(
         targets = {f"t{i}": (x @ torch.randn(5, generator=generator)) for i in range(3)}
         if kind == "shared":
             return pt.MultiTargetData(x, targets)
+        if kind == "masked":  # t0 labelled on 3 rows (a step with one: a slice without), t1 on half
+            t0, t1 = targets["t0"].clone(), targets["t1"].clone()
+            t0[torch.arange(64) % 21 != 0] = float("nan")
+            t1[torch.arange(64) % 2 == 1] = float("nan")
+            return pt.MultiTargetData(x, {**targets, "t0": t0, "t1": t1})
         return {t: pt.TaskData(x[8 * i :], y[8 * i :]) for i, (t, y) in enumerate(targets.items())}
 
     def build(seed=0):
@@ -73,7 +83,8 @@ WORKER = textwrap.dedent(
                              patience=patience, quiet=True, device="cpu",
                              lr=0.1 if patience else 0.01)
         trainer.precision = "bf16-mixed" if name.endswith("bf16-mixed") else "32"
-        history = trainer.fit(model, [pt.Task(f"t{i}") for i in range(3)], data(kind), data(kind))
+        tasks = [pt.Task(f"t{i}", allow_missing=kind == "masked") for i in range(3)]
+        history = trainer.fit(model, tasks, data(kind), data(kind))
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         return flat, history.records
 
@@ -114,19 +125,39 @@ WORKER = textwrap.dedent(
         straight = dropout_fit(3, f"{out}/straight")
         dropout_fit(1, f"{out}/resumed")
         resumed = dropout_fit(3, f"{out}/resumed")
+        # how often a process's slice held no label of a task present in the step
+        from polytask.training import _losses
+        plain_losses, emptied = _losses.LossPlan._losses, []
+        def counting(self, model, batch, training):
+            here = getattr(batch, "local_counts", None)
+            emptied.append(training and here is not None and 0 in here)
+            return plain_losses(self, model, batch, training)
+        _losses.LossPlan._losses = counting
+        run("mean masked", "mean", 16, "masked")
+        _losses.LossPlan._losses = plain_losses
         refused = {}
-        for method, kind in (("mean", "masked"), ("pcgrad", "batchnorm")):
+        for method, kind in (("mean", "masked"), ("pcgrad", "batchnorm"), ("mean", "multilabel")):
             d = data("shared")
-            if kind == "masked":
-                y = d.targets["t0"].clone(); y[::2] = float("nan")
-                d = pt.MultiTargetData(d.x, {**d.targets, "t0": y})
+            if kind == "masked":  # one dataset per task: not yet
+                d = data("per_task")
+                y = d["t0"].y.clone(); y[::2] = float("nan")
+                d = {**d, "t0": pt.TaskData(d["t0"].x, y)}
             try:
                 tasks = [pt.Task(f"t{i}", allow_missing=kind == "masked") for i in range(3)]
+                if kind == "multilabel":  # a missing entry inside a labelled row
+                    y = torch.stack([d.targets["t0"] > 0, d.targets["t1"] > 0], 1).float()
+                    y[3, 1] = float("nan")
+                    d = pt.MultiTargetData(d.x, {"m": y, "t2": d.targets["t2"]})
+                    tasks = [pt.Task("m", kind="multilabel", size=2, allow_missing=True),
+                             pt.Task("t2")]
                 trainer = pt.Trainer(method, max_epochs=1, quiet=True, device="cpu")
                 model = build()
                 if kind == "batchnorm":  # running statistics outside DDP's broadcast
                     trunk = nn.Sequential(model.trunk, nn.BatchNorm1d(8))
                     model = pt.MultiTaskModel(trunk, dict(model.heads.items()))
+                if kind == "multilabel":
+                    heads = {"m": nn.Linear(8, 2), "t2": nn.Linear(8, 1)}
+                    model = pt.MultiTaskModel(model.trunk, heads)
                 trainer.fit(model, tasks, d, d)
             except ValueError as error:
                 refused[f"{method} {kind}"] = str(error)
@@ -147,6 +178,7 @@ WORKER = textwrap.dedent(
                        "large": reducer.sum(large), "all_reduces": all_reduces}
         dist.all_reduce = plain_all_reduce
         torch.save({"results": results, "refused": refused, "world": world_size(),
+                    "emptied": sum(emptied),
                     "mask": masks[0], "resume": (straight, resumed),
                     "collectives": collectives},
                    f"{out}/rank{rank()}.pt")
@@ -220,6 +252,10 @@ RUN_NAMES = [
     "imtl-l",
     "gradnorm",
     "mean early stopping",
+    "mean masked",
+    "uw masked",
+    "upgrad@repr masked",
+    "pcgrad masked",
 ]
 STATEFUL = ["dwa", "uw", "famo", "imtl-l", "gradnorm", "dbmtl"]
 
@@ -258,8 +294,19 @@ def test_one_report_is_written_by_rank_zero(launched):
 def test_what_cannot_run_data_parallel_is_refused_with_the_reason(launched):
     _, ranks = launched
     refused = ranks[0]["refused"]
-    assert "missing labels" in refused["mean masked"]
+    assert "not yet in one dataset per task" in refused["mean masked"]
+    assert (
+        "multilabel tasks with missing entries in labelled rows yet (['m'])"
+        in (refused["mean multilabel"])
+    )
     assert "buffers ['trunk.1.running_mean'" in refused["pcgrad batchnorm"]
+
+
+def test_missing_labels_left_some_slices_without_a_task_that_the_step_held(launched):
+    """The masked runs above met the case they are for: a process's slice of a step with no
+    label of a task the other process's slice labels (its loss there a zero of weight 0)."""
+    _, ranks = launched
+    assert all(rank["emptied"] > 0 for rank in ranks), [rank["emptied"] for rank in ranks]
 
 
 def test_each_process_draws_its_own_dropout_masks(launched):

@@ -130,11 +130,17 @@ class LossPlan:
             else:
                 features, outputs = None, model(batch.x)
             positions = batch.positions or range(len(self.tasks))
+            here = batch.local_counts
             losses = []
-            for i in positions:
+            for j, i in enumerate(positions):
                 task = self.tasks[i]
                 mask = None if batch.masks is None else batch.masks.get(task.name)
                 out = task.output(outputs[task.name])
+                if here is not None and here[j] == 0:
+                    # data-parallel: this process's rows hold no label of a task that other
+                    # processes' rows do; a zero on the graph (its weight is 0 too)
+                    losses.append((out * 0).sum())
+                    continue
                 losses.append(task.compute_loss(out, batch.y[task.name], mask))
             terms = torch.stack([term(outputs) for term in self.terms]) if self.terms else None
             return StepLosses(torch.stack(losses), batch.positions, features, terms)

@@ -34,6 +34,12 @@ class SharedBatch:
     positions: tuple[int, ...] | None  # tasks with at least one label; None = all
     counts: list[int]  # labelled rows per present task (of the whole step when sharded)
     share: float = 1.0  # this process's fraction of the step's rows (data-parallel fits)
+    shares: tuple[float, ...] | None = None
+    """Sharded data with missing labels: per present task, this process's fraction of the
+    step's labelled rows (then ``share`` is not used for the losses)."""
+    local_counts: tuple[int, ...] | None = None
+    """Sharded data with missing labels: per present task, this process's labelled rows (0: the
+    task's loss here is a zero that weighs nothing; other processes hold its labels)."""
 
 
 @dataclass
@@ -168,8 +174,9 @@ class SharedSource:
         self, generator: torch.Generator, batch_size: int, shard: Any = None
     ) -> Iterator[SharedBatch]:
         """Shuffled batches; the permutation is drawn on the CPU and copied once per epoch.
-        With ``shard`` (a data-parallel fit, data without missing labels) each batch is this
-        process's slice of the step's rows, its ``counts`` those of the whole step."""
+        With ``shard`` (a data-parallel fit) each batch is this process's slice of the step's
+        rows, its ``counts`` those of the whole step (with missing labels, see
+        :meth:`_masked_slice`)."""
         order = torch.randperm(len(self), generator=generator)
         on_device = order.to(self.x.device)
         if shard is None and not self.host_masks and self._bytes() <= SHUFFLE_COPY_BYTES:
@@ -185,6 +192,8 @@ class SharedSource:
         for host, index in zip(order.split(batch_size), on_device.split(batch_size), strict=True):
             if shard is None:
                 batch = self._batch(host.numpy(), index)
+            elif self.host_masks:
+                batch = self._masked_slice(host.numpy(), index, shard)
             else:
                 n = len(host)
                 lo, hi, share = _slice(n, shard)
@@ -192,6 +201,50 @@ class SharedSource:
                 batch.counts, batch.share = [n] * len(self.tasks), share
             if batch is not None:
                 yield batch
+
+    def _masked_slice(self, host: np.ndarray, index: Tensor, shard: Any) -> SharedBatch | None:
+        """This process's slice of a step of data with missing labels: the tasks present and
+        their labelled rows are the whole step's (the same on every process), and each task's
+        loss here is weighted by this process's share of its labelled rows."""
+        lo, hi, share = _slice(len(host), shard)
+        mine = host[lo:hi]
+        positions, counts, local = [], [], []
+        for i, task in enumerate(self.tasks):
+            mask = self.host_masks.get(task.name)
+            count = len(host) if mask is None else int(mask[host].sum())
+            if count:
+                positions.append(i)
+                counts.append(count)
+                here = len(mine) if mask is None else int(mask[mine].sum())
+                local.append(here if share else 0)  # a process without rows weighs nothing
+        if not positions:
+            return None
+        rows = index[lo:hi]
+        masks = {name: mask[rows] for name, mask in self.masks.items()}
+        return SharedBatch(
+            self.x[rows],
+            _rows(self.y, rows),
+            masks,
+            tuple(positions),
+            counts,
+            share,
+            tuple(c / n for c, n in zip(local, counts, strict=True)),
+            tuple(local),
+        )
+
+    def partial_multilabel(self) -> list[str]:
+        """The multilabel tasks with missing entries inside labelled rows (NaN targets there;
+        a row without any label is masked out as a whole)."""
+        if not isinstance(self.y, dict):  # the column layout: regression tasks only
+            return []
+        partial = []
+        for task in self.tasks:
+            if task.kind != "multilabel":
+                continue
+            y, mask = self.y[task.name], self.masks.get(task.name)
+            if bool(torch.isnan(y if mask is None else y[mask]).any()):
+                partial.append(task.name)
+        return partial
 
     def chunks(self, size: int) -> Iterator[SharedBatch]:
         """Consecutive batches covering every row once (for evaluation)."""

@@ -449,9 +449,12 @@ class _Parallel:
         """What this process's task losses are multiplied by so that the global loss is their
         mean over the processes: ``W`` times its share of each task's rows (None when 1)."""
         world = self.shard.world
-        if isinstance(batch, SharedBatch):
+        if isinstance(batch, SharedBatch) and batch.shares is None:
             factor = world * batch.share
             return None if abs(factor - 1.0) < 1e-12 else factor
+        if isinstance(batch, SharedBatch):  # missing labels: each task's share of its labels
+            # (these vary step by step: not cached)
+            return torch.tensor([world * s for s in batch.shares], device=device)
         factors = tuple(world * part.share for part in batch.parts)
         if all(abs(f - 1.0) < 1e-12 for f in factors):
             return None
@@ -879,16 +882,21 @@ class Trainer:
     ) -> _Parallel:
         """Refuse what cannot run data-parallel, then choose who all-reduces the gradients:
         DDP (an ordinary backward) or the engine (the exact and naive paths)."""
-        masked = (
-            bool(train.host_masks)
-            if isinstance(train, SharedSource)
-            else not train.complete_steps(Schedule("round_robin"))
-        )
-        if masked:
+        if isinstance(train, SharedSource):
+            partial = train.partial_multilabel()
+            if partial:
+                raise ValueError(
+                    f"data-parallel training (torchrun) does not take multilabel tasks with "
+                    f"missing entries in labelled rows yet ({partial}): their loss averages over "
+                    "the known entries, which the processes would need to count together; fill "
+                    "the entries or train on one process"
+                )
+        elif not train.complete_steps(Schedule("round_robin")):
             raise ValueError(
-                "data-parallel training (torchrun) does not take data with missing labels yet: "
-                "a process's slice of a step may hold no label of a task that the others' "
-                "slices label; fill the labels or train on one process"
+                "data-parallel training (torchrun) takes missing labels in one dataset for every "
+                "task (MultiTargetData), not yet in one dataset per task or a user's loaders: a "
+                "process's slice of a step may hold no label of a task that the others' slices "
+                "label; use one MultiTargetData, fill the labels or train on one process"
             )
         if hasattr(train, "check_shardable"):  # a user's own loaders
             train.check_shardable()
@@ -929,7 +937,9 @@ class Trainer:
                 step, [f"model.{name}" for name, _ in heads]
             )
             reducer.broadcast([p for _, p in heads])
-        complete = train.complete_steps(self.schedule)
+        # a step without some task leaves its head unused; under "ddp_shared" DDP holds only
+        # the shared parameters, which every present task reaches
+        complete = mode == "ddp_shared" or train.complete_steps(self.schedule)
         runner = DistributedDataParallel(step, find_unused_parameters=not complete)
         return _Parallel(shard, reducer, runner)
 
