@@ -154,19 +154,22 @@ class SharedSource:
         ys = [self.y] if isinstance(self.y, Tensor) else list(self.y.values())
         return sum(t.nelement() * t.element_size() for t in (self.x, *ys))
 
+    def _labelled(self, rows: np.ndarray) -> list[int]:
+        """Per task, its labelled rows among ``rows`` (host indices)."""
+        return [
+            len(rows) if mask is None else int(mask[rows].sum())
+            for mask in (self.host_masks.get(task.name) for task in self.tasks)
+        ]
+
     def _batch(self, host_index: np.ndarray, index: Tensor | slice) -> SharedBatch | None:
         y = _rows(self.y, index)
         if not self.host_masks:
             return SharedBatch(self.x[index], y, None, None, [len(host_index)] * len(self.tasks))
-        positions, counts = [], []
-        for i, task in enumerate(self.tasks):
-            mask = self.host_masks.get(task.name)
-            count = len(host_index) if mask is None else int(mask[host_index].sum())
-            if count:
-                positions.append(i)
-                counts.append(count)
+        labelled = self._labelled(host_index)
+        positions = [i for i, count in enumerate(labelled) if count]
         if not positions:
             return None
+        counts = [labelled[i] for i in positions]
         masks = {name: mask[index] for name, mask in self.masks.items()}
         return SharedBatch(self.x[index], y, masks, tuple(positions), counts)
 
@@ -207,18 +210,12 @@ class SharedSource:
         their labelled rows are the whole step's (the same on every process), and each task's
         loss here is weighted by this process's share of its labelled rows."""
         lo, hi, share = _slice(len(host), shard)
-        mine = host[lo:hi]
-        positions, counts, local = [], [], []
-        for i, task in enumerate(self.tasks):
-            mask = self.host_masks.get(task.name)
-            count = len(host) if mask is None else int(mask[host].sum())
-            if count:
-                positions.append(i)
-                counts.append(count)
-                here = len(mine) if mask is None else int(mask[mine].sum())
-                local.append(here if share else 0)  # a process without rows weighs nothing
+        step, mine = self._labelled(host), self._labelled(host[lo:hi])
+        positions = [i for i, count in enumerate(step) if count]
         if not positions:
             return None
+        counts = [step[i] for i in positions]
+        local = [mine[i] if share else 0 for i in positions]  # a process without rows: none
         rows = index[lo:hi]
         masks = {name: mask[rows] for name, mask in self.masks.items()}
         return SharedBatch(
