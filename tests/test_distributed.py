@@ -53,6 +53,9 @@ WORKER = textwrap.dedent(
         ("uw masked", "uw", 13, "masked"),
         ("upgrad@repr masked", "upgrad@repr", 16, "masked"),
         ("pcgrad masked", "pcgrad", 16, "masked"),
+        ("mean masked per task", "mean", 10, "masked_per_task"),
+        ("upgrad@repr masked per task", "upgrad@repr", 10, "masked_per_task"),
+        ("pcgrad masked per task", "pcgrad", 10, "masked_per_task"),
     ]
     # DWA's weights move from the third epoch (they read the two before); the early-stopping
     # run (a large step) stops on the global stop loss long before its cap
@@ -64,6 +67,11 @@ WORKER = textwrap.dedent(
         targets = {f"t{i}": (x @ torch.randn(5, generator=generator)) for i in range(3)}
         if kind == "shared":
             return pt.MultiTargetData(x, targets)
+        if kind == "masked_per_task":  # t0's data labelled on 3 of its 64 rows
+            parts = data("per_task")
+            y = parts["t0"].y.clone()
+            y[torch.arange(len(y)) % 21 != 0] = float("nan")
+            return {**parts, "t0": pt.TaskData(parts["t0"].x, y)}
         if kind == "masked":  # t0 labelled on 3 rows (a step with one: a slice without), t1 on half
             t0, t1 = targets["t0"].clone(), targets["t1"].clone()
             t0[torch.arange(64) % 21 != 0] = float("nan")
@@ -83,7 +91,7 @@ WORKER = textwrap.dedent(
                              patience=patience, quiet=True, device="cpu",
                              lr=0.1 if patience else 0.01)
         trainer.precision = "bf16-mixed" if name.endswith("bf16-mixed") else "32"
-        tasks = [pt.Task(f"t{i}", allow_missing=kind == "masked") for i in range(3)]
+        tasks = [pt.Task(f"t{i}", allow_missing=kind.startswith("masked")) for i in range(3)]
         history = trainer.fit(model, tasks, data(kind), data(kind))
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         return flat, history.records
@@ -130,20 +138,21 @@ WORKER = textwrap.dedent(
         plain_losses, emptied = _losses.LossPlan._losses, []
         def counting(self, model, batch, training):
             here = getattr(batch, "local_counts", None)
+            if here is None and hasattr(batch, "parts"):
+                here = [part.local_count for part in batch.parts]
             emptied.append(training and here is not None and 0 in here)
             return plain_losses(self, model, batch, training)
         _losses.LossPlan._losses = counting
         run("mean masked", "mean", 16, "masked")
+        shared_emptied = sum(emptied)
+        run("mean masked per task", "mean", 10, "masked_per_task")
+        emptied = [shared_emptied, sum(emptied) - shared_emptied]
         _losses.LossPlan._losses = plain_losses
         refused = {}
-        for method, kind in (("mean", "masked"), ("pcgrad", "batchnorm"), ("mean", "multilabel")):
+        for method, kind in (("pcgrad", "batchnorm"), ("mean", "multilabel")):
             d = data("shared")
-            if kind == "masked":  # one dataset per task: not yet
-                d = data("per_task")
-                y = d["t0"].y.clone(); y[::2] = float("nan")
-                d = {**d, "t0": pt.TaskData(d["t0"].x, y)}
             try:
-                tasks = [pt.Task(f"t{i}", allow_missing=kind == "masked") for i in range(3)]
+                tasks = [pt.Task(f"t{i}") for i in range(3)]
                 if kind == "multilabel":  # a missing entry inside a labelled row
                     y = torch.stack([d.targets["t0"] > 0, d.targets["t1"] > 0], 1).float()
                     y[3, 1] = float("nan")
@@ -178,7 +187,7 @@ WORKER = textwrap.dedent(
                        "large": reducer.sum(large), "all_reduces": all_reduces}
         dist.all_reduce = plain_all_reduce
         torch.save({"results": results, "refused": refused, "world": world_size(),
-                    "emptied": sum(emptied),
+                    "emptied": emptied,
                     "mask": masks[0], "resume": (straight, resumed),
                     "collectives": collectives},
                    f"{out}/rank{rank()}.pt")
@@ -256,6 +265,9 @@ RUN_NAMES = [
     "uw masked",
     "upgrad@repr masked",
     "pcgrad masked",
+    "mean masked per task",
+    "upgrad@repr masked per task",
+    "pcgrad masked per task",
 ]
 STATEFUL = ["dwa", "uw", "famo", "imtl-l", "gradnorm", "dbmtl"]
 
@@ -294,7 +306,6 @@ def test_one_report_is_written_by_rank_zero(launched):
 def test_what_cannot_run_data_parallel_is_refused_with_the_reason(launched):
     _, ranks = launched
     refused = ranks[0]["refused"]
-    assert "not yet in one dataset per task" in refused["mean masked"]
     assert (
         "multilabel tasks with missing entries in labelled rows yet (['m'])"
         in (refused["mean multilabel"])
@@ -304,9 +315,10 @@ def test_what_cannot_run_data_parallel_is_refused_with_the_reason(launched):
 
 def test_missing_labels_left_some_slices_without_a_task_that_the_step_held(launched):
     """The masked runs above met the case they are for: a process's slice of a step with no
-    label of a task the other process's slice labels (its loss there a zero of weight 0)."""
+    label of a task the other process's slice labels (its loss there a zero of weight 0), with
+    one dataset for every task and with one per task."""
     _, ranks = launched
-    assert all(rank["emptied"] > 0 for rank in ranks), [rank["emptied"] for rank in ranks]
+    assert all(n > 0 for rank in ranks for n in rank["emptied"]), [r["emptied"] for r in ranks]
 
 
 def test_each_process_draws_its_own_dropout_masks(launched):

@@ -152,6 +152,9 @@ class LossPlan:
                 out = model.heads_forward(z, task.name)
             else:
                 out = model(part.x, task=task.name)
+            if part.local_count == 0:  # data-parallel: the other processes hold its labels
+                losses.append((task.output(out) * 0).sum())
+                continue
             losses.append(task.compute_loss(task.output(out), part.y, part.mask))
         return StepLosses(torch.stack(losses), batch.positions, per_task or None, None)
 

@@ -8,7 +8,7 @@ a device-to-host sync.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,9 @@ class TaskBatch:
     mask: Tensor | None
     count: int  # labelled rows (of the whole step when sharded)
     share: float = 1.0  # this process's fraction of the step's rows of the task
+    local_count: int | None = None
+    """Sharded data with missing labels: this process's labelled rows (then ``share`` is its
+    fraction of the step's labelled rows; 0: the loss here is a zero that weighs nothing)."""
 
 
 def _rows(y: dict[str, Tensor] | Tensor, index: Tensor | slice) -> dict[str, Tensor] | Tensor:
@@ -92,6 +95,20 @@ class PerTaskBatch:
 Batch = SharedBatch | PerTaskBatch
 Source = Any
 """A :class:`SharedSource`, :class:`PerTaskSource` or ``LoaderSource``."""
+
+
+def _partial(
+    tasks: Sequence[Task], targets: Callable[[str], tuple[Tensor, Tensor | None]]
+) -> list[str]:
+    """The multilabel ``tasks`` with a NaN target inside a labelled row (``targets``: a task's
+    targets and its labelled-row mask, or None)."""
+    partial = []
+    for task in tasks:
+        if task.kind == "multilabel":
+            y, mask = targets(task.name)
+            if bool(torch.isnan(y if mask is None else y[mask]).any()):
+                partial.append(task.name)
+    return partial
 
 
 def _check_inputs(x: Tensor, where: str) -> None:
@@ -234,14 +251,7 @@ class SharedSource:
         a row without any label is masked out as a whole)."""
         if not isinstance(self.y, dict):  # the column layout: regression tasks only
             return []
-        partial = []
-        for task in self.tasks:
-            if task.kind != "multilabel":
-                continue
-            y, mask = self.y[task.name], self.masks.get(task.name)
-            if bool(torch.isnan(y if mask is None else y[mask]).any()):
-                partial.append(task.name)
-        return partial
+        return _partial(self.tasks, lambda name: (self.y[name], self.masks.get(name)))
 
     def chunks(self, size: int) -> Iterator[SharedBatch]:
         """Consecutive batches covering every row once (for evaluation)."""
@@ -312,6 +322,10 @@ class PerTaskSource:
             raise ValueError(f"{split} split: the tasks' inputs differ in width: {sorted(widths)}")
         self.n_features = (widths.pop(),)
 
+    def partial_multilabel(self) -> list[str]:
+        """The multilabel tasks with missing entries inside labelled rows."""
+        return _partial(self.tasks, lambda name: (self.parts[name].y, self.parts[name].mask))
+
     def complete_steps(self, schedule: Schedule) -> bool:
         """Whether every step of ``schedule`` holds every task: round robin that does not let
         tasks end (``max_size``), and no task with missing labels."""
@@ -321,11 +335,13 @@ class PerTaskSource:
     def sizes(self) -> dict[str, int]:
         return {name: len(part.data) for name, part in self.parts.items()}
 
-    def _part(self, position: int, host_index: np.ndarray) -> TaskBatch | None:
+    def _part(
+        self, position: int, host_index: np.ndarray, keep_unlabelled: bool = False
+    ) -> TaskBatch | None:
         name = self.tasks[position].name
         part = self.parts[name]
         count = len(host_index) if part.host_mask is None else int(part.host_mask[host_index].sum())
-        if count == 0:
+        if count == 0 and not keep_unlabelled:
             return None
         index = torch.from_numpy(host_index).to(self.device)
         if part.x is None:
@@ -348,9 +364,16 @@ class PerTaskSource:
                 parts = []
                 for name, index in step:
                     lo, hi, share = _slice(len(index), shard)
-                    part = self._part(positions[name], index[lo:hi])
-                    if part is not None:
+                    mask = self.parts[name].host_mask
+                    if mask is None:
+                        part = self._part(positions[name], index[lo:hi])
                         part.count, part.share = len(index), share
+                    elif (count := int(mask[index].sum())) == 0:
+                        part = None  # no label of the task in the whole step
+                    else:  # each process weighs the loss by its share of the step's labels
+                        part = self._part(positions[name], index[lo:hi], keep_unlabelled=True)
+                        here = int(mask[index[lo:hi]].sum()) if share else 0
+                        part.count, part.share, part.local_count = count, here / count, here
                     parts.append(part)
             parts = [p for p in parts if p is not None]
             if parts:

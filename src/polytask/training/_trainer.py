@@ -36,6 +36,7 @@ from ._losses import LossPlan
 from ._progress import EpochProgress
 from ._sources import (
     PerTaskBatch,
+    PerTaskSource,
     SharedBatch,
     SharedSource,
     Source,
@@ -455,6 +456,8 @@ class _Parallel:
         if isinstance(batch, SharedBatch):  # missing labels: each task's share of its labels
             # (these vary step by step: not cached)
             return torch.tensor([world * s for s in batch.shares], device=device)
+        if any(part.local_count is not None for part in batch.parts):  # the same, per task
+            return torch.tensor([world * part.share for part in batch.parts], device=device)
         factors = tuple(world * part.share for part in batch.parts)
         if all(abs(f - 1.0) < 1e-12 for f in factors):
             return None
@@ -882,7 +885,7 @@ class Trainer:
     ) -> _Parallel:
         """Refuse what cannot run data-parallel, then choose who all-reduces the gradients:
         DDP (an ordinary backward) or the engine (the exact and naive paths)."""
-        if isinstance(train, SharedSource):
+        if isinstance(train, SharedSource | PerTaskSource):
             partial = train.partial_multilabel()
             if partial:
                 raise ValueError(
@@ -893,10 +896,10 @@ class Trainer:
                 )
         elif not train.complete_steps(Schedule("round_robin")):
             raise ValueError(
-                "data-parallel training (torchrun) takes missing labels in one dataset for every "
-                "task (MultiTargetData), not yet in one dataset per task or a user's loaders: a "
-                "process's slice of a step may hold no label of a task that the others' slices "
-                "label; use one MultiTargetData, fill the labels or train on one process"
+                "data-parallel training (torchrun) takes missing labels in polytask's datasets "
+                "(MultiTargetData, TaskData), not yet in a user's loaders: a process's slice of "
+                "a step may hold no label of a task that the others' slices label; pass the "
+                "data as datasets, fill the labels or train on one process"
             )
         if hasattr(train, "check_shardable"):  # a user's own loaders
             train.check_shardable()
