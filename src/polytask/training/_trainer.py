@@ -465,9 +465,12 @@ class _Parallel:
             self._factors[factors] = torch.tensor(factors, device=device)
         return self._factors[factors]
 
-    @staticmethod
-    def scalar(factor: float | Tensor | None) -> float | Tensor | None:
-        """The factor of a step-wide penalty (the mean of the tasks' factors)."""
+    def scalar(self, factor: float | Tensor | None, batch: SharedBatch | PerTaskBatch):
+        """The factor of a step-wide penalty: ``W`` times this process's share of the step's
+        rows for a shared batch (with missing labels the tasks' factors are shares of their
+        labels instead), the mean of the tasks' factors for per-task batches."""
+        if isinstance(batch, SharedBatch):
+            return self.shard.world * batch.share
         return factor.mean() if isinstance(factor, Tensor) else factor
 
 
@@ -1106,7 +1109,7 @@ class Trainer:
                             factor = parallel.factor(batch, device)
                             if factor is not None:  # this process's share of the global loss
                                 losses = losses * factor
-                                whole = parallel.scalar(factor)
+                                whole = parallel.scalar(factor, batch)
                                 terms = None if terms is None else terms * whole
                                 penalty = None if penalty is None else penalty * whole
                         state.features = features
