@@ -53,6 +53,10 @@ WORKER = textwrap.dedent(
         ("uw masked", "uw", 13, "masked"),
         ("upgrad@repr masked", "upgrad@repr", 16, "masked"),
         ("pcgrad masked", "pcgrad", 16, "masked"),
+        ("mean masked share 0", "mean", 21, "masked"),  # 64 = 3 * 21 + 1: a slice of none
+        ("mean masked per task share 0", "mean", 21, "masked_per_task"),
+        ("mean penalised masked", "mean", 16, "masked"),  # a term and a penalty on every row
+        ("mean penalised masked per task", "mean", 10, "masked_per_task"),
         ("mean masked per task", "mean", 10, "masked_per_task"),
         ("upgrad@repr masked per task", "upgrad@repr", 10, "masked_per_task"),
         ("pcgrad masked per task", "pcgrad", 10, "masked_per_task"),
@@ -83,9 +87,17 @@ WORKER = textwrap.dedent(
         heads = {f"t{i}": nn.Linear(8, 1) for i in range(3)}
         return pt.MultiTaskModel(pt.mlp(5, 8, 2, seed=seed), heads)
 
+    class Penalised(pt.MultiTaskModel):
+        def regularization(self, x):  # a mean over the rows each process holds
+            return self.trunk(x).square().mean()
+
     def run(name, method, batch_size, kind):
         torch.manual_seed(0)
         model = build()
+        if "penalised" in name:
+            model = Penalised(model.trunk, dict(model.heads.items()))
+        if "penalised" in name and kind == "masked":  # terms read one dataset's rows
+            method = pt.Mean() + pt.Consistency([("t1", "t2")], weight=0.5, distance="squared")
         patience = 1 if name == "mean early stopping" else None
         trainer = pt.Trainer(method, batch_size=batch_size, max_epochs=EPOCHS.get(name, 2),
                              patience=patience, quiet=True, device="cpu",
@@ -265,6 +277,10 @@ RUN_NAMES = [
     "uw masked",
     "upgrad@repr masked",
     "pcgrad masked",
+    "mean masked share 0",
+    "mean masked per task share 0",
+    "mean penalised masked",
+    "mean penalised masked per task",
     "mean masked per task",
     "upgrad@repr masked per task",
     "pcgrad masked per task",

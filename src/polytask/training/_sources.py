@@ -55,6 +55,7 @@ class TaskBatch:
     local_count: int | None = None
     """Sharded data with missing labels: this process's labelled rows (then ``share`` is its
     fraction of the step's labelled rows; 0: the loss here is a zero that weighs nothing)."""
+    row_share: float = 1.0  # this process's fraction of the step's rows of the task, always
 
 
 def _rows(y: dict[str, Tensor] | Tensor, index: Tensor | slice) -> dict[str, Tensor] | Tensor:
@@ -76,7 +77,7 @@ def shard_part(part: TaskBatch, shard: Any) -> TaskBatch:
     lo, hi, share = _slice(n, shard)
     x = part.x.narrow(0, lo, hi - lo) if part.x.layout == torch.sparse_csr else part.x[lo:hi]
     mask = None if part.mask is None else part.mask[lo:hi]
-    return TaskBatch(part.position, x, part.y[lo:hi], mask, part.count, share)
+    return TaskBatch(part.position, x, part.y[lo:hi], mask, part.count, share, row_share=share)
 
 
 @dataclass
@@ -367,13 +368,14 @@ class PerTaskSource:
                     mask = self.parts[name].host_mask
                     if mask is None:
                         part = self._part(positions[name], index[lo:hi])
-                        part.count, part.share = len(index), share
+                        part.count, part.share, part.row_share = len(index), share, share
                     elif (count := int(mask[index].sum())) == 0:
                         part = None  # no label of the task in the whole step
                     else:  # each process weighs the loss by its share of the step's labels
                         part = self._part(positions[name], index[lo:hi], keep_unlabelled=True)
                         here = int(mask[index[lo:hi]].sum()) if share else 0
                         part.count, part.share, part.local_count = count, here / count, here
+                        part.row_share = share
                     parts.append(part)
             parts = [p for p in parts if p is not None]
             if parts:

@@ -465,13 +465,15 @@ class _Parallel:
             self._factors[factors] = torch.tensor(factors, device=device)
         return self._factors[factors]
 
-    def scalar(self, factor: float | Tensor | None, batch: SharedBatch | PerTaskBatch):
-        """The factor of a step-wide penalty: ``W`` times this process's share of the step's
-        rows for a shared batch (with missing labels the tasks' factors are shares of their
-        labels instead), the mean of the tasks' factors for per-task batches."""
+    def scalar(self, batch: SharedBatch | PerTaskBatch) -> float:
+        """The factor of a step-wide penalty (structured terms, a model's regularization, which
+        read every row of the slice): ``W`` times this process's share of the step's rows, the
+        mean over the tasks' batches for per-task batches. (With missing labels the tasks'
+        loss factors are shares of their labels instead.)"""
+        world = self.shard.world
         if isinstance(batch, SharedBatch):
-            return self.shard.world * batch.share
-        return factor.mean() if isinstance(factor, Tensor) else factor
+            return world * batch.share
+        return world * sum(part.row_share for part in batch.parts) / len(batch.parts)
 
 
 class _EpochTotals:
@@ -1109,7 +1111,7 @@ class Trainer:
                             factor = parallel.factor(batch, device)
                             if factor is not None:  # this process's share of the global loss
                                 losses = losses * factor
-                                whole = parallel.scalar(factor, batch)
+                                whole = parallel.scalar(batch)
                                 terms = None if terms is None else terms * whole
                                 penalty = None if penalty is None else penalty * whole
                         state.features = features
