@@ -188,6 +188,32 @@ def test_a_resumed_bayes_study_continues_the_search(tmp_path, monkeypatch):
     assert not set(weights[2:]) & set(weights[:2]), weights
 
 
+RESUME_PAST_A_SILENT_TRIAL = """
+import optuna
+from polytask.experiments import SyntheticExperiment, tune
+experiment = SyntheticExperiment("hetero", n=300, n_tasks=2, max_epochs=1, patience=None)
+first = tune(experiment, "bayes", 3, storage={storage!r}, prune=False, heartbeat=1)
+# a trial whose process died before its first heartbeat: RUNNING, with no heartbeat at all
+optuna.load_study(study_name=first.study.study_name, storage={storage!r}).ask()
+result = tune(experiment, "bayes", 4, storage={storage!r}, prune=False, heartbeat=1)
+states = [t.state.name for t in result.study.trials]
+print(states.count("COMPLETE"), states[3])
+"""
+
+
+def test_a_resumed_study_frees_a_trial_that_never_sent_a_heartbeat(tmp_path):
+    """Optuna finds a trial stale only from its heartbeats: one killed before its first never
+    expired, and a resumed study waited for it forever (seen when a kill came right after a
+    trial started). Resumed, it now gives such a trial one beat, fails it after the grace
+    period and runs its point again."""
+    code = RESUME_PAST_A_SILENT_TRIAL.format(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=90, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["4", "FAIL"]  # four complete; the silent trial failed
+
+
 def test_tune_selects_on_the_stop_set_and_tests_once(tmp_path):
     experiment = small_adult(shared_data("adult"))
     storage = f"sqlite:///{tmp_path / 'study.db'}"

@@ -216,8 +216,9 @@ def tune(
         f"{experiment.name}-{search}-{combine}-{experiment.config_hash()}-seed{seed}"
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = _storage(storage, heartbeat) if storage else None
     study = optuna.create_study(
-        storage=_storage(storage, heartbeat) if storage else None,
+        storage=store,
         sampler=sampler,
         pruner=pruner if prune else optuna.pruners.NopPruner(),
         study_name=name,
@@ -269,6 +270,7 @@ def tune(
     def count(*states: Any) -> int:
         return len(study.get_trials(deepcopy=False, states=states))
 
+    beaten: set[int] = set()
     while (finished := count(*done)) < trials:
         study.optimize(
             objective,
@@ -276,12 +278,19 @@ def tune(
             callbacks=[optuna.study.MaxTrialsCallback(trials, states=done)],
             catch=(_SurplusTrial,),  # recorded as failed: never counted, never selected
         )
-        running = count(optuna.trial.TrialState.RUNNING)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if count(*done) >= trials or not running or heartbeat is None:
             break  # without a heartbeat a killed process's trial would never be freed
         # trials still running elsewhere: wait for them to finish, or (a killed process's)
-        # to be failed by the heartbeat and queued again, then take what is left
-        time.sleep(1.0 if heartbeat is None else min(5.0, heartbeat / 2))
+        # to be failed by the heartbeat and queued again, then take what is left. A process
+        # killed before its trial's first heartbeat leaves a trial without any, which Optuna
+        # never finds stale: give each waited-on trial one beat, so that a dead one expires
+        # after the grace period (a live one's own thread keeps beating)
+        for trial in running:
+            if trial._trial_id not in beaten and isinstance(store, optuna.storages.RDBStorage):
+                store.record_heartbeat(trial._trial_id)
+                beaten.add(trial._trial_id)
+        time.sleep(min(5.0, heartbeat / 2))
     best = study.best_trial
     weights = dict(zip(tasks, best.user_attrs["weights"], strict=True))
     model, _ = experiment.fit(experiment.weighted(list(weights.values())), train, stop, seed, quiet)
