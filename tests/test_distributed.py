@@ -27,6 +27,7 @@ WORKER = textwrap.dedent(
     import torch
     from torch import nn
     import polytask as pt
+    from polytask.models import DSelectK
     from polytask.training import is_main_process
     from polytask.training._distributed import rank, world_size
 
@@ -58,6 +59,7 @@ WORKER = textwrap.dedent(
         ("mean penalised masked", "mean", 16, "masked"),  # a term and a penalty on every row
         ("mean penalised masked per task", "mean", 10, "masked_per_task"),
         ("mean masked per task", "mean", 10, "masked_per_task"),
+        ("dselect-k penalised", "mean", 16, "shared"),  # its penalty sums over the rows
         ("upgrad@repr masked per task", "upgrad@repr", 10, "masked_per_task"),
         ("pcgrad masked per task", "pcgrad", 10, "masked_per_task"),
     ]
@@ -94,7 +96,10 @@ WORKER = textwrap.dedent(
     def run(name, method, batch_size, kind):
         torch.manual_seed(0)
         model = build()
-        if "penalised" in name:
+        if name.startswith("dselect-k"):  # 3 experts: the penalty on codes without one
+            model = DSelectK(5, [f"t{i}" for i in range(3)], n_experts=3, k=2,
+                             expert_hidden=[8], entropy_reg=0.1, seed=0)
+        elif "penalised" in name:
             model = Penalised(model.trunk, dict(model.heads.items()))
         if "penalised" in name and kind == "masked":  # terms read one dataset's rows
             method = pt.Mean() + pt.Consistency([("t1", "t2")], weight=0.5, distance="squared")
@@ -282,6 +287,7 @@ RUN_NAMES = [
     "mean penalised masked",
     "mean penalised masked per task",
     "mean masked per task",
+    "dselect-k penalised",
     "upgrad@repr masked per task",
     "pcgrad masked per task",
 ]

@@ -1091,6 +1091,10 @@ class DSelectK(_Routed):
         is a power of 2; see the class docstring)."""
         return {t: self.gates[t](x) for t in self.task_names}
 
+    regularization_sums_rows = True
+    """:meth:`regularization` sums over the rows of ``x`` (as the authors' code): a
+    data-parallel fit adds the processes' sums instead of averaging them."""
+
     def regularization(self, x: Tensor) -> Tensor:
         """The paper's regularisers of every task's gate on the batch ``x``; add it to the
         training loss (the gradient engine does not add it by itself)."""

@@ -1084,6 +1084,8 @@ class Trainer:
             scaler.scale(torch.ones((), device=device))  # creates the scale tensor
             state.scaler = scaler
         learns_after_step = type(objective).after_step is not Objective.after_step
+        # a model penalty that sums over the rows (DSelect-k's): each process adds its rows' sum
+        penalty_sums_rows = bool(getattr(model, "regularization_sums_rows", False))
         clear_grads = _grad_clearer(optimizer)
         step_tensors: dict = {}
         for callback in callbacks:
@@ -1113,7 +1115,10 @@ class Trainer:
                                 losses = losses * factor
                                 whole = parallel.scalar(batch)
                                 terms = None if terms is None else terms * whole
-                                penalty = None if penalty is None else penalty * whole
+                                if penalty is not None and not penalty_sums_rows:
+                                    penalty = penalty * whole
+                            if penalty is not None and penalty_sums_rows:
+                                penalty = penalty * parallel.shard.world
                         state.features = features
                         for callback in callbacks:
                             callback.on_before_backward(state, losses, positions)
