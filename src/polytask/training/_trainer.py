@@ -453,17 +453,17 @@ class _Parallel:
         if isinstance(batch, SharedBatch) and batch.shares is None:
             factor = world * batch.share
             return None if abs(factor - 1.0) < 1e-12 else factor
-        if isinstance(batch, SharedBatch):  # missing labels: each task's share of its labels
-            # (these vary step by step: not cached)
-            return torch.tensor([world * s for s in batch.shares], device=device)
-        if any(part.local_count is not None for part in batch.parts):  # the same, per task
-            return torch.tensor([world * part.share for part in batch.parts], device=device)
-        factors = tuple(world * part.share for part in batch.parts)
+        # per task: its share of the rows, or with missing labels of the step's labels
+        shares = batch.shares if isinstance(batch, SharedBatch) else [p.share for p in batch.parts]
+        factors = tuple(world * share for share in shares)
         if all(abs(f - 1.0) < 1e-12 for f in factors):
             return None
-        if factors not in self._factors:
-            self._factors[factors] = torch.tensor(factors, device=device)
-        return self._factors[factors]
+        tensor = self._factors.get(factors)
+        if tensor is None:  # one copy to the device per combination seen
+            if len(self._factors) >= 4096:  # label shares vary from step to step: bounded
+                self._factors.clear()
+            tensor = self._factors[factors] = torch.tensor(factors, device=device)
+        return tensor
 
     def scalar(self, batch: SharedBatch | PerTaskBatch) -> float:
         """The factor of a step-wide penalty (structured terms, a model's regularization, which
