@@ -507,3 +507,23 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_report(tmp_path):
         resumed_history = pd.read_csv(tmp_path / name).drop(columns="seconds", errors="ignore")
         fresh_history = pd.read_csv(fresh / name).drop(columns="seconds", errors="ignore")
         pd.testing.assert_frame_equal(resumed_history, fresh_history)
+
+
+def test_options_a_synthetic_run_would_ignore_are_refused(tmp_path, capsys, no_training):
+    out = ["--device", "cpu", "--out", str(tmp_path / "o")]
+    assert main([*TINY_RUN, "--weights", "1,2", "--methods", "mean", *out]) == 2
+    assert "--weights is for the 'tuned' method of" in _one_line(capsys.readouterr().err)
+    assert main([*TINY_RUN, "--data-dir", str(tmp_path), *out]) == 2
+    assert "hetero draws synthetic data: --data-dir" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("storage", ["bogus://x", "study.db"])
+def test_tune_storage_that_is_no_database_url_is_refused_before_the_study(
+    tmp_path, capsys, storage
+):
+    out = tmp_path / "o"
+    command = ["tune", "hetero", "--n", "200", "--trials", "1", "--storage", storage]
+    assert main([*command, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert f"--storage '{storage}' is not a database URL SQLAlchemy can open" in error
+    assert not out.exists()  # refused before the report folder was made

@@ -472,6 +472,13 @@ def _experiment(args: argparse.Namespace) -> Any:
     _refuse_architecture_options(args)
     if args.experiment in STRUCTURED_EXPERIMENTS:
         return _structured(args)
+    if getattr(args, "weights", None) is not None:
+        raise ValueError(
+            f"--weights is for the 'tuned' method of {', '.join(sorted(STRUCTURED_EXPERIMENTS))}"
+            f", not {args.experiment}"
+        )
+    if getattr(args, "data_dir", None) is not None:
+        raise ValueError(f"{args.experiment} draws synthetic data: --data-dir is not an option")
     experiment = EXPERIMENTS[args.experiment]()
     changes = {
         "n": args.n,
@@ -714,9 +721,25 @@ def _relatedness_section(frame: Any, folder: Path, metric: str, baseline: str) -
     )
 
 
+def _check_storage(url: str) -> None:
+    """A storage URL SQLAlchemy can parse, of a database it has a driver for (Optuna's
+    storages are SQLAlchemy's), refused before the study starts."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()
+    except Exception as error:  # an unparsable URL, or a dialect without a driver here
+        raise ValueError(
+            f"--storage {url!r} is not a database URL SQLAlchemy can open ({error}); give one "
+            "such as sqlite:///study.db or postgresql://user@host/db"
+        ) from None
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     args.methods = args.baseline = None  # the study's method is the weighted loss
     experiment = _experiment(args)
+    if args.storage is not None:
+        _check_storage(args.storage)
     out = _out(args, f"tune-{experiment.name}")
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     result = tune(

@@ -42,6 +42,25 @@ class LearnedWeightsWarning(UserWarning):
     optimizer)."""
 
 
+def _check_task_losses(losses: Mapping[str, Tensor]) -> None:
+    """Each task's loss of a user's loop: a scalar tensor on the graph (checked on the host,
+    no synchronisation with the device)."""
+    if not losses:
+        raise ValueError("losses: no task's loss given; pass {task: scalar loss tensor}")
+    for name, loss in losses.items():
+        if not isinstance(loss, Tensor) or loss.ndim != 0:
+            got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(
+                f"the loss of task {name!r} is {got}; give the batch's loss as a scalar tensor "
+                "(reduce it, e.g. with .mean())"
+            )
+        if not loss.requires_grad:
+            raise ValueError(
+                f"the loss of task {name!r} is not on the graph (detached, or computed under "
+                "no_grad): the task would get no gradient"
+            )
+
+
 def _unwrap(objective: Objective) -> tuple[Objective, bool]:
     """The method itself, and whether structured terms are added to it."""
     base = getattr(objective, "base", None)
@@ -71,7 +90,8 @@ class GradientEngine:
     shared
         The shared parameters, when the model does not say.
     tasks
-        The task names, when the model does not say (``model.task_names``).
+        The task names in the order of the method's weights and of a loss vector (default
+        ``model.task_names``); a model that names its tasks must name these, in any order.
 
     Examples
     --------
@@ -111,7 +131,10 @@ class GradientEngine:
                 raise ValueError(f"unknown path {path!r}; choose one of exact, repr, naive")
             self.method.path = PATH_ALIASES[path]
         names = [getattr(t, "name", t) for t in tasks] if tasks is not None else None
-        names = names or list(getattr(model, "task_names", ()) or ())
+        model_names = list(getattr(model, "task_names", ()) or ())
+        if names and model_names and sorted(names) != sorted(model_names):
+            raise ValueError(f"GradientEngine: tasks={names}, the model's tasks are {model_names}")
+        names = names or model_names
         if not names:
             raise ValueError(
                 f"GradientEngine: {type(model).__name__} does not name its tasks; wrap it with "
@@ -123,8 +146,9 @@ class GradientEngine:
             objective.bind(self.task_names)
         elif tuple(objective.task_names) != self.task_names:
             raise ValueError(
-                f"the method is bound to tasks {list(objective.task_names)}, the model's are "
-                f"{list(self.task_names)}"
+                f"the method is bound to tasks {list(objective.task_names)} (in that order), "
+                f"the engine's are {list(self.task_names)}: pass tasks="
+                f"{list(objective.task_names)} to GradientEngine, or an unbound method"
             )
         self._given_shared = None if shared is None else list(shared)
         self._shared: list[Tensor] | None = None
@@ -224,15 +248,24 @@ class GradientEngine:
         return self.method.path if self.is_gradient_method else None
 
     # --- checks before the first step ------------------------------------------------------
-    def check(self, *, per_task_batches: bool = False, complete: bool = True) -> None:
+    def check(
+        self, *, per_task_batches: bool = False, complete: bool = True, one_task_steps: bool = False
+    ) -> None:
         """Refuse, before any step, a combination that cannot work: a path the model cannot
-        give, or a method with per-task state on steps that lack some tasks (``complete``
-        false: a schedule other than round robin, or missing labels)."""
+        give, a method with per-task state on steps that lack some tasks (``complete``
+        false: a schedule other than round robin, or missing labels), or a gradient method on
+        steps that each hold one task (``one_task_steps``: nothing to combine)."""
         name = type(self.method).__name__
         if self.method.needs_every_task and not complete:
             raise ValueError(
                 f"{name} keeps per-task state and needs every task in every step: use the "
                 "round_robin schedule and data without missing labels"
+            )
+        if self.is_gradient_method and one_task_steps:
+            raise ValueError(
+                f"{name} combines the gradients of the tasks in a step, and this schedule gives "
+                "every step one task (it would train as plain gradient descent on each): use "
+                "the round_robin schedule, or a loss-level method"
             )
         if self.path == "representation" and not has_representation(self.model):
             declared = isinstance(self.model, MultiTaskModule) and not isinstance(
@@ -313,11 +346,18 @@ class GradientEngine:
                 raise KeyError(
                     f"losses for unknown tasks {unknown}; the tasks are {list(self.task_names)}"
                 )
+            _check_task_losses(losses)
             present = [i for i, t in enumerate(self.task_names) if t in losses]
             vector = torch.stack([losses[self.task_names[i]] for i in present])
             positions = None if len(present) == len(self.task_names) else tuple(present)
-        else:
+        elif isinstance(losses, Tensor) and losses.ndim == 1:
             vector = losses
+        else:
+            got = f"shape {tuple(losses.shape)}" if isinstance(losses, Tensor) else type(losses)
+            raise TypeError(
+                f"losses must be a mapping task -> scalar loss or a vector of the tasks' losses "
+                f"in task order, got {got}"
+            )
         if features is None:
             features = self._pending
         self._pending = None

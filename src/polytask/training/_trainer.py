@@ -383,6 +383,54 @@ def _check_outputs(
             )
 
 
+def _check_custom_losses(model: nn.Module, plan: LossPlan, source: Source) -> None:
+    """A task's own ``loss`` on a couple of rows: it must give the batch's loss as a scalar
+    tensor on the graph, or the step's loss vector fails to form (a per-row loss) or the task
+    gets no gradient (a float, a detached tensor)."""
+    custom = [t for t in plan.tasks if t.loss is not None]
+    if not custom:
+        return
+    batch = next(iter(source.chunks(2)))
+    if isinstance(batch, SharedBatch):
+        pairs = [(batch.x, plan.task_targets(batch.y), batch.masks or {})]
+    else:
+        pairs = [
+            (p.x, {plan.tasks[p.position].name: p.y}, {plan.tasks[p.position].name: p.mask})
+            for p in batch.parts
+        ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for x, targets, masks in pairs:
+                outputs = model(x)
+                for task in custom:
+                    mask = masks.get(task.name)
+                    if task.name not in targets or (mask is not None and not bool(mask.any())):
+                        continue
+                    output = task.output(outputs[task.name])
+                    value = task.compute_loss(output, targets[task.name], mask)
+                    if not isinstance(value, Tensor) or value.ndim != 0:
+                        got = (
+                            f"shape {tuple(value.shape)}"
+                            if isinstance(value, Tensor)
+                            else type(value).__name__
+                        )
+                        raise ValueError(
+                            f"task {task.name!r}: its loss returned {got} for {len(x)} rows; it "
+                            "must return the batch's loss as a scalar tensor (reduce it, e.g. "
+                            "with .mean())"
+                        )
+                    if not value.requires_grad:
+                        raise ValueError(
+                            f"task {task.name!r}: its loss is not on the graph of the model's "
+                            "output (detached, or computed outside torch): the task would get "
+                            "no gradient"
+                        )
+    finally:
+        model.train(was_training)
+
+
 def _failing_routes(model: nn.Module, x: Tensor, tasks: Sequence[Task]) -> list[tuple[str, str]]:
     """The tasks whose own route (``model(x, task=...)``) fails while another task's runs:
     ``(task, error)``; empty when every route fails alike (the shared part cannot take ``x``)
@@ -742,14 +790,24 @@ class Trainer:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        for name in ("batch_size", "max_epochs", "eval_batch_size", "patience", "seed"):
+            value = getattr(self, name)
+            if name == "patience" and value is None:
+                continue
+            # a float or a bool would be taken as a count (True as 1) or fail deep in torch
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.eval_batch_size < 1:
             raise ValueError("batch_size, max_epochs and eval_batch_size must be positive")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be positive or None, got {self.patience}")
-        if not (self.lr > 0 and self.eps > 0):
-            raise ValueError(f"lr and eps must be positive, got lr={self.lr}, eps={self.eps}")
-        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
-            raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm}")
+        if not (0 < self.lr < float("inf") and 0 < self.eps < float("inf")):
+            raise ValueError(
+                f"lr and eps must be positive and finite, got lr={self.lr}, eps={self.eps}"
+            )
+        clip = self.clip_grad_norm
+        if clip is not None and not 0 < clip < float("inf"):
+            raise ValueError(f"clip_grad_norm must be positive and finite, got {clip}")
         if self.device != "auto":  # a name torch does not know fails here; availability in fit
             parse_device(self.device)
         if isinstance(self.objective, str):
@@ -803,6 +861,12 @@ class Trainer:
         stop_source = make_source(stop, "stop", tasks, device, **options)
         if type(train_source) is not type(stop_source):
             raise ValueError("train and stop data must be of the same kind")
+        if isinstance(train_source, SharedSource) and self.schedule != Schedule():
+            raise ValueError(
+                f"schedule={self.schedule} mixes one dataset per task, and the train data is one "
+                "MultiTargetData whose every batch holds every task: give one TaskData per "
+                "task, or leave schedule at its default"
+            )
         if train_source.n_features != stop_source.n_features:
             raise ValueError(
                 f"inputs x: train rows have shape {train_source.n_features}, "
@@ -815,10 +879,12 @@ class Trainer:
         objective.bind_tasks(tasks)
         model.to(device)
         objective.to(device)
-        engine = GradientEngine(model, objective)
+        engine = GradientEngine(model, objective, tasks=[t.name for t in tasks])
+        per_task = not isinstance(train_source, SharedSource)
         engine.check(
-            per_task_batches=not isinstance(train_source, SharedSource),
+            per_task_batches=per_task,
             complete=train_source.complete_steps(self.schedule),
+            one_task_steps=per_task and self.schedule.kind != "round_robin",
         )
         self._check_precision(model, device)
         _check_outputs(model, tasks, train_source, self.precision)
@@ -828,6 +894,7 @@ class Trainer:
         if objective.terms:  # a term's shape errors surface here, before any step
             with torch.no_grad():
                 plan.losses(model, next(iter(train_source.chunks(2))))
+        _check_custom_losses(model, plan, train_source)
         fingerprint = self._fingerprint(
             model,
             objective,

@@ -1,0 +1,118 @@
+"""Settings and losses that cannot train are refused before any step, saying what to fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import polytask as pt
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = np.random.default_rng(0).normal(size=(60, 5)).astype("f4")
+    return x, pt.split(pt.MultiTargetData(x, {"a": x[:, 0], "b": x[:, 1]}), (0.5, 0.25, 0.25))
+
+
+def net() -> pt.MultiTaskModel:
+    return pt.MultiTaskModel(pt.mlp(5, 8, 2), {"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)})
+
+
+class Stepped(pt.Callback):
+    """Counts the steps a fit ran (none, when a check refuses it)."""
+
+    steps = 0
+
+    def on_step_end(self, state) -> None:
+        Stepped.steps += 1
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        (lambda o, t: (o - t) ** 2, r"task 'a': its loss returned shape \(2,\) for 2 rows"),
+        (lambda o, t: 1.0, r"task 'a': its loss returned float"),
+        (lambda o, t: ((o - t) ** 2).mean().detach(), r"task 'a': its loss is not on the graph"),
+    ],
+)
+def test_a_custom_loss_must_be_a_scalar_on_the_graph(data, loss, message):
+    _, (train, stop, _) = data
+    Stepped.steps = 0
+    trainer = pt.Trainer(max_epochs=1, quiet=True, device="cpu", callbacks=[Stepped()])
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(net(), [pt.Task("a", loss=loss), pt.Task("b")], train, stop)
+    assert Stepped.steps == 0
+
+
+def test_a_good_custom_loss_trains(data):
+    _, (train, stop, _) = data
+    history = pt.Trainer(max_epochs=1, quiet=True, device="cpu").fit(
+        net(), [pt.Task("a", loss=lambda o, t: (o - t).abs().mean()), pt.Task("b")], train, stop
+    )
+    assert np.isfinite(history["train_loss"][0])
+
+
+@pytest.mark.parametrize(
+    ("setting", "error", "message"),
+    [
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int, got 2.5"),
+        ({"batch_size": True}, TypeError, "batch_size must be an int, got True"),
+        ({"max_epochs": 2.0}, TypeError, "max_epochs must be an int"),
+        ({"seed": 1.5}, TypeError, "seed must be an int"),
+        ({"patience": 2.5}, TypeError, "patience must be an int"),
+        ({"lr": float("inf")}, ValueError, "lr and eps must be positive and finite"),
+        ({"eps": float("nan")}, ValueError, "lr and eps must be positive and finite"),
+        ({"clip_grad_norm": float("inf")}, ValueError, "clip_grad_norm must be positive and"),
+    ],
+)
+def test_trainer_numbers_are_checked(setting, error, message):
+    with pytest.raises(error, match=message):
+        pt.Trainer(**setting)
+
+
+def test_numpy_integers_are_counts():
+    trainer = pt.Trainer(batch_size=np.int64(8), seed=np.int32(3))
+    assert trainer.batch_size == 8
+
+
+def test_a_schedule_with_one_dataset_is_refused(data):
+    _, (train, stop, _) = data
+    trainer = pt.Trainer(max_epochs=1, quiet=True, device="cpu", schedule="sequential")
+    with pytest.raises(ValueError, match=r"mixes one dataset per task.*one MultiTargetData"):
+        trainer.fit(net(), [pt.Task("a"), pt.Task("b")], train, stop)
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "proportional", "temperature"])
+def test_gradient_methods_need_several_tasks_per_step(data, schedule):
+    x, _ = data
+    train = {t: pt.TaskData(x[:30], x[:30, 0]) for t in "ab"}
+    stop = {t: pt.TaskData(x[30:], x[30:, 0]) for t in "ab"}
+    tasks = [pt.Task("a"), pt.Task("b")]
+    refused = pt.Trainer("upgrad", max_epochs=1, quiet=True, device="cpu", schedule=schedule)
+    with pytest.raises(ValueError, match="UPGrad combines the gradients of the tasks in a step"):
+        refused.fit(net(), tasks, train, stop)
+    # a loss-level method trains task by task, as the schedule asks
+    history = pt.Trainer("mean", max_epochs=1, quiet=True, device="cpu", schedule=schedule).fit(
+        net(), tasks, train, stop
+    )
+    assert np.isfinite(history["train_loss"][0])
+
+
+def test_engine_checks_the_losses_of_a_users_loop():
+    model = net()
+    engine = pt.GradientEngine(model, "upgrad")
+    out = model(torch.randn(4, 5))
+    good = ((out["b"] - 1) ** 2).mean()
+    cases = [
+        ({}, ValueError, "no task's loss given"),
+        ({"a": (out["a"] - 1) ** 2, "b": good}, ValueError, r"task 'a' is shape \(4, 1\)"),
+        ({"a": ((out["a"] - 1) ** 2).mean().detach(), "b": good}, ValueError, "not on the graph"),
+        ({"a": 0.5, "b": good}, ValueError, "task 'a' is float"),
+        ([good, good], TypeError, "losses must be a mapping task -> scalar loss or a vector"),
+    ]
+    for losses, error, message in cases:
+        with pytest.raises(error, match=message):
+            engine.backward(losses)
+    assert all(p.grad is None for p in model.parameters())  # refused before any backward
