@@ -173,7 +173,7 @@ def test_predict_on_another_device_moves_the_model_back():
 def test_predict_restores_train_mode_when_the_forward_fails():
     model = pt.MultiTaskModel(nn.Linear(2, 3), {"a": nn.Linear(3, 1)})
     model.train()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"inputs x have 5 features \(shape \(4, 5\)\)"):
         pt.predict(model, [pt.Task("a")], np.zeros((4, 5)), device="cpu")  # wrong width
     assert model.training
 

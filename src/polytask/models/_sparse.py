@@ -27,6 +27,12 @@ class SparseLinear(nn.Module):
     seed
         Seed of the initialisation (the global RNG is not touched).
 
+    Raises
+    ------
+    ValueError
+        From the forward pass, when a batch is not of shape ``(n, in_features)`` (e.g. bag of
+        words from a vectorizer refitted on another vocabulary).
+
     Examples
     --------
     >>> import numpy as np, scipy.sparse as sp
@@ -59,6 +65,16 @@ class SparseLinear(nn.Module):
                 raise ValueError(f"init must be 'glorot' or 'torch', got {init!r}")
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2:
+            raise ValueError(
+                f"SparseLinear expects a batch of shape (n, {self.in_features}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_features:  # a CSR batch would gather wrong rows, or fail
+            raise ValueError(
+                f"SparseLinear expects {self.in_features} input columns, the batch has "
+                f"{x.shape[1]} (was the vectorizer refitted?)"
+            )
         if x.layout == torch.sparse_csr:
             crow = x.crow_indices()
             out = F.embedding_bag(
