@@ -116,3 +116,96 @@ def test_engine_checks_the_losses_of_a_users_loop():
         with pytest.raises(error, match=message):
             engine.backward(losses)
     assert all(p.grad is None for p in model.parameters())  # refused before any backward
+
+
+def test_a_history_column_no_epoch_recorded_is_a_key_error(data):
+    _, (train, stop, _) = data
+    history = pt.Trainer(max_epochs=1, quiet=True, device="cpu").fit(
+        net(), [pt.Task("a"), pt.Task("b")], train, stop
+    )
+    assert history["stop_loss"] == [history.records[0]["stop_loss"]]
+    assert {"epoch", "stop_loss", "stop_loss/a", "weight/b"} <= set(history.columns)
+    with pytest.raises(KeyError, match="no epoch recorded 'stop_los'; did you mean 'stop_loss'"):
+        history["stop_los"]
+    assert pt.History(("a",))["stop_loss"] == []  # before any epoch, every column is empty
+
+
+def test_a_gate_probe_the_model_cannot_read_is_refused_before_training(data):
+    from polytask.models import MMoE
+    from polytask.training import GateMonitor
+
+    _, (train, stop, _) = data
+    Stepped.steps = 0
+    model = MMoE(5, ["a", "b"], n_experts=2, expert_hidden=[4])
+    trainer = pt.Trainer(
+        max_epochs=1, quiet=True, device="cpu", callbacks=[GateMonitor(np.zeros((2, 3))), Stepped()]
+    )
+    with pytest.raises(ValueError, match="GateMonitor: x has 3 features, the model reads 5"):
+        trainer.fit(model, [pt.Task("a"), pt.Task("b")], train, stop)
+    assert Stepped.steps == 0
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an MPS device")
+def test_a_device_torch_knows_but_this_machine_lacks_is_named():
+    from polytask._device import resolve_device
+
+    with pytest.raises(ValueError, match="device 'mps' is not available here"):
+        resolve_device("mps")
+
+
+class Routed(nn.Module):
+    """A user's model routed by ``forward(x, task_id)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(5, 8)
+        self.heads = nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 1)])
+
+    def forward(self, x, task_id):
+        return self.heads[task_id](self.trunk(x))
+
+
+def test_routing_mistakes_of_a_users_model_are_named(data):
+    _, (train, stop, _) = data
+    tasks = [pt.Task("a"), pt.Task("b")]
+
+    def wrap(**options):
+        return pt.as_multitask(Routed(), ["a", "b"], shared="trunk", **options)
+
+    with pytest.raises(ValueError, match=r"keys has 3 entries for the 2 tasks \['a', 'b'\]"):
+        wrap(route="task_id", keys=range(3))
+    with pytest.raises(ValueError, match=r"route='tsk' is not an argument of Routed.forward\(x, "):
+        wrap(route="tsk", keys=[0, 1])
+    trainer = pt.Trainer(max_epochs=1, quiet=True, device="cpu")
+    with pytest.raises(ValueError, match=r"task 'b': Routed.forward\(x, task_id=5\) failed"):
+        trainer.fit(wrap(route="task_id", keys=[0, 5]), tasks, train, stop)
+    history = trainer.fit(wrap(route="task_id", keys=[0, 1]), tasks, train, stop)
+    assert np.isfinite(history["train_loss"][0])
+
+
+def test_a_model_built_like_the_gated_ones_points_to_build():
+    from polytask.models import SharedBottom
+
+    with pytest.raises(TypeError, match=r"use SharedBottom.build\(in_features, tasks"):
+        SharedBottom(5, {"a": 1})
+    with pytest.raises(TypeError, match=r"heads must be a mapping task -> nn\.Module"):
+        pt.MultiTaskModel(nn.Linear(2, 2), [nn.Linear(2, 1)])
+
+
+def test_adding_two_terms_says_to_add_them_to_a_method():
+    first = pt.Consistency([("a", "b")])
+    second = pt.Consistency([("b", "a")], name="other")
+    with pytest.raises(TypeError, match=r"Consistency \+ Consistency: add terms to a method"):
+        first + second
+    assert len((pt.Mean() + first + second).terms) == 2  # the way that works
+
+
+def test_a_binary_label_of_minus_one_says_how_missing_labels_are_marked():
+    x = np.zeros((4, 2), "f4")
+    data = pt.MultiTargetData(x, {"a": np.array([0, 1, -1, 1.0])})
+    model = pt.MultiTaskModel(nn.Linear(2, 2), {"a": nn.Linear(2, 1)})
+    trainer = pt.Trainer(max_epochs=1, quiet=True, device="cpu")
+    with pytest.raises(ValueError, match=r"got \[-1.0\]; a missing label is NaN"):
+        trainer.fit(model, [pt.Task("a", "binary", allow_missing=True)], data, data)
+    with pytest.raises(ValueError, match=r"binary labels must be 0 or 1, got \[-1.0\]$"):
+        trainer.fit(model, [pt.Task("a", "binary")], data, data)

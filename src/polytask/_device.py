@@ -25,7 +25,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     ------
     ValueError
         When ``device`` is not a device torch knows (``"gpu"``), or asks for CUDA (or a CUDA
-        index) that this machine does not have. The message names the valid choices.
+        index, or another accelerator such as ``"mps"``) that this machine does not have. The
+        message names the valid choices.
 
     Examples
     --------
@@ -41,6 +42,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     resolved = parse_device(device)
     if resolved.type == "cuda":
         _check_cuda(device, resolved)
+    elif resolved.type != "cpu":  # mps, xpu...: a device torch knows, maybe not built or here
+        try:
+            torch.empty(0, device=resolved)
+        except (RuntimeError, AssertionError) as error:  # torch asserts for an XPU-less build
+            first = str(error).split(". ")[0].splitlines()[0]  # torch's messages run long
+            raise ValueError(
+                f"device {device!r} is not available here (this torch build or this machine "
+                f"has no {resolved.type} device: {first}); choose {DEVICE_CHOICES}"
+            ) from None
     return resolved
 
 

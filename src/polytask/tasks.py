@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -20,6 +21,19 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "multilabel": ("accuracy", "macro_f1"),
 }
 
+# The task kinds each metric of ``polytask.evaluation.METRICS`` scores (the registry has no
+# notion of kind; a test keeps the two in step). MSE and MAE read regression outputs; the
+# others read logits as decisions or scores: ``f1`` scores one binary output, ``auc`` one
+# score per label (scikit-learn's AUC refuses the logits of a multiclass head).
+METRIC_KINDS: dict[str, tuple[str, ...]] = {
+    "mse": ("regression",),
+    "mae": ("regression",),
+    "accuracy": ("binary", "multiclass", "multilabel"),
+    "f1": ("binary",),
+    "macro_f1": ("binary", "multiclass", "multilabel"),
+    "auc": ("binary", "multilabel"),
+}
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -35,12 +49,14 @@ class Task:
         ``"regression"``, ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
     size
         Output width: targets per row for regression, classes for multiclass, labels for
-        multilabel. Binary tasks have size 1.
+        multilabel: a positive integer (a numpy integer is read as an ``int``; bools and floats
+        are refused). Binary tasks have size 1.
     loss
         ``loss(output, target) -> scalar`` averaged over the batch. Defaults by kind: MSE;
         BCE-with-logits; cross-entropy; BCE-with-logits per label.
     metrics
-        Metric names evaluated on held-out data (see ``polytask.evaluation``). Defaults by kind.
+        Metric names evaluated on held-out data (see ``polytask.evaluation``), each one that
+        applies to the task's kind (:data:`METRIC_KINDS`). Defaults by kind.
     allow_missing
         Opt in to partial labels: a NaN target (regression, binary, multilabel) or ``-1``
         (multiclass) marks a row without a label for this task. Losses and metrics skip such
@@ -68,20 +84,46 @@ class Task:
             raise ValueError(f"a task needs a non-empty string name, got {self.name!r}")
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"task {self.name!r}: size must be a positive int, got {self.size!r}")
+        object.__setattr__(self, "size", self._positive_int(self.size))
         if self.kind == "binary" and self.size != 1:
             raise ValueError(f"task {self.name!r}: a binary task has size 1, got {self.size}")
         if self.kind == "multiclass" and self.size < 2:
             raise ValueError(f"task {self.name!r}: a multiclass task needs size >= 2 classes")
-        if not self.metrics:
-            object.__setattr__(self, "metrics", DEFAULT_METRICS[self.kind])
+        if isinstance(self.metrics, str):
+            raise ValueError(
+                f"task {self.name!r}: metrics must be a sequence of names, got the string "
+                f"{self.metrics!r}; write ({self.metrics!r},)"
+            )
+        object.__setattr__(self, "metrics", tuple(self.metrics) or DEFAULT_METRICS[self.kind])
         if "f1" in self.metrics and self.kind != "binary":
             raise ValueError(
                 f"task {self.name!r}: the metric 'f1' scores one binary output; a "
                 f"{self.kind} task takes 'macro_f1' (the mean F1 over its "
                 f"{'labels' if self.kind == 'multilabel' else 'classes'})"
             )
+        for metric in self.metrics:
+            if metric not in METRIC_KINDS:
+                raise ValueError(
+                    f"task {self.name!r}: unknown metric {metric!r}; known metrics: "
+                    f"{sorted(METRIC_KINDS)}"
+                )
+            if self.kind not in METRIC_KINDS[metric]:
+                applicable = [name for name, kinds in METRIC_KINDS.items() if self.kind in kinds]
+                raise ValueError(
+                    f"task {self.name!r}: the metric {metric!r} does not apply to a {self.kind} "
+                    f"task; a {self.kind} task takes {applicable}"
+                )
+
+    def _positive_int(self, size: object) -> int:
+        """``size`` as an ``int``: any integral number (numpy's too), never a bool or a float."""
+        is_bool = isinstance(size, bool) or (isinstance(size, Tensor) and size.dtype == torch.bool)
+        try:
+            value = None if is_bool else operator.index(size)
+        except TypeError:
+            value = None
+        if value is None or value < 1:
+            raise ValueError(f"task {self.name!r}: size must be a positive integer, got {size!r}")
+        return value
 
     # -- shapes -------------------------------------------------------------------------------
     @property
@@ -133,7 +175,13 @@ class Task:
                 )
             return target.to(torch.long)
         if not bool(((target == 0) | (target == 1)).all()):
-            raise ValueError(f"{where}: {self.kind} labels must be 0 or 1")
+            others = target[(target != 0) & (target != 1)].unique()[:5].tolist()
+            hint = (
+                "; a missing label is NaN (allow_missing=True), not -1"
+                if self.allow_missing and -1 in others
+                else ""
+            )
+            raise ValueError(f"{where}: {self.kind} labels must be 0 or 1, got {others}{hint}")
         return target.to(torch.float32)
 
     def labelled(self, target: Tensor, mask: Tensor | None = None) -> Tensor | None:

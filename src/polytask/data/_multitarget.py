@@ -9,13 +9,26 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
+# what a column of strings (class names, categories) should become
+ENCODE_HINT = (
+    "encode classes as integers 0..K-1 (e.g. with sklearn's LabelEncoder) and other strings "
+    "as numbers"
+)
+
 
 def _as_tensor(values: ArrayLike | Tensor, what: str) -> Tensor:
+    """``values`` as a tensor; strings and other non-numeric arrays are refused naming ``what``."""
     if isinstance(values, Tensor):
         return values
     array = np.asarray(values)
+    if array.dtype.kind in "USa" or (
+        array.dtype == object and any(isinstance(v, str | bytes) for v in array.flat)
+    ):
+        raise TypeError(f"{what}: got strings (dtype {array.dtype}); {ENCODE_HINT}")
     if array.dtype == object:
         raise TypeError(f"{what}: expected a numeric array, got dtype object")
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"{what}: expected a numeric array, got dtype {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -38,6 +51,22 @@ def _stored(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, bool]:
     return (x if x.dtype == dtype else x.to(dtype)), rounded
 
 
+def _rows(column: Tensor) -> int:
+    return column.shape[0] if column.ndim else 0
+
+
+def _mask(name: str, mask: Tensor, n: int) -> Tensor:
+    """Task ``name``'s label mask as booleans: one flag (True/False or 1/0) per row."""
+    where = f"the mask of task {name!r}"
+    if mask.ndim == 1 and len(mask) != n:
+        raise ValueError(f"{where} has {len(mask)} rows, inputs x have {n}")
+    if mask.ndim != 1:
+        raise ValueError(f"{where}: shape {tuple(mask.shape)}, expected ({n},), one flag per row")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{where}: values must be 0 or 1 (or booleans): True marks a labelled row")
+    return mask.to(torch.bool)
+
+
 class MultiTargetData:
     """Inputs ``x`` and one target column (or block of columns) per task, all of the same rows.
 
@@ -46,18 +75,29 @@ class MultiTargetData:
     x
         Inputs of shape ``(n, features)`` (a 1-D array is read as one feature).
     targets
-        Task name -> targets with ``n`` rows.
+        Task name -> targets with ``n`` rows, numeric: class labels as integers ``0..K-1``
+        (strings are refused; encode them first, e.g. with scikit-learn's ``LabelEncoder``).
     clean_targets
-        Optional noiseless targets per task (synthetic data), used by evaluation.
+        Optional noiseless targets per task of ``targets`` (synthetic data), used by
+        evaluation.
     masks
-        Optional task -> boolean array marking the rows that carry a label for that task
-        (partial labels; see also ``Task(allow_missing=True)``).
+        Optional task of ``targets`` -> boolean (or 0/1) array of ``n`` rows marking the rows
+        that carry a label for that task (partial labels; see also
+        ``Task(allow_missing=True)``).
     dtype
         How the inputs are stored: ``torch.float32`` (the default: numpy's float64 arrays are
         rounded to it, halving their memory) or ``torch.float64`` to keep float64 inputs exact
         for a float64 model (the trainer warns when a float64 model reads rounded inputs).
         Regression targets keep float64 either way; a fit casts inputs and targets to the
         model's dtype.
+
+    Raises
+    ------
+    ValueError
+        For a column whose rows do not match ``x`` (naming the task and the column), or a mask
+        or clean targets for a task without targets.
+    TypeError
+        For non-numeric arrays, such as string class labels.
 
     Examples
     --------
@@ -87,23 +127,38 @@ class MultiTargetData:
             name: _as_tensor(v, f"targets of task {name!r}") for name, v in targets.items()
         }
         self.clean_targets = (
-            {name: _as_tensor(v, f"clean targets of {name!r}") for name, v in clean_targets.items()}
+            {
+                name: _as_tensor(v, f"clean targets of task {name!r}")
+                for name, v in clean_targets.items()
+            }
             if clean_targets is not None
             else None
         )
         self.masks = (
-            {name: _as_tensor(v, f"mask of {name!r}").to(torch.bool) for name, v in masks.items()}
+            {name: _as_tensor(v, f"the mask of task {name!r}") for name, v in masks.items()}
             if masks
             else None
         )
+        for what, group in (("clean targets", self.clean_targets), ("masks", self.masks)):
+            unknown = sorted(set(group or {}) - set(self.targets))
+            if unknown:
+                raise ValueError(
+                    f"{what} given for unknown tasks {unknown}; the tasks are {list(self.targets)}"
+                )
         n = len(self.x)
-        for group in (self.targets, self.clean_targets or {}, self.masks or {}):
-            for name, column in group.items():
-                if column.ndim == 0 or len(column) != n:
-                    raise ValueError(
-                        f"task {name!r}: targets have {column.shape[0] if column.ndim else 0} "
-                        f"rows, inputs x have {n}"
-                    )
+        for name, column in self.targets.items():
+            if column.ndim == 0 or len(column) != n:
+                raise ValueError(
+                    f"task {name!r}: targets have {_rows(column)} rows, inputs x have {n}"
+                )
+        for name, column in (self.clean_targets or {}).items():
+            if column.ndim == 0 or len(column) != n:
+                raise ValueError(
+                    f"the clean targets of task {name!r} have {_rows(column)} rows, "
+                    f"inputs x have {n}"
+                )
+        if self.masks is not None:
+            self.masks = {name: _mask(name, mask, n) for name, mask in self.masks.items()}
 
     @property
     def task_names(self) -> tuple[str, ...]:

@@ -238,15 +238,15 @@ def plot_metric_curves(
     """Each task's stop-set ``metric`` per epoch, one panel per task, one line per run
     (e.g. ``{"multi-task": h, "single-task": h}``); needs ``Trainer(track_metrics=True)``."""
     names = next(iter(histories.values())).task_names
-    tasks = [t for t in names if any(h[f"stop_{metric}/{t}"] for h in histories.values())]
+    tasks = [t for t in names if any(f"stop_{metric}/{t}" in h.columns for h in histories.values())]
     if not tasks:
         raise ValueError(f"no history records stop_{metric}; fit with track_metrics=True")
     rows, cols = _grid(len(tasks))
     fig, axes = _pyplot().subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         for label, history in histories.items():
-            values = history[f"stop_{metric}/{task}"]
-            if values:
+            if f"stop_{metric}/{task}" in history.columns:
+                values = history[f"stop_{metric}/{task}"]
                 ax.plot(history["epoch"][: len(values)], values, marker="o", ms=3, label=label)
         ax.set_title(task)
         ax.set_xlabel("epoch")
@@ -339,7 +339,7 @@ def plot_gate_weights(
     panels = []
     for label, history in histories.items():
         columns: dict[str, list[tuple[int, str]]] = {}
-        for name in dict.fromkeys(k for r in history.records for k in r):
+        for name in history.columns:
             if name.startswith("gate/"):
                 task, _, expert = name[len("gate/") :].rpartition("/")
                 columns.setdefault(task, []).append((int(expert), name))

@@ -100,6 +100,19 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, trunk: nn.Module, heads: Mapping[str, nn.Module] | ColumnHeads) -> None:
         super().__init__()
+        name = type(self).__name__
+        if not isinstance(trunk, nn.Module):
+            hint = (
+                f"; to build one from sizes, use {name}.build(in_features, tasks, ...)"
+                if hasattr(type(self), "build")
+                else ""
+            )
+            raise TypeError(f"{name}: trunk must be an nn.Module, got {type(trunk).__name__}{hint}")
+        if not isinstance(heads, ColumnHeads | Mapping):
+            raise TypeError(
+                f"{name}: heads must be a mapping task -> nn.Module or ColumnHeads, got "
+                f"{type(heads).__name__}"
+            )
         self.trunk = trunk
         self.heads = heads if isinstance(heads, ColumnHeads) else nn.ModuleDict(dict(heads))
         self.task_names: tuple[str, ...] = tuple(self.heads.keys())

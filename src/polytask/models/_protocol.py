@@ -24,6 +24,7 @@ part once or inferring it from the autograd graph.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -102,6 +103,8 @@ class UserModel(nn.Module):
         missing = [t for t in self.task_names if t not in self.keys]
         if missing:
             raise ValueError(f"as_multitask: keys give no routing key for tasks {missing}")
+        if route is not None:
+            _check_route(module, route)
         self._trunk: nn.Module | None = None
         self._trunk_name: str | None = None
         self._shared: list[nn.Parameter] | None = None
@@ -171,7 +174,14 @@ class UserModel(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------
     def _call(self, x: Any, task: str) -> Tensor:
-        return self.module(x, **{self.route: self.keys[task]})
+        key = self.keys[task]
+        try:
+            return self.module(x, **{self.route: key})
+        except (IndexError, KeyError) as error:  # a key the module has no branch for
+            raise ValueError(
+                f"task {task!r}: {type(self.module).__name__}.forward(x, {self.route}={key!r}) "
+                f"failed ({type(error).__name__}: {error}); is {key!r} one of its task keys?"
+            ) from error
 
     def _all(self, x: Any) -> dict[str, Tensor]:
         if self.route is not None:
@@ -369,6 +379,22 @@ def _check_names(names: Sequence[str], owner: str) -> None:
         raise ValueError(f"{owner}: task names must be unique, got {list(names)}")
 
 
+def _check_route(module: nn.Module, route: str) -> None:
+    """``route`` must name an argument of ``module.forward`` (any name under ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature: nothing to check
+        return
+    if route in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    ):
+        return
+    raise ValueError(
+        f"as_multitask: route={route!r} is not an argument of {type(module).__name__}.forward"
+        f"({', '.join(parameters)})"
+    )
+
+
 def as_multitask(
     module: nn.Module,
     tasks: Sequence[str] | Sequence[Any] | None = None,
@@ -424,5 +450,11 @@ def as_multitask(
         )
     names = [getattr(t, "name", t) for t in tasks]
     if keys is not None and not isinstance(keys, Mapping):
+        keys = list(keys)
+        if len(keys) != len(names):
+            raise ValueError(
+                f"as_multitask: keys has {len(keys)} entries for the {len(names)} tasks {names} "
+                "(one routing key per task, in task order)"
+            )
         keys = dict(zip(names, keys, strict=True))
     return UserModel(module, names, shared, route, keys)

@@ -18,6 +18,8 @@ engine's business; a method only says which path it wants by default.
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -28,6 +30,7 @@ from torchjd import aggregation
 from .._features import TaskFeatures
 from ._base import Objective, Positions, Step, TaskGradients
 from ._dual_cone import RowwiseQuadprogProjector
+from ._loss_level import check_option
 from ._solvers import cagrad_solve, fair_solve, gradvac_solve, solver_dtype
 from ._streams import RandomStream, stream_seed
 
@@ -37,6 +40,17 @@ Solver = Literal["torch", "reference"]
 SOLVERS: tuple[str, ...] = ("torch", "reference")
 
 __all__ = ["PATHS", "GradientObjective", "TaskFeatures"]
+
+
+def _count_option(method: str, name: str, value: object) -> int:
+    """A positive integer option as an ``int`` (numpy's integers too; never a bool or a float)."""
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < 1:
+        raise ValueError(f"{method}: {name} must be a positive integer, got {value!r}")
+    return count
 
 
 class GradientObjective(Objective):
@@ -135,12 +149,23 @@ class GradientObjective(Objective):
 
 
 class _Weighted(GradientObjective):
-    """A gradient method defined by one torchjd Gramian weighting."""
+    """A gradient method defined by one torchjd Gramian weighting.
+
+    Its ``options`` go to the torchjd weighting, which checks their range when the method is
+    bound; a number among them must be finite (torchjd lets NaN through), and so must a tensor
+    (a preference vector), which is checked here, at construction.
+    """
 
     factory: Callable[..., Callable[[Tensor], Tensor]]
 
     def __init__(self, path: Path | None = None, **options: float) -> None:
         super().__init__(path)
+        method = type(self).__name__
+        for name, value in options.items():
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                check_option(method, name, value, low=None)
+            elif isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{method}: {name} must be finite, got {value}")
         self.options = options
 
     def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor]:
@@ -366,7 +391,7 @@ class CAGrad(_Solved, _Weighted):
     path
         The gradient path (``"exact"`` by default).
     c
-        The radius of the ball, relative to ``|g0|`` (non-negative).
+        The radius of the ball, relative to ``|g0|`` (finite, non-negative).
     solver
         ``"torch"`` or ``"reference"``.
 
@@ -390,8 +415,7 @@ class CAGrad(_Solved, _Weighted):
     which the weights are zeros."""
 
     def __init__(self, path: Path | None = None, c: float = 0.4, solver: Solver = "torch"):
-        if c < 0:
-            raise ValueError(f"CAGrad: c must be non-negative, got {c}")
+        check_option("CAGrad", "c", c)
         super().__init__(path, c=c)
         self._init_solver(solver)
 
@@ -459,7 +483,7 @@ class FairGrad(_Solved, _Weighted):
     path
         The gradient path (``"exact"`` by default).
     alpha
-        The fairness parameter (non-negative; 1 by default).
+        The fairness parameter (finite, non-negative; 1 by default).
     solver
         ``"torch"`` or ``"reference"``.
 
@@ -480,8 +504,7 @@ class FairGrad(_Solved, _Weighted):
     """The tolerance on the relative residual (raised to 64 ulps of float32 there)."""
 
     def __init__(self, path: Path | None = None, alpha: float = 1.0, solver: Solver = "torch"):
-        if alpha < 0:
-            raise ValueError(f"FairGrad: alpha must be non-negative, got {alpha}")
+        check_option("FairGrad", "alpha", alpha)
         super().__init__(path, alpha=alpha)
         self._init_solver(solver)
 
@@ -524,9 +547,9 @@ class NashMTL(_Solved, GradientObjective):
     path
         The gradient path (``"exact"`` by default).
     max_norm
-        The largest norm of the update (0: none).
+        The largest norm of the update (finite, non-negative; 0: none).
     update_weights_every
-        Solve every this many steps.
+        Solve every this many steps (a positive integer).
     optim_niter
         The number of convex approximations of the reference solver (the torch solver's cap is
         :attr:`max_iter`).
@@ -558,14 +581,13 @@ class NashMTL(_Solved, GradientObjective):
         solver: Solver = "torch",
     ) -> None:
         super().__init__(path)
-        if max_norm < 0:
-            raise ValueError(f"NashMTL: max_norm must be non-negative, got {max_norm}")
-        if update_weights_every < 1 or optim_niter < 1:
-            raise ValueError("NashMTL: update_weights_every and optim_niter must be positive")
+        check_option("NashMTL", "max_norm", max_norm)
         self.options = {
             "max_norm": max_norm,
-            "update_weights_every": update_weights_every,
-            "optim_niter": optim_niter,
+            "update_weights_every": _count_option(
+                "NashMTL", "update_weights_every", update_weights_every
+            ),
+            "optim_niter": _count_option("NashMTL", "optim_niter", optim_niter),
         }
         self._init_solver(solver)
 
@@ -615,7 +637,8 @@ class GradNorm(GradientObjective):
     Parameters
     ----------
     alpha
-        The strength of the pull towards a common training rate (the paper's alpha, 1.5).
+        The strength of the pull towards a common training rate (the paper's alpha, 1.5);
+        finite and non-negative (0: equal weighted gradient norms).
 
     Notes
     -----
@@ -628,6 +651,7 @@ class GradNorm(GradientObjective):
 
     def __init__(self, alpha: float = 1.5) -> None:
         super().__init__("exact")
+        check_option("GradNorm", "alpha", alpha)
         self.alpha = alpha
 
     def _options(self) -> dict[str, object]:
@@ -684,7 +708,7 @@ class DBMTL(GradientObjective):
         The buffer's rate (LibMTL's ``DB_beta``, default 0.9), in ``[0, 1)``.
     beta_sigma
         Decay of the rate with the step: ``beta / k ** beta_sigma`` (LibMTL's
-        ``DB_beta_sigma``, default 0: a constant rate), non-negative.
+        ``DB_beta_sigma``, default 0: a constant rate), finite and non-negative.
 
     Notes
     -----
@@ -701,8 +725,7 @@ class DBMTL(GradientObjective):
         super().__init__("exact")
         if not 0 <= beta < 1:
             raise ValueError(f"DBMTL: beta must be in [0, 1), got {beta}")
-        if not beta_sigma >= 0:
-            raise ValueError(f"DBMTL: beta_sigma must be non-negative, got {beta_sigma}")
+        check_option("DBMTL", "beta_sigma", beta_sigma)
         self.beta = float(beta)
         self.beta_sigma = float(beta_sigma)
 

@@ -7,13 +7,48 @@ add task binding, validation, closed-form effective weights and device handling.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchjd import scalarization
 
 from ._base import LossObjective, Positions
+
+
+def check_option(
+    method: str, name: str, value: object, low: float | None = 0.0, strict: bool = False
+) -> None:
+    """Refuse a numeric option of ``method`` that is not a finite real number (bools and strings
+    are not numbers here), or that lies below ``low`` (at or below it if ``strict``; ``None``:
+    no bound). A NaN or infinite option would only show up later, as a non-finite loss.
+
+    Raises
+    ------
+    ValueError
+        Naming the method, the option, the expected range and the value.
+
+    Examples
+    --------
+    >>> check_option("CAGrad", "c", float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: CAGrad: c must be a finite number >= 0, got nan
+    """
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if real and math.isfinite(value) and (low is None or (value > low if strict else value >= low)):
+        return
+    bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+    raise ValueError(f"{method}: {name} must be a finite number{bound}, got {value!r}")
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar or a 0-dim tensor as the Python number it holds; anything else as is."""
+    if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.ndim == 0):
+        return value.item()
+    return value
 
 
 class Sum(LossObjective):
@@ -72,7 +107,8 @@ class Weighted(LossObjective):
     ----------
     weights
         One finite, non-negative weight per task: a mapping task -> weight, or a sequence in
-        task order. Checked against the tasks when the trainer binds the objective.
+        task order (a list, a 1-D numpy array or tensor; numpy and torch scalars are read as
+        Python numbers). Checked against the tasks when the trainer binds the objective.
 
     Examples
     --------
@@ -85,9 +121,21 @@ class Weighted(LossObjective):
     fixed_form = True
     linear = True
 
-    def __init__(self, weights: Mapping[str, float] | Sequence[float]) -> None:
+    def __init__(
+        self, weights: Mapping[str, float] | Sequence[float] | np.ndarray | Tensor
+    ) -> None:
         super().__init__()
+        if isinstance(weights, Mapping):
+            weights = {task: _plain(w) for task, w in weights.items()}
+        elif isinstance(weights, Tensor | np.ndarray | np.generic):
+            if weights.ndim != 1:
+                raise ValueError(
+                    "Weighted: weights: expected one weight per task (1-D), got shape "
+                    f"{tuple(weights.shape)}"
+                )
+            weights = weights.tolist()
         values = list(weights.values()) if isinstance(weights, Mapping) else list(weights)
+        values = [_plain(w) for w in values]
         bad = [w for w in values if not isinstance(w, int | float) or not math.isfinite(w) or w < 0]
         if bad or not values:
             raise ValueError(f"Weighted: weights must be finite and non-negative, got {values}")

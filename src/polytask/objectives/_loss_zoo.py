@@ -9,6 +9,7 @@ from torch import Tensor
 from torchjd import scalarization
 
 from ._base import LossObjective, Positions
+from ._loss_level import check_option
 from ._streams import RandomStream
 
 
@@ -34,6 +35,11 @@ class DWA(_EveryTask):
     Learning with Attention"): weights from the ratio of each task's average loss over the two
     previous epochs, softmaxed with a temperature (torchjd's ``DWA``).
 
+    Parameters
+    ----------
+    temperature
+        The softmax temperature (finite and positive; 2 as in the paper).
+
     Examples
     --------
     >>> objective = DWA(); objective.bind(["a", "b"])
@@ -43,6 +49,7 @@ class DWA(_EveryTask):
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
+        check_option("DWA", "temperature", temperature, low=0.0, strict=True)
         self.temperature = temperature
 
     def _on_bind(self) -> None:
@@ -101,10 +108,20 @@ class FAMO(_EveryTask):
     after each step from how much each (log) loss fell, with an O(1) cost per step instead of
     per-task gradients (torchjd's ``FAMO``). After the model's step the trainer recomputes the
     batch's losses once (no gradient) and hands them to :meth:`after_step`.
+
+    Parameters
+    ----------
+    lr
+        The learning rate of the task logits (finite, non-negative).
+    weight_decay
+        Their weight decay (finite, non-negative).
     """
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3) -> None:
         super().__init__()
+        # torchjd refuses negative values when the objective binds, but lets NaN through
+        check_option("FAMO", "lr", lr, low=None)
+        check_option("FAMO", "weight_decay", weight_decay, low=None)
         self.lr, self.weight_decay = lr, weight_decay
 
     def extra_repr(self) -> str:

@@ -98,6 +98,13 @@ class Term(nn.Module):
             raise RuntimeError(f"{type(self).__name__}: bind(tasks) was not called")
         return self.weight * self.penalty(outputs)
 
+    def __add__(self, other: object) -> Objective:
+        # terms join a method, not each other: say how, rather than torch's bare TypeError
+        raise TypeError(
+            f"{type(self).__name__} + {type(other).__name__}: add terms to a method, e.g. "
+            "pt.Mean() + term + other_term"
+        )
+
 
 def _row_distance(distance: Distance, a: Tensor, b: Tensor) -> Tensor:
     if callable(distance):

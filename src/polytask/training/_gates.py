@@ -99,6 +99,18 @@ class GateMonitor(Callback):
                 f"GateMonitor: {type(state.model).__name__} has no gate_weights(x) method; "
                 "monitor a gated model (MMoE, CGC, PLE, DSelectK)"
             )
+        width = getattr(state.model, "in_features", None)
+        if isinstance(width, int) and self.x.shape[1] != width:
+            raise ValueError(
+                f"GateMonitor: x has {self.x.shape[1]} features, the model reads {width}"
+            )
+        try:  # the probe's first reading, before any step: a probe the gates cannot read
+            self.weights(state.model)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(
+                f"GateMonitor: the model's gates cannot read x of shape {tuple(self.x.shape)}: "
+                f"{error}"
+            ) from error
 
     def weights(self, model: torch.nn.Module) -> dict[str, list[float]]:
         """Task (or PLE's ``shared@<level>``) -> mean gate weight per expert over the rows of

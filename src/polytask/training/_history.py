@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ class History:
     >>> h.records.append({"epoch": 1, "stop_loss": 0.5})
     >>> h["stop_loss"]
     [0.5]
+    >>> h.columns
+    ['epoch', 'stop_loss']
     """
 
     task_names: tuple[str, ...]
@@ -37,7 +40,21 @@ class History:
     stop_reason: str = ""
 
     def __getitem__(self, column: str) -> list[float]:
-        return [record[column] for record in self.records if column in record]
+        """The column's values, epoch by epoch (the epochs that recorded it); a column no epoch
+        recorded is a KeyError naming the recorded ones (an empty history has every column
+        empty)."""
+        values = [record[column] for record in self.records if column in record]
+        if not values and self.records:
+            known = self.columns
+            close = difflib.get_close_matches(column, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"no epoch recorded {column!r}{hint} The columns are {known}")
+        return values
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column some epoch recorded, in the order they first appear."""
+        return list(dict.fromkeys(key for record in self.records for key in record))
 
     def __len__(self) -> int:
         return len(self.records)

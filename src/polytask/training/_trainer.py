@@ -364,6 +364,8 @@ def _check_outputs(
         failing = _failing_routes(model, x, tasks)
         if failing:  # the shared part reads the inputs; these tasks' own parts fail on it
             name, reason = failing[0]
+            if reason.startswith(f"task {name!r}: "):  # the model named the task already
+                raise ValueError(reason) from error
             raise ValueError(
                 f"task {name!r}: its head cannot take what the shared part gives for inputs "
                 f"of shape (n, {source.n_features[0]}): {reason}"
