@@ -623,10 +623,10 @@ def _two_sets():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: MMoE(3, ["a", "b"], n_experts=0), "n_experts must be an int >= 1"),
-        (lambda: DSelectK(3, ["a", "b"], n_experts=0), "n_experts must be an int >= 1"),
-        (lambda: CGC(3, ["a", "b"], n_shared=0), "n_shared must be an int >= 1"),
-        (lambda: PLE(3, ["a", "b"], n_levels=0), "n_levels must be an int >= 1"),
+        (lambda: MMoE(3, ["a", "b"], n_experts=0), "n_experts must be a positive integer"),
+        (lambda: DSelectK(3, ["a", "b"], n_experts=0), "n_experts must be a positive integer"),
+        (lambda: CGC(3, ["a", "b"], n_shared=0), "n_shared must be a positive integer"),
+        (lambda: PLE(3, ["a", "b"], n_levels=0), "n_levels must be a positive integer"),
         (lambda: BatchedExperts(0, 3, [4]), "at least one expert"),
         (lambda: MMoE(3, ["a", "a"]), "task 'a' is named twice"),
         (lambda: CGC(3, [pt.Task("b"), pt.Task("b")]), "task 'b' is named twice"),
@@ -671,7 +671,10 @@ def _two_sets():
             "give width 5, the shared experts 4",
         ),
         (lambda: MMoE(3, ["a", "b"], experts=nn.Linear(3, 4)), r"expected \(2, n_experts, width\)"),
-        (lambda: MMoE(3, {"a": True, "b": 1}), r"task 'a' needs an output width >= 1, got True"),
+        (
+            lambda: MMoE(3, {"a": True, "b": 1}),
+            r"the output width of task 'a' must be a positive integer, got True",
+        ),
     ],
 )
 def test_bad_configuration_is_refused_at_construction(make, message):

@@ -138,7 +138,9 @@ def test_evaluate_refuses_an_array_where_data_are_expected():
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5])
 def test_batch_size_must_be_a_positive_int(batch_size):
-    with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {batch_size}"):
+    with pytest.raises(
+        ValueError, match=f"batch_size must be a positive integer, got {batch_size}"
+    ):
         pt.predict(_model(), TASKS, _x(), batch_size=batch_size)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         pt.evaluate(_model(), TASKS, _data(), batch_size=batch_size)

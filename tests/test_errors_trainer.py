@@ -57,11 +57,12 @@ def test_a_good_custom_loss_trains(data):
 @pytest.mark.parametrize(
     ("setting", "error", "message"),
     [
-        ({"batch_size": 2.5}, TypeError, "batch_size must be an int, got 2.5"),
-        ({"batch_size": True}, TypeError, "batch_size must be an int, got True"),
-        ({"max_epochs": 2.0}, TypeError, "max_epochs must be an int"),
-        ({"seed": 1.5}, TypeError, "seed must be an int"),
-        ({"patience": 2.5}, TypeError, "patience must be an int"),
+        ({"batch_size": 2.5}, ValueError, "batch_size must be a positive integer, got 2.5"),
+        ({"batch_size": True}, ValueError, "batch_size must be a positive integer, got True"),
+        ({"max_epochs": 2.0}, ValueError, "max_epochs must be a positive integer"),
+        ({"seed": 1.5}, ValueError, "seed must be a non-negative integer"),
+        ({"seed": -1}, ValueError, "seed must be a non-negative integer"),
+        ({"patience": 2.5}, ValueError, r"patience \(or None\) must be a positive integer"),
         ({"lr": float("inf")}, ValueError, "lr and eps must be positive and finite"),
         ({"eps": float("nan")}, ValueError, "lr and eps must be positive and finite"),
         ({"clip_grad_norm": float("inf")}, ValueError, "clip_grad_norm must be positive and"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -10,6 +9,8 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._checks import as_int
 
 TaskKind = Literal["regression", "binary", "multiclass", "multilabel"]
 KINDS: tuple[str, ...] = get_args(TaskKind)
@@ -84,7 +85,7 @@ class Task:
             raise ValueError(f"a task needs a non-empty string name, got {self.name!r}")
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        object.__setattr__(self, "size", self._positive_int(self.size))
+        object.__setattr__(self, "size", as_int(self.size, f"task {self.name!r}: size"))
         if self.kind == "binary" and self.size != 1:
             raise ValueError(f"task {self.name!r}: a binary task has size 1, got {self.size}")
         if self.kind == "multiclass" and self.size < 2:
@@ -113,17 +114,6 @@ class Task:
                     f"task {self.name!r}: the metric {metric!r} does not apply to a {self.kind} "
                     f"task; a {self.kind} task takes {applicable}"
                 )
-
-    def _positive_int(self, size: object) -> int:
-        """``size`` as an ``int``: any integral number (numpy's too), never a bool or a float."""
-        is_bool = isinstance(size, bool) or (isinstance(size, Tensor) and size.dtype == torch.bool)
-        try:
-            value = None if is_bool else operator.index(size)
-        except TypeError:
-            value = None
-        if value is None or value < 1:
-            raise ValueError(f"task {self.name!r}: size must be a positive integer, got {size!r}")
-        return value
 
     # -- shapes -------------------------------------------------------------------------------
     @property

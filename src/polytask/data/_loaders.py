@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .._checks import as_int
 from ._schedules import Schedule
 from ._taskdata import TaskData
 
@@ -58,8 +59,8 @@ def as_loaders(
         )
     if not loaders:
         raise ValueError("no task: the mapping task -> DataLoader or Dataset is empty")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size is not None:
+        batch_size = as_int(batch_size, "batch_size")
     result = {}
     for task, item in loaders.items():
         if isinstance(item, DataLoader):

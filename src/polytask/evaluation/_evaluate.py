@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from numbers import Integral
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._checks import as_int
 from .._device import resolve_device
 from ..data import MultiTargetData, TaskData, csr_batch
 from ..models import MultiTaskModel
@@ -40,7 +40,7 @@ def predict(
         When ``tasks`` are not :class:`~polytask.Task` objects or ``x`` is not an array
         (a :class:`~polytask.MultiTargetData` goes to :func:`evaluate`, or pass its ``.x``).
     ValueError
-        When a task is not one of the model's, ``batch_size`` is not a positive int, ``x``
+        When a task is not one of the model's, ``batch_size`` is not a positive integer, ``x``
         holds NaN or inf, the model cannot take ``x`` or a head's output does not have the
         task's size (as the trainer refuses them), or when
         ``device`` is given and the model's parameters and buffers lie on several devices
@@ -54,7 +54,7 @@ def predict(
     (3,)
     """
     tasks = _check_tasks(model, tasks, "predict")
-    _check_batch_size(batch_size, "predict")
+    batch_size = as_int(batch_size, "predict: batch_size")
     return _predict(model, tasks, x, batch_size, device, "inputs x")
 
 
@@ -143,11 +143,6 @@ def _check_tasks(model: MultiTaskModel, tasks: Sequence[Task], caller: str) -> l
                     f"task {name!r} is not one of the model's tasks {list(model_names)}"
                 )
     return tasks
-
-
-def _check_batch_size(batch_size: int, caller: str) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
-        raise ValueError(f"{caller}: batch_size must be a positive int, got {batch_size!r}")
 
 
 def _check_inputs(
@@ -242,7 +237,7 @@ def evaluate(
     if against not in AGAINST:
         raise ValueError(f"evaluate: against must be one of {AGAINST}, got {against!r}")
     tasks = _check_tasks(model, tasks, "evaluate")
-    _check_batch_size(batch_size, "evaluate")
+    batch_size = as_int(batch_size, "evaluate: batch_size")
     if isinstance(data, Mapping):
         if against == "clean":
             raise ValueError(

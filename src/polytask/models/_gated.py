@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._checks import as_int
 from .._features import TaskFeatures
 from ._experts import BatchedExperts, refuse_repeats
 from ._mlp import _ACTIVATIONS, init_linear
@@ -65,9 +66,9 @@ def task_sizes(tasks: TaskSpec, owner: str) -> dict[str, int | None]:
         )
     sizes: dict[str, int | None] = {}
     for name, size in items:
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"{owner}: task {name!r} needs an output width >= 1, got {size!r}")
-        sizes[name] = size
+        sizes[name] = (
+            None if size is None else as_int(size, f"{owner}: the output width of task {name!r}")
+        )
     return sizes
 
 
@@ -204,9 +205,8 @@ def expert_outputs(owner: str, what: str, experts: nn.Module, in_features: int) 
     return int(out.shape[1]), int(out.shape[2])
 
 
-def check_count(owner: str, name: str, value: int, least: int = 1) -> None:
-    if not isinstance(value, int) or value < least:
-        raise ValueError(f"{owner}: {name} must be an int >= {least}, got {value!r}")
+def check_count(owner: str, name: str, value: int, least: int = 1) -> int:
+    return as_int(value, f"{owner}: {name}", least)
 
 
 def mix(weights: Tensor, experts: Tensor) -> Tensor:

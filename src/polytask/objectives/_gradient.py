@@ -19,7 +19,6 @@ engine's business; a method only says which path it wants by default.
 from __future__ import annotations
 
 import numbers
-import operator
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torchjd import aggregation
 
+from .._checks import as_int
 from .._features import TaskFeatures
 from ._base import Objective, Positions, Step, TaskGradients
 from ._dual_cone import RowwiseQuadprogProjector
@@ -40,17 +40,6 @@ Solver = Literal["torch", "reference"]
 SOLVERS: tuple[str, ...] = ("torch", "reference")
 
 __all__ = ["PATHS", "GradientObjective", "TaskFeatures"]
-
-
-def _count_option(method: str, name: str, value: object) -> int:
-    """A positive integer option as an ``int`` (numpy's integers too; never a bool or a float)."""
-    try:
-        count = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        count = None
-    if count is None or count < 1:
-        raise ValueError(f"{method}: {name} must be a positive integer, got {value!r}")
-    return count
 
 
 class GradientObjective(Objective):
@@ -584,10 +573,8 @@ class NashMTL(_Solved, GradientObjective):
         check_option("NashMTL", "max_norm", max_norm)
         self.options = {
             "max_norm": max_norm,
-            "update_weights_every": _count_option(
-                "NashMTL", "update_weights_every", update_weights_every
-            ),
-            "optim_niter": _count_option("NashMTL", "optim_niter", optim_niter),
+            "update_weights_every": as_int(update_weights_every, "NashMTL: update_weights_every"),
+            "optim_niter": as_int(optim_niter, "NashMTL: optim_niter"),
         }
         self._init_solver(solver)
 

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
+from .._checks import as_int
 from .._device import parse_device, resolve_device
 from ..data import MultiTargetData, Schedule, TaskData
 from ..engine import GradientEngine
@@ -792,17 +793,12 @@ class Trainer:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        for name in ("batch_size", "max_epochs", "eval_batch_size", "patience", "seed"):
-            value = getattr(self, name)
-            if name == "patience" and value is None:
-                continue
-            # a float or a bool would be taken as a count (True as 1) or fail deep in torch
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch_size, max_epochs and eval_batch_size must be positive")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be positive or None, got {self.patience}")
+        # a float or a bool would be taken as a count (True as 1) or fail deep in torch
+        for name in ("batch_size", "max_epochs", "eval_batch_size"):
+            setattr(self, name, as_int(getattr(self, name), name))
+        if self.patience is not None:
+            self.patience = as_int(self.patience, "patience (or None)")
+        self.seed = as_int(self.seed, "seed", minimum=0)
         if not (0 < self.lr < float("inf") and 0 < self.eps < float("inf")):
             raise ValueError(
                 f"lr and eps must be positive and finite, got lr={self.lr}, eps={self.eps}"

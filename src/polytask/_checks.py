@@ -1,0 +1,40 @@
+"""Checks of the numbers a user gives, shared by the public API so that one mistake reads the
+same everywhere."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+
+
+def as_int(value: object, what: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` of at least ``minimum``: any integral number (a numpy integer, a
+    0-d integer tensor); a bool, a float or a string is refused, as is a smaller value.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what``, the range and the value.
+
+    Examples
+    --------
+    >>> as_int(np.int64(3), "size")
+    3
+    >>> as_int(2.5, "batch_size")
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size must be a positive integer, got 2.5
+    """
+    boolean = isinstance(value, bool | np.bool_) or getattr(value, "dtype", None) is torch.bool
+    try:
+        number = None if boolean else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        expected = {0: "a non-negative integer", 1: "a positive integer"}.get(
+            minimum, f"an integer >= {minimum}"
+        )
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
+    return number
