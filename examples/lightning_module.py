@@ -8,6 +8,7 @@ needs the per-task losses instead. So the module switches to manual optimization
     outputs = self.engine.forward(x)        # {task: output}, keeping the shared features
     self.engine.backward(per_task_losses)   # the method's update, in .grad
     opt.step()
+    self.engine.after_step(recompute)       # FAMO, GradNorm: the step's losses again
 
 Everything else (the loop, devices, callbacks, logging) stays Lightning's. The data are
 polytask's heteroscedastic regression problem: the same curve under growing noise per task.
@@ -69,8 +70,15 @@ class MultiTaskRegressor(L.LightningModule):
         # the default 32-bit precision (mixed precision's loss scaling would be skipped)
         step = self.engine.backward(losses)
         opt.step()
+        # FAMO and GradNorm learn from the step (the others ignore it): the losses again
+        self.engine.after_step(
+            lambda: torch.stack(list(self.task_losses(self.model(x), y).values()))
+        )
         self.log_dict({f"loss/{t}": loss.detach() for t, loss in losses.items()})
         self.log_dict({f"weight/{t}": w for t, w in zip(self.tasks, step.weights, strict=True)})
+
+    def on_train_epoch_end(self) -> None:
+        self.engine.end_epoch()  # DWA's per-epoch weights (the others ignore it)
 
     @torch.no_grad()
     def mse(self, x: Tensor, y: Tensor) -> dict[str, float]:

@@ -152,6 +152,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             optimizer.zero_grad()
             engine.backward(losses)  # instead of sum(losses.values()).backward()
             optimizer.step()
+            # FAMO and GradNorm learn from the step (the others ignore it): the losses again
+            engine.after_step(
+                lambda step=step: torch.stack(
+                    [
+                        F.binary_cross_entropy_with_logits(model(x, task=t), y)
+                        for t, (x, y) in step.items()
+                    ]
+                )
+            )
+        engine.end_epoch()  # DWA's per-epoch weights (the others ignore it)
 
     net.eval()
     scores = {}

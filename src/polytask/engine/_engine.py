@@ -42,6 +42,15 @@ class LearnedWeightsWarning(UserWarning):
     optimizer)."""
 
 
+def _losses_device(losses: Tensor | Mapping[str, Tensor]) -> torch.device | None:
+    if isinstance(losses, Tensor):
+        return losses.device
+    if isinstance(losses, Mapping):
+        first = next(iter(losses.values()), None)
+        return first.device if isinstance(first, Tensor) else None
+    return None
+
+
 def _check_task_losses(losses: Mapping[str, Tensor]) -> None:
     """Each task's loss of a user's loop: a scalar tensor on the graph (checked on the host,
     no synchronisation with the device)."""
@@ -157,6 +166,11 @@ class GradientEngine:
         self._last: list[Tensor] | None = None
         self._pending: Tensor | Mapping[str, Tensor] | None = None
         self._steps = 0
+        # FAMO and GradNorm learn after each optimizer step: a loop must call after_step
+        self._learns_after_step = type(self.method).after_step is not Objective.after_step
+        self._awaiting_after_step = False
+        self._trainable: tuple[bool, ...] | None = None
+        self._objective_placed = False
         self._learned: list[Tensor] = []
         self._learned_start: list[Tensor] | None = None
         self.reducer: Reducer | None = None
@@ -300,11 +314,25 @@ class GradientEngine:
         """The model's outputs for ``x`` (all tasks, or ``task``'s), computed so that the next
         :meth:`backward` has what the method's path needs (the shared features)."""
         wants_features = self.is_gradient_method and self.method.path != "naive"
-        if not (wants_features and has_representation(self.model)):
+        tracked = wants_features and torch.is_grad_enabled()  # not a no_grad (logging) pass
+        if not (tracked and has_representation(self.model)):
             return self.model(x) if task is None else self.model(x, task=task)
+        pending = self._pending
+        if pending is not None and (
+            task is None or not isinstance(pending, dict) or task in pending
+        ):
+            # the backward reads one forward's features: the earlier outputs' trunk gradient
+            # would be dropped without a word
+            raise RuntimeError(
+                f"engine.forward was called again before backward: {type(self.method).__name__}"
+                f"@{self.method.path} reads the features of one forward per step (per task), "
+                "and the earlier outputs would get no gradient through the trunk; compute a "
+                "step's outputs in one forward (two views: concatenate them), call the model "
+                "itself for outputs you do not train on, or use the naive path"
+            )
         z = self.model.features(x)
         if task is not None:  # a per-task batch: its own rows' features
-            pending = self._pending if isinstance(self._pending, dict) else {}
+            pending = pending if isinstance(pending, dict) else {}
             pending[task] = z
             self._pending = pending
             return self.model.heads_forward(z, task)
@@ -319,7 +347,7 @@ class GradientEngine:
         *,
         positions: tuple[int, ...] | None = None,
         terms: Tensor | None = None,
-        scale: Tensor | float | None = None,
+        scale: Tensor | float | torch.amp.GradScaler | None = None,
     ) -> Step:
         """Accumulate the method's update into ``.grad`` and return the step's value and task
         weights.
@@ -333,13 +361,45 @@ class GradientEngine:
             For the representation path: the features every head read (or a mapping task ->
             the features of its own batch); by default what :meth:`forward` kept.
         terms
-            The structured terms' values of the step (the trainer passes them).
+            The structured terms' values of the step, ``torch.stack([term(outputs) for term in
+            terms])`` (each term bound to the tasks); required when the method has terms.
         scale
-            A gradient scaler's loss scale (float16 training): ``.grad`` gets the update times
-            ``scale``, for the scaler to unscale, while the method sees unscaled gradients,
+            A gradient scaler's loss scale (float16 training), or the ``torch.amp.GradScaler``
+            itself (its current scale): ``.grad`` gets the update times ``scale``, for the
+            scaler to unscale, while the method sees unscaled gradients,
             Gramians and norms in float32 (a scale ``s`` would multiply a Gramian by ``s^2``
             and change every method that is not homogeneous of degree 1 in the gradients).
+
+        Notes
+        -----
+        It runs outside autocast (a loop under ``torch.autocast``, as Lightning's mixed
+        precision runs ``training_step``, gets Gramians and weights in float32 as the trainer
+        does). The method's learned weights (uncertainty, GradNorm...) move to the losses'
+        device at the first call. A method that learns after each optimizer step (FAMO,
+        GradNorm) needs :meth:`after_step` between two calls; one with per-epoch state (DWA)
+        needs :meth:`end_epoch` after each epoch.
         """
+        device = _losses_device(losses)
+        if device is not None and torch.is_autocast_enabled(device.type):
+            with torch.autocast(device.type, enabled=False):
+                return self._backward(losses, features, positions, terms, scale)
+        return self._backward(losses, features, positions, terms, scale)
+
+    def _backward(
+        self,
+        losses: Tensor | Mapping[str, Tensor],
+        features: Tensor | Mapping[str, Tensor] | None,
+        positions: tuple[int, ...] | None,
+        terms: Tensor | None,
+        scale: Tensor | float | torch.amp.GradScaler | None,
+    ) -> Step:
+        if self._awaiting_after_step:
+            raise RuntimeError(
+                f"{type(self.method).__name__} learns from each optimizer step: call "
+                "engine.after_step(recompute) after optimizer.step(), recompute() giving the "
+                "batch's task losses again (under no_grad, a vector in task order), before the "
+                "next backward"
+            )
         if isinstance(losses, Mapping):
             unknown = [t for t in losses if t not in self.task_names]
             if unknown:
@@ -347,6 +407,12 @@ class GradientEngine:
                     f"losses for unknown tasks {unknown}; the tasks are {list(self.task_names)}"
                 )
             _check_task_losses(losses)
+            if self.has_terms and terms is None:  # a user's loop: the terms would be dropped
+                raise ValueError(
+                    f"the method has structured terms {[t.name for t in self.objective.terms]}: "
+                    "pass terms=torch.stack([term(outputs) for term in engine.objective.terms]) "
+                    "(each bound once with term.bind(tasks)), or train with pt.Trainer"
+                )
             present = [i for i, t in enumerate(self.task_names) if t in losses]
             vector = torch.stack([losses[self.task_names[i]] for i in present])
             positions = None if len(present) == len(self.task_names) else tuple(present)
@@ -361,10 +427,16 @@ class GradientEngine:
         if features is None:
             features = self._pending
         self._pending = None
+        self._awaiting_after_step = self._learns_after_step
+        if not self._objective_placed:  # learned weights live where the losses are
+            self.objective.to(vector.device)
+            self._objective_placed = True
         if scale is None:  # a float16 fit's first steps overflow and are skipped: no warning
             self._watch_learned()
         penalty = None if terms is None else terms.sum()
-        if scale is not None and not isinstance(scale, Tensor):
+        if isinstance(scale, torch.amp.GradScaler):  # its scale, made on first use
+            scale = scale.scale(torch.ones((), device=vector.device))
+        elif scale is not None and not isinstance(scale, Tensor):
             scale = torch.tensor(float(scale), device=vector.device)
         if self.reducer is not None and self.reads_losses:
             if self.is_gradient_method:  # read the graph before the all-reduce joins it
@@ -438,6 +510,7 @@ class GradientEngine:
     def after_step(self, recompute: Callable[[], Tensor]) -> None:
         """Pass the optimizer step on to a method that learns from it (FAMO); under data
         parallelism it sees the global losses."""
+        self._awaiting_after_step = False
         reducer = self.reducer
         if reducer is not None and self.reads_losses:
             self.objective.after_step(lambda: reducer.mean([recompute()])[0])
@@ -445,8 +518,9 @@ class GradientEngine:
             self.objective.after_step(recompute)
 
     def end_epoch(self) -> None:
-        """Tell the method an epoch ended (DWA and IMTL-L update their per-epoch state); call it
-        once per epoch in your own loop, as the trainer does."""
+        """Tell the method an epoch ended (DWA weighs the tasks from the last epochs' losses:
+        without this call it stays at equal weights); call it once per epoch in your own loop,
+        as the trainer does."""
         self.objective.end_epoch()
 
     # --- internals --------------------------------------------------------------------------
@@ -509,10 +583,13 @@ class GradientEngine:
         return LossGradients(*common)
 
     def _resolve(self, values: Tensor) -> None:
-        """The shared and task-specific parameters and the heads' owners, once."""
-        if self._shared is not None:
-            return
+        """The shared and task-specific parameters and the heads' owners: once, and again
+        when parameters were frozen or unfrozen since (fine-tuning)."""
         model = self.model
+        trainable = tuple(p.requires_grad for p in model.parameters())
+        if self._shared is not None and trainable == self._trainable:
+            return
+        self._trainable = trainable
         if self._given_shared is not None:
             shared = self._given_shared
         elif callable(getattr(model, "shared_parameters", None)):
