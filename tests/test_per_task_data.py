@@ -312,8 +312,11 @@ def test_reviews_cli_reports_a_missing_file(tmp_path, capsys):
     (tmp_path / "imdb_labelled.txt").write_text("great\t1\n")
     from polytask.cli import main
 
-    assert main(["run", "reviews", "--data-dir", str(tmp_path), "--quiet"]) == 2
+    out = tmp_path / "report"
+    command = ["run", "reviews", "--data-dir", str(tmp_path), "--quiet", "--out", str(out)]
+    assert main(command) == 2
     assert "yelp_labelled.txt: no such file" in capsys.readouterr().err
+    assert not out.exists()  # refused before the report folder was made
 
 
 def test_reviews_experiment_end_to_end_on_the_shared_data(tmp_path):

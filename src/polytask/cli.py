@@ -536,6 +536,7 @@ def _cmd_reviews(args: argparse.Namespace) -> int:
         device=args.device,
         **{k: v for k, v in changes.items() if v is not None},
     )
+    experiment.spec.check(Path(args.data_dir))  # a missing file, before the report folder
     out = _out(args, experiment.name)
     result = experiment.run(quiet=args.quiet or not is_main_process())
     if not is_main_process():  # under torchrun, one report from rank 0
