@@ -345,7 +345,10 @@ def _cmd_list() -> int:
         print(f"  {name:18s} {text}")
     print(f"  models: {', '.join(ARCHITECTURE_EXPERIMENTS['census'].known_models)}")
     print()
-    print("Methods (--methods a,b; a gradient method takes a path: NAME@exact, @repr or @naive):")
+    print(
+        "Methods (--methods a,b; a gradient method but gradnorm and dbmtl takes a path: "
+        "NAME@exact, @repr or @naive):"
+    )
     for names, text in method_descriptions():
         print(f"  {names:26s} {text}")
     return 0

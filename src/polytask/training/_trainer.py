@@ -749,8 +749,9 @@ class Trainer:
     evaluated whole on every process; every process returns the same History, and only rank 0
     writes the checkpoint (:func:`~polytask.training.is_main_process`). Each process draws
     its own dropout masks (a stream of the seed per rank) while the methods' draws (shuffles,
-    RLW's weights) come from the seed alike on every process. Refused before the first step:
-    data with missing labels (see :meth:`fit`).
+    RLW's weights) come from the seed alike on every process. Missing labels train too (each
+    process weighs its losses by its share of the step's labels); refused before the first
+    step: a user's loaders with missing labels (see :meth:`fit`).
 
     Examples
     --------
