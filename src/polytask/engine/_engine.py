@@ -575,9 +575,10 @@ class GradientEngine:
         if method.path == "representation":
             if features is None:
                 raise ValueError(
-                    f"{type(method).__name__}@repr needs the shared features: call "
-                    "engine.forward(x) for the outputs, or pass features= (the tensor every "
-                    "head read, or a mapping task -> its own batch's features)"
+                    f"{type(method).__name__}@repr needs the shared features of this step: "
+                    "call engine.forward(x) for the outputs before each backward (one backward "
+                    "reads one forward's features), or pass features= (the tensor every head "
+                    "read, or a mapping task -> its own batch's features)"
                 )
             return FeatureGradients(*common, features=features, names=names)
         return LossGradients(*common)
