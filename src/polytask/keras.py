@@ -63,15 +63,31 @@ __all__ = [
     "task_mse",
 ]
 
-# Smallest positive normal float32: the floor that keeps log finite when a task's MSE is 0.
-_TINY = 1.1754943508222875e-38
+# The smallest positive normal number of each float type: the floor that keeps log finite when
+# a task's MSE (or a probability) is 0; float32's would be 0 in float16 (0 * log 0 = NaN).
+_TINY = {
+    "float16": 6.103515625e-05,
+    "bfloat16": 1.1754943508222875e-38,
+    "float32": 1.1754943508222875e-38,
+    "float64": 2.2250738585072014e-308,
+}
+
+
+def _tiny(x: Any) -> float:
+    return _TINY.get(keras.backend.standardize_dtype(x.dtype), _TINY["float32"])
+
 
 # Every class a saved model names is registered under "polytask>", so load_model finds it.
 _serializable = keras.saving.register_keras_serializable(package="polytask")
 
 
-def task_mse(y_true: Any, y_pred: Any) -> Any:
-    """Each column's mean squared error over the batch: shape ``(T,)``."""
+def task_mse(y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+    """Each column's mean squared error over the batch: shape ``(T,)``; with ``sample_weight``
+    (one weight per row) ``sum_i w_i e_it^2 / n``, Keras's weighting of a per-example loss."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    if not keras.backend.is_float_dtype(y_pred.dtype):
+        y_pred = ops.cast(y_pred, keras.backend.floatx())
+    y_true = ops.convert_to_tensor(y_true)
     given = tuple(y_true.shape)
     y_true = ops.cast(y_true, y_pred.dtype)
     if len(y_pred.shape) == 1:  # one output column given as (batch,)
@@ -87,7 +103,18 @@ def task_mse(y_true: Any, y_pred: Any) -> Any:
             f"{tuple(y_pred.shape)}; expected one target column per output column, "
             f"shape {tuple(y_pred.shape)}"
         )
-    return ops.mean(ops.square(y_pred - y_true), axis=0)
+    squares = ops.square(y_pred - y_true)
+    if sample_weight is None:
+        return ops.mean(squares, axis=0)
+    weights = ops.reshape(ops.cast(sample_weight, squares.dtype), (-1,))
+    rows = (weights.shape[0], squares.shape[0])
+    if None not in rows and rows[0] != rows[1]:
+        raise ValueError(
+            f"polytask.keras: sample_weight of shape {tuple(ops.shape(sample_weight))} for "
+            f"{rows[1]} rows; expected one weight per row"
+        )
+    n = ops.cast(ops.shape(squares)[0], squares.dtype)
+    return ops.sum(squares * ops.expand_dims(weights, -1), axis=0) / n
 
 
 # --- combiners -------------------------------------------------------------------------------
@@ -97,7 +124,17 @@ def task_mse(y_true: Any, y_pred: Any) -> Any:
 
 
 class _ColumnLoss(keras.losses.Loss):
+    """A combination of the columns' MSEs over the batch. Not a per-example loss, so Keras's
+    ``reduction`` does not apply; ``sample_weight`` and a Keras mask weigh the rows inside
+    each column's MSE as Keras weighs a per-example loss (``sum_i w_i l_i / n``; masked rows
+    0, the others scaled by ``n / valid``), before the columns are combined."""
+
     def __init__(self, name: str, reduction: str = "sum_over_batch_size", **kwargs: Any) -> None:
+        if reduction != "sum_over_batch_size":
+            raise ValueError(
+                f"{type(self).__name__}: reduction={reduction!r} does not apply: the loss "
+                "combines each column's mean over the batch (weigh rows with sample_weight)"
+            )
         super().__init__(name=name, reduction=reduction, **kwargs)
 
     def combine(self, losses: Any) -> Any:
@@ -108,6 +145,16 @@ class _ColumnLoss(keras.losses.Loss):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         return self.combine(task_mse(y_true, y_pred))
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        mask = keras.src.backend.get_keras_mask(y_pred)  # Keras reads it here too
+        y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+        weights = None if sample_weight is None else ops.convert_to_tensor(sample_weight)
+        if mask is not None:
+            rows = ops.cast(ops.reshape(mask, (-1,)), y_pred.dtype)
+            rows = rows * ops.divide_no_nan(ops.cast(ops.size(rows), rows.dtype), ops.sum(rows))
+            weights = rows if weights is None else ops.reshape(weights, (-1,)) * rows
+        return self.combine(task_mse(y_true, y_pred, weights))
 
 
 @_serializable
@@ -136,12 +183,12 @@ class GeometricMean(_ColumnLoss):
         super().__init__(name=name, **kwargs)
 
     def combine(self, losses: Any) -> Any:
-        return ops.exp(ops.mean(ops.log(ops.maximum(losses, _TINY))))
+        return ops.exp(ops.mean(ops.log(ops.maximum(losses, _tiny(losses)))))
 
     def task_weights(self, losses: Any) -> Any:
-        floored = ops.maximum(losses, _TINY)
+        floored = ops.maximum(losses, _tiny(losses))
         weights = self.combine(losses) / (losses.shape[-1] * floored)
-        return ops.where(losses > _TINY, weights, ops.zeros_like(losses))
+        return ops.where(losses > _tiny(losses), weights, ops.zeros_like(losses))
 
 
 @_serializable
@@ -151,6 +198,12 @@ class Weighted(_ColumnLoss):
     def __init__(
         self, weights: Sequence[float], name: str = "polytask_weighted", **kwargs: Any
     ) -> None:
+        if isinstance(weights, str | Mapping):
+            raise TypeError(
+                "Weighted: weights must be one number per output column, in column order (the "
+                f"columns have no names here), got {type(weights).__name__} {weights!r}; "
+                "compile_multitask's combiner takes a mapping output -> weight"
+            )
         values = [float(w) for w in weights]
         if not values or any(not math.isfinite(w) or w < 0 for w in values):
             raise ValueError(f"Weighted: weights must be finite and non-negative, got {values}")
@@ -211,8 +264,8 @@ class Uncertainty(keras.layers.Layer):
 
     def __init__(self, n_tasks: int, name: str = "polytask_uncertainty", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        if n_tasks < 1:
-            raise ValueError(f"Uncertainty: needs at least one task, got {n_tasks}")
+        if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1:
+            raise ValueError(f"Uncertainty: n_tasks must be a positive integer, got {n_tasks!r}")
         self.n_tasks = n_tasks
         self.log_var = self.add_weight(shape=(n_tasks,), initializer="zeros", name="log_var")
 
@@ -422,8 +475,8 @@ class Hierarchical:
         p = ops.matmul(p_fine, ops.convert_to_tensor(self.matrix, dtype=p_fine.dtype))
         if self.penalty == "absolute":
             return self.weight * ops.mean(ops.sum(ops.abs(p - q), axis=-1))
-        log_p = ops.log(ops.maximum(p, _TINY))
-        log_q = ops.log(ops.maximum(q, _TINY))
+        log_p = ops.log(ops.maximum(p, _tiny(p)))
+        log_q = ops.log(ops.maximum(q, _tiny(q)))
         return self.weight * ops.mean(ops.sum(p * (log_p - log_q), axis=-1))
 
     def get_config(self) -> dict[str, Any]:
@@ -699,9 +752,22 @@ def compile_multitask(
     >>> sorted(k for k in history.history if k.startswith("site"))
     ['site_loss', 'site_weight']
     """
-    outputs = model.output if isinstance(model.output, Mapping) else None
+    ignored = sorted({"loss", "loss_weights"} & set(compile_options))
+    if ignored:  # the returned model's compute_loss replaces Keras's: they would do nothing
+        raise ValueError(
+            f"compile_multitask: {ignored} would be ignored: give the per-output losses as "
+            "losses= and their weights as combiner=Weighted([...]) (or a learned Uncertainty)"
+        )
+    try:
+        output = model.output
+    except (AttributeError, ValueError):  # a Sequential or subclassed model: no named outputs
+        output = None
+    outputs = output if isinstance(output, Mapping) else None
     if outputs is None:
-        raise ValueError("compile_multitask: the model's outputs must be a dict of named tensors")
+        raise ValueError(
+            "compile_multitask: the model's outputs must be a dict of named tensors (a "
+            f"functional keras.Model(inputs, {{name: tensor}})), got a {type(model).__name__}"
+        )
     unknown = sorted(set(losses) - set(outputs))
     missing = sorted(set(outputs) - set(losses))
     if unknown or missing:
