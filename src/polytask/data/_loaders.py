@@ -2,7 +2,9 @@
 
 The schedule works at batch granularity here: a task has ``len(loader)`` batches per pass, and
 :meth:`Schedule.epoch` is asked for the steps of ``len(loader)`` one-row "batches" per task,
-so every schedule and size mode means the same as on :class:`TaskData`. Which batch a step
+so every schedule and size mode means what it means on :class:`TaskData`, counted in batches
+instead of rows (a sampling schedule draws a task in proportion to its batches, and
+``size_cap`` caps batches: a last partial batch counts as a whole one). Which batch a step
 holds is the loader's business (its sampler, its shuffle); polytask only decides which tasks
 take part in each step and restarts a loader that the schedule cycles.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
@@ -20,6 +21,11 @@ def _as_tensor(values: ArrayLike | Tensor, what: str) -> Tensor:
     """``values`` as a tensor; strings and other non-numeric arrays are refused naming ``what``."""
     if isinstance(values, Tensor):
         return values
+    if sp.issparse(values):
+        raise TypeError(
+            f"{what}: a scipy sparse matrix; sparse inputs go in one TaskData per task "
+            "(pt.TaskData(x, y)), which keeps them sparse"
+        )
     array = np.asarray(values)
     if array.dtype.kind in "USa" or (
         array.dtype == object and any(isinstance(v, str | bytes) for v in array.flat)
@@ -55,9 +61,9 @@ def _rows(column: Tensor) -> int:
     return column.shape[0] if column.ndim else 0
 
 
-def _mask(name: str, mask: Tensor, n: int) -> Tensor:
-    """Task ``name``'s label mask as booleans: one flag (True/False or 1/0) per row."""
-    where = f"the mask of task {name!r}"
+def _mask(where: str, mask: Tensor, n: int) -> Tensor:
+    """A label mask (``where`` names it in errors) as booleans: one flag (True/False or 1/0)
+    per row."""
     if mask.ndim == 1 and len(mask) != n:
         raise ValueError(f"{where} has {len(mask)} rows, inputs x have {n}")
     if mask.ndim != 1:
@@ -158,7 +164,10 @@ class MultiTargetData:
                     f"inputs x have {n}"
                 )
         if self.masks is not None:
-            self.masks = {name: _mask(name, mask, n) for name, mask in self.masks.items()}
+            self.masks = {
+                name: _mask(f"the mask of task {name!r}", mask, n)
+                for name, mask in self.masks.items()
+            }
 
     @property
     def task_names(self) -> tuple[str, ...]:

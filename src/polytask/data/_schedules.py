@@ -9,6 +9,8 @@ from typing import Literal
 
 import numpy as np
 
+from .._checks import as_int
+
 ScheduleKind = Literal["round_robin", "sequential", "proportional", "temperature"]
 SizeMode = Literal["min_size", "max_size_cycle", "max_size"]
 Step = list[tuple[str, np.ndarray]]
@@ -53,8 +55,14 @@ class Schedule:
         end. For the sampling schedules it sets the epoch's number of steps (T x shortest,
         T x longest, or every batch once) and whether an exhausted task cycles or leaves the
         draw.
-    temperature, size_cap
+    temperature
         For ``temperature`` only.
+    size_cap
+        For the sampling schedules (``proportional`` and ``temperature``): sizes above it count
+        as ``size_cap`` in the draw probabilities. With a user's loaders or datasets (through
+        :func:`mix_loaders`) sizes and the cap are counted in batches, with :class:`TaskData`
+        in rows; the draws count every row, labelled or not, while a step whose batch holds no
+        label is left out (an epoch of partly labelled tasks has fewer steps).
 
     Examples
     --------
@@ -75,10 +83,10 @@ class Schedule:
         modes = ("min_size", "max_size_cycle", "max_size")
         if self.size_mode not in modes:
             raise ValueError(f"size_mode must be one of {modes}, got {self.size_mode!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.size_cap is not None and self.size_cap < 1:
-            raise ValueError(f"size_cap must be positive, got {self.size_cap}")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature must be positive and finite, got {self.temperature}")
+        if self.size_cap is not None:
+            object.__setattr__(self, "size_cap", as_int(self.size_cap, "size_cap (or None)"))
 
     def probabilities(self, sizes: Mapping[str, int]) -> dict[str, float]:
         """Each task's draw probability for the sampling schedules."""
@@ -86,13 +94,18 @@ class Schedule:
             [min(s, self.size_cap) if self.size_cap else s for s in sizes.values()], dtype=float
         )
         power = 1.0 if self.kind == "proportional" else 1.0 / self.temperature
-        weights = counted**power
+        logs = power * np.log(counted)  # in logs: size ** (1 / 0.01) overflows
+        weights = np.exp(logs - logs.max())
         return dict(zip(sizes, weights / weights.sum(), strict=True))
 
     def epoch(
         self, sizes: Mapping[str, int], batch_size: int, seed: int | np.random.Generator
     ) -> list[Step]:
         """The steps of one epoch; the same ``seed`` gives the same composition."""
+        batch_size = as_int(batch_size, "batch_size")
+        sizes = {
+            task: as_int(size, f"the size of task {task!r}", 0) for task, size in sizes.items()
+        }
         if not sizes or any(s < 1 for s in sizes.values()):
             raise ValueError(f"every task needs at least one row, got sizes {dict(sizes)}")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from ._multitarget import _as_tensor, _storage, _stored
+from ._multitarget import _as_tensor, _mask, _storage, _stored
 
 # torch warns once per process that sparse CSR support is in beta; the layout is what we need
 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
@@ -53,6 +53,8 @@ class TaskData:
         dtype: torch.dtype = torch.float32,
     ):
         self.dtype = dtype
+        if isinstance(x, Tensor) and x.layout != torch.strided:
+            x = _scipy_csr(x)  # a torch sparse tensor: the scipy CSR matrix sparse inputs are
         if sp.issparse(x):
             self.rounded = x.dtype == np.float64 and dtype == torch.float32
             self.x = sp.csr_matrix(x, dtype=_storage(dtype))
@@ -66,9 +68,12 @@ class TaskData:
                 f"targets y have {self.y.shape[0] if self.y.ndim else 0} rows, "
                 f"inputs x have {self.x.shape[0]}"
             )
-        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
-        if self.mask is not None and self.mask.shape != (self.x.shape[0],):
-            raise ValueError(f"mask: shape {self.mask.shape}, expected ({self.x.shape[0]},)")
+        # one 0/1 (or boolean) flag per row, checked as MultiTargetData checks its masks
+        self.mask = (
+            None
+            if mask is None
+            else _mask("mask", _as_tensor(mask, "mask"), self.x.shape[0]).numpy()
+        )
 
     @property
     def sparse(self) -> bool:
@@ -113,3 +118,17 @@ def csr_batch(rows: sp.csr_matrix, *, sparse_tensor: bool = True) -> Tensor:
         size=rows.shape,
         check_invariants=False,
     )
+
+
+def _scipy_csr(x: Tensor) -> sp.csr_matrix:
+    """A torch sparse (CSR or COO) tensor of shape ``(rows, features)`` as a scipy CSR matrix."""
+    if x.ndim != 2:
+        raise ValueError(f"inputs x: a sparse tensor of shape {tuple(x.shape)}, expected 2-D")
+    if x.layout == torch.sparse_coo:
+        x = x.coalesce()
+        rows, cols = x.indices().cpu().numpy()
+        return sp.csr_matrix((x.values().cpu().numpy(), (rows, cols)), shape=tuple(x.shape))
+    if x.layout == torch.sparse_csr:
+        parts = (x.values(), x.col_indices(), x.crow_indices())
+        return sp.csr_matrix(tuple(p.cpu().numpy() for p in parts), shape=tuple(x.shape))
+    raise TypeError(f"inputs x: a tensor of layout {x.layout}; give a scipy CSR matrix")

@@ -386,6 +386,28 @@ def _check_outputs(
             )
 
 
+def _chunk_sizes(plan: LossPlan, batch: Any, positions: Sequence[int]) -> list[float]:
+    """What each present task's loss of an evaluation chunk is a mean over: its labelled rows,
+    or for a multilabel task with the default loss its known label entries (a mean over
+    entries, which rows would weigh wrongly across chunks with different missing entries)."""
+    sizes = [float(c) for c in batch.counts]
+    for j, i in enumerate(positions):
+        task = plan.tasks[i]
+        if task.kind != "multilabel" or task.loss is not None:
+            continue
+        if isinstance(batch, SharedBatch):
+            y = plan.task_targets(batch.y)[task.name]
+            mask = (batch.masks or {}).get(task.name)
+        else:
+            part = next(p for p in batch.parts if p.position == i)
+            y, mask = part.y, part.mask
+        known = ~torch.isnan(y)
+        if mask is not None:
+            known = known & mask.reshape(-1, *([1] * (y.ndim - 1)))
+        sizes[j] = float(known.sum())
+    return sizes
+
+
 def _check_custom_losses(model: nn.Module, plan: LossPlan, source: Source) -> None:
     """A task's own ``loss`` on a couple of rows: it must give the batch's loss as a scalar
     tensor on the graph, or the step's loss vector fails to form (a per-row loss) or the task
@@ -706,7 +728,9 @@ class Trainer:
         :class:`~polytask.Schedule` or its kind, e.g. ``"round_robin"``).
     sparse_input
         Sparse (CSR) inputs reach the model as torch sparse tensors (``nn.Linear`` accepts
-        them); ``False`` densifies each batch.
+        them); ``False`` densifies each batch, and each evaluation chunk of up to
+        ``eval_batch_size`` rows (lower it for wide inputs: 8192 rows of 200,000 columns are
+        6.5 GB in float32).
     track_metrics
         Record each task's metrics on the stop set every epoch (``stop_<metric>/<task>``).
     optimizer
@@ -1314,10 +1338,11 @@ class Trainer:
                     term_total = terms * n if term_total is None else term_total + terms * n
                     rows += n
                 positions = positions or tuple(range(k))
-                weights = torch.tensor(batch.counts, dtype=losses.dtype, device=device)
+                sizes = _chunk_sizes(plan, batch, positions)
+                weights = torch.tensor(sizes, dtype=losses.dtype, device=device)
                 chunk = (losses * weights).to(total.dtype)  # float32 totals whatever the model
                 total.index_add_(0, torch.tensor(positions, device=device), chunk)
-                counts[list(positions)] += batch.counts
+                counts[list(positions)] += sizes
         model.train(was_training)
         means = total / torch.tensor(counts, dtype=total.dtype, device=device)
         return means, None if term_total is None else term_total / rows

@@ -1,0 +1,74 @@
+"""The data layer: evaluation means over what the losses average, inputs in other containers,
+masks and schedule numbers checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+import polytask as pt
+from polytask.data import Schedule
+
+
+def test_a_multilabel_stop_loss_does_not_depend_on_the_chunk_size():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype("f4")
+    y = (rng.random((40, 3)) > 0.5).astype("f4")
+    y[:20, 1:] = np.nan  # the first rows know one label of three
+    data = pt.MultiTargetData(x, {"m": y})
+    torch.manual_seed(0)
+    model = pt.MultiTaskModel(nn.Linear(3, 4), {"m": nn.Linear(4, 3)})
+    tasks = [pt.Task("m", kind="multilabel", size=3, allow_missing=True)]
+    with torch.no_grad():
+        whole = tasks[0].compute_loss(model(torch.from_numpy(x))["m"], torch.from_numpy(y))
+    for chunk in (1, 10, 40, 8192):
+        got = pt.Trainer(eval_batch_size=chunk, device="cpu").losses_on(model, tasks, data)
+        assert float(got[0]) == pytest.approx(float(whole), rel=1e-6), chunk
+
+
+def test_torch_sparse_inputs_become_scipy_csr():
+    dense = sp.random(6, 5, density=0.5, format="csr", dtype=np.float32, random_state=0)
+    tensor = torch.tensor(dense.toarray())
+    for given in (tensor.to_sparse_csr(), tensor.to_sparse()):
+        data = pt.TaskData(given, np.arange(6.0))
+        assert data.sparse
+        np.testing.assert_array_equal(data.x.toarray(), dense.toarray())
+
+
+def test_sparse_inputs_in_one_multitarget_data_say_where_they_go():
+    x = sp.random(6, 5, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match="sparse inputs go in one TaskData per task"):
+        pt.MultiTargetData(x, {"a": np.arange(6.0)})
+
+
+@pytest.mark.parametrize("mask", [[0, 1, 2, 1, 0, 1], [1.0, np.nan, 1.0, 0.0, 1.0, 1.0]])
+def test_a_task_data_mask_is_one_flag_per_row(mask):
+    with pytest.raises(ValueError, match="mask: values must be 0 or 1"):
+        pt.TaskData(np.zeros((6, 2)), np.arange(6.0), mask=mask)
+    assert pt.TaskData(np.zeros((6, 2)), np.arange(6.0), mask=[1, 0, 1, 0, 1, 1]).mask.sum() == 4
+
+
+def test_schedule_numbers_are_checked():
+    for options, message in [
+        ({"size_cap": True}, r"size_cap \(or None\) must be a positive integer, got True"),
+        ({"size_cap": 2.5}, r"size_cap \(or None\) must be a positive integer, got 2\.5"),
+        ({"temperature": float("inf")}, "temperature must be positive and finite"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Schedule("temperature", **options)
+    for batch_size in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            Schedule().epoch({"a": 5}, batch_size, seed=0)
+    with pytest.raises(ValueError, match="the size of task 'a' must be a non-negative integer"):
+        Schedule().epoch({"a": 5.5}, 2, seed=0)
+
+
+def test_a_low_temperature_draws_the_largest_task_without_overflow():
+    probabilities = Schedule("temperature", temperature=0.01).probabilities({"a": 1000, "b": 2000})
+    assert probabilities["b"] == pytest.approx(1.0)
+    assert 0 <= probabilities["a"] < 1e-20
+    steps = Schedule("temperature", temperature=0.01).epoch({"a": 1000, "b": 2000}, 100, seed=0)
+    assert {task for step in steps for task, _ in step} == {"b"}
