@@ -72,3 +72,18 @@ def test_a_low_temperature_draws_the_largest_task_without_overflow():
     assert 0 <= probabilities["a"] < 1e-20
     steps = Schedule("temperature", temperature=0.01).epoch({"a": 1000, "b": 2000}, 100, seed=0)
     assert {task for step in steps for task, _ in step} == {"b"}
+
+
+def test_a_loader_that_does_not_shuffle_cut_short_by_min_size_is_warned_of():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    big = DataLoader(TensorDataset(x, x[:, 0]), batch_size=5)  # no shuffle
+    small = DataLoader(TensorDataset(x[:7], x[:7, 0]), batch_size=5)
+    model = pt.MultiTaskModel(nn.Linear(2, 3), {"a": nn.Linear(3, 1), "b": nn.Linear(3, 1)})
+    tasks, data = [pt.Task("a"), pt.Task("b")], {"a": big, "b": small}
+    trainer = pt.Trainer(
+        max_epochs=2, quiet=True, device="cpu", schedule=Schedule(size_mode="min_size")
+    )
+    with pytest.warns(UserWarning, match="task 'a': its DataLoader does not shuffle.* 2 of its 10"):
+        trainer.fit(model, tasks, data, data)

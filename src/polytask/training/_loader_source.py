@@ -7,6 +7,7 @@ batch at a time (and the first batch of every task before any step, by :meth:`pr
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -96,6 +97,7 @@ class LoaderSource:
         self.n_features: tuple[int, ...] = ()
         self.masked: dict[str, bool] = {}
         """Task -> whether its batches carry a label mask (set by :meth:`preflight`)."""
+        self._warned = False  # of a loader that does not shuffle (once per source)
         self.preflight()
 
     # -- checks -------------------------------------------------------------------------------
@@ -236,6 +238,9 @@ class LoaderSource:
         ``shard`` (a data-parallel fit) every process draws the same batches and keeps its
         slice of each: a loader's batch is the global batch."""
         loaders = as_loaders(self.loaders, batch_size, shuffle=True)
+        if not self._warned:
+            self._warned = True
+            _warn_unshuffled(loaders, schedule)
         positions = {t.name: i for i, t in enumerate(self.tasks)}
         served = dict.fromkeys(positions, 0)
         for step in mixed_steps(loaders, schedule, (seed,)):
@@ -257,6 +262,25 @@ class LoaderSource:
                 part = self._part(position, batch, index)
                 if part is not None:
                     yield PerTaskBatch([part])
+
+
+def _warn_unshuffled(loaders: Mapping[str, Any], schedule: Schedule) -> None:
+    """Each epoch restarts every loader: one that does not shuffle and is cut short by the
+    schedule (``min_size``) gives the same first batches every epoch, and never the rest."""
+    if schedule.size_mode != "min_size":
+        return
+    lengths = {name: len(loader) for name, loader in loaders.items()}
+    shortest = min(lengths.values())
+    for name, loader in loaders.items():
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, torch.utils.data.SequentialSampler) and lengths[name] > shortest:
+            warnings.warn(
+                f"task {name!r}: its DataLoader does not shuffle, and the min_size schedule "
+                f"takes {shortest} of its {lengths[name]} batches per epoch: the same first "
+                "batches every epoch, the others never (shuffle=True, or max_size_cycle)",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 def _refuse_distributed_samplers(loaders: Mapping[str, Any]) -> None:
