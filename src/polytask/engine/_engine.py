@@ -170,6 +170,7 @@ class GradientEngine:
         self._learns_after_step = type(self.method).after_step is not Objective.after_step
         self._awaiting_after_step = False
         self._trainable: tuple[bool, ...] | None = None
+        self._parameters: list[nn.Parameter] | None = None
         self._objective_placed = False
         self._learned: list[Tensor] = []
         self._learned_start: list[Tensor] | None = None
@@ -587,7 +588,9 @@ class GradientEngine:
         """The shared and task-specific parameters and the heads' owners: once, and again
         when parameters were frozen or unfrozen since (fine-tuning)."""
         model = self.model
-        trainable = tuple(p.requires_grad for p in model.parameters())
+        if self._parameters is None:  # the list once: walking the modules each step costs
+            self._parameters = list(model.parameters())
+        trainable = tuple(p.requires_grad for p in self._parameters)
         if self._shared is not None and trainable == self._trainable:
             return
         self._trainable = trainable
