@@ -408,7 +408,10 @@ def consistency(
 ) -> Consistency:
     """``weight * sum over pairs of mean_rows(distance(f(out_a), g(out_b)))`` on a dict of
     outputs, as :class:`polytask.Consistency` (absolute or squared differences summed over the
-    columns; a pair may carry its own ``f`` and ``g``).
+    columns; a pair may carry its own ``f`` and ``g``). With ``from_logits=True`` an output of
+    one column is read through a sigmoid and one of several columns through a softmax (Keras
+    outputs carry no task kind): a multilabel or regression output of several columns needs
+    its own ``f`` / ``g`` instead.
 
     Examples
     --------
@@ -573,9 +576,11 @@ class MultiTaskModel(keras.Model):
     :class:`Uncertainty`); both are averaged over an epoch's examples, like ``loss``.
 
     ``sample_weight`` (in ``fit``, ``evaluate`` or ``compute_loss``): one array weights every
-    output's loss, a dict output name -> array weights the outputs it names; each output's loss
-    is then ``sum_i(w_i l_i) / n`` as in Keras. The terms and the combiner are not weighted by
-    example (terms need no labels and read every row).
+    output's loss, a dict output name -> array weights each output by its own array (``fit``
+    and ``evaluate`` need one for every output, as Keras's data handling asks; give ones for
+    an output you do not weigh; ``compute_loss`` leaves unnamed outputs unweighted); each
+    output's loss is then ``sum_i(w_i l_i) / n`` as in Keras. The terms and the combiner are
+    not weighted by example (terms need no labels and read every row).
     """
 
     def __init__(
