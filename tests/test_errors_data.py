@@ -87,3 +87,12 @@ def test_a_loader_that_does_not_shuffle_cut_short_by_min_size_is_warned_of():
     )
     with pytest.warns(UserWarning, match="task 'a': its DataLoader does not shuffle.* 2 of its 10"):
         trainer.fit(model, tasks, data, data)
+
+
+def test_bag_of_words_names_the_task_whose_labels_do_not_fit():
+    from polytask.data import bag_of_words
+
+    with pytest.raises(ValueError, match="task 'a': targets y have 2 rows, inputs x have 3"):
+        bag_of_words({"a": (["good film", "bad film", "fine"], [1, 0])})
+    with pytest.raises(TypeError, match="task 'a': targets y: got strings"):
+        bag_of_words({"a": (["good film", "bad film"], ["pos", "neg"])})

@@ -65,8 +65,10 @@ def bag_of_words(
 
     vectorizer = CountVectorizer(**vectorizer_options)
     vectorizer.fit([text for texts, _ in datasets.values() for text in texts])
-    data = {
-        task: TaskData(vectorizer.transform(list(texts)), np.asarray(labels))
-        for task, (texts, labels) in datasets.items()
-    }
+    data = {}
+    for task, (texts, labels) in datasets.items():
+        try:
+            data[task] = TaskData(vectorizer.transform(list(texts)), np.asarray(labels))
+        except (TypeError, ValueError) as error:  # the task the message is about
+            raise type(error)(f"task {task!r}: {error}") from None
     return data, vectorizer
