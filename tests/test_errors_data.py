@@ -96,3 +96,12 @@ def test_bag_of_words_names_the_task_whose_labels_do_not_fit():
         bag_of_words({"a": (["good film", "bad film", "fine"], [1, 0])})
     with pytest.raises(TypeError, match="task 'a': targets y: got strings"):
         bag_of_words({"a": (["good film", "bad film"], ["pos", "neg"])})
+
+
+def test_split_checks_its_seed_and_fractions():
+    data = pt.MultiTargetData(np.zeros((20, 2)), {"a": np.zeros(20)})
+    with pytest.raises(ValueError, match=r"shuffle_seed \(or None\) must be a non-negative"):
+        pt.split(data, shuffle_seed="abc")
+    with pytest.raises(ValueError, match="fractions must be 3 non-negative numbers summing to 1"):
+        pt.split(data, (float("nan"), 0.5, 0.5))
+    assert len(pt.split(data, (0.5, 0.25, 0.25), shuffle_seed=np.int64(3))[0]) == 10

@@ -7,6 +7,7 @@ from typing import overload
 
 import numpy as np
 
+from .._checks import as_int
 from ._multitarget import MultiTargetData
 from ._taskdata import TaskData
 
@@ -76,8 +77,12 @@ def split(
     >>> {task: (len(train[task]), len(stop[task]), len(test[task])) for task in per_task}
     {'a': (10, 5, 5), 'b': (20, 10, 10)}
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+    fractions = tuple(fractions)
+    if len(fractions) != 3 or not all(f >= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        # `not f >= 0` also catches NaN, which compares false both ways
         raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    if shuffle_seed is not None:
+        shuffle_seed = as_int(shuffle_seed, "shuffle_seed (or None)", 0)
     if isinstance(data, MultiTargetData):
         rows = _rows(len(data), fractions, shuffle_seed, None, "")
         train, stop, test = (data.subset(index) for index in rows)
