@@ -527,3 +527,55 @@ def test_tune_storage_that_is_no_database_url_is_refused_before_the_study(
     error = _one_line(capsys.readouterr().err)
     assert f"--storage '{storage}' is not a database URL SQLAlchemy can open" in error
     assert not out.exists()  # refused before the report folder was made
+
+
+def test_tune_storage_that_cannot_be_opened_is_refused_before_the_study(tmp_path, capsys):
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database")
+    out = tmp_path / "o"
+    base = ["tune", "hetero", "--n", "200", "--trials", "1", "--device", "cpu", "--quiet"]
+    for storage, reason in (
+        (f"sqlite:///{text}", "file is not a database"),
+        (f"sqlite:///{tmp_path}/missing/folder/study.db", "unable to open database file"),
+    ):
+        assert main([*base, "--storage", storage, "--out", str(out)]) == 2
+        error = _one_line(capsys.readouterr().err)
+        assert f"--storage '{storage}' cannot be opened as a database" in error
+        assert reason in error
+    assert not out.exists()
+    assert text.read_text() == "not a database"
+
+
+def test_tune_refuses_place_it_cannot_judge_before_the_study(tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["tune", "hetero", "--n", "200", "--tasks", "2", "--trials", "2", "--device", "cpu"]
+    assert main([*base, "--place", "nope", "--out", str(out), "--quiet"]) == 2
+    assert "unknown method 'nope'" in _one_line(capsys.readouterr().err)
+    bayes = [*base, "--method", "bayes", "--place", "mgda", "--out", str(out), "--quiet"]
+    assert main(bayes) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert "--place draws methods against the front of a grid search of 2 or 3 tasks" in error
+    assert not out.exists()
+
+
+def test_a_study_of_another_configuration_is_refused_and_pruning_is_reported(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path}/shared.db"
+    common = ["--n", "300", "--max-epochs", "2", "--tasks", "2", "--device", "cpu", "--quiet"]
+    study = ["--storage", storage, "--study", "S", "--resolution", "2", "--trials", "2"]
+    assert main(["tune", "hetero", *common, *study, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(["tune", "phase", *common, *study, "--out", str(tmp_path / "b")]) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert "study 'S' was made by another configuration (experiment: 'hetero' -> 'phase'" in error
+    # the same configuration resumes it: one more grid point, two kept
+    more = ["--storage", storage, "--study", "S", "--resolution", "2", "--trials", "3"]
+    assert main(["tune", "hetero", *common, *more, "--out", str(tmp_path / "c")]) == 0
+    assert "3 finished trials" in capsys.readouterr().out
+    # pruned points are counted in the report (the median rule starts after five trials)
+    pruning = ["--n", "600", "--max-epochs", "8", "--tasks", "2", "--device", "cpu", "--quiet"]
+    grid = ["--resolution", "10", "--trials", "11", "--out", str(tmp_path / "d")]
+    assert main(["tune", "hetero", *pruning, *grid]) == 0
+    report = (tmp_path / "d" / "report.md").read_text()
+    pruned = int(report.split(" pruned by the median rule")[0].rsplit(", ", 1)[1])
+    assert pruned >= 1
+    assert f"{11 - pruned} finished trials, {pruned} pruned" in report

@@ -46,6 +46,7 @@ from .experiments._replicate import CodeChangedError
 from .experiments._report import interval_text
 from .experiments._run_suite import write_suite_report
 from .experiments._tune import beyond_front, place_methods, plot_front, tune
+from .objectives import make_objective
 from .training import is_main_process
 
 PRECISION_CHOICES = ("32", "bf16-mixed", "16-mixed")  # Lightning's names, as Trainer takes
@@ -726,17 +727,39 @@ def _relatedness_section(frame: Any, folder: Path, metric: str, baseline: str) -
 
 
 def _check_storage(url: str) -> None:
-    """A storage URL SQLAlchemy can parse, of a database it has a driver for (Optuna's
-    storages are SQLAlchemy's), refused before the study starts."""
+    """A storage URL SQLAlchemy can parse, of a database it has a driver for and can open and
+    read (Optuna's storages are SQLAlchemy's), refused before the study starts."""
+    import sqlalchemy
     from sqlalchemy.engine import make_url
 
+    hint = "give one such as sqlite:///study.db or postgresql+psycopg2://user@host/db"
     try:
         make_url(url).get_dialect()
-    except Exception as error:  # an unparsable URL, or a dialect without a driver here
+        engine = sqlalchemy.create_engine(url)
+    except ModuleNotFoundError as error:  # the dialect's driver (psycopg...) is not installed
         raise ValueError(
-            f"--storage {url!r} is not a database URL SQLAlchemy can open ({error}); give one "
-            "such as sqlite:///study.db or postgresql://user@host/db"
+            f"--storage {url!r}: its database driver is not installed ({error}); for "
+            "PostgreSQL install the 'postgres' extra and write postgresql+psycopg2://..."
         ) from None
+    except Exception as error:  # an unparsable URL, or a dialect SQLAlchemy does not know
+        raise ValueError(
+            f"--storage {url!r} is not a database URL SQLAlchemy can open ({error}); {hint}"
+        ) from None
+    try:
+        sqlalchemy.inspect(engine).get_table_names()  # a text file is no SQLite database
+    except Exception as error:  # a folder that is not there, a file that is not a database
+        raise ValueError(
+            f"--storage {url!r} cannot be opened as a database "
+            f"({str(error).splitlines()[0]}); {hint}"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _pruned(study: Any) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -744,6 +767,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     experiment = _experiment(args)
     if args.storage is not None:
         _check_storage(args.storage)
+    for method in args.place or ():  # placed after the study: refuse an unknown name first
+        if method not in experiment.known_methods:
+            make_objective(method)
+    if args.place and not (args.method == "grid" and len(experiment.tasks()) in (2, 3)):
+        raise ValueError(
+            "--place draws methods against the front of a grid search of 2 or 3 tasks; this "
+            f"is a {args.method} search of {len(experiment.tasks())} tasks"
+        )
     out = _out(args, f"tune-{experiment.name}")
     storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     result = tune(
@@ -766,7 +797,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     lines = [
         f"# Task-weight search: {experiment.name} ({args.method}, seed {args.seed})",
         "",
-        f"Study `{result.study.study_name}` in `{storage}`: {len(frame)} finished trials.",
+        f"Study `{result.study.study_name}` in `{storage}`: {len(frame)} finished trials"
+        + (
+            f", {pruned} pruned by the median rule (their points are neither selected nor on "
+            "the front; --no-prune fits every point)."
+            if (pruned := _pruned(result.study))
+            else "."
+        ),
         f"Selected on the stop set ({args.combine} {experiment.metric} {result.stop_score:.4f}): "
         + ", ".join(f"{t}={w:.3g}" for t, w in result.weights.items()),
         "",

@@ -19,6 +19,7 @@ from ..evaluation import evaluate
 from ..evaluation._metrics import greater_is_better
 from ..objectives import make_objective
 from ..training import Callback
+from ._replicate import source_hash
 
 SearchMethod = Literal["grid", "bayes"]
 Combine = Literal["mean", "worst"]
@@ -146,6 +147,31 @@ def _create_schema(url: str, attempts: int = 5) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+def _check_identity(study: Any, identity: dict[str, Any]) -> None:
+    """Mark a new study with what made it; refuse one that another configuration (or other
+    code) made: its trials would be read as this search's, and Optuna keeps the direction it
+    was made with."""
+    made = study.user_attrs.get("polytask")
+    if made is None:
+        if study.get_trials(deepcopy=False):
+            raise ValueError(
+                f"study {study.study_name!r} holds trials that polytask tune did not record "
+                "with its configuration; give another --study name or --storage"
+            )
+        study.set_user_attr("polytask", identity)
+        return
+    differs = [
+        f"{key}: {made.get(key)!r} -> {value!r}"
+        for key, value in identity.items()
+        if made.get(key) != value
+    ]
+    if differs:
+        raise ValueError(
+            f"study {study.study_name!r} was made by another configuration ({'; '.join(differs)}); "
+            "give another --study name or --storage"
+        )
+
+
 def tune(
     experiment: Any,
     method: SearchMethod = "grid",
@@ -224,6 +250,19 @@ def tune(
         study_name=name,
         direction="maximize" if greater else "minimize",
         load_if_exists=True,
+    )
+    _check_identity(
+        study,
+        {
+            "experiment": experiment.name,
+            "configuration": experiment.config_hash(),
+            "search": search,
+            "combine": combine,
+            "seed": seed,
+            "direction": "maximize" if greater else "minimize",
+            "tasks": tasks,
+            "polytask_source": source_hash(),
+        },
     )
     if method == "bayes":
         # A resumed study must continue the search: a sampler seeded as at the start would
