@@ -241,7 +241,9 @@ def tune(
     name = study_name or (
         f"{experiment.name}-{search}-{combine}-{experiment.config_hash()}-seed{seed}"
     )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # errors only: a trial stopped because others took the budget (_SurplusTrial, caught and
+    # recorded as failed) is the study's own bookkeeping, not a warning with a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     store = _storage(storage, heartbeat) if storage else None
     study = optuna.create_study(
         storage=store,
