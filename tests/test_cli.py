@@ -566,7 +566,7 @@ def test_a_study_of_another_configuration_is_refused_and_pruning_is_reported(tmp
     capsys.readouterr()
     assert main(["tune", "phase", *common, *study, "--out", str(tmp_path / "b")]) == 2
     error = _one_line(capsys.readouterr().err)
-    assert "study 'S' was made by another configuration (experiment: 'hetero' -> 'phase'" in error
+    assert "study 'S' was made by another configuration (experiment: hetero -> phase" in error
     # the same configuration resumes it: one more grid point, two kept
     more = ["--storage", storage, "--study", "S", "--resolution", "2", "--trials", "3"]
     assert main(["tune", "hetero", *common, *more, "--out", str(tmp_path / "c")]) == 0

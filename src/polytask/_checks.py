@@ -4,6 +4,8 @@ same everywhere."""
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,3 +40,19 @@ def as_int(value: object, what: str, minimum: int = 1) -> int:
         )
         raise ValueError(f"{what} must be {expected}, got {value!r}")
     return number
+
+
+def differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
+    """``"key: theirs -> ours"`` for each key of ``ours`` whose value ``theirs`` does not hold
+    (a checkpoint's or a study's fingerprint against this run's), for the refusal's message.
+
+    Examples
+    --------
+    >>> differences({"seed": 0, "lr": 0.1}, {"seed": 1, "lr": 0.1})
+    ['seed: 0 -> 1']
+    """
+    return [
+        f"{key}: {theirs.get(key, '-')} -> {value}"
+        for key, value in ours.items()
+        if theirs.get(key) != value
+    ]

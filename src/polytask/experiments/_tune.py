@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from .._checks import differences
 from ..evaluation import evaluate
 from ..evaluation._metrics import greater_is_better
 from ..objectives import make_objective
@@ -160,11 +161,7 @@ def _check_identity(study: Any, identity: dict[str, Any]) -> None:
             )
         study.set_user_attr("polytask", identity)
         return
-    differs = [
-        f"{key}: {made.get(key)!r} -> {value!r}"
-        for key, value in identity.items()
-        if made.get(key) != value
-    ]
+    differs = differences(made, identity)
     if differs:
         raise ValueError(
             f"study {study.study_name!r} was made by another configuration ({'; '.join(differs)}); "

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from .._checks import as_int
+from .._checks import as_int, differences
 from .._device import parse_device, resolve_device
 from ..data import MultiTargetData, Schedule, TaskData
 from ..engine import GradientEngine
@@ -152,11 +152,7 @@ def _optimizer_settings(optimizer: torch.optim.Optimizer) -> str:
 
 def _refuse_another_configuration(path: Any, theirs: Mapping[str, Any], ours: Mapping[str, Any]):
     """Refuse a checkpoint whose fingerprint differs from this fit's, naming what differs."""
-    differs = [
-        f"{key}: {theirs.get(key, '-')} -> {value}"
-        for key, value in ours.items()
-        if theirs.get(key) != value
-    ]
+    differs = differences(theirs, ours)
     if differs:
         raise ValueError(
             f"the checkpoint {path} is from another configuration; "
