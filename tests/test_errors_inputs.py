@@ -15,22 +15,24 @@ Y = X[:, 0]
 
 
 # -- Task: metric names are checked against the registry and the task's kind -------------------
-def test_a_classification_metric_on_a_regression_task_is_refused():
-    with pytest.raises(
-        ValueError,
-        match=r"task 'a': the metric 'accuracy' does not apply to a regression task; "
-        r"a regression task takes \['mse', 'mae'\]",
-    ):
-        pt.Task("a", metrics=("accuracy",))
-
-
-def test_an_unknown_metric_is_refused_listing_the_known_ones():
-    with pytest.raises(
-        ValueError,
-        match=r"task 'a': unknown metric 'rmse'; known metrics: "
-        r"\['accuracy', 'auc', 'f1', 'macro_f1', 'mae', 'mse'\]",
-    ):
-        pt.Task("a", metrics=("rmse",))
+@pytest.mark.parametrize(
+    ("metric", "message"),
+    [
+        (  # a classification metric on a regression task
+            "accuracy",
+            r"task 'a': the metric 'accuracy' does not apply to a regression task; "
+            r"a regression task takes \['mse', 'mae'\]",
+        ),
+        (  # an unknown metric, listing the known ones
+            "rmse",
+            r"task 'a': unknown metric 'rmse'; known metrics: "
+            r"\['accuracy', 'auc', 'f1', 'macro_f1', 'mae', 'mse'\]",
+        ),
+    ],
+)
+def test_a_metric_a_regression_task_cannot_take_is_refused(metric, message):
+    with pytest.raises(ValueError, match=message):
+        pt.Task("a", metrics=(metric,))
 
 
 @pytest.mark.parametrize(

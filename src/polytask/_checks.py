@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 
@@ -56,3 +57,28 @@ def differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]
         for key, value in ours.items()
         if theirs.get(key) != value
     ]
+
+
+def check_finite(x: torch.Tensor | sp.spmatrix, where: str) -> None:
+    """Refuse NaN or inf in inputs ``x`` (a dense tensor, or a scipy sparse matrix whose stored
+    values are read), naming ``where`` and the first row that holds one.
+
+    Examples
+    --------
+    >>> check_finite(torch.tensor([[0.0], [float("nan")]]), "inputs x")
+    Traceback (most recent call last):
+    ...
+    ValueError: inputs x: non-finite value (NaN or inf) at row 1
+    """
+    if sp.issparse(x):
+        csr = sp.csr_matrix(x)  # shares the arrays of a CSR matrix
+        finite = np.isfinite(csr.data)
+        if finite.all():
+            return
+        row = int(np.searchsorted(csr.indptr, np.argmin(finite), side="right")) - 1
+    else:
+        finite = torch.isfinite(x)
+        if bool(finite.all()):
+            return
+        row = int((~finite).reshape(len(x), -1).any(1).nonzero()[0, 0])
+    raise ValueError(f"{where}: non-finite value (NaN or inf) at row {row}")

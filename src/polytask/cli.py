@@ -741,13 +741,13 @@ def _check_storage(url: str) -> None:
             f"--storage {url!r}: its database driver is not installed ({error}); for "
             "PostgreSQL install the 'postgres' extra and write postgresql+psycopg2://..."
         ) from None
-    except Exception as error:  # an unparsable URL, or a dialect SQLAlchemy does not know
+    except sqlalchemy.exc.ArgumentError as error:  # unparsable, or a dialect it does not know
         raise ValueError(
             f"--storage {url!r} is not a database URL SQLAlchemy can open ({error}); {hint}"
         ) from None
     try:
         sqlalchemy.inspect(engine).get_table_names()  # a text file is no SQLite database
-    except Exception as error:  # a folder that is not there, a file that is not a database
+    except sqlalchemy.exc.SQLAlchemyError as error:  # no such folder, or not a database
         raise ValueError(
             f"--storage {url!r} cannot be opened as a database "
             f"({str(error).splitlines()[0]}); {hint}"

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._checks import as_int
+from .._checks import as_int, check_finite
 from .._device import resolve_device
 from ..data import MultiTargetData, TaskData, csr_batch
 from ..models import MultiTaskModel
@@ -151,12 +151,8 @@ def _check_inputs(
     """``x`` as the model reads it (a tensor of ``dtype``, at least 2-D, or a CSR matrix),
     refused when it is not an array or holds NaN or inf (one pass over its values)."""
     if sp.issparse(x):
-        x = sp.csr_matrix(x)  # shares the arrays of a CSR matrix
-        finite = np.isfinite(x.data)
-        if not finite.all():
-            bad = int(np.searchsorted(x.indptr, np.argmin(finite), side="right")) - 1
-            raise ValueError(f"{where}: non-finite value (NaN or inf) at row {bad}")
-        return x
+        check_finite(x, where)
+        return sp.csr_matrix(x)  # shares the arrays of a CSR matrix
     expected = "the inputs (a numpy array, torch tensor or scipy CSR matrix)"
     if isinstance(x, MultiTargetData | TaskData | Mapping):
         raise TypeError(
@@ -173,10 +169,7 @@ def _check_inputs(
         raise ValueError(f"{where}: got a scalar; expected shape (n, features)")
     if x.ndim == 1:
         x = x[:, None]
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).reshape(len(x), -1).any(1).nonzero()[0, 0])
-        raise ValueError(f"{where}: non-finite value (NaN or inf) at row {bad}")
+    check_finite(x, where)
     return x
 
 

@@ -9,7 +9,6 @@ row of a batch, labelled or not.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 
 from ..tasks import Task
 from ._base import Objective
+from ._loss_level import _plain, check_option
 from ._mapping import check_mapping
 
 Distance = Literal["absolute", "squared"] | Callable[[Tensor, Tensor], Tensor]
@@ -46,10 +46,8 @@ def class_probabilities(task: Task, raw: Tensor) -> Tensor:
 
 
 def _check_weight(owner: str, weight: float) -> float:
-    weight = float(weight)
-    if not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"{owner}: weight must be finite and non-negative, got {weight}")
-    return weight
+    check_option(owner, "weight", _plain(weight))
+    return float(weight)
 
 
 def _known(owner: str, tasks: Mapping[str, Task], name: str) -> Task:

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from .._checks import check_finite
 from ..data import Schedule, csr_batch
 from ..data._loaders import LoaderLike, LoaderPass, as_loaders, mixed_steps
 from ..tasks import Task
@@ -137,8 +138,7 @@ class LoaderSource:
         ``sparse_input`` is off."""
         if sp.issparse(x):
             rows = sp.csr_matrix(x, dtype=self._numpy_dtype)
-            if not np.isfinite(rows.data).all():
-                raise ValueError(f"inputs x of {where}: non-finite value in the sparse matrix")
+            check_finite(rows, f"inputs x of {where}")
             return csr_batch(rows, sparse_tensor=self.sparse_input)
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(np.ascontiguousarray(x))
@@ -161,10 +161,7 @@ class LoaderSource:
             raise ValueError(f"inputs x of {where}: got a scalar; expected shape (n, features)")
         x = x[:, None] if x.ndim == 1 else x
         x = x if x.dtype == self.dtype else x.to(self.dtype)
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            row = int((~finite).nonzero()[0, 0])
-            raise ValueError(f"inputs x of {where}: non-finite value (NaN or inf) at row {row}")
+        check_finite(x, f"inputs x of {where}")
         return x
 
     def _convert(

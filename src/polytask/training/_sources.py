@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_finite
 from ..data import MultiTargetData, Schedule, TaskData, csr_batch
 from ..tasks import Task
 
@@ -34,12 +35,10 @@ class SharedBatch:
     positions: tuple[int, ...] | None  # tasks with at least one label; None = all
     counts: list[int]  # labelled rows per present task (of the whole step when sharded)
     share: float = 1.0  # this process's fraction of the step's rows (data-parallel fits)
-    shares: tuple[float, ...] | None = None
-    """Sharded data with missing labels: per present task, this process's fraction of the
-    step's labelled rows (then ``share`` is not used for the losses)."""
     local_counts: tuple[int, ...] | None = None
     """Sharded data with missing labels: per present task, this process's labelled rows (0: the
-    task's loss here is a zero that weighs nothing; other processes hold its labels)."""
+    task's loss here is a zero that weighs nothing; other processes hold its labels). The
+    losses are then weighed by ``local_counts / counts``, not by ``share``."""
 
 
 @dataclass
@@ -112,13 +111,6 @@ def _partial(
     return partial
 
 
-def _check_inputs(x: Tensor, where: str) -> None:
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0, 0])
-        raise ValueError(f"inputs x of {where}: non-finite value (NaN or inf) at row {row}")
-
-
 def _on(target: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     """A prepared target on the device; real-valued targets in the model's dtype (class
     indices stay integers)."""
@@ -138,7 +130,7 @@ class SharedSource:
     ) -> None:
         if len(data) == 0:
             raise ValueError(f"the {split} split is empty")
-        _check_inputs(data.x, f"the {split} split")
+        check_finite(data.x, f"inputs x of the {split} split")
         self.split, self.tasks = split, tuple(tasks)
         self.x = data.x.to(device, dtype=dtype)  # the model's floating dtype
         self.n_features = tuple(data.x.shape[1:])
@@ -243,7 +235,6 @@ class SharedSource:
             tuple(positions),
             counts,
             share,
-            tuple(c / n for c, n in zip(local, counts, strict=True)),
             tuple(local),
         )
 
@@ -303,10 +294,7 @@ class PerTaskSource:
             where = f"task {task.name!r}, {split} split"
             if len(part) == 0:
                 raise ValueError(f"{where}: the split is empty")
-            if not part.sparse:
-                _check_inputs(part.x, f"{where}")
-            elif not np.isfinite(part.x.data).all():
-                raise ValueError(f"inputs x of {where}: non-finite value in the sparse matrix")
+            check_finite(part.x, f"inputs x of {where}")
             widths.add(part.n_features)
             mask = None if part.mask is None else torch.from_numpy(part.mask)
             target, known = task.prepare(part.y, f"{split} data of the task", mask)

@@ -519,11 +519,14 @@ class _Parallel:
         """What this process's task losses are multiplied by so that the global loss is their
         mean over the processes: ``W`` times its share of each task's rows (None when 1)."""
         world = self.shard.world
-        if isinstance(batch, SharedBatch) and batch.shares is None:
+        if isinstance(batch, SharedBatch) and batch.local_counts is None:
             factor = world * batch.share
             return None if abs(factor - 1.0) < 1e-12 else factor
         # per task: its share of the rows, or with missing labels of the step's labels
-        shares = batch.shares if isinstance(batch, SharedBatch) else [p.share for p in batch.parts]
+        if isinstance(batch, SharedBatch):
+            shares = [c / n for c, n in zip(batch.local_counts, batch.counts, strict=True)]
+        else:
+            shares = [p.share for p in batch.parts]
         factors = tuple(world * share for share in shares)
         if all(abs(f - 1.0) < 1e-12 for f in factors):
             return None
