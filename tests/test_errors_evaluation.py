@@ -149,7 +149,9 @@ def test_batch_size_must_be_a_positive_int(batch_size):
 def test_valid_calls_still_run():
     out = pt.predict(_model(), TASKS, _x(), batch_size=np.int64(7))
     assert out["a"].shape == (60,)
-    np.testing.assert_allclose(out["a"], pt.predict(_model(), TASKS, _x())["a"], rtol=1e-6)
+    # float32 products blocked by 7 rows or by 60 differ in the last bits
+    whole = pt.predict(_model(), TASKS, _x())["a"]
+    np.testing.assert_allclose(out["a"], whole, rtol=1e-5, atol=1e-6)
     assert set(pt.evaluate(_model(), tuple(TASKS), _data())["a"]) == {"mse", "mae"}
 
 
