@@ -365,6 +365,20 @@ def test_dselect_k_weights_sum_to_at_most_one_without_a_power_of_two():
     assert model.regularization(torch.randn(8, 3)).item() >= 8 * 2  # 1/mass >= 1 per selector
 
 
+def test_a_static_dselect_gate_counts_its_regularisers_once_per_batch():
+    """The static gate's selectors are the same for every row: its penalty is the authors' (one
+    count), whatever the batch size; a per-example gate's sums over its rows."""
+    static = DSelectK(3, ["a"], n_experts=5, k=2, per_example=False, entropy_reg=0.1, seed=0)
+    one, many = (static.regularization(torch.randn(n, 3)).item() for n in (1, 256))
+    assert one == pytest.approx(many, rel=1e-6)
+    routed = DSelectK(3, ["a"], n_experts=5, k=2, per_example=True, entropy_reg=0.1, seed=0)
+    x = torch.randn(64, 3)
+    rows = sum(routed.regularization(x[i : i + 1]).item() for i in range(64))
+    assert routed.regularization(x).item() == pytest.approx(rows, rel=1e-4)
+    # a data-parallel fit adds the processes' row sums, and counts a static penalty once
+    assert routed.regularization_sums_rows and not static.regularization_sums_rows
+
+
 def test_smooth_step_is_binary_outside_its_cubic_region():
     gamma = 2.0
     t = torch.tensor([-5.0, -1.0, -0.5, 0.0, 0.5, 1.0, 5.0])

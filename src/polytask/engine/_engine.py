@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .._features import TaskFeatures
-from .._graph import nearest_parameters, reached_from
+from .._graph import nearest_parameters, reached_from, reached_parameters
 from ..models import MultiTaskModule, UserModel, has_representation, splits_per_task
 from ..objectives import (
     GradientObjective,
@@ -178,6 +178,7 @@ class GradientEngine:
         self.parallel_mode = "none"
         self._ddp_reduces = False
         self._plain_features = False
+        self._feeding: tuple[tuple[bool, ...], bool] | None = None
 
     # --- data parallelism -------------------------------------------------------------------
     def distribute(self, reducer: Reducer, mode: str) -> None:
@@ -307,9 +308,29 @@ class GradientEngine:
             and self.method.path != "naive"
             and not self._plain_features
             and splits_per_task(self.model)
+            and self._shared_feed(z)
         ):
             return TaskFeatures(z, self.task_names)
         return z
+
+    def _shared_feed(self, z: Tensor) -> bool:
+        """Whether every shared parameter feeds the features ``z``. A shared layer past them (one
+        that two tasks' heads read) gets its gradient only through the heads' graph, which
+        per-task leaves of ``z`` would hold apart from the trunk's: the step then reads ``z``
+        itself (the exact path takes the Jacobian from the losses, the representation path
+        the features' gradients by a batched product). Read once per set of trainable
+        parameters."""
+        if self._parameters is None:
+            self._parameters = list(self.model.parameters())
+        trainable = tuple(p.requires_grad for p in self._parameters)
+        if self._feeding is None or self._feeding[0] != trainable:
+            declared = self._given_shared
+            if declared is None:
+                declared = self.model.shared_parameters()
+            reached = reached_parameters(z)
+            past = [p for p in declared if p.requires_grad and id(p) not in reached]
+            self._feeding = (trainable, not past)
+        return self._feeding[1]
 
     def forward(self, x: Any, task: str | None = None) -> dict[str, Tensor] | Tensor:
         """The model's outputs for ``x`` (all tasks, or ``task``'s), computed so that the next

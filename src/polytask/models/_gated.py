@@ -965,10 +965,12 @@ class DSelectGate(nn.Module):
 
     def penalty(self, x: Tensor, entropy_reg: float) -> Tensor:
         """The paper's regularisers for the batch ``x``: ``entropy_reg`` times the entropy of
-        every selector (summed over the rows, as the authors' code), and, when ``n`` is not a
-        power of 2, ``sum 1 / (weight on the existing experts)`` so that no selector settles
-        on a code without an expert."""
-        r, _ = self.selectors(x)
+        every selector, and, when ``n`` is not a power of 2, ``sum 1 / (weight on the existing
+        experts)`` so that no selector settles on a code without an expert. As the authors'
+        code: a per-example gate sums them over the rows; a static gate, whose selectors are
+        the same for every row, counts them once (not once per row, which would weigh them
+        by the batch size)."""
+        r, _ = self.selectors(x if self.per_example else x[:1])
         total = -entropy_reg * (r * torch.log(r + 1e-6)).sum()
         if not self.power_of_2:
             total = total + (1.0 / r.sum(dim=-1)).sum()
@@ -1070,6 +1072,7 @@ class DSelectK(_Routed):
             )
         self.in_features, self.n_experts, self.width = in_features, n_experts, width
         self.k, self.gamma, self.entropy_reg = k, gamma, entropy_reg
+        self.per_example = per_example
         self.experts = experts
         self.gates = nn.ModuleDict(
             {
@@ -1091,9 +1094,12 @@ class DSelectK(_Routed):
         is a power of 2; see the class docstring)."""
         return {t: self.gates[t](x) for t in self.task_names}
 
-    regularization_sums_rows = True
-    """:meth:`regularization` sums over the rows of ``x`` (as the authors' code): a
-    data-parallel fit adds the processes' sums instead of averaging them."""
+    @property
+    def regularization_sums_rows(self) -> bool:
+        """Whether :meth:`regularization` sums over the rows of ``x`` (per-example gates, as
+        the authors' code): a data-parallel fit then adds the processes' sums instead of
+        averaging them. A static gate's counts once, like a term of the parameters alone."""
+        return self.per_example
 
     def regularization(self, x: Tensor) -> Tensor:
         """The paper's regularisers of every task's gate on the batch ``x``; add it to the

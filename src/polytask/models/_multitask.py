@@ -154,8 +154,22 @@ class MultiTaskModel(nn.Module):
         return self.heads_forward(self.trunk(x), task)
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """The trunk's parameters (those every task's gradient reaches)."""
-        return list(self.trunk.parameters())
+        """The trunk's parameters (those every task's gradient reaches), and those of a module
+        given to two heads or more (shared by those tasks, past the trunk)."""
+        shared = list(self.trunk.parameters())
+        if isinstance(self.heads, ColumnHeads):  # its rows belong to the tasks
+            return shared
+        seen = {id(p) for p in shared}
+        heads_of: dict[int, int] = {}
+        for head in self.heads.values():
+            for p in head.parameters():
+                heads_of[id(p)] = heads_of.get(id(p), 0) + 1
+        for head in self.heads.values():
+            for p in head.parameters():
+                if heads_of[id(p)] > 1 and id(p) not in seen:
+                    seen.add(id(p))
+                    shared.append(p)
+        return shared
 
     @property
     def splits_per_task(self) -> bool:

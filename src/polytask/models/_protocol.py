@@ -25,7 +25,8 @@ part once or inferring it from the autograd graph.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -68,6 +69,18 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 def splits_per_task(model: nn.Module) -> bool:
     """Whether the heads of ``model`` can read one copy of the representation per task."""
     return has_representation(model) and bool(getattr(model, "splits_per_task", False))
+
+
+@contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the block, every submodule's own mode restored after."""
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for sub, training in modes:
+            sub.training = training
 
 
 class _Captured(Exception):  # a control-flow signal, not an error
@@ -266,16 +279,25 @@ class UserModel(nn.Module):
         try:
             self._all_first(x)
         except _Captured as captured:
-            self._inputs = (captured.z, x)
-            if not self._feature_parameters_read and captured.z.requires_grad:
-                self._read_feature_parameters(captured.z)
-            return captured.z
+            z = captured.z
+        else:
+            raise RuntimeError(
+                f"{type(self.module).__name__}'s forward never called its shared submodule "
+                f"{self._trunk_name!r}"
+            )
         finally:
             del trunk.forward
-        raise RuntimeError(
-            f"{type(self.module).__name__}'s forward never called its shared submodule "
-            f"{self._trunk_name!r}"
-        )
+        self._inputs = (z, x)
+        if not self._feature_parameters_read and z.requires_grad:
+            if self._owners is None:
+                # what the tasks share past the submodule (a layer two tasks' heads read) is
+                # shared too: read it now, so that the shared parameters do not depend on
+                # whether the module was called before (one more forward, once, in eval mode:
+                # no batch-norm statistics or dropout draws are spent on it)
+                with _evaluating(self.module):
+                    self._read_graph(self._all(x))
+            self._read_feature_parameters(z)
+        return z
 
     def _read_feature_parameters(self, z: Tensor) -> None:
         """Everything the representation depends on is shared (layers the module applies
