@@ -41,6 +41,9 @@ WORKER = textwrap.dedent(
         ("mgda@repr", "mgda@repr", 21, "shared"),
         ("pcgrad", "pcgrad", 13, "shared"),
         ("upgrad@repr per task", "upgrad@repr", 10, "per_task"),
+        # Nash-MTL weighs the heads apart from the clipped shared update: two backward passes
+        ("nashmtl@repr", "nashmtl@repr", 16, "shared"),
+        ("nashmtl@repr per task", "nashmtl@repr", 10, "per_task"),
         ("pcgrad per task", "pcgrad", 10, "per_task"),
         ("dbmtl", "dbmtl", 16, "shared"),  # reads the whole Jacobian: all-reduced
         ("upgrad@repr bf16-mixed", "upgrad@repr", 16, "shared"),

@@ -509,7 +509,7 @@ class GradientEngine:
         gradient makes the scaler skip the optimizer step (and lower the scale). The step
         reports the last finite weights (uniform at first)."""
         if self._ddp_reduces:  # DDP waits for one backward pass: give it a zero one
-            view._send(torch.zeros(len(vector), dtype=vector.dtype, device=vector.device))
+            view._send(torch.zeros(len(vector), dtype=vector.dtype, device=vector.device), None)
         for param in self.model.parameters():
             if param.requires_grad:
                 param.grad = torch.full_like(param, float("inf"))

@@ -171,7 +171,7 @@ class _Gradients:
             self._check_finite(gram)
         return gram
 
-    def _apply_sharded(self, weights: Tensor) -> None:
+    def _apply_sharded(self, weights: Tensor, heads: Tensor) -> None:
         """The shared update from the column shards: each process's ``P / W`` entries of
         ``sum_t w_t J_t``, all-gathered."""
         combined = weights.to(self._shard.dtype)
@@ -184,16 +184,26 @@ class _Gradients:
             accumulate(param, update[start : start + n].view_as(param).to(param.dtype))
             start += n
         self.global_shared = True
-        self.apply_heads(weights)
+        self.apply_heads(heads)
 
-    def apply(self, weights: Tensor) -> None:
+    def apply(self, weights: Tensor, heads: Tensor | None = None) -> None:
         if self._shard is not None:
-            self._apply_sharded(weights)
+            self._apply_sharded(weights, weights if heads is None else heads)
         elif self._jacobian is not None:  # the exact update from the Jacobian at hand
             self.apply_shared(self._jacobian, weights)
-            self.apply_heads(weights)
+            self.apply_heads(weights if heads is None else heads)
         else:
-            self._send(weights)
+            self._send(weights, heads)
+
+    def _send_from_losses(self, weights: Tensor, heads: Tensor | None) -> None:
+        """``sum_t w_t value_t`` backward through every parameter, or, with other weights
+        for the heads, through the shared ones and then the heads."""
+        if heads is None or not self.specific:
+            (weights * self.values).sum().backward()
+            return
+        total = (weights * self.values).sum()
+        torch.autograd.backward(total, inputs=self.shared, retain_graph=True)
+        self.apply_heads(heads)
 
     def jacobian(self) -> list[Tensor]:
         """The task Jacobian on the shared parameters, computed once per step (all-reduced and
@@ -206,9 +216,11 @@ class _Gradients:
         raise NotImplementedError
 
     def apply_heads(self, weights: Tensor | None) -> None:
-        raise NotImplementedError
+        if self.specific:  # a short backward from the losses that stops at the heads
+            total = self.values.sum() if weights is None else (weights * self.values).sum()
+            torch.autograd.backward(total, inputs=self.specific, retain_graph=True)
 
-    def _send(self, weights: Tensor) -> None:
+    def _send(self, weights: Tensor, heads: Tensor | None) -> None:
         raise NotImplementedError
 
 
@@ -227,13 +239,8 @@ class LossGradients(_Gradients):
         blocks = task_jacobian(self.values, self._last_layer(), "naive" if self.naive else "exact")
         return gramian(self._finish(blocks)).diagonal().clamp_min(0).sqrt()
 
-    def apply_heads(self, weights: Tensor | None) -> None:
-        if self.specific:  # a short backward that stops at the heads
-            total = self.values.sum() if weights is None else (weights * self.values).sum()
-            torch.autograd.backward(total, inputs=self.specific, retain_graph=True)
-
-    def _send(self, weights: Tensor) -> None:
-        (weights * self.values).sum().backward()
+    def _send(self, weights: Tensor, heads: Tensor | None) -> None:
+        self._send_from_losses(weights, heads)
 
 
 class FeatureGradients(_Gradients):
@@ -270,8 +277,8 @@ class FeatureGradients(_Gradients):
                     gram[s, t] = gram[t, s] = (grads[s] * grads[t]).sum()
         return self._reduced_gramian(gram)
 
-    def _send(self, weights: Tensor) -> None:
-        (weights * self.values).sum().backward()
+    def _send(self, weights: Tensor, heads: Tensor | None) -> None:
+        self._send_from_losses(weights, heads)
 
     def jacobian(self) -> list[Tensor]:
         raise TypeError("the representation path has no Jacobian on the shared parameters")
@@ -395,12 +402,13 @@ class LeafGradients(_Gradients):
         elif self.specific:  # a head serves several tasks: a short weighted pass
             torch.autograd.backward((weights * self.values).sum(), inputs=self.specific)
 
-    def _send(self, weights: Tensor) -> None:
+    def _send(self, weights: Tensor, heads: Tensor | None) -> None:
         """``sum_t w_t dL_t/dz`` through the trunk in one ordinary backward, then the heads."""
+        heads = weights if heads is None else heads
         if self._delta is not None:  # closed form: (Delta w) W
             seed = closed_seed(self._delta, self._heads, weights).to(self._delta.dtype)
             torch.autograd.backward(self.features.z, seed, inputs=self.shared)
-            self.apply_heads(weights)
+            self.apply_heads(heads)
             return
         jz = self._leaf_pass()
         if jz.dtype == weights.dtype:
@@ -408,4 +416,4 @@ class LeafGradients(_Gradients):
         else:  # autocast features: combine in the weights' precision, send in the features'
             seed = torch.tensordot(weights, jz.to(weights.dtype), dims=1).to(jz.dtype)
         torch.autograd.backward(self.features.z, seed, inputs=self.shared)
-        self.apply_heads(weights)
+        self.apply_heads(heads)

@@ -43,8 +43,10 @@ class TaskGradients(Protocol):
         """Each task's gradient norm on the last shared layer, shape ``(k,)``."""
         ...
 
-    def apply(self, weights: Tensor) -> None:
-        """Accumulate ``sum_t weights[t] * grad value_t`` into every parameter's ``.grad``."""
+    def apply(self, weights: Tensor, heads: Tensor | None = None) -> None:
+        """Accumulate ``sum_t weights[t] * grad value_t`` into every parameter's ``.grad``;
+        with ``heads``, each task's own parameters take ``heads[t]`` instead (Nash-MTL clips
+        the shared update only)."""
         ...
 
     def apply_shared(self, blocks: Sequence[Tensor], weights: Tensor) -> None:

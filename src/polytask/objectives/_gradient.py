@@ -515,12 +515,15 @@ class FairGrad(_Solved, _Weighted):
 class NashMTL(_Solved, GradientObjective):
     """Nash-MTL (Navon et al., ICML 2022, "Multi-Task Learning as a Bargaining Game"): the Nash
     bargaining solution, the positive ``a`` with ``(G a)_t a_t = 1`` for every task (i.e.
-    ``G a = 1 / a``), scaled down so that the update's norm ``sqrt(a^T G a)`` is at most
-    ``max_norm`` (0: no clipping). As in the authors' code and torchjd, ``a`` solves the
-    condition on ``G`` itself (their normalisation of ``G`` cancels out), so with exact solves
-    ``a^T G a = T`` and the default ``max_norm=1`` scales ``a`` by ``1 / sqrt(T)``. The weights
-    are recomputed every ``update_weights_every`` steps (the last ``a`` is reused in between,
-    clipped on the step's ``G``).
+    ``G a = 1 / a``). As in the authors' code, the losses are weighted by ``a`` (the heads'
+    gradients and the step's value) and the shared parameters' update ``sum_t a_t g_t`` is
+    scaled down so that its norm ``sqrt(a^T G a)`` is at most ``max_norm`` (0: no clipping);
+    :meth:`weights_from_gramian` gives those clipped weights (torchjd's). As in the authors'
+    code and torchjd, ``a`` solves the condition on ``G`` itself (their normalisation of ``G``
+    cancels out), so with exact solves ``a^T G a = T`` and the default ``max_norm=1`` scales
+    the shared update by ``1 / sqrt(T)``. The weights are recomputed every
+    ``update_weights_every`` steps (the last ``a`` is reused in between, clipped on the step's
+    ``G``).
 
     ``solver="torch"`` (default) solves ``G a = 1 / a`` by Newton's method on the Gramian's
     device (:func:`~polytask.objectives._solvers.fair_solve` with power 1: the minimiser of the
@@ -579,32 +582,52 @@ class NashMTL(_Solved, GradientObjective):
         self._init_solver(solver)
 
     def make_weighting(self, n_tasks: int) -> Callable[[Tensor], Tensor] | None:
-        if self.solver == "reference":
-            return aggregation.NashMTL(n_tasks=n_tasks, **self.options).weighting
+        if self.solver == "reference":  # unclipped: the clipping is this class's, for both
+            options = {**self.options, "max_norm": 0.0}
+            return aggregation.NashMTL(n_tasks=n_tasks, **options).weighting
         return None
 
     def weights_from_gramian(self, gram: Tensor) -> Tensor:
-        if self.solver == "reference":
-            values, vectors = torch.linalg.eigh(gram.double())
-            factor = vectors * values.clamp_min(0).sqrt()
-            return self.weighting(factor.to(gram.dtype))
-        g = gram.detach().to(solver_dtype(gram.dtype))
-        update = self._calls % self.options["update_weights_every"] == 0
-        self._calls += 1
-        if update:
-            start = self._read("start", g, 1.0)
-            alpha, scaled, converged = fair_solve(g, 1.0, start, self.max_iter, self.tol)
-            self._read("alpha", g, 1.0)
-            self._write("start", scaled)
-            self._write("alpha", alpha)
-            self._count(converged)
-        else:
-            alpha = self._read("alpha", g, 1.0)
+        """The solution ``a``, scaled down so that ``sqrt(a^T G a) <= max_norm`` (the shared
+        parameters' update; :meth:`step` gives the heads ``a`` itself)."""
+        alpha = self._solve(gram)
+        g = gram.detach().to(alpha.dtype)
         max_norm = self.options["max_norm"]
         if max_norm > 0:
             norm = (alpha @ g @ alpha).clamp_min(0).sqrt()
             alpha = torch.where(norm > max_norm, alpha * (max_norm / norm), alpha)
         return alpha.to(gram.dtype)
+
+    def _solve(self, gram: Tensor) -> Tensor:
+        """The bargaining solution ``a`` (unclipped), kept for :meth:`step`."""
+        if self.solver == "reference":
+            values, vectors = torch.linalg.eigh(gram.double())
+            factor = vectors * values.clamp_min(0).sqrt()
+            alpha = self.weighting(factor.to(gram.dtype))
+        else:
+            g = gram.detach().to(solver_dtype(gram.dtype))
+            update = self._calls % self.options["update_weights_every"] == 0
+            self._calls += 1
+            if update:
+                start = self._read("start", g, 1.0)
+                alpha, scaled, converged = fair_solve(g, 1.0, start, self.max_iter, self.tol)
+                self._read("alpha", g, 1.0)
+                self._write("start", scaled)
+                self._write("alpha", alpha)
+                self._count(converged)
+            else:
+                alpha = self._read("alpha", g, 1.0)
+        self._solution = alpha
+        return alpha
+
+    def step(self, losses: Tensor, positions: Positions, grads: TaskGradients) -> Step:
+        """As the authors' code: the losses weighted by the solution ``a`` (the heads' gradients
+        and the step's value), the shared parameters' gradient ``sum_t a_t g_t`` clipped to
+        ``max_norm`` (their ``clip_grad_norm_`` on the shared parameters only)."""
+        shared = self.weights_from_gramian(grads.gramian()).to(losses.dtype).detach()
+        alpha = self._solution.to(losses.dtype).detach()
+        grads.apply(shared, heads=alpha)
+        return Step((alpha * losses.detach()).sum(), self._scatter(alpha, positions))
 
 
 class GradNorm(GradientObjective):
