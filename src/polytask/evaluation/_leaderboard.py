@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._statistics import IncompleteReplicationsWarning, _bootstrap_ci, _wilcoxon, delta_m, holm
+from ._statistics import (
+    IncompleteReplicationsWarning,
+    _bootstrap_ci,
+    _signed_rank_sums,
+    _wilcoxon,
+    delta_m,
+    holm,
+)
 
 ALPHA = 0.05
 
@@ -37,9 +44,10 @@ def delta_table(
     where: str = "",
 ) -> pd.DataFrame:
     """Delta_m% (lower is better) per replication (rows) and label (columns) against
-    ``baseline``, whose column is 0; only replications where every label has every task (the
-    others, and the labels that lack a task there, are named in an
-    :class:`IncompleteReplicationsWarning`, prefixed by ``where``: the data set).
+    ``baseline``, whose column is 0; only replications where every label has every task's
+    metric (the others, the labels that lack a task there and the tasks whose metric is NaN
+    are named in an :class:`IncompleteReplicationsWarning`, prefixed by ``where``: the data
+    set).
 
     Examples
     --------
@@ -58,17 +66,29 @@ def delta_table(
     wide.insert(0, baseline, 0.0)
     complete = wide.dropna()
     if len(complete) < len(wide):  # a rank needs every label: say what the ranks leave out
-        tasks = set(kept["task"])
-        lacking = {
-            r: [m for m in wide.columns if set(part.loc[part["method"] == m, "task"]) != tasks]
-            for r, part in kept.groupby("replication")
-            if r not in complete.index
-        }
-        listed = "; ".join(f"replication {r}: {labels}" for r, labels in lacking.items())
+        tasks = list(dict.fromkeys(kept["task"]))
+        lacking, undefined = {}, {}
+        for r, part in kept.groupby("replication"):
+            if r in complete.index:
+                continue
+            # a task's row may be there with a NaN metric (an undefined AUC): name that task
+            for m in wide.columns:
+                rows = part[part["method"] == m]
+                present = set(rows["task"])
+                nan = [t for t in tasks if t in set(rows.loc[rows[metric].isna(), "task"])]
+                if present != set(tasks) or nan:
+                    lacking.setdefault(r, []).append(m)
+                if nan:
+                    undefined.setdefault(r, []).append(f"{m} on {nan}")
+        listed = "; ".join(
+            f"replication {r}: {labels}"
+            + (f" (NaN {metric}: {', '.join(undefined[r])})" if r in undefined else "")
+            for r, labels in lacking.items()
+        )
         warnings.warn(
             f"{where + ': ' if where else ''}{len(lacking)} of {len(wide)} replications lack a "
-            f"task for some label and are left out of the Delta_m% table, for every label "
-            f"({listed})",
+            f"task or its {metric} for some label and are left out of the Delta_m% table, for "
+            f"every label ({listed})",
             IncompleteReplicationsWarning,
             stacklevel=2,
         )
@@ -91,10 +111,15 @@ def dataset_board(
     replications, percentile-bootstrap interval), the geometric-mean ratio, the two-sided
     Wilcoxon signed-rank test of the per-replication Delta_m% against 0 (paired: each
     replication's Delta_m% is measured against the baseline on the same split), its Holm
-    adjustment, and ``verdict``: ``better`` / ``worse`` than the baseline when the
-    Holm-adjusted p is below 0.05, else empty. Holm's family is the methods (every label but
-    the ``references``); the references form a family of their own, so which references ran
-    never changes a method's adjusted p.
+    adjustment, ``n_test`` (the non-zero Delta_m%, the ones the test ranks: it drops zero
+    differences, so with ``n_test <= 5`` it cannot reach p < 0.05), ``direction`` (where the
+    test's evidence points: ``better`` when the negative Delta_m% carry the larger signed-rank
+    sum, ``worse`` when the positive ones do) and ``verdict``: the direction when the
+    Holm-adjusted p is below 0.05 and the mean Delta_m% has the same sign, else empty. A test
+    significant against the mean's sign (a skewed distribution: one replication far worse,
+    the others better) gives no verdict. Holm's family is the methods (every label but the
+    ``references``); the references form a family of their own, so which references ran never
+    changes a method's adjusted p.
 
     Examples
     --------
@@ -103,6 +128,17 @@ def dataset_board(
     >>> board = dataset_board(pd.DataFrame(rows), "base", "mse", n_resamples=99)
     >>> board.loc[1, "method"], int(board.loc[1, "n"]), board.loc[1, "verdict"]
     ('new', 8, 'better')
+
+    Eleven replications 10% better and one 200% worse: the test is significant for better,
+    the mean says worse, so there is no verdict.
+
+    >>> rows = [{"replication": r, "task": "a", "method": m, "mse": v}
+    ...         for r in range(12) for m, v in (("base", 1.0), ("new", 0.9 if r else 3.0))]
+    >>> row = dataset_board(pd.DataFrame(rows), "base", "mse", n_resamples=99).loc[1]
+    >>> round(float(row["delta_m"]), 2), round(float(row["holm_p"]), 4)
+    (7.5, 0.0332)
+    >>> row["direction"], row["verdict"]
+    ('better', '')
     """
     kept = frame[~frame["method"].isin(exclude)]
     if long is None:  # (a caller that also needs delta_table computes it once)
@@ -116,6 +152,8 @@ def dataset_board(
             "ci_high": 0.0,
             "gmean_ratio": 1.0,
             "wilcoxon_p": np.nan,
+            "n_test": pd.NA,
+            "direction": "",
         }
     ]
     groups = dict(list(long.groupby("method", sort=False)))
@@ -127,6 +165,10 @@ def dataset_board(
         low, high = intervals[method]
         with np.errstate(invalid="ignore"):
             gmean = float(np.exp(group["log_ratio"].mean()))
+        # Delta_m% is lower-is-better: negative differences carrying the larger rank sum are
+        # the test's evidence for "better", whatever the mean says
+        n_test, positive, negative = _signed_rank_sums(d)
+        direction = "better" if negative > positive else "worse" if positive > negative else ""
         rows.append(
             {
                 "method": method,
@@ -136,17 +178,25 @@ def dataset_board(
                 "ci_high": high,
                 "gmean_ratio": gmean,
                 "wilcoxon_p": _wilcoxon(d),
+                "n_test": n_test,
+                "direction": direction,
             }
         )
     board = pd.DataFrame(rows)
+    board["n_test"] = board["n_test"].astype("Int64")
     board["holm_p"] = np.nan
     is_reference = board["method"].isin(references)
     for family in (~is_reference, is_reference):
         tested = family & board["wilcoxon_p"].notna()
         if tested.any():
             board.loc[tested, "holm_p"] = holm(board.loc[tested, "wilcoxon_p"].to_numpy())
-    significant = board["holm_p"] < ALPHA
-    board["verdict"] = np.where(significant, np.where(board["delta_m"] < 0, "better", "worse"), "")
+    mean_direction = np.where(
+        board["delta_m"] < 0, "better", np.where(board["delta_m"] > 0, "worse", "")
+    )
+    # significance is the test's; a mean of the other sign would be reported as significant
+    # for an effect the test did not find
+    agrees = (board["holm_p"] < ALPHA) & (board["direction"] == mean_direction)
+    board["verdict"] = np.where(agrees, board["direction"], "")
     return board
 
 
@@ -161,7 +211,8 @@ def mean_ranks(
     """Each label's mean rank across data sets (1 = lowest mean Delta_m%, ties averaged), with
     a percentile-bootstrap interval that resamples each data set's replications, and with
     ``boards`` (:func:`dataset_board` per data set) the number of data sets on which the label
-    is significantly better or worse than the baseline.
+    is significantly better or worse than the baseline (its ``verdict``: none where the test
+    and the mean Delta_m% point opposite ways).
 
     ``deltas`` maps a data set to its :func:`delta_table`; labels missing from a data set are
     ranked over the labels every data set has (the others are left out, with a warning).

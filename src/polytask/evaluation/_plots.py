@@ -32,19 +32,25 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def plot_training_curves(histories: Mapping[str, History], path: str | Path) -> Path:
-    """Train and stop loss per epoch for each fit (one panel per method, log scale)."""
+    """Each fit's stop criterion per epoch on the train and stop sets (History's
+    ``train_loss`` and ``stop_loss``), one panel per method, log scale.
+
+    The criterion is the objective's ``value`` of the epoch's task losses: the mean task loss
+    for a learned or moving weighting, the combined loss for a fixed form (sum, geometric...);
+    never what a learned weighting's steps minimised (``train_combined``)."""
     rows, cols = _grid(len(histories))
     fig, axes = _pyplot().subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, (method, history) in zip(axes.flat, histories.items(), strict=False):
         epochs = history["epoch"]
-        ax.plot(epochs, history["train_loss"], label="train")
+        ax.plot(epochs, history["train_loss"], label="train set")
         ax.plot(epochs, history["stop_loss"], label="stop set")
         if history.best_epoch:
             ax.axvline(history.best_epoch, color="grey", ls=":", label="best epoch")
         ax.set_yscale("log")
-        ax.set_title(f"{method}: objective per epoch")
+        # the History holds no objective, so the label names both cases it may be
+        ax.set_title(f"{method}: stop criterion per epoch")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{method} loss")
+        ax.set_ylabel("stop criterion\n(mean task loss, or a fixed form's combined loss)")
         ax.legend()
     for ax in list(axes.flat)[len(histories) :]:
         ax.axis("off")
@@ -127,13 +133,16 @@ def _boxes_with_points(
     return points
 
 
-def _distinct_labels(ticks: np.ndarray) -> list[str]:
-    """The shortest ``%g`` labels (2 to 8 significant digits) that tell the ticks apart."""
-    for digits in range(2, 9):
+def _tick_labels(ticks: np.ndarray) -> list[str]:
+    """``%g`` labels of the ticks at the fewest significant digits (2 to 17, one count for the
+    whole axis, so 10 and 20 read ``10``, ``20``) at which every label reads back as its tick
+    within 1e-9 relative: 0.8750000000000001 is ``0.875``, and 1.05 is never ``1.1``, as it was
+    when the labels only had to tell the ticks apart."""
+    for digits in range(2, 18):  # 17 significant digits always read back a float
         labels = [f"{t:.{digits}g}" for t in ticks]
-        if len(set(labels)) == len(labels):
+        if all(math.isclose(float(x), t, rel_tol=1e-9) for x, t in zip(labels, ticks, strict=True)):
             return labels
-    return [f"{t:.9g}" for t in ticks]
+    return labels
 
 
 def _readable_log_axis(axes: list, values: np.ndarray) -> None:
@@ -168,7 +177,7 @@ def _readable_log_axis(axes: list, values: np.ndarray) -> None:
         ax.set_yscale("log")
         ax.set_ylim(lo, hi)
         ax.yaxis.set_major_locator(FixedLocator(ticks))
-        ax.yaxis.set_major_formatter(FixedFormatter(_distinct_labels(ticks)))
+        ax.yaxis.set_major_formatter(FixedFormatter(_tick_labels(ticks)))
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 

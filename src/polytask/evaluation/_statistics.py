@@ -24,9 +24,10 @@ Rules the functions enforce rather than paper over:
   left out of that method's Delta_m% (counted in ``n_incomplete`` and warned about), or refused
   with ``incomplete="raise"``.
 - The paired test runs on the quantity the effect is reported in: log ratios for a ratio-scale
-  metric (MSE, MAE), raw differences otherwise; the ``test`` column says which. With at most
-  five replications a two-sided Wilcoxon test cannot reach p < 0.05: a warning is emitted and
-  the ``note`` column says so.
+  metric (MSE, MAE), raw differences otherwise; the ``test`` column says which. The test drops
+  zero differences before ranking (scipy's ``zero_method="wilcox"``; ``test`` says so where a
+  pair has one), so with at most five non-zero differences a two-sided Wilcoxon test cannot
+  reach p < 0.05: a warning is emitted and the ``note`` column says so.
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ DELTA_CONVENTION = (
     "lower is better, negative = better than the baseline; the geometric-mean ratio beside it "
     "is symmetric on a log scale (above 1: better than the baseline)"
 )
-# a two-sided exact Wilcoxon signed-rank test of n pairs cannot go below 2 / 2**n: 0.0625 at
-# n = 5, 0.03125 at n = 6
+# a two-sided exact Wilcoxon signed-rank test of n non-zero differences cannot go below
+# 2 / 2**n: 0.0625 at n = 5, 0.03125 at n = 6 (zero differences are dropped: ZERO_METHOD)
 MIN_TESTABLE_N = 6
+ZERO_METHOD = "wilcox"
 FEW_REPLICATIONS_NOTE = (
-    "n <= 5: a two-sided Wilcoxon test cannot reach p < 0.05; intervals and p are descriptive"
+    "n <= 5: a two-sided Wilcoxon test cannot reach p < 0.05 (n counts the non-zero "
+    "differences: the test drops zero ones); intervals and p are descriptive"
 )
 KEYS = ["replication", "task", "method"]
 
@@ -272,17 +275,44 @@ def _bootstrap_ci(
 
 
 def _wilcoxon(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p of paired differences (1.0 when all are zero)."""
+    """Two-sided Wilcoxon signed-rank p of paired differences, zero differences dropped
+    (:data:`ZERO_METHOD`; 1.0 when all are zero)."""
     if len(differences) == 0 or np.all(differences == 0):
         return 1.0
-    return float(stats.wilcoxon(differences, alternative="two-sided").pvalue)
+    return float(
+        stats.wilcoxon(differences, zero_method=ZERO_METHOD, alternative="two-sided").pvalue
+    )
+
+
+def _signed_rank_sums(differences: np.ndarray) -> tuple[int, float, float]:
+    """What the Wilcoxon test ranks: the number of non-zero differences (the test's effective
+    n) and the sums of the ranks of ``|d|`` of the positive and of the negative ones. The larger
+    sum is the direction the test's evidence points to (the mean may point the other way).
+
+    Examples
+    --------
+    >>> _signed_rank_sums(np.array([-1.0, -2.0, 0.0, 0.5]))
+    (3, 1.0, 5.0)
+    """
+    nonzero = differences[differences != 0]
+    ranks = stats.rankdata(np.abs(nonzero))
+    return len(nonzero), float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
+
+
+def _test_name(on: str, differences: np.ndarray) -> str:
+    """``test`` of a row: the Wilcoxon test, what it ran on, and the zero differences it
+    dropped when there were any."""
+    zeros = int(np.sum(differences == 0))
+    dropped = f" ({zeros} zero differences dropped: zero_method={ZERO_METHOD!r})" if zeros else ""
+    return f"Wilcoxon signed-rank on {on}{dropped}"
 
 
 def _warn_few(cases: list[str]) -> None:
     if cases:
         shown = ", ".join(cases[:6]) + (" ..." if len(cases) > 6 else "")
         warnings.warn(
-            f"{FEW_REPLICATIONS_NOTE} ({shown}); run at least {MIN_TESTABLE_N} replications",
+            f"{FEW_REPLICATIONS_NOTE} ({shown}); p < 0.05 needs at least {MIN_TESTABLE_N} "
+            "replications with a non-zero difference",
             FewReplicationsWarning,
             stacklevel=3,
         )
@@ -319,13 +349,15 @@ def summarize(
     Returns
     -------
     per_task
-        One row per (method, task): replications ``n`` paired with the baseline and
-        ``n_dropped`` (replications where the method or the baseline lacks a value), the median
-        improvement ratio with its IQR and bootstrap CI, the geometric-mean ratio with its
-        bootstrap CI, the win rate (share of replications where the method beat the baseline),
-        the paired two-sided Wilcoxon signed-rank p-value, ``test`` (on log ratios for a
-        ratio-scale metric, on differences otherwise), its Holm adjustment across the tasks of
-        that method, and ``note`` (non-empty when ``n <= 5``: p < 0.05 is out of reach).
+        One row per (method, task): replications ``n`` paired with the baseline,
+        ``n_dropped`` (replications where the method or the baseline lacks a value) and
+        ``n_test`` (the pairs with a non-zero difference, the ones the Wilcoxon test ranks), the
+        median improvement ratio with its IQR and bootstrap CI, the geometric-mean ratio with
+        its bootstrap CI, the win rate (share of replications where the method beat the
+        baseline), the paired two-sided Wilcoxon signed-rank p-value, ``test`` (on log ratios
+        for a ratio-scale metric, on differences otherwise, and how many zero differences it
+        dropped when any), its Holm adjustment across the tasks of that method, and ``note``
+        (non-empty when ``n_test <= 5``: p < 0.05 is out of reach).
     overall
         One row per method: ``n`` complete replications, ``n_incomplete`` left out, mean and
         median Delta_m% with a bootstrap CI of the mean, and the geometric-mean ratio over
@@ -334,7 +366,8 @@ def summarize(
     Warns
     -----
     FewReplicationsWarning
-        When a comparison rests on at most five replications.
+        When a comparison rests on at most five replications, or its test on at most five
+        non-zero differences.
     IncompleteReplicationsWarning
         When replications are left out of Delta_m%.
 
@@ -353,7 +386,7 @@ def summarize(
     info = metric_info(metric)
     greater = info.greater_is_better
     wide = _wide(frame, baseline, metric)
-    test = "Wilcoxon signed-rank on " + ("log ratios" if info.ratio_scale else "differences")
+    on = "log ratios" if info.ratio_scale else "differences"
     rows, few, empty = [], [], []
     tasks = list(dict.fromkeys(frame["task"]))
     for method in (m for m in dict.fromkeys(frame["method"]) if m != baseline):
@@ -374,18 +407,23 @@ def summarize(
                         f"{metric} of {method} or {baseline} on task {task!r} is not positive; "
                         "its log ratios are undefined"
                     )
-                p = _wilcoxon(np.log(m) - np.log(b))
+                differences = np.log(m) - np.log(b)
             else:
-                p = _wilcoxon(m - b)
-            note = FEW_REPLICATIONS_NOTE if len(r) < MIN_TESTABLE_N else ""
+                differences = m - b
+            p = _wilcoxon(differences)
+            # the test ranks the non-zero differences only: they decide what p can reach
+            n_test = int(np.count_nonzero(differences))
+            note = FEW_REPLICATIONS_NOTE if n_test < MIN_TESTABLE_N else ""
             if note:
-                few.append(f"{method}/{task}: n={len(r)}")
+                zeros = f", {len(r) - n_test} zero differences dropped" if n_test < len(r) else ""
+                few.append(f"{method}/{task}: n={n_test}{zeros}")
             rows.append(
                 {
                     "method": method,
                     "task": task,
                     "n": len(r),
                     "n_dropped": dropped,
+                    "n_test": n_test,
                     "median_ratio": float(np.median(r)),
                     "q25": float(np.quantile(r, 0.25)),
                     "q75": float(np.quantile(r, 0.75)),
@@ -406,7 +444,7 @@ def summarize(
                     ),
                     "win_rate": float(np.mean(r > 1)),
                     "wilcoxon_p": p,
-                    "test": test,
+                    "test": _test_name(on, differences),
                     "better_is": "higher" if greater else "lower",
                     "note": note,
                 }

@@ -25,7 +25,7 @@ from ..datasets._census import (
     read_census,
 )
 from ..datasets._spec import folder_digests
-from ..evaluation import evaluate
+from ..evaluation import evaluate, metric_info
 from ..evaluation._statistics import FEW_REPLICATIONS_NOTE, MIN_TESTABLE_N, refuse_duplicate_rows
 from ..models import CGC, PLE, CrossStitch, DSelectK, MMoE, SharedBottom
 from ..objectives import make_objective
@@ -409,19 +409,24 @@ class CensusExperiment:
 def delta_m_against(
     metrics: Mapping[str, Mapping[str, Mapping[str, float]]], baseline: str, metric: str = "auc"
 ) -> dict[str, float]:
-    """Delta_m% of every label against ``baseline`` on ``metric`` (higher is better, so a
-    lower-than-baseline value counts positive; lower Delta_m% is better).
+    """Delta_m% of every label against ``baseline`` on ``metric``, signed by the metric's
+    registered direction (``polytask.evaluation.metric_info``; an unknown one is refused): a
+    change for the worse counts positive, so lower Delta_m% is better for AUC and MSE alike.
 
     Examples
     --------
     >>> m = {"st": {"a": {"auc": 0.8}}, "mt": {"a": {"auc": 0.88}}}
     >>> round(delta_m_against(m, "st")["mt"], 6)
     -10.0
+    >>> m = {"st": {"a": {"mse": 0.8}}, "mt": {"a": {"mse": 0.88}}}
+    >>> round(delta_m_against(m, "st", "mse")["mt"], 6)
+    10.0
     """
+    sign = -1.0 if metric_info(metric).greater_is_better else 1.0
     base = metrics[baseline]
     return {
         label: 100.0
-        * float(np.mean([-(v[t][metric] - base[t][metric]) / base[t][metric] for t in base]))
+        * float(np.mean([sign * (v[t][metric] - base[t][metric]) / base[t][metric] for t in base]))
         for label, v in metrics.items()
     }
 
@@ -484,7 +489,8 @@ def census_summary(
       interval (an undefined score is left out of both and counted in ``n_missing``; a
       repeated ``(replication, method, task)`` row is refused);
     - per label other than ``against`` and task, the paired difference ``label - against``
-      (mean, 95% interval, replications where the label is higher, Wilcoxon p), when
+      (mean, 95% interval, replications where the label is higher, ``n_test`` the non-zero
+      differences the Wilcoxon test ranks, having dropped the zero ones, and its p), when
       ``against`` is compared (else an empty table).
 
     Examples
@@ -539,6 +545,7 @@ def census_summary(
                         "ci_low": low,
                         "ci_high": high,
                         "higher": f"{int((diff > 0).sum())} of {len(diff)}",
+                        "n_test": len(nonzero),
                         "wilcoxon_p": p,
                     }
                 )
@@ -583,7 +590,9 @@ def census_section(
     if not missing.empty:
         listed = ", ".join(f"{r.method} on {r.task}: {r.n_missing}" for r in missing.itertuples())
         lines += [f"Undefined scores left out (and out of the pairs): {listed}.", ""]
-    if len(means) and means["n"].min() < MIN_TESTABLE_N:
+    # the paired test drops zero differences: fewer than six non-zero ones cannot give p < 0.05
+    few_pairs = not paired.empty and paired["n_test"].min() < MIN_TESTABLE_N
+    if few_pairs or (len(means) and means["n"].min() < MIN_TESTABLE_N):
         lines += [f"{FEW_REPLICATIONS_NOTE}.", ""]
     if not paired.empty:
         wins = paired.pivot(index="method", columns="task", values="higher")

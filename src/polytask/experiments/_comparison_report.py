@@ -210,12 +210,16 @@ _METHODS_NOTE = (
 def _cautions(per_task: pd.DataFrame, overall: pd.DataFrame) -> list[str]:
     """The notes of the statistics (too few replications) and incomplete replications."""
     cautions = []
-    few = per_task.loc[per_task["note"] != "", ["method", "task", "n"]]
+    few = per_task.loc[per_task["note"] != "", ["method", "task", "n", "n_test"]]
     if not few.empty:
-        cases = ", ".join(f"{m}/{t} (n={n})" for m, t, n in few.itertuples(index=False))
+        cases = ", ".join(
+            f"{m}/{t} (n={n}" + (f", {n_test} non-zero differences)" if n_test < n else ")")
+            for m, t, n, n_test in few.itertuples(index=False)
+        )
         cautions.append(
-            f"{cases}: at most five replications, where a two-sided Wilcoxon test cannot reach "
-            "p < 0.05; read the intervals and p-values as descriptive only."
+            f"{cases}: at most five non-zero paired differences (the test drops ties), where a "
+            "two-sided Wilcoxon test cannot reach p < 0.05; read the intervals and p-values as "
+            "descriptive only."
         )
     incomplete = overall.loc[overall["n_incomplete"] > 0, ["method", "n_incomplete"]]
     for method, count in incomplete.itertuples(index=False):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluation import plot_predictions, plot_task_losses, plot_training_curves
+from ..evaluation import metric_info, plot_predictions, plot_task_losses, plot_training_curves
 from ._synthetic import RunResult
 
 
@@ -40,15 +40,19 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
 
 
 def results_table(result: RunResult, metric: str = "mse") -> pd.DataFrame:
-    """One row per task: the test metric of each method and ``baseline/method`` ratios."""
+    """One row per task: the test metric of each method and its improvement ratios
+    (``baseline/method`` for a lower-is-better metric, ``method/baseline`` for a
+    higher-is-better one: above 1, the method did better)."""
     rows = []
     base = result.experiment.baseline
+    greater = metric_info(metric).greater_is_better
     for task in result.metrics[base]:
         row: dict[str, float | str] = {"task": task}
         for method, values in result.metrics.items():
             row[f"test {metric} ({method})"] = values[task][metric]
         for method, ratios in result.ratios(metric).items():
-            row[f"ratio {base}/{method}"] = ratios[task]
+            label = f"{method}/{base}" if greater else f"{base}/{method}"
+            row[f"ratio {label}"] = ratios[task]
         rows.append(row)
     return pd.DataFrame(rows)
 

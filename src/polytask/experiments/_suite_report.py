@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,15 +12,25 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation._leaderboard import (
+    ALPHA,
     dataset_board,
     delta_long,
     delta_table,
     mean_ranks,
     relative_rmse,
 )
-from ..evaluation._statistics import FEW_REPLICATIONS_NOTE, MIN_TESTABLE_N
+from ..evaluation._statistics import FEW_REPLICATIONS_NOTE, MIN_TESTABLE_N, ZERO_METHOD
 from ._report import markdown_table
 from ._suite import REFERENCES, TRAIN_MEAN, TUNED, DatasetExperiment
+
+# marks a Delta_m% whose test is significant in the direction opposite to its mean
+DISPUTED = "†"
+
+
+def _disputed(board: pd.DataFrame) -> pd.Series:
+    """Rows whose adjusted p is below 0.05 but which have no verdict: the test's direction
+    (``direction``) and the mean Delta_m%'s sign disagree."""
+    return (board["holm_p"] < ALPHA) & (board["verdict"] == "")
 
 
 def conventions(baseline: str) -> str:
@@ -30,8 +40,12 @@ def conventions(baseline: str) -> str:
         f"`{baseline}`, signed so that lower is better for every metric; negative means better "
         f"than `{baseline}`. Intervals: 95% percentile bootstrap over replications. Test: "
         "two-sided Wilcoxon signed-rank of the per-replication Delta_m% (paired: same split, "
-        "seed and initial weights), Holm-adjusted across the methods of a data set (the "
-        "single-task references form their own family); **bold**: adjusted p < 0.05. Mean "
+        f"seed and initial weights; zero differences dropped, zero_method='{ZERO_METHOD}', so "
+        "p < 0.05 needs six non-zero ones), Holm-adjusted across the methods of a data set (the "
+        "single-task references form their own family); **bold**: adjusted p < 0.05 in the "
+        "direction of the mean (the test's direction: the sign whose ranks sum larger); "
+        f"{DISPUTED}: adjusted p < 0.05 the other way from the mean (e.g. one outlying "
+        "replication), no verdict. Mean "
         "rank: 1 is best (lowest mean Delta_m%), averaged over data sets; its interval "
         "resamples each data set's replications. Relative RMSE: sqrt(MSE / MSE of predicting "
         "the training mean), below 1 is better."
@@ -49,14 +63,17 @@ class Leaderboard:
     against_tuned: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def delta_cells(self, against_tuned: bool = False) -> pd.DataFrame:
-        """Methods x data sets: ``mean [low, high]``, bold when significant (against the
-        baseline, or against the tuned static weighting)."""
+        """Methods x data sets: ``mean [low, high]``, bold when significant with a verdict
+        (against the baseline, or against the tuned static weighting), followed by
+        :data:`DISPUTED` when the test is significant against the mean's sign."""
         columns = {}
         for name, board in (self.against_tuned if against_tuned else self.boards).items():
             cells = {}
-            for row in board.itertuples():
+            for row, disputed in zip(board.itertuples(), _disputed(board), strict=True):
                 text = f"{row.delta_m:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
-                cells[row.method] = f"**{text}**" if row.verdict else text
+                if row.verdict:
+                    text = f"**{text}**"
+                cells[row.method] = f"{text} {DISPUTED}" if disputed else text
             columns[name] = cells
         table = pd.DataFrame(columns)
         table.index.name = "method"
@@ -138,7 +155,11 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
     )
     sections = [
         ("Mean rank across data sets", "", ranks),
-        (f"Delta_m% against {baseline} [95% CI]", "", board.delta_cells()),
+        (
+            f"Delta_m% against {baseline} [95% CI]",
+            _disputed_note(board.boards.values()),
+            board.delta_cells(),
+        ),
     ]
     if board.against_tuned:
         counts = pd.DataFrame(
@@ -163,8 +184,9 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
                 f"Delta_m% against the tuned static weighting (`{TUNED}`) [95% CI]",
                 "The same statistics with `tuned` as the baseline: negative means better than "
                 "static weights tuned on the replication's stop set; bold: Holm-adjusted "
-                "p < 0.05. The counts are data sets (of "
-                f"{len(board.against_tuned)}).",
+                "p < 0.05 in the direction of the mean. The counts are data sets (of "
+                f"{len(board.against_tuned)})."
+                + _disputed_note(board.against_tuned.values(), lead=" "),
                 cells,
             )
         )
@@ -184,7 +206,7 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
                 "geo-mean ratio": table["gmean_ratio"].round(3),
                 "Wilcoxon p": table["wilcoxon_p"].map(p_text),
                 "Holm p": table["holm_p"].map(p_text),
-                "verdict": table["verdict"],
+                "verdict": _verdict_text(table),
             }
         )
         tasks = ", ".join(t.name for t in experiment.tasks())
@@ -207,17 +229,47 @@ def _sections(board: Leaderboard, experiments: Mapping[str, DatasetExperiment]) 
     return sections
 
 
+def _verdict_text(table: pd.DataFrame) -> list[str]:
+    """The verdict column as shown: a disputed row says why it has none."""
+    mean = np.where(table["delta_m"] < 0, "better", np.where(table["delta_m"] > 0, "worse", "0"))
+    return [
+        f"none {DISPUTED} (test: {d}, mean: {m})" if disputed else v
+        for v, d, m, disputed in zip(
+            table["verdict"], table["direction"], mean, _disputed(table), strict=True
+        )
+    ]
+
+
+def _disputed_note(boards: Iterable[pd.DataFrame], lead: str = "") -> str:
+    """The footnote of :data:`DISPUTED`, when some board has such a row."""
+    if not any(_disputed(b).any() for b in boards):
+        return ""
+    return (
+        f"{lead}{DISPUTED}: the Wilcoxon test is significant (Holm p < 0.05) in the direction "
+        "opposite to the mean Delta_m% (a skewed spread, e.g. one outlying replication): no "
+        "verdict, not bold, not counted."
+    )
+
+
 def _coverage_note(table: pd.DataFrame) -> str:
     """What a data set's table cannot show by itself: replications left out of a method's row
     (a task's metric missing: it is dropped, never averaged over fewer tasks), and too few
-    replications for the Wilcoxon test to reach p < 0.05 (n <= 5)."""
+    non-zero differences for the Wilcoxon test to reach p < 0.05 (``n_test <= 5``: zero
+    differences are dropped, so this can happen with more replications)."""
     runs = int(table["n"].iloc[0])  # the baseline's replications
     short = {r.method: runs - int(r.n) for r in table.iloc[1:].itertuples() if int(r.n) < runs}
     note = ""
     if short:
         listed = ", ".join(f"{k} of {m}" for m, k in short.items())
         note += f" Replications left out for lacking a task's metric: {listed} (of {runs})."
-    if table["n"].min() < MIN_TESTABLE_N:
+    tested = table.iloc[1:]
+    if len(tested) and tested["n_test"].min() < MIN_TESTABLE_N:
+        note += f" {FEW_REPLICATIONS_NOTE}."
+        zeros = [r for r in tested.itertuples() if r.n_test < min(r.n, MIN_TESTABLE_N)]
+        if zeros:
+            listed = ", ".join(f"{r.method} {r.n_test} of {r.n}" for r in zeros)
+            note += f" Non-zero Delta_m% (what the test ranks): {listed}."
+    elif runs < MIN_TESTABLE_N:  # no method to test: the replications alone
         note += f" {FEW_REPLICATIONS_NOTE}."
     return note
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..data import MultiTargetData
 from ..datasets import DatasetSpec
 from ..datasets._synthetic import synthetic_spec
-from ..evaluation import evaluate, predict
+from ..evaluation import evaluate, metric_info, predict
 from ..models import MultiTaskModel
 from ..objectives import Objective, Weighted, make_objective
 from ..tasks import Task
@@ -232,13 +232,20 @@ class RunResult:
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def ratios(self, metric: str = "mse") -> dict[str, dict[str, float]]:
-        """Per task, ``baseline / method`` of the test metric for each other method.
-
-        With MSE, a ratio above 1 means the method beat the baseline on that task.
+        """Per task, the improvement ratio of the test metric for each other method:
+        ``baseline / method`` for a lower-is-better metric (MSE), ``method / baseline`` for a
+        higher-is-better one (accuracy), so that above 1 the method beat the baseline on that
+        task whatever the metric; an unknown metric is refused.
         """
+        greater = metric_info(metric).greater_is_better  # the registry's direction, not a guess
         base = self.metrics[self.experiment.baseline]
         return {
-            method: {task: base[task][metric] / values[task][metric] for task in values}
+            method: {
+                task: (values[task][metric] / base[task][metric])
+                if greater
+                else (base[task][metric] / values[task][metric])
+                for task in values
+            }
             for method, values in self.metrics.items()
             if method != self.experiment.baseline
         }
