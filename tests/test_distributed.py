@@ -206,6 +206,12 @@ WORKER = textwrap.dedent(
                        "small_all_reduces": list(all_reduces),
                        "large": reducer.sum(large), "all_reduces": all_reduces}
         dist.all_reduce = plain_all_reduce
+        # losses of other magnitudes on each process: local + (mean - local) is not the mean
+        generator = torch.Generator().manual_seed(rank())
+        local = (torch.rand(1000, generator=generator) * 30.0 ** rank()).requires_grad_()
+        through = reducer.straight_through(local)
+        (grad,) = torch.autograd.grad(through.sum(), local)
+        collectives["straight"] = (through.detach(), reducer.mean([local.detach()])[0], grad)
         torch.save({"results": results, "refused": refused, "world": world_size(),
                     "emptied": emptied,
                     "mask": masks[0], "resume": (straight, resumed),
@@ -379,6 +385,11 @@ def test_the_reducers_sums_and_maxima_are_the_processes_on_every_process(launche
         assert [t.tolist() for t in got["mean"]] == [[1.5, -0.5], [1.5]]
         assert got["max_long"].tolist() == [1, 5] and got["max_long"].dtype == torch.int64
         assert bool((got["large"] == 3.0).all())
+    # a loss-level method's state reads the global losses: the same bits on every process
+    straight = [result["collectives"]["straight"] for result in ranks]
+    for value, mean, grad in straight:
+        assert torch.equal(value, mean) and torch.equal(grad, torch.ones_like(grad))
+    assert torch.equal(straight[0][0], straight[1][0])
 
 
 def test_a_crashed_process_ends_the_others_with_an_error(tmp_path):

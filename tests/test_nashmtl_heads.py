@@ -91,3 +91,18 @@ def test_nashmtl_clipping_never_touches_the_heads(path):
                 torch.testing.assert_close(got, alpha[i] * grad, rtol=1e-4, atol=1e-7)
     for clipped, unclipped in zip(heads[1.0], heads[0.0], strict=True):
         torch.testing.assert_close(clipped, unclipped, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("path", ["exact", "representation"])
+def test_nashmtl_on_a_step_with_some_tasks(path):
+    """A step that holds two of the three tasks (a max_size schedule, missing labels): the
+    solve runs on the present tasks, the absent one gets weight 0 and its head no gradient."""
+    model = _model()
+    x, y = _batch()
+    engine = pt.GradientEngine(model, pt.NashMTL(update_weights_every=2), path=path)
+    for _ in range(3):  # a fresh solve, a reused one, a fresh one
+        model.zero_grad()
+        losses = _losses(engine.forward(x), y)
+        step = engine.backward({t: losses[t] for t in ("a", "c")})
+        assert step.weights[1] == 0 and bool((step.weights[[0, 2]] > 0).all())
+        assert all(p.grad is None or not p.grad.any() for p in model.heads["b"].parameters())

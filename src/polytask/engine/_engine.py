@@ -529,6 +529,22 @@ class GradientEngine:
             if param.grad is not None:
                 param.grad.mul_(scale.to(param.grad.dtype))
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the engine itself carries from step to step (a checkpoint saves it): the last
+        finite weights of a float16 fit, which a skipped step reports."""
+        return {"last_weights": getattr(self, "_last_weights", None)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        weights = state.get("last_weights")
+        if weights is not None:
+            self._last_weights = weights
+
+    def skipped_step(self) -> None:
+        """The optimizer step did not happen (the gradient scaler skipped an overflowed
+        step): a method that learns after each step learns nothing from it (FAMO's weights
+        would move on a loss change of zero)."""
+        self._awaiting_after_step = False
+
     def after_step(self, recompute: Callable[[], Tensor]) -> None:
         """Pass the optimizer step on to a method that learns from it (FAMO); under data
         parallelism it sees the global losses."""

@@ -133,7 +133,9 @@ class Reducer:
         and the gradient all-reduce averages the rest."""
         detached = local.detach()
         (mean,) = self.mean([detached])
-        return local + (mean - detached)
+        # mean + 0, not local + (mean - local): the value is the mean bit for bit, on every
+        # process alike (a method's state, e.g. FAMO's, must not differ between them)
+        return mean + (local - detached)
 
     def average_grads(self, params: Iterable[Tensor]) -> None:
         """Replace every ``.grad`` of ``params`` by its mean over the processes (one

@@ -114,8 +114,18 @@ class GradientObjective(Objective):
         ``losses`` holds the present tasks' losses (``positions`` says which); ``grads`` is the
         engine's view of their gradients on the step's path."""
         weights = self.weights_from_gramian(grads.gramian()).to(losses.dtype).detach()
-        grads.apply(weights)
-        return Step((weights * losses.detach()).sum(), self._scatter(weights, positions))
+        loss_weights = self.loss_weights(weights)
+        if loss_weights is weights:
+            grads.apply(weights)
+        else:
+            loss_weights = loss_weights.to(losses.dtype).detach()
+            grads.apply(weights, heads=loss_weights)
+        return Step((loss_weights * losses.detach()).sum(), self._scatter(loss_weights, positions))
+
+    def loss_weights(self, weights: Tensor) -> Tensor:
+        """The weights of the losses themselves (the heads' gradients and the step's value)
+        when they differ from the shared update's ``weights`` (Nash-MTL: unclipped)."""
+        return weights
 
     def _every_task(self, losses: Tensor | Mapping[str, Tensor], positions: Positions) -> Tensor:
         """The stacked losses, for methods whose per-task state needs every task every step."""
@@ -620,14 +630,11 @@ class NashMTL(_Solved, GradientObjective):
         self._solution = alpha
         return alpha
 
-    def step(self, losses: Tensor, positions: Positions, grads: TaskGradients) -> Step:
+    def loss_weights(self, weights: Tensor) -> Tensor:
         """As the authors' code: the losses weighted by the solution ``a`` (the heads' gradients
         and the step's value), the shared parameters' gradient ``sum_t a_t g_t`` clipped to
         ``max_norm`` (their ``clip_grad_norm_`` on the shared parameters only)."""
-        shared = self.weights_from_gramian(grads.gramian()).to(losses.dtype).detach()
-        alpha = self._solution.to(losses.dtype).detach()
-        grads.apply(shared, heads=alpha)
-        return Step((alpha * losses.detach()).sum(), self._scatter(alpha, positions))
+        return self._solution
 
 
 class GradNorm(GradientObjective):

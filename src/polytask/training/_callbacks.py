@@ -234,6 +234,17 @@ class NonFiniteCheck(Callback):
         )
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (a signal 0 checks, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class Checkpoint(Callback):
     """Save the fit's state at the end of every ``every`` epochs: model, optimizer, method,
     scheduler, history, every callback's state and the random generators, written atomically
@@ -272,6 +283,17 @@ class Checkpoint(Callback):
             raise ValueError(f"Checkpoint: cannot create {self.directory}: {error}") from None
         if not os.access(self.directory, os.W_OK):
             raise ValueError(f"Checkpoint: {self.directory} is not writable")
+        if is_main_process():
+            self._remove_stale_writes()
+
+    def _remove_stale_writes(self) -> None:
+        """Delete the temporary files of writes that a kill interrupted (their process is
+        gone): each can be as large as a checkpoint, and nothing else would remove them."""
+        for leftover in self.directory.glob(".last.*.tmp"):
+            parts = leftover.name.split(".")  # ["", "last", pid, uuid, "tmp"]
+            if len(parts) != 5 or not parts[2].isdigit() or _alive(int(parts[2])):
+                continue
+            leftover.unlink(missing_ok=True)
 
     def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
         if state.epoch % self.every:
@@ -306,6 +328,7 @@ class Checkpoint(Callback):
             "stop_reason": state.stop_reason,
             "stop_is_error": state.stop_is_error,
             "scaler": None if state.scaler is None else state.scaler.state_dict(),
+            "engine": state.engine.state_dict(),
         }
         temporary = self.directory / f".last.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:

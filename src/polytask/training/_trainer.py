@@ -268,6 +268,8 @@ def _restore(saved: dict[str, Any], state: FitState, max_epochs: int, rank: int 
     state.shuffle.set_state(saved["rng"]["shuffle"].cpu())
     if state.scaler is not None and saved.get("scaler") is not None:
         state.scaler.load_state_dict(saved["scaler"])
+    if saved.get("engine") is not None:
+        state.engine.load_state_dict(saved["engine"])
     state.step = saved["step"]
     state.epoch = saved["epoch"]
     if saved["stop_reason"]:
@@ -1090,8 +1092,15 @@ class Trainer:
             optimizer=_qualified(self.optimizer),
             scheduler=_qualified(self.scheduler),
             objective=repr(objective),
-            tasks=repr([(t.name, t.kind, t.size) for t in tasks]),
-            model=repr({k: tuple(v.shape) for k, v in model.state_dict().items()}),
+            # a task's loss and metrics shape the History: a resume must not mix two of them
+            tasks=repr(
+                [
+                    (t.name, t.kind, t.size, _qualified(t.loss), tuple(t.metrics), t.allow_missing)
+                    for t in tasks
+                ]
+            ),
+            # the dtype too: a float32 checkpoint would be cast into a float64 model silently
+            model=repr({k: (tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()}),
             structure=hashlib.sha256(repr(model).encode()).hexdigest()[:16],
             processes=processes,
             rows=repr(rows),
@@ -1228,12 +1237,18 @@ class Trainer:
                             nn.utils.clip_grad_norm_(model_params, self.clip_grad_norm)
                         for callback in callbacks:
                             callback.on_before_optimizer_step(state)
+                        skipped = False
                         if scaler is None:
                             optimizer.step()
                         else:  # skipped when a gradient overflowed; the scale then shrinks
+                            before = scaler.get_scale() if learns_after_step else None
                             scaler.step(optimizer)
                             scaler.update()
-                        if learns_after_step:
+                            # (one host read per step, only for FAMO and GradNorm in float16)
+                            skipped = before is not None and scaler.get_scale() < before
+                        if learns_after_step and skipped:
+                            engine.skipped_step()
+                        elif learns_after_step:
                             engine.after_step(
                                 lambda b=batch, f=factor: self._recompute(model, plan, b, f)
                             )
