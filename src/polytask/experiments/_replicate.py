@@ -31,6 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .._processes import alive
 from ._store import Store, tidy
 from ._synthetic import SyntheticExperiment, hash_config
 
@@ -480,21 +481,11 @@ def _release_dead(store: Store, key: str) -> bool:
     for owner in set(store.claimed(key).values()):
         name, _, rest = owner.partition(":")
         pid = rest.partition(":")[0]
-        if name == host and pid.isdigit() and not _alive(int(pid)):
+        if name == host and pid.isdigit() and not alive(int(pid)):
             dead.add(owner)
     for owner in sorted(dead):
         store.release(key, owner)
     return bool(dead)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from .._processes import alive
 from ._distributed import is_distributed, is_main_process
 
 if TYPE_CHECKING:
@@ -234,17 +235,6 @@ class NonFiniteCheck(Callback):
         )
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (a signal 0 checks, sends nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 class Checkpoint(Callback):
     """Save the fit's state at the end of every ``every`` epochs: model, optimizer, method,
     scheduler, history, every callback's state and the random generators, written atomically
@@ -291,7 +281,7 @@ class Checkpoint(Callback):
         gone): each can be as large as a checkpoint, and nothing else would remove them."""
         for leftover in self.directory.glob(".last.*.tmp"):
             parts = leftover.name.split(".")  # ["", "last", pid, uuid, "tmp"]
-            if len(parts) != 5 or not parts[2].isdigit() or _alive(int(parts[2])):
+            if len(parts) != 5 or not parts[2].isdigit() or alive(int(parts[2])):
                 continue
             leftover.unlink(missing_ok=True)
 
