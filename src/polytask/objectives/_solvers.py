@@ -194,7 +194,7 @@ def cagrad_solve(
     gram: Tensor,
     c: float,
     start: Tensor | None = None,
-    max_iter: int = 12,
+    max_iter: int = 8,
     tol: float = 1e-8,
 ) -> tuple[Tensor, Tensor]:
     """Solve CAGrad's dual over the simplex in Gramian terms.
@@ -208,18 +208,28 @@ def cagrad_solve(
     conditions read ``G y + b - nu 1 = z``, ``y, z >= 0``, ``y^T z = 0``, ``sqrt(y^T G y) = r``
     (and ``w = y / sum y``): a complementarity problem with a constant Hessian. With
     ``y = max(x, 0)`` and ``z = max(-x, 0)`` complementarity holds by construction, which
-    leaves ``T + 1`` piecewise-smooth equations in ``(x, nu)``, solved by a semismooth Newton
-    method (a primal-dual active-set method, the active set being ``x > 0``): one bordered
-    ``(T + 1)``-square solve per iteration, on the Jacobi scaling ``D G D``
-    (``D = diag(G)^-1/2``), and about 20 small ops, against the ~100 of an interior-point
-    iteration. The Newton step gives ``nu`` outright (the equations are linear in it), so a start
-    is only a ``w``: ``start`` (a previous solution; its zeros are the first inactive set) or
-    the centre of the simplex. A rank-deficient ``G`` makes the active block singular: its
-    diagonal gets the Levenberg-Marquardt ridge ``|residual|_inf + 1e-12`` (``1e-6`` in
-    float32), which bounds the steps far from the solution and vanishes at it. The iterate of
-    smallest residual is returned; converged means that its Frank-Wolfe gap
-    ``grad^T w - min_i grad_i`` (an upper bound on ``F(w) - min F``) is
-    ``<= tol (1 + |b|_inf + r)``.
+    leaves ``T`` piecewise-linear equations in ``(x, nu)`` and the norm condition, solved by a
+    semismooth Newton (primal-dual active-set) method, the active set being ``x > 0``, on the
+    Jacobi scaling ``D G D`` (``D = diag(G)^-1/2``, ``diag(G)`` floored at ``eps`` times its
+    largest entry). An iteration linearises the ``T`` equations, whose solutions then form a
+    line: one ``T``-square solve with two right-hand sides gives it as ``x - q + t p``,
+    ``nu + t``. The norm condition is solved on that line exactly, a quadratic in ``t`` (its
+    larger root: the one of positive ``sum y`` when the solve is exact), not linearised: where
+    two task gradients nearly oppose (``G`` nearly singular on the active block) the line is
+    nearly parallel to the norm's tangent plane, which it meets far out, often where every
+    ``y`` is negative, and the linearised iteration stalls or diverges. A rank-deficient ``G``
+    makes the active block singular: its diagonal gets the Levenberg-Marquardt ridge
+    ``|residual|_inf + 1e-12`` (``1e-6`` in float32), which bounds the steps far from the
+    solution and vanishes at it. An iteration is ~30 small ops on whole tensors.
+
+    Two runs go side by side, as one batched solve: from ``start`` (a previous solution; its
+    zeros are the first inactive set) or the centre of the simplex, and from the best single
+    task ``argmin_i b_i + r sqrt(G_ii)``, a vertex (where the optimum often is when two
+    gradients nearly oppose, and from where the active set grows to the optimum's). The Newton
+    step gives ``nu`` outright (the equations are linear in it), so a start is only a ``w``. Of
+    the two runs' last iterates, the one of lower dual objective is returned (ties: the
+    first); converged means that its Frank-Wolfe gap ``grad^T w - min_i grad_i`` (an upper
+    bound on ``F(w) - min F``) is ``<= tol (1 + |b|_inf + r)``.
 
     Returns
     -------
@@ -233,6 +243,14 @@ def cagrad_solve(
     >>> w, converged = cagrad_solve(gram / 2, c=0.4)
     >>> [round(float(x), 6) for x in w], bool(converged)
     ([0.5, 0.5], True)
+
+    Two nearly opposing gradients, ``(1, 0)`` and ``(-2, 0.1)``: the optimum is the first task
+    alone.
+
+    >>> gram = torch.tensor([[1.0, -2.0], [-2.0, 4.01]], dtype=torch.float64)
+    >>> w, converged = cagrad_solve(gram / gram.trace(), c=0.4)
+    >>> [round(float(x), 6) for x in w], bool(converged)
+    ([1.0, 0.0], True)
     """
     dtype = solver_dtype(gram.dtype)
     g = gram.detach().to(dtype)
@@ -244,53 +262,62 @@ def cagrad_solve(
         return centre, torch.ones((), dtype=torch.bool, device=device)
     b = g.mean(1)
     r = c * b.mean().clamp_min(0).sqrt()
-    d = g.diagonal().clamp_min(tiny).rsqrt()
-    # the state v = (x / d, nu) and the iteration's matrices on its T + 1 entries (entry T:
-    # nu), so that an iteration is ~20 ops on whole tensors
-    eye, last, ridge_on, lo = _cagrad_constants(n, dtype, device)
+    diagonal = g.diagonal()
+    # (a zero task gradient: its scale floored at eps times the largest, not at tiny, where
+    # its entries of x and w overflow)
+    d = torch.maximum(diagonal, diagonal.amax() * torch.finfo(dtype).eps).clamp_min(tiny).rsqrt()
+    # each run's state v = (x, nu), y = D max(x, 0), and the iteration's matrices on its T + 1
+    # entries (entry T: nu; D G D padded with zeros leaves it out of the quadratic forms)
+    eye, fixed, ridge_on, lo = _cagrad_constants(n, dtype, device)
     gs = F.pad(d[:, None] * g * d, (0, 1, 0, 1))  # [[D G D, 0], [0, 0]]
-    jacobian_at_active = torch.addr(gs, F.pad(-d, (0, 1)), last)  # nu's column: -d
-    shift = jacobian_at_active - eye  # F(v) = shift max(v, lo) + v + offset + e_T |y|_DGD
-    offset = torch.addcmul(F.pad(d * b, (0, 1)), last, r, value=-1)
-    # the ridge's floor (a rank-deficient G), on the active diagonal only (the inactive
-    # columns are I's: the where below takes them from eye)
-    jacobian_at_active.add_(ridge_on, alpha=1e-12 if dtype == torch.float64 else 1e-6)
+    # the residual F(v) = max(v, lo) shift + v + offset: D G y - d nu + d b + min(x, 0), 0
+    shift = torch.addr(gs - eye, eye[n], F.pad(-d, (0, 1)))
+    offset = F.pad(d * b, (0, 1))
+    # the Jacobian's active columns: D G D with the ridge's floor (a rank-deficient G) on its
+    # diagonal, and e_T for nu, whose change t is not solved for: against the right-hand side
+    # (d, 1) the solve gives the line's direction p, whose entry for nu is 1
+    active_columns = gs + fixed
+    direction = F.pad(d, (0, 1), value=1.0).expand(2, n + 1)
 
     w = centre
     if start is not None:
         w = start.to(g).clamp_min(0)
         total = w.sum()
         w = torch.where((total > 0) & (total < math.inf), w, centre)  # NaN: centre too
-    # y = r w / |g_w| on the scaling (u = y / d); nu = 0: the first step sets it
-    u = w / d * (r / (w @ g @ w).clamp_min(tiny).sqrt())
-    v = F.pad(u, (0, 1))
-    best_v, best_res = v, v.new_full((), math.inf)
-    for k in range(max_iter + 1):
+    best_task = torch.argmin(b + r * diagonal.clamp_min(0).sqrt())  # F(e_i), the vertices'
+    vertex = (torch.arange(n, device=device) == best_task).to(dtype)
+    starts = torch.stack((w, vertex))
+    # y = r w / |g_w| on the scaling; nu = 0: the first step sets it
+    x = starts * (r / d) / ((starts @ g) * starts).sum(1, keepdim=True).clamp_min(tiny).sqrt()
+    v = F.pad(x, (0, 1))
+    r2 = r * r
+    for _ in range(max_iter):
         ya = v.clamp(min=lo)  # (y, nu)
-        gy = gs @ ya
-        norm = (ya @ gy).clamp_min(tiny).sqrt()
-        f = torch.addmv(v + offset, shift, ya).addcmul_(last, norm)
-        res = f.abs().amax()
-        if k == 0:
-            best_res = res
-        else:
-            better = res < best_res
-            best_v = torch.where(better, v, best_v)
-            best_res = torch.minimum(res, best_res)
-        if k == max_iter:
-            break
-        # the Jacobian: the columns of D G D (and the last row d norm / du) for the active
-        # entries, those of I for the others; the Levenberg-Marquardt ridge |F| on the active
-        # diagonal (nu's entry is always "active": max(nu, -inf) = nu)
-        jacobian = torch.addr(jacobian_at_active, last, gy / norm).addcmul_(ridge_on, res)
-        jacobian = torch.where(v > lo, jacobian, eye)
-        v = v - torch.linalg.solve_ex(jacobian, f).result
-    w = best_v[:n].clamp_min(0) * d
-    total = w.sum()
-    w = torch.where(total > 0, w / total, centre)  # 0: G 1 = 0, Pareto-stationary
-    gw = g @ w
-    grad = torch.addcmul(b, r / (w @ gw).clamp_min(tiny).sqrt(), gw)
-    return w, grad @ w - grad.min() <= tol * (1 + b.abs().max() + r)
+        f = torch.addmm(v + offset, ya, shift)
+        # the Jacobian: the columns of D G D (the ridge |F| on their diagonal) for the active
+        # entries, those of I for the others (nu's entry is always "active")
+        active = (v > lo).unsqueeze(1)
+        ridge = torch.linalg.vector_norm(f, math.inf, 1, keepdim=True).unsqueeze(2)
+        jacobian = torch.where(active, torch.addcmul(active_columns, ridge, ridge_on), eye)
+        p, q = torch.linalg.solve_ex(jacobian, torch.stack((direction, f), 2)).result.unbind(2)
+        # on the line v - q + t p, the norm condition on the active entries is
+        # |base + t p|^2 = a t^2 + 2 ap t + yy = r^2: its larger root, without cancellation
+        base = v - q
+        line = torch.stack((p, base), 1) * active
+        a, ap, _, yy = torch.bmm(line @ gs, line.mT).view(2, 4, 1).unbind(1)
+        excess = r2 - yy
+        total = torch.addcmul(a * excess, ap, ap).clamp_min(0).sqrt() + ap.abs()
+        v = torch.addcmul(base, torch.where(ap > 0, excess / total, total / a), p)
+    w = v[:, :n].clamp_min(0) * d
+    total = w.sum(1, keepdim=True)
+    w = torch.where(total > 0, w / total, centre)  # 0: G 1 = 0, Pareto-stationary; NaN too
+    gw = w @ g
+    norm = (w * gw).sum(1, keepdim=True).clamp_min(tiny).sqrt()
+    grad = torch.addcmul(b, r / norm, gw)
+    converged = (grad * w).sum(1) - grad.amin(1) <= tol * (1 + b.abs().max() + r)
+    # the run of lower dual objective (index_select: indexing by a tensor reads it on the host)
+    pick = torch.nan_to_num(w @ b + r * norm[:, 0], nan=math.inf).argmin().view(1)
+    return w.index_select(0, pick)[0], converged.index_select(0, pick)[0]
 
 
 @functools.lru_cache(maxsize=32)
@@ -298,14 +325,17 @@ def _cagrad_constants(
     n: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The constants of :func:`cagrad_solve` on ``T + 1`` entries (made once per size: a few
-    ops less per step): ``I``, ``e_T``, ``I`` but on ``nu``'s entry (where the ridge goes) and
-    the lower bounds ``(0, ..., 0, -inf)`` of ``max(v, lo) = (y, nu)`` (read-only)."""
+    ops less per step): ``I``; the ridge's floor (``1e-12``, ``1e-6`` in float32) on the first
+    ``T`` diagonal entries and 1 on nu's; ``I`` but on nu's entry (where the ridge goes); the
+    lower bounds ``(0, ..., 0, -inf)`` of ``max(v, lo) = (y, nu)`` (read-only)."""
     eye = torch.eye(n + 1, dtype=dtype, device=device)
     ridge_on = eye.clone()
     ridge_on[n, n] = 0
+    fixed = ridge_on * (1e-12 if dtype == torch.float64 else 1e-6)
+    fixed[n, n] = 1
     lo = torch.zeros(n + 1, dtype=dtype, device=device)
     lo[n] = -math.inf
-    return eye, eye[n].clone(), ridge_on, lo
+    return eye, fixed, ridge_on, lo
 
 
 def gradvac_solve(
