@@ -82,13 +82,14 @@ def test_a_layer_shared_past_the_trunk_gets_its_update(method, call_first):
 
 
 @pytest.mark.parametrize("method", ["upgrad", "mgda", "pcgrad"])
-def test_the_exact_path_counts_the_later_layer_in_the_jacobian(method):
+@pytest.mark.parametrize("call_first", [False, True])
+def test_the_exact_path_counts_the_later_layer_in_the_jacobian(method, call_first):
     """The exact path's weights equal the naive path's (one backward per task over every
     shared parameter), which they would not if the later shared layer were left out."""
     x, y = _batch()
     weights = {}
     for path in ("exact", "naive"):
-        _, model = _user_model(call_first=False)
+        _, model = _user_model(call_first=call_first)
         engine = pt.GradientEngine(model, method, path=path)
         torch.manual_seed(3)  # PCGrad's order
         weights[path] = engine.backward(_losses(engine.forward(x), y)).weights

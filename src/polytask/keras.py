@@ -40,6 +40,7 @@ from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+from ._checks import as_int
 from .objectives._mapping import check_mapping
 from .objectives._terms import _check_weight
 
@@ -264,10 +265,8 @@ class Uncertainty(keras.layers.Layer):
 
     def __init__(self, n_tasks: int, name: str = "polytask_uncertainty", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1:
-            raise ValueError(f"Uncertainty: n_tasks must be a positive integer, got {n_tasks!r}")
-        self.n_tasks = n_tasks
-        self.log_var = self.add_weight(shape=(n_tasks,), initializer="zeros", name="log_var")
+        self.n_tasks = as_int(n_tasks, "Uncertainty: n_tasks")
+        self.log_var = self.add_weight(shape=(self.n_tasks,), initializer="zeros", name="log_var")
 
     def combine(self, losses: Any) -> Any:
         s = ops.cast(self.log_var, losses.dtype)

@@ -456,8 +456,9 @@ class GradientEngine:
         if scale is None:  # a float16 fit's first steps overflow and are skipped: no warning
             self._watch_learned()
         penalty = None if terms is None else terms.sum()
-        if isinstance(scale, torch.amp.GradScaler):  # its scale, made on first use
-            scale = scale.scale(torch.ones((), device=vector.device))
+        if isinstance(scale, torch.amp.GradScaler):  # its scale tensor, made on first use
+            made = scale._scale  # (read, not recomputed: a product and a tensor per step)
+            scale = made if made is not None else scale.scale(torch.ones((), device=vector.device))
         elif scale is not None and not isinstance(scale, Tensor):
             scale = torch.tensor(float(scale), device=vector.device)
         if self.reducer is not None and self.reads_losses:

@@ -633,8 +633,9 @@ class NashMTL(_Solved, GradientObjective):
     def loss_weights(self, weights: Tensor) -> Tensor:
         """As the authors' code: the losses weighted by the solution ``a`` (the heads' gradients
         and the step's value), the shared parameters' gradient ``sum_t a_t g_t`` clipped to
-        ``max_norm`` (their ``clip_grad_norm_`` on the shared parameters only)."""
-        return self._solution
+        ``max_norm`` (their ``clip_grad_norm_`` on the shared parameters only). Without
+        clipping they are the shared weights themselves (no second pass to the heads)."""
+        return weights if self.options["max_norm"] == 0 else self._solution
 
 
 class GradNorm(GradientObjective):

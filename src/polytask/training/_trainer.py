@@ -391,8 +391,8 @@ def _chunk_sizes(plan: LossPlan, batch: Any, positions: Sequence[int]) -> list[f
     sizes = [float(c) for c in batch.counts]
     for j, i in enumerate(positions):
         task = plan.tasks[i]
-        if task.kind != "multilabel" or task.loss is not None:
-            continue
+        if task.kind != "multilabel" or task.loss is not None or not task.allow_missing:
+            continue  # every entry known: rows weigh the chunk means as entries would
         if isinstance(batch, SharedBatch):
             y = plan.task_targets(batch.y)[task.name]
             mask = (batch.masks or {}).get(task.name)
